@@ -1,0 +1,1 @@
+//! upmt anchor node (placeholder).

@@ -1,0 +1,1 @@
+//! upmt mobile host (placeholder).

@@ -1,0 +1,1 @@
+//! upmt-paft (placeholder).

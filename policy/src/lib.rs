@@ -1,0 +1,1 @@
+//! upmt-policy (placeholder).
