@@ -1,0 +1,1 @@
+//! The Noise IK handshake (snow) and mac1.
