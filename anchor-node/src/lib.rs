@@ -1,1 +1,42 @@
-//! upmt anchor node (placeholder).
+//! upmt anchor node: the thin driver around `upmt_proto::anchor::Anchor` behind the `upmt-an`
+//! daemon.
+//!
+//! It reads the TOML config ([`config`]), creates the TUN ([`tun`]), binds the tunnel socket
+//! ([`udp`]), turns on forwarding and installs its own nftables table ([`nat`]), and runs one
+//! event loop ([`event_loop`]) that feeds the core packets and [`clock`] readings and sends what
+//! the core hands back. Counters are served by [`metrics`].
+//!
+//! It never implements protocol logic (handshakes, crypto, replay, path choice live in the
+//! core) and never touches nftables state outside its own `inet upmt_<tun>` table.
+
+pub mod clock;
+pub mod config;
+pub mod event_loop;
+pub mod metrics;
+pub mod nat;
+pub mod privilege;
+pub mod tun;
+pub mod udp;
+
+use upmt_proto::anchor::{AnchorConfig, PeerConfig};
+
+/// The core's settings for a validated config.
+pub fn anchor_config(config: &config::Config) -> AnchorConfig {
+    let peers = config
+        .peers
+        .iter()
+        .map(|p| PeerConfig {
+            name: p.name.clone(),
+            public: p.public_key,
+            virtual_ipv4: p.address,
+            virtual_ipv6: p.address6,
+        })
+        .collect();
+    let mut core = AnchorConfig::new(config.private_key.clone(), peers);
+    core.prefix4 = config.subnet.prefix_len();
+    if let Some(net6) = config.subnet6 {
+        core.prefix6 = net6.prefix_len();
+    }
+    core.mtu = config.mtu;
+    core
+}

@@ -1,1 +1,195 @@
-fn main() {}
+//! `upmt-an`: the upmt anchor-node daemon and its key tools.
+//!
+//! `run` wires the library's pieces together in the order that gives the clearest error first
+//! (privilege, nft, config, socket, TUN, forwarding, NAT) and tears the NAT table down at exit.
+
+use std::io::Read as _;
+use std::path::PathBuf;
+
+use anyhow::{Context as _, Result};
+use clap::{Parser, Subcommand};
+use tokio::sync::mpsc;
+use upmt_anchor_node::config::{self, Config};
+use upmt_anchor_node::event_loop::EventLoop;
+use upmt_anchor_node::{anchor_config, clock, metrics, nat, privilege, tun, udp};
+use upmt_proto::anchor::Anchor;
+use upmt_proto::keys::StaticSecret;
+
+#[derive(Parser)]
+#[command(name = "upmt-an", version, about = "upmt anchor node")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the anchor node.
+    Run {
+        #[arg(long, short, default_value = config::DEFAULT_PATH)]
+        config: PathBuf,
+    },
+    /// Validate a config and print a summary.
+    Check {
+        #[arg(long, short, default_value = config::DEFAULT_PATH)]
+        config: PathBuf,
+    },
+    /// Print a new base64 private key.
+    Genkey,
+    /// Read a base64 private key on stdin, print its public key.
+    Pubkey,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Run { config } => run(&config),
+        Command::Check { config } => check(&config),
+        Command::Genkey => genkey(),
+        Command::Pubkey => pubkey(),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the outermost context, then each cause.
+            eprintln!("upmt-an: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn genkey() -> Result<()> {
+    let key = StaticSecret::generate().context("cannot generate a key")?;
+    println!("{key}");
+    Ok(())
+}
+
+fn pubkey() -> Result<()> {
+    let mut text = String::new();
+    std::io::stdin()
+        .take(4096)
+        .read_to_string(&mut text)
+        .context("cannot read the private key from stdin")?;
+    let key: StaticSecret = text
+        .trim()
+        .parse()
+        .context("stdin does not hold a base64 private key")?;
+    println!("{}", key.public_key());
+    Ok(())
+}
+
+fn check(path: &std::path::Path) -> Result<()> {
+    let c = config::load(path)?;
+    println!("{}: ok", path.display());
+    println!("  listen      {}", c.listen);
+    println!("  public key  {}", c.private_key.public_key());
+    println!("  tun         {} mtu {}", c.tun, c.mtu);
+    print!("  subnet      {} (anchor {})", c.subnet, c.anchor_address());
+    if let (Some(net6), Some(a6)) = (c.subnet6, c.anchor_address6()) {
+        print!(", {net6} (anchor {a6})");
+    }
+    println!();
+    println!("  egress      {} (nft table inet upmt_{})", c.egress, c.tun);
+    if let Some(m) = c.metrics {
+        println!("  metrics     http://{m}/metrics");
+    }
+    println!("  peers       {}", c.peers.len());
+    for p in &c.peers {
+        print!("    {:<16} {} {}", p.name, p.public_key, p.address);
+        if let Some(a6) = p.address6 {
+            print!(" {a6}");
+        }
+        println!();
+    }
+    Ok(())
+}
+
+fn run(path: &std::path::Path) -> Result<()> {
+    privilege::require_net_admin()?;
+    let nft = nat::find_nft()?;
+    let config = config::load(path)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(config, nft))
+}
+
+async fn serve(config: Config, nft: PathBuf) -> Result<()> {
+    let shutdown = shutdown_signal()?;
+    let udp = udp::bind(config.listen)?;
+    let metrics_listener = match config.metrics {
+        Some(addr) => Some(
+            metrics::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for metrics on {addr}"))?,
+        ),
+        None => None,
+    };
+    let tun_spec = tun::TunSpec {
+        name: config.tun.clone(),
+        address: config.anchor_address(),
+        prefix: config.subnet.prefix_len(),
+        address6: config
+            .anchor_address6()
+            .zip(config.subnet6.map(|n| n.prefix_len())),
+        mtu: config.mtu,
+    };
+    let device = tun::create(&tun_spec)?;
+    nat::enable_forwarding(config.subnet6.is_some())?;
+    let spec = nat::NatSpec {
+        tun: config.tun.clone(),
+        egress: config.egress.clone(),
+        subnet: config.subnet,
+        subnet6: config.subnet6,
+    };
+    if nat::NatGuard::exists(&nft, &spec.table())? {
+        tracing::warn!(table = %spec.table(), "replacing a stale nftables table from an earlier run");
+    }
+    let guard = nat::NatGuard::install(nft, &spec)?;
+    tracing::info!(
+        listen = %config.listen,
+        tun = %config.tun,
+        table = %guard.table(),
+        peers = config.peers.len(),
+        public_key = %config.private_key.public_key(),
+        "anchor node up"
+    );
+
+    let scrapes = metrics_listener.map(|listener| {
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(metrics::serve(listener, tx));
+        rx
+    });
+    let anchor = Anchor::new(anchor_config(&config), clock::now());
+    let event_loop = EventLoop::new(anchor, udp, device, config.mtu, scrapes);
+    let result = event_loop.run(shutdown).await;
+
+    // Remove the table whatever ended the loop; report both failures if both happen.
+    let removed = guard.remove();
+    result.context("event loop stopped")?;
+    removed.context("cannot remove the nftables table")?;
+    tracing::info!("anchor node stopped");
+    Ok(())
+}
+
+/// A future that resolves at the first SIGINT or SIGTERM. The handlers are installed now, so a
+/// signal that arrives during setup is not lost and still leads to cleanup.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut int = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+    let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        }
+    })
+}

@@ -1,0 +1,732 @@
+//! The anchor node's TOML configuration: parsing and semantic validation.
+//!
+//! Every error names the file, the line and column of the offending value, and what was expected,
+//! so an operator can fix the file without reading code. This module does no networking and
+//! touches no file other than the config and the private key file it names.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use ipnet::{Ipv4Net, Ipv6Net};
+use serde::Deserialize;
+use toml::Spanned;
+use upmt_proto::keys::{PublicKey, StaticSecret};
+
+/// Where the config lives when `--config` is not given.
+pub const DEFAULT_PATH: &str = "/etc/upmt/an.toml";
+
+/// Linux limits interface names to IFNAMSIZ - 1 bytes.
+const MAX_IFNAME: usize = 15;
+
+/// One mobile host allowed to connect.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peer {
+    pub name: String,
+    pub public_key: PublicKey,
+    pub address: Ipv4Addr,
+    pub address6: Option<Ipv6Addr>,
+}
+
+/// A validated anchor-node configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The file it was read from, for messages.
+    pub path: PathBuf,
+    pub listen: SocketAddr,
+    pub private_key: StaticSecret,
+    pub tun: String,
+    pub subnet: Ipv4Net,
+    pub subnet6: Option<Ipv6Net>,
+    pub egress: String,
+    pub mtu: u16,
+    pub metrics: Option<SocketAddr>,
+    pub peers: Vec<Peer>,
+}
+
+impl Config {
+    /// The anchor's own virtual address: the first host of the subnet.
+    pub fn anchor_address(&self) -> Ipv4Addr {
+        first_host4(self.subnet)
+    }
+
+    /// The anchor's own virtual IPv6 address, when an IPv6 subnet is configured.
+    pub fn anchor_address6(&self) -> Option<Ipv6Addr> {
+        self.subnet6.map(first_host6)
+    }
+}
+
+/// Why a config could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{col}: {message}")]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        col: usize,
+        message: String,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: Spanned<String>,
+    private_key: Option<Spanned<String>>,
+    private_key_file: Option<Spanned<String>>,
+    tun: Spanned<String>,
+    subnet: Spanned<String>,
+    subnet6: Option<Spanned<String>>,
+    egress: Spanned<String>,
+    mtu: Option<Spanned<u16>>,
+    metrics: Option<Spanned<String>>,
+    #[serde(default)]
+    peer: Vec<RawPeer>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPeer {
+    name: Spanned<String>,
+    public_key: Spanned<String>,
+    address: Spanned<String>,
+    address6: Option<Spanned<String>>,
+}
+
+/// Reads and validates the config at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse(path, &text)
+}
+
+/// Parses and validates `text` as if read from `path` (which names errors and anchors a
+/// relative `private_key_file`).
+pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    let v = Validator { path, text };
+    let raw: RawConfig = toml::from_str(text).map_err(|e| {
+        let span = e.span().unwrap_or(0..0);
+        v.err(span, e.message().to_owned())
+    })?;
+    v.validate(raw)
+}
+
+struct Validator<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl Validator<'_> {
+    fn err(&self, span: Range<usize>, message: String) -> ConfigError {
+        let (line, col) = line_col(self.text, span.start);
+        ConfigError::Invalid {
+            path: self.path.to_owned(),
+            line,
+            col,
+            message,
+        }
+    }
+
+    fn validate(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let listen = raw.listen.get_ref().parse::<SocketAddr>().map_err(|_| {
+            self.err(
+                raw.listen.span(),
+                format!(
+                    "expected a socket address like \"0.0.0.0:51900\" or \"[::]:51900\", got {:?}",
+                    raw.listen.get_ref()
+                ),
+            )
+        })?;
+
+        let private_key = match (&raw.private_key, &raw.private_key_file) {
+            (Some(k), None) => self.key(k, "private_key")?,
+            (None, Some(f)) => self.key_file(f)?,
+            (Some(_), Some(f)) => {
+                return Err(self.err(
+                    f.span(),
+                    "expected only one of private_key and private_key_file".into(),
+                ));
+            }
+            (None, None) => {
+                return Err(self.err(
+                    0..0,
+                    "missing private_key (or private_key_file): expected the anchor's base64 private key"
+                        .into(),
+                ));
+            }
+        };
+
+        let tun = self.ifname(&raw.tun, "tun")?;
+        let egress = self.ifname(&raw.egress, "egress")?;
+        if tun == egress {
+            return Err(self.err(
+                raw.egress.span(),
+                "expected an egress interface other than the tun device".into(),
+            ));
+        }
+
+        let subnet = raw
+            .subnet
+            .get_ref()
+            .parse::<Ipv4Net>()
+            .ok()
+            .filter(|n| n.prefix_len() <= 30 && n.network() == n.addr())
+            .ok_or_else(|| {
+                self.err(
+                    raw.subnet.span(),
+                    format!(
+                        "expected an IPv4 network like \"10.77.0.0/24\" (prefix at most /30, no host bits), got {:?}",
+                        raw.subnet.get_ref()
+                    ),
+                )
+            })?;
+        let subnet6 = match &raw.subnet6 {
+            None => None,
+            Some(s) => Some(
+                s.get_ref()
+                    .parse::<Ipv6Net>()
+                    .ok()
+                    .filter(|n| n.prefix_len() <= 126 && n.network() == n.addr())
+                    .ok_or_else(|| {
+                        self.err(
+                            s.span(),
+                            format!(
+                                "expected an IPv6 network like \"fd77::/64\" (prefix at most /126, no host bits), got {:?}",
+                                s.get_ref()
+                            ),
+                        )
+                    })?,
+            ),
+        };
+
+        let mtu = match &raw.mtu {
+            None => upmt_proto::DEFAULT_MTU,
+            Some(m) => {
+                let value = *m.get_ref();
+                // 1280 is the IPv6 minimum: inner IPv6 must always fit.
+                if !(1280..=9000).contains(&value) {
+                    return Err(self.err(
+                        m.span(),
+                        format!("expected an mtu between 1280 and 9000, got {value}"),
+                    ));
+                }
+                value
+            }
+        };
+
+        let metrics = match &raw.metrics {
+            None => None,
+            Some(m) => Some(m.get_ref().parse::<SocketAddr>().map_err(|_| {
+                self.err(
+                    m.span(),
+                    format!(
+                        "expected a socket address like \"127.0.0.1:9100\", got {:?}",
+                        m.get_ref()
+                    ),
+                )
+            })?),
+        };
+
+        let anchor4 = first_host4(subnet);
+        let anchor6 = subnet6.map(first_host6);
+        let mut peers = Vec::with_capacity(raw.peer.len());
+        let mut names = HashMap::new();
+        let mut keys = HashMap::new();
+        let mut addrs4 = HashMap::new();
+        let mut addrs6 = HashMap::new();
+        for p in &raw.peer {
+            let name = p.name.get_ref().trim();
+            if name.is_empty()
+                || name
+                    .chars()
+                    .any(|c| c.is_control() || c == '"' || c == '\\')
+            {
+                return Err(self.err(
+                    p.name.span(),
+                    "expected a non-empty peer name without quotes, backslashes or control characters"
+                        .into(),
+                ));
+            }
+            if let Some(first) = names.insert(name.to_owned(), p.name.span()) {
+                return Err(self.dup(p.name.span(), "peer name", name, first));
+            }
+            let public_key: PublicKey = self.key(&p.public_key, "public_key")?;
+            if let Some(first) = keys.insert(public_key, p.public_key.span()) {
+                return Err(self.dup(p.public_key.span(), "public key", name, first));
+            }
+
+            let address = p
+                .address
+                .get_ref()
+                .parse::<Ipv4Addr>()
+                .ok()
+                .filter(|a| {
+                    subnet.contains(a)
+                        && *a != subnet.network()
+                        && *a != subnet.broadcast()
+                        && *a != anchor4
+                })
+                .ok_or_else(|| {
+                    self.err(
+                        p.address.span(),
+                        format!(
+                            "expected an IPv4 host address inside subnet {subnet} other than the anchor's {anchor4}, got {:?}",
+                            p.address.get_ref()
+                        ),
+                    )
+                })?;
+            if let Some(first) = addrs4.insert(address, p.address.span()) {
+                return Err(self.dup(p.address.span(), "address", name, first));
+            }
+
+            let address6 = match (&p.address6, subnet6) {
+                (None, _) => None,
+                (Some(a), None) => {
+                    return Err(self.err(
+                        a.span(),
+                        "address6 needs subnet6 to be set at the top of the file".into(),
+                    ));
+                }
+                (Some(a), Some(net6)) => {
+                    let parsed = a
+                        .get_ref()
+                        .parse::<Ipv6Addr>()
+                        .ok()
+                        .filter(|x| {
+                            net6.contains(x) && *x != net6.network() && Some(*x) != anchor6
+                        })
+                        .ok_or_else(|| {
+                            self.err(
+                                a.span(),
+                                format!(
+                                    "expected an IPv6 host address inside subnet6 {net6} other than the anchor's {}, got {:?}",
+                                    first_host6(net6),
+                                    a.get_ref()
+                                ),
+                            )
+                        })?;
+                    if let Some(first) = addrs6.insert(parsed, a.span()) {
+                        return Err(self.dup(a.span(), "address6", name, first));
+                    }
+                    Some(parsed)
+                }
+            };
+
+            peers.push(Peer {
+                name: name.to_owned(),
+                public_key,
+                address,
+                address6,
+            });
+        }
+
+        Ok(Config {
+            path: self.path.to_owned(),
+            listen,
+            private_key,
+            tun,
+            subnet,
+            subnet6,
+            egress,
+            mtu,
+            metrics,
+            peers,
+        })
+    }
+
+    fn dup(&self, span: Range<usize>, what: &str, peer: &str, first: Range<usize>) -> ConfigError {
+        let (line, col) = line_col(self.text, first.start);
+        self.err(
+            span,
+            format!("duplicate {what} in peer {peer:?}: already used at {line}:{col}"),
+        )
+    }
+
+    fn key<K: std::str::FromStr>(
+        &self,
+        s: &Spanned<String>,
+        field: &str,
+    ) -> Result<K, ConfigError> {
+        s.get_ref().trim().parse::<K>().map_err(|_| {
+            self.err(
+                s.span(),
+                format!(
+                    "expected {field} to be a 32-byte key in standard base64 (44 characters, as `upmt-an genkey` prints)"
+                ),
+            )
+        })
+    }
+
+    fn key_file(&self, f: &Spanned<String>) -> Result<StaticSecret, ConfigError> {
+        let mut file = PathBuf::from(f.get_ref());
+        if file.is_relative() {
+            // Relative to the config, so a config directory can be moved as a whole.
+            if let Some(dir) = self.path.parent() {
+                file = dir.join(file);
+            }
+        }
+        let text = std::fs::read_to_string(&file).map_err(|e| {
+            self.err(
+                f.span(),
+                format!("cannot read private_key_file {}: {e}", file.display()),
+            )
+        })?;
+        text.trim().parse::<StaticSecret>().map_err(|_| {
+            self.err(
+                f.span(),
+                format!(
+                    "expected {} to hold a 32-byte key in standard base64 (as `upmt-an genkey` prints)",
+                    file.display()
+                ),
+            )
+        })
+    }
+
+    fn ifname(&self, s: &Spanned<String>, field: &str) -> Result<String, ConfigError> {
+        let name = s.get_ref();
+        let ok = !name.is_empty()
+            && name.len() <= MAX_IFNAME
+            && name.starts_with(|c: char| c.is_ascii_alphabetic())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+        if ok {
+            Ok(name.clone())
+        } else {
+            Err(self.err(
+                s.span(),
+                format!(
+                    "expected {field} to be an interface name (a letter, then letters, digits, '_', '-' or '.', at most {MAX_IFNAME} bytes), got {name:?}"
+                ),
+            ))
+        }
+    }
+}
+
+fn first_host4(net: Ipv4Net) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(net.network()).wrapping_add(1))
+}
+
+fn first_host6(net: Ipv6Net) -> Ipv6Addr {
+    Ipv6Addr::from(u128::from(net.network()).wrapping_add(1))
+}
+
+/// 1-based line and column (in characters) of byte `offset` in `text`.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let col = before[line_start..].chars().count() + 1;
+    (line, col)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY_A: &str = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+    const KEY_B: &str = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
+    const KEY_C: &str = "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=";
+
+    fn good() -> String {
+        format!(
+            r#"listen = "0.0.0.0:51900"
+private_key = "{KEY_A}"
+tun = "upmt0"
+subnet = "10.77.0.0/24"
+subnet6 = "fd77::/64"
+egress = "eth0"
+metrics = "127.0.0.1:9100"
+
+[[peer]]
+name = "phone"
+public_key = "{KEY_B}"
+address = "10.77.0.2"
+address6 = "fd77::2"
+
+[[peer]]
+name = "laptop"
+public_key = "{KEY_C}"
+address = "10.77.0.3"
+"#
+        )
+    }
+
+    fn err_of(text: &str) -> (usize, usize, String) {
+        match parse(Path::new("an.toml"), text) {
+            Ok(_) => panic!("config unexpectedly accepted:\n{text}"),
+            Err(ConfigError::Invalid {
+                line, col, message, ..
+            }) => (line, col, message),
+            Err(e) => panic!("unexpected error kind: {e}"),
+        }
+    }
+
+    #[test]
+    fn a_complete_config_is_accepted_with_defaults_filled_in() {
+        let c = parse(Path::new("an.toml"), &good()).expect("valid config");
+        assert_eq!(c.listen, "0.0.0.0:51900".parse().unwrap());
+        assert_eq!(c.private_key.as_bytes(), &[0; 32]);
+        assert_eq!(c.mtu, upmt_proto::DEFAULT_MTU);
+        assert_eq!(c.anchor_address(), Ipv4Addr::new(10, 77, 0, 1));
+        assert_eq!(c.anchor_address6(), Some("fd77::1".parse().unwrap()));
+        assert_eq!(c.metrics, Some("127.0.0.1:9100".parse().unwrap()));
+        assert_eq!(c.peers.len(), 2);
+        assert_eq!(c.peers[0].name, "phone");
+        assert_eq!(c.peers[0].public_key.as_bytes(), &[1; 32]);
+        assert_eq!(c.peers[0].address6, Some("fd77::2".parse().unwrap()));
+        assert_eq!(c.peers[1].address6, None);
+    }
+
+    #[test]
+    fn the_shipped_example_config_is_valid() {
+        let text = include_str!("../examples/upmt-an.toml");
+        let c = parse(Path::new("examples/upmt-an.toml"), text).expect("example must parse");
+        assert_eq!(c.tun, "upmt0");
+        assert!(!c.peers.is_empty());
+    }
+
+    #[test]
+    fn an_unknown_key_is_reported_at_its_line_and_column() {
+        let text = good().replace("egress = \"eth0\"", "egress = \"eth0\"\n  colour = 1");
+        let (line, col, msg) = err_of(&text);
+        assert_eq!((line, col), (7, 3));
+        assert!(msg.contains("unknown field `colour`"), "{msg}");
+    }
+
+    #[test]
+    fn a_wrong_type_says_what_was_expected() {
+        let text = good().replace("egress = \"eth0\"", "egress = \"eth0\"\nmtu = \"big\"");
+        let (line, col, msg) = err_of(&text);
+        assert_eq!((line, col), (7, 7));
+        assert!(msg.contains("expected u16"), "{msg}");
+    }
+
+    #[test]
+    fn a_toml_syntax_error_is_located() {
+        let (line, col, _) = err_of("listen = \"0.0.0.0:1\"\ntun = = 3\n");
+        assert_eq!(line, 2);
+        assert!(col >= 5, "col {col}");
+    }
+
+    #[test]
+    fn a_missing_required_field_is_named() {
+        let text = good().replace("tun = \"upmt0\"\n", "");
+        let (_, _, msg) = err_of(&text);
+        assert!(msg.contains("missing field `tun`"), "{msg}");
+    }
+
+    #[test]
+    fn a_bad_listen_address_is_located() {
+        let text = good().replace("0.0.0.0:51900", "0.0.0.0");
+        let (line, col, msg) = err_of(&text);
+        assert_eq!((line, col), (1, 10));
+        assert!(msg.contains("expected a socket address"), "{msg}");
+    }
+
+    #[test]
+    fn a_bad_base64_private_key_is_located() {
+        let text = good().replace(KEY_A, "not base64!");
+        let (line, col, msg) = err_of(&text);
+        assert_eq!((line, col), (2, 15));
+        assert!(msg.contains("private_key"), "{msg}");
+    }
+
+    #[test]
+    fn a_key_of_the_wrong_length_is_refused() {
+        let text = good().replace(KEY_B, "AAAA");
+        let (line, col, msg) = err_of(&text);
+        assert_eq!((line, col), (11, 14));
+        assert!(msg.contains("32-byte key"), "{msg}");
+    }
+
+    #[test]
+    fn both_key_and_key_file_are_refused() {
+        let text = good().replace(
+            "tun = ",
+            "private_key_file = \"/nonexistent/an.key\"\ntun = ",
+        );
+        let (line, col, msg) = err_of(&text);
+        assert_eq!((line, col), (3, 20));
+        assert!(msg.contains("only one of"), "{msg}");
+    }
+
+    #[test]
+    fn a_missing_private_key_is_refused() {
+        let text = good().replace(&format!("private_key = \"{KEY_A}\"\n"), "");
+        let (_, _, msg) = err_of(&text);
+        assert!(msg.contains("missing private_key"), "{msg}");
+    }
+
+    #[test]
+    fn an_unreadable_private_key_file_names_the_file() {
+        let text = good().replace(
+            &format!("private_key = \"{KEY_A}\""),
+            "private_key_file = \"/nonexistent/an.key\"",
+        );
+        let (line, col, msg) = err_of(&text);
+        assert_eq!((line, col), (2, 20));
+        assert!(msg.contains("/nonexistent/an.key"), "{msg}");
+    }
+
+    #[test]
+    fn a_private_key_file_relative_to_the_config_is_read() {
+        let dir = std::env::temp_dir().join(format!("upmt-an-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("an.key"), format!("{KEY_C}\n")).unwrap();
+        let text = good().replace(
+            &format!("private_key = \"{KEY_A}\""),
+            "private_key_file = \"an.key\"",
+        );
+        let parsed = parse(&dir.join("an.toml"), &text);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(parsed.expect("valid").private_key.as_bytes(), &[2; 32]);
+    }
+
+    #[test]
+    fn a_subnet_with_host_bits_is_refused() {
+        let text = good().replace("10.77.0.0/24", "10.77.0.5/24");
+        let (line, col, msg) = err_of(&text);
+        assert_eq!((line, col), (4, 10));
+        assert!(msg.contains("IPv4 network"), "{msg}");
+    }
+
+    #[test]
+    fn a_bad_subnet6_is_located() {
+        let text = good().replace("fd77::/64", "fd77::");
+        let (line, col, msg) = err_of(&text);
+        assert_eq!((line, col), (5, 11));
+        assert!(msg.contains("IPv6 network"), "{msg}");
+    }
+
+    #[test]
+    fn a_bad_interface_name_is_refused() {
+        let text = good().replace("\"eth0\"", "\"eth0; drop\"");
+        let (line, col, msg) = err_of(&text);
+        assert_eq!((line, col), (6, 10));
+        assert!(msg.contains("interface name"), "{msg}");
+    }
+
+    #[test]
+    fn an_interface_name_longer_than_ifnamsiz_is_refused() {
+        let text = good().replace("\"upmt0\"", "\"upmt0123456789abc\"");
+        let (line, col, _) = err_of(&text);
+        assert_eq!((line, col), (3, 7));
+    }
+
+    #[test]
+    fn egress_equal_to_tun_is_refused() {
+        let text = good().replace("\"eth0\"", "\"upmt0\"");
+        let (line, _, msg) = err_of(&text);
+        assert_eq!(line, 6);
+        assert!(msg.contains("other than the tun"), "{msg}");
+    }
+
+    #[test]
+    fn an_mtu_out_of_range_is_refused() {
+        let text = good().replace("egress = \"eth0\"", "egress = \"eth0\"\nmtu = 576");
+        let (line, col, msg) = err_of(&text);
+        assert_eq!((line, col), (7, 7));
+        assert!(msg.contains("between 1280 and 9000"), "{msg}");
+    }
+
+    #[test]
+    fn a_bad_metrics_address_is_located() {
+        let text = good().replace("127.0.0.1:9100", "localhost");
+        let (line, col, _) = err_of(&text);
+        assert_eq!((line, col), (7, 11));
+    }
+
+    #[test]
+    fn a_peer_address_outside_the_subnet_is_refused() {
+        let text = good().replace("10.77.0.3", "10.78.0.3");
+        let (line, col, msg) = err_of(&text);
+        assert_eq!((line, col), (18, 11));
+        assert!(msg.contains("inside subnet 10.77.0.0/24"), "{msg}");
+    }
+
+    #[test]
+    fn a_peer_cannot_take_the_anchor_address() {
+        let text = good().replace("10.77.0.3", "10.77.0.1");
+        let (line, _, msg) = err_of(&text);
+        assert_eq!(line, 18);
+        assert!(msg.contains("other than the anchor's 10.77.0.1"), "{msg}");
+    }
+
+    #[test]
+    fn a_duplicate_peer_address_points_at_both_uses() {
+        let text = good().replace("10.77.0.3", "10.77.0.2");
+        let (line, col, msg) = err_of(&text);
+        assert_eq!((line, col), (18, 11));
+        assert!(msg.contains("duplicate address"), "{msg}");
+        assert!(msg.contains("already used at 12:11"), "{msg}");
+    }
+
+    #[test]
+    fn a_duplicate_public_key_is_refused() {
+        let text = good().replace(KEY_C, KEY_B);
+        let (line, _, msg) = err_of(&text);
+        assert_eq!(line, 17);
+        assert!(msg.contains("duplicate public key"), "{msg}");
+    }
+
+    #[test]
+    fn a_duplicate_peer_name_is_refused() {
+        let text = good().replace("\"laptop\"", "\"phone\"");
+        let (line, col, msg) = err_of(&text);
+        assert_eq!((line, col), (16, 8));
+        assert!(msg.contains("duplicate peer name"), "{msg}");
+    }
+
+    #[test]
+    fn an_empty_peer_name_is_refused() {
+        let text = good().replace("\"laptop\"", "\"  \"");
+        let (line, _, msg) = err_of(&text);
+        assert_eq!(line, 16);
+        assert!(msg.contains("non-empty peer name"), "{msg}");
+    }
+
+    #[test]
+    fn a_duplicate_address6_is_refused() {
+        let text = good().replace(
+            "address = \"10.77.0.3\"",
+            "address = \"10.77.0.3\"\naddress6 = \"fd77::2\"",
+        );
+        let (line, _, msg) = err_of(&text);
+        assert_eq!(line, 19);
+        assert!(msg.contains("duplicate address6"), "{msg}");
+    }
+
+    #[test]
+    fn an_address6_outside_subnet6_is_refused() {
+        let text = good().replace("fd77::2\"", "fd78::2\"");
+        let (line, col, msg) = err_of(&text);
+        assert_eq!((line, col), (13, 12));
+        assert!(msg.contains("inside subnet6 fd77::/64"), "{msg}");
+    }
+
+    #[test]
+    fn an_address6_without_subnet6_is_refused() {
+        let text = good().replace("subnet6 = \"fd77::/64\"\n", "");
+        let (line, _, msg) = err_of(&text);
+        assert_eq!(line, 12);
+        assert!(msg.contains("needs subnet6"), "{msg}");
+    }
+
+    #[test]
+    fn line_col_counts_characters_not_bytes() {
+        assert_eq!(line_col("é = 1\nab", 7), (2, 1));
+        assert_eq!(line_col("é = 1\nab", 8), (2, 2));
+        assert_eq!(line_col("", 5), (1, 1));
+    }
+}

@@ -1,0 +1,327 @@
+//! The anchor's event loop: one task that owns the core and feeds it packets, time and timer
+//! expiries, and hands the core's output to the socket and the TUN.
+//!
+//! One turn: wait for one wake-up (UDP readable, TUN readable, the core's timer, a metrics
+//! scrape, SIGUSR1, the stats tick, shutdown), sample CLOCK_BOOTTIME once, handle a batch of at
+//! most [`BATCH`] inputs into buffers allocated once at start, then drain `poll_transmit`, drain
+//! `poll_event` and re-arm the one timer from `poll_timeout`. A bad packet is logged at debug
+//! and the batch goes on: the core counts the drop, this loop never counts it again.
+//!
+//! The loop holds no per-packet heap allocation. Batching is per readiness event with one
+//! `try_*` call per packet today; recvmmsg/sendmmsg, UDP GRO/GSO and TUN offload slot in as
+//! different batch fillers and flushers around the same core calls (see `tun.rs`).
+
+use std::future::Future;
+use std::io;
+use std::time::Duration;
+
+use tokio::net::UdpSocket;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+use tun_rs::AsyncDevice;
+use upmt_proto::anchor::{Anchor, Event};
+use upmt_proto::time::Instant;
+use upmt_proto::{HEADER_LEN, TAG_LEN};
+
+use crate::clock;
+use crate::metrics::{self, PeerSnapshot, Snapshot};
+
+/// Inputs handled per readiness event before the loop looks at other sources again.
+pub const BATCH: usize = 64;
+
+/// Largest UDP payload; also the largest TUN packet once offload hands over 64 KiB packets.
+const MAX_PACKET: usize = 65_535;
+
+/// How often the counters are logged at debug level without SIGUSR1.
+const STATS_EVERY: Duration = Duration::from_secs(60);
+
+/// Why the loop stopped on its own.
+#[derive(Debug, thiserror::Error)]
+pub enum LoopError {
+    #[error("udp socket failed")]
+    Udp(#[source] io::Error),
+    #[error("tun device failed")]
+    Tun(#[source] io::Error),
+    #[error("cannot install the SIGUSR1 handler")]
+    Signal(#[source] io::Error),
+}
+
+/// Counters the driver keeps itself (the core keeps drops and per-peer traffic).
+#[derive(Clone, Copy, Debug, Default)]
+struct DriverCounters {
+    udp_rx: u64,
+    udp_tx: u64,
+    tun_rx: u64,
+    tun_tx: u64,
+    io_errors: u64,
+}
+
+enum Wake {
+    Udp,
+    Tun,
+    Timer,
+    Scrape(metrics::Request),
+    Usr1,
+    StatsTick,
+    Shutdown,
+}
+
+/// The driver: the core, its IO handles, and buffers allocated once.
+pub struct EventLoop {
+    anchor: Anchor,
+    udp: UdpSocket,
+    tun: AsyncDevice,
+    mtu: usize,
+    /// UDP receive buffer: datagrams are decrypted in place and written to the TUN from here.
+    rx: Box<[u8]>,
+    /// TUN receive buffer: packets land at HEADER_LEN so `encapsulate` works in place.
+    tun_buf: Box<[u8]>,
+    /// Where `poll_transmit` writes handshake responses, probe acks and keepalives.
+    tx: Box<[u8]>,
+    counters: DriverCounters,
+    scrapes: Option<mpsc::Receiver<metrics::Request>>,
+}
+
+impl EventLoop {
+    pub fn new(
+        anchor: Anchor,
+        udp: UdpSocket,
+        tun: AsyncDevice,
+        mtu: u16,
+        scrapes: Option<mpsc::Receiver<metrics::Request>>,
+    ) -> Self {
+        EventLoop {
+            anchor,
+            udp,
+            tun,
+            mtu: usize::from(mtu),
+            rx: vec![0; MAX_PACKET].into_boxed_slice(),
+            tun_buf: vec![0; HEADER_LEN + MAX_PACKET + TAG_LEN].into_boxed_slice(),
+            tx: vec![0; MAX_PACKET].into_boxed_slice(),
+            counters: DriverCounters::default(),
+            scrapes,
+        }
+    }
+
+    /// Runs until `shutdown` resolves (Ok) or the socket or TUN fails (Err).
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), LoopError> {
+        let mut usr1 = signal(SignalKind::user_defined1()).map_err(LoopError::Signal)?;
+        let mut stats = tokio::time::interval(STATS_EVERY);
+        stats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        stats.tick().await; // the first tick is immediate
+        tokio::pin!(shutdown);
+
+        let timer = tokio::time::sleep(Duration::from_secs(3600));
+        tokio::pin!(timer);
+        let mut timer_armed = false;
+        let mut timer_reason = "";
+        let (now, tnow) = (clock::now(), tokio::time::Instant::now());
+        self.arm(&mut timer, &mut timer_armed, &mut timer_reason, now, tnow);
+
+        loop {
+            let wake = tokio::select! {
+                () = &mut shutdown => Wake::Shutdown,
+                r = self.udp.readable() => { r.map_err(LoopError::Udp)?; Wake::Udp }
+                r = self.tun.readable() => { r.map_err(LoopError::Tun)?; Wake::Tun }
+                () = &mut timer, if timer_armed => Wake::Timer,
+                req = next_scrape(&mut self.scrapes) => match req {
+                    Some(req) => Wake::Scrape(req),
+                    None => { self.scrapes = None; continue; }
+                },
+                _ = usr1.recv() => Wake::Usr1,
+                _ = stats.tick() => Wake::StatsTick,
+            };
+            // The one clock sample of this turn; everything below uses it.
+            let (now, tnow) = (clock::now(), tokio::time::Instant::now());
+            match wake {
+                Wake::Shutdown => return Ok(()),
+                Wake::Udp => self.read_udp(now),
+                Wake::Tun => self.read_tun(now),
+                Wake::Timer => {
+                    tracing::trace!(reason = timer_reason, "core timer fired");
+                    timer_armed = false;
+                    self.anchor.handle_timeout(now);
+                }
+                Wake::Scrape(reply) => {
+                    // The scraper may have gone away; nothing to do then.
+                    let _ = reply.send(self.snapshot());
+                }
+                Wake::Usr1 => tracing::info!("counters: {}", self.snapshot().summary()),
+                Wake::StatsTick => tracing::debug!("counters: {}", self.snapshot().summary()),
+            }
+            self.flush(now);
+            self.arm(&mut timer, &mut timer_armed, &mut timer_reason, now, tnow);
+        }
+    }
+
+    /// Reads up to BATCH datagrams and feeds each to the core.
+    fn read_udp(&mut self, now: Instant) {
+        for _ in 0..BATCH {
+            let (n, from) = match self.udp.try_recv_from(&mut self.rx) {
+                Ok(x) => x,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    self.counters.io_errors += 1;
+                    tracing::debug!(error = %e, "udp receive failed");
+                    continue;
+                }
+            };
+            self.counters.udp_rx += 1;
+            let datagram = &mut self.rx[..n];
+            match self.anchor.handle_datagram(from, datagram, now) {
+                Ok(Some((peer, range))) => match datagram.get(range) {
+                    Some(inner) => match self.tun.try_send(inner) {
+                        Ok(_) => self.counters.tun_tx += 1,
+                        Err(e) => {
+                            self.counters.io_errors += 1;
+                            tracing::debug!(%peer, error = %e, "tun write failed");
+                        }
+                    },
+                    None => tracing::debug!(%peer, "core returned a range outside the datagram"),
+                },
+                Ok(None) => {}
+                Err(reason) => {
+                    tracing::debug!(%from, len = n, reason = reason.as_str(), "dropped datagram");
+                }
+            }
+            // Handshake responses and probe acks queue up in the core; send them as they come
+            // so a burst of handshakes cannot grow that queue past one batch.
+            self.drain_transmits(now);
+        }
+    }
+
+    /// Reads up to BATCH packets from the TUN, encapsulates each in place and sends it.
+    fn read_tun(&mut self, now: Instant) {
+        // Leave room for the tag after the largest packet the TUN can hand us.
+        let room = self.mtu.min(MAX_PACKET);
+        for _ in 0..BATCH {
+            let n = match self
+                .tun
+                .try_recv(&mut self.tun_buf[HEADER_LEN..HEADER_LEN + room])
+            {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    self.counters.io_errors += 1;
+                    tracing::debug!(error = %e, "tun read failed");
+                    return;
+                }
+            };
+            self.counters.tun_rx += 1;
+            match self.anchor.encapsulate(&mut self.tun_buf, n, now) {
+                Ok(t) => {
+                    let Some(dst) = t.dst else {
+                        tracing::debug!("core gave an anchor transmit without destination");
+                        continue;
+                    };
+                    match self.tun_buf.get(..t.len) {
+                        Some(datagram) => send(&self.udp, datagram, dst, &mut self.counters),
+                        None => tracing::debug!("core returned a length past the buffer"),
+                    }
+                }
+                Err(reason) => {
+                    tracing::debug!(len = n, reason = reason.as_str(), "dropped tun packet");
+                }
+            }
+        }
+    }
+
+    /// Sends everything the core has queued, then logs its events.
+    fn flush(&mut self, now: Instant) {
+        self.drain_transmits(now);
+        while let Some(event) = self.anchor.poll_event() {
+            match event {
+                Event::PeerConnected {
+                    peer,
+                    name,
+                    endpoint,
+                } => tracing::info!(%peer, %name, %endpoint, "peer connected"),
+                Event::PeerDisconnected { peer, name } => {
+                    tracing::info!(%peer, %name, "peer disconnected")
+                }
+                Event::PathEndpointChanged {
+                    peer,
+                    path,
+                    endpoint,
+                } => tracing::info!(%peer, %path, %endpoint, "path endpoint changed"),
+            }
+        }
+    }
+
+    fn drain_transmits(&mut self, now: Instant) {
+        while let Some(t) = self.anchor.poll_transmit(now, &mut self.tx) {
+            match (t.dst, self.tx.get(..t.len)) {
+                (Some(dst), Some(datagram)) => send(&self.udp, datagram, dst, &mut self.counters),
+                _ => tracing::debug!(?t, "core returned an unusable transmit"),
+            }
+        }
+    }
+
+    fn arm(
+        &self,
+        timer: &mut std::pin::Pin<&mut tokio::time::Sleep>,
+        armed: &mut bool,
+        reason: &mut &'static str,
+        now: Instant,
+        tnow: tokio::time::Instant,
+    ) {
+        match self.anchor.poll_timeout() {
+            Some((at, why)) => {
+                timer.as_mut().reset(clock::to_tokio(at, now, tnow));
+                *armed = true;
+                *reason = why;
+            }
+            None => *armed = false,
+        }
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            drops: self
+                .anchor
+                .drops()
+                .iter()
+                .map(|(r, n)| (r.as_str(), n))
+                .collect(),
+            peers: self
+                .anchor
+                .peers()
+                .map(|p| PeerSnapshot {
+                    name: p.name,
+                    connected: p.connected,
+                    paths: p.paths.len() as u64,
+                    rx_bytes: p.rx_bytes,
+                    tx_bytes: p.tx_bytes,
+                    rx_packets: p.rx_packets,
+                    tx_packets: p.tx_packets,
+                })
+                .collect(),
+            udp_rx_datagrams: self.counters.udp_rx,
+            udp_tx_datagrams: self.counters.udp_tx,
+            tun_rx_packets: self.counters.tun_rx,
+            tun_tx_packets: self.counters.tun_tx,
+            io_errors: self.counters.io_errors,
+        }
+    }
+}
+
+fn send(udp: &UdpSocket, datagram: &[u8], dst: std::net::SocketAddr, c: &mut DriverCounters) {
+    match udp.try_send_to(datagram, dst) {
+        Ok(_) => c.udp_tx += 1,
+        // A full send buffer drops the datagram like a congested link would; the tunnelled
+        // transport above recovers.
+        Err(e) => {
+            c.io_errors += 1;
+            tracing::debug!(%dst, error = %e, "udp send failed");
+        }
+    }
+}
+
+async fn next_scrape(
+    scrapes: &mut Option<mpsc::Receiver<metrics::Request>>,
+) -> Option<metrics::Request> {
+    match scrapes {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
