@@ -231,6 +231,11 @@ fn the_daemon_sets_up_its_tun_and_nat_receives_and_cleans_up_at_sigterm() {
     );
     assert!(table.contains("maxseg size set rt mtu"), "{table}");
 
+    // The tunnel socket's buffers were forced to 8 MiB (the kernel reports twice that).
+    let sockets = ns.exec_ok(&["ss", "-uamn", "sport = :51900"]);
+    assert!(sockets.contains("rb16777216"), "{sockets}");
+    assert!(sockets.contains("tb16777216"), "{sockets}");
+
     // A second daemon on the same port fails with one clear line and leaves the first alone.
     let config2 = write_config(&dir, "an2.toml", "upmtt1", false);
     let second = ns.exec(&[
