@@ -1,9 +1,33 @@
 //! The mobile host's core: one session to one anchor over several paths.
+//!
+//! The driver declares paths (one UDP socket per uplink, connected to the anchor) with
+//! `handle_path_up` / `handle_path_down`. The client handshakes on the first declared path and,
+//! when no answer comes within `handshake_retry`, tries again with a fresh handshake on the next
+//! path. Once connected, any path carries data (`encapsulate` takes the path the driver's policy
+//! chose) and every declared path is probed every `probe_interval`: the answers give the path's
+//! RTT and loss and keep it Up; a path with no authenticated packet for `path_timeout` is Down.
+//!
+//! Session lifetime: after `rekey_after` a new handshake runs while the old keys keep working;
+//! the old receive key is kept after the switch for packets still in flight. When no
+//! authenticated packet arrives on any path for `path_timeout` (the anchor restarted and forgot
+//! us, or every uplink is blackholed), the client reports `Disconnected` and handshakes again,
+//! still sending on the old keys meanwhile so that a mere blip loses nothing.
+//!
+//! Never does IO or reads a clock; never allocates per packet (the transmit and event queues only
+//! grow when their capacity is exceeded).
+
+use crate::control::ControlMessage;
+use crate::crypto::{Keypair, random_index};
+use crate::handshake::{Initiation, mac1_key};
 use crate::keys::{PublicKey, StaticSecret};
 use crate::time::Instant;
-use crate::{DropCounters, DropReason, PathId, SessionParams, Transmit};
+use crate::wire::{
+    self, HandshakeResp, HandshakeRespRepr, INIT_LEN, Kind, TransportHeader, TransportRepr,
+};
+use crate::{DropCounters, DropReason, HEADER_LEN, PathId, SessionParams, TAG_LEN, Transmit};
 use core::ops::Range;
 use core::time::Duration;
+use std::collections::VecDeque;
 
 /// Settings of a [`Client`].
 #[derive(Clone, Debug)]
@@ -80,30 +104,157 @@ pub enum Event {
     Rekeyed,
 }
 
+struct Path {
+    id: PathId,
+    state: PathState,
+    last_rx: Option<Instant>,
+    next_probe: Instant,
+    next_seq: u32,
+    /// The first probe sequence number not yet accounted as answered or lost.
+    acked_upto: u32,
+    srtt: Option<Duration>,
+    loss: f32,
+    tx_packets: u64,
+    rx_packets: u64,
+}
+
+impl Path {
+    fn new(id: PathId, now: Instant) -> Self {
+        Path {
+            id,
+            state: PathState::Down,
+            last_rx: None,
+            next_probe: now,
+            next_seq: 0,
+            acked_upto: 0,
+            srtt: None,
+            loss: 0.0,
+            tx_packets: 0,
+            rx_packets: 0,
+        }
+    }
+
+    fn on_probe_ack(&mut self, seq: u32, echo_us: u64, now: Instant) {
+        if seq < self.acked_upto || seq >= self.next_seq {
+            return; // stale duplicate, or an ack for a probe we never sent
+        }
+        // Probes skipped over by this ack are counted lost; capped so a long outage is one burst.
+        let lost = (seq - self.acked_upto).min(16);
+        for _ in 0..lost {
+            self.loss = self.loss * 0.875 + 0.125;
+        }
+        self.loss *= 0.875;
+        self.acked_upto = seq + 1;
+        let sample = Duration::from_micros(micros(now).saturating_sub(echo_us));
+        self.srtt = Some(match self.srtt {
+            None => sample,
+            Some(s) => (s * 7 + sample) / 8,
+        });
+    }
+}
+
+fn micros(now: Instant) -> u64 {
+    u64::try_from(now.as_duration().as_micros()).unwrap_or(u64::MAX)
+}
+
+/// Why a handshake runs: decides the event when it completes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Purpose {
+    Connect,
+    Rekey,
+}
+
+struct Pending {
+    initiation: Initiation,
+    local_index: crate::SessionIndex,
+    bytes: [u8; INIT_LEN],
+    path: PathId,
+    retry_at: Instant,
+    purpose: Purpose,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Queued {
+    Init,
+    Probe(PathId),
+    ProbeAck {
+        path: PathId,
+        seq: u32,
+        echo_us: u64,
+    },
+}
+
 /// The mobile host's protocol core. See the crate docs for the calling order.
 pub struct Client {
     config: ClientConfig,
+    mac1_key: [u8; 32],
+    created: Instant,
+    unix_nanos_at_created: u64,
+    last_timestamp: u64,
+    paths: Vec<Path>,
+    pending: Option<Pending>,
+    /// Rotates the path of successive handshake attempts.
+    attempt: usize,
+    current: Option<Keypair>,
+    previous: Option<Keypair>,
+    params: Option<SessionParams>,
+    connected: bool,
+    /// Last authenticated packet on any path of the session.
+    last_rx: Option<Instant>,
+    queue: VecDeque<Queued>,
+    events: VecDeque<Event>,
     drops: DropCounters,
 }
 
 impl Client {
     /// A client that will handshake as soon as a path is up.
     pub fn new(config: ClientConfig, now: Instant, unix_nanos_at_now: u64) -> Self {
-        let _ = (now, unix_nanos_at_now);
+        let mac1_key = mac1_key(&config.anchor_public);
         Client {
             config,
+            mac1_key,
+            created: now,
+            unix_nanos_at_created: unix_nanos_at_now,
+            last_timestamp: 0,
+            paths: Vec::new(),
+            pending: None,
+            attempt: 0,
+            current: None,
+            previous: None,
+            params: None,
+            connected: false,
+            last_rx: None,
+            queue: VecDeque::with_capacity(16),
+            events: VecDeque::with_capacity(16),
             drops: DropCounters::default(),
         }
     }
 
-    /// The driver has a socket for `path` (its link is up).
+    /// The driver has a socket for `path` (its link is up). Starts the handshake if none runs.
     pub fn handle_path_up(&mut self, path: PathId, now: Instant) {
-        let _ = (path, now, &self.config);
+        if self.path(path).is_none() {
+            self.paths.push(Path::new(path, now));
+        }
+        if self.current.is_none() && self.pending.is_none() {
+            self.start_handshake(Purpose::Connect, now);
+        }
     }
 
-    /// The driver lost the link of `path`.
+    /// The driver lost the link of `path`. A handshake waiting on it moves to another path.
     pub fn handle_path_down(&mut self, path: PathId, now: Instant) {
-        let _ = (path, now);
+        let Some(i) = self.paths.iter().position(|p| p.id == path) else {
+            return;
+        };
+        let p = self.paths.remove(i);
+        if p.state == PathState::Up {
+            self.events.push_back(Event::PathDown(path));
+        }
+        if let Some(pending) = &self.pending
+            && pending.path == path
+        {
+            let purpose = pending.purpose;
+            self.start_handshake(purpose, now);
+        }
     }
 
     /// Decrypts in place. `Ok(Some(range))`: an inner IP packet at `datagram[range]` for the TUN;
@@ -114,8 +265,107 @@ impl Client {
         datagram: &mut [u8],
         now: Instant,
     ) -> Result<Option<Range<usize>>, DropReason> {
-        let _ = (path, datagram, now);
-        Err(DropReason::NoSession)
+        let r = self.handle_datagram_inner(path, datagram, now);
+        if let Err(reason) = r {
+            self.drops.add(reason);
+        }
+        r
+    }
+
+    fn handle_datagram_inner(
+        &mut self,
+        path: PathId,
+        datagram: &mut [u8],
+        now: Instant,
+    ) -> Result<Option<Range<usize>>, DropReason> {
+        match wire::peek_kind(datagram)? {
+            Kind::HandshakeInit => Err(DropReason::UnknownKind),
+            Kind::HandshakeResp => {
+                self.handle_resp(path, datagram, now)?;
+                Ok(None)
+            }
+            Kind::Data | Kind::Control => {
+                let h = TransportHeader::new_checked(&*datagram)?;
+                let repr = TransportRepr::parse(&h)?;
+                let idx = repr.receiver_index;
+                let keys = match (&mut self.current, &mut self.previous) {
+                    (Some(k), _) if k.local_index == idx => k,
+                    (_, Some(k)) if k.local_index == idx => k,
+                    _ => return Err(DropReason::UnknownSession),
+                };
+                let range = keys.open(repr.counter, datagram)?;
+                self.on_authenticated(path, now);
+                let plain = &datagram[range.clone()];
+                if repr.kind == Kind::Data {
+                    if !matches!(plain.first().map(|b| b >> 4), Some(4 | 6)) {
+                        return Err(DropReason::NotIp);
+                    }
+                    return Ok(Some(range));
+                }
+                match ControlMessage::parse(plain)? {
+                    ControlMessage::Probe { seq, sent_us } => {
+                        self.queue.push_back(Queued::ProbeAck {
+                            path,
+                            seq,
+                            echo_us: sent_us,
+                        });
+                    }
+                    ControlMessage::ProbeAck { seq, echo_us } => {
+                        if let Some(p) = self.path_mut(path) {
+                            p.on_probe_ack(seq, echo_us, now);
+                        }
+                    }
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    fn handle_resp(
+        &mut self,
+        path: PathId,
+        datagram: &[u8],
+        now: Instant,
+    ) -> Result<(), DropReason> {
+        let view = HandshakeResp::new_checked(datagram)?;
+        let repr = HandshakeRespRepr::parse(&view)?;
+        let pending = match &mut self.pending {
+            Some(p) if p.local_index == repr.receiver_index => p,
+            _ => return Err(DropReason::UnknownSession),
+        };
+        let (params, (send, recv)) = pending.initiation.finish(view.noise())?;
+        let local_index = pending.local_index;
+        let purpose = pending.purpose;
+        self.pending = None;
+        let keys = Keypair::new(&send, &recv, local_index, repr.sender_index, now);
+        self.previous = self.current.replace(keys);
+        self.params = Some(params);
+        self.on_authenticated(path, now);
+        if self.connected && purpose == Purpose::Rekey {
+            self.events.push_back(Event::Rekeyed);
+        } else {
+            self.connected = true;
+            self.events.push_back(Event::Connected(params));
+        }
+        // Probe every path at once: measures them, and the first authenticated packet is what
+        // makes the anchor switch to the new session.
+        for p in &mut self.paths {
+            self.queue.push_back(Queued::Probe(p.id));
+            p.next_probe = now + self.config.probe_interval;
+        }
+        Ok(())
+    }
+
+    fn on_authenticated(&mut self, path: PathId, now: Instant) {
+        self.last_rx = Some(now);
+        if let Some(p) = self.path_mut(path) {
+            p.last_rx = Some(now);
+            p.rx_packets += 1;
+            if p.state == PathState::Down {
+                p.state = PathState::Up;
+                self.events.push_back(Event::PathUp(path));
+            }
+        }
     }
 
     /// `buf[HEADER_LEN..HEADER_LEN + len]` holds an inner IP packet and `buf` has at least
@@ -127,40 +377,251 @@ impl Client {
         len: usize,
         now: Instant,
     ) -> Result<usize, DropReason> {
-        let _ = (path, buf, len, now);
-        Err(DropReason::NoSession)
+        let _ = now;
+        let r = self.encapsulate_inner(path, buf, len);
+        match r {
+            Ok(_) => {
+                if let Some(p) = self.path_mut(path) {
+                    p.tx_packets += 1;
+                }
+            }
+            Err(reason) => self.drops.add(reason),
+        }
+        r
+    }
+
+    fn encapsulate_inner(
+        &mut self,
+        path: PathId,
+        buf: &mut [u8],
+        len: usize,
+    ) -> Result<usize, DropReason> {
+        let keys = self.current.as_mut().ok_or(DropReason::NoSession)?;
+        let first = buf.get(HEADER_LEN).ok_or(DropReason::TooBig)?;
+        if len == 0 || !matches!(first >> 4, 4 | 6) {
+            return Err(DropReason::NotIp);
+        }
+        keys.seal(Kind::Data, path, buf, len)
     }
 
     /// The next datagram to send, written into `buf` (at least 1500 bytes is always enough).
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
-        let _ = (now, buf);
+        while let Some(q) = self.queue.pop_front() {
+            if let Some(t) = self.build(q, now, buf) {
+                return Some(t);
+            }
+        }
         None
+    }
+
+    fn build(&mut self, q: Queued, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        let (path, msg) = match q {
+            Queued::Init => {
+                let p = self.pending.as_ref()?;
+                buf.get_mut(..INIT_LEN)?.copy_from_slice(&p.bytes);
+                let path = p.path;
+                if let Some(pp) = self.path_mut(path) {
+                    pp.tx_packets += 1;
+                }
+                return Some(Transmit {
+                    path,
+                    dst: None,
+                    len: INIT_LEN,
+                });
+            }
+            Queued::Probe(path) => {
+                let p = self.path_mut(path)?;
+                let seq = p.next_seq;
+                p.next_seq = p.next_seq.wrapping_add(1);
+                (
+                    path,
+                    ControlMessage::Probe {
+                        seq,
+                        sent_us: micros(now),
+                    },
+                )
+            }
+            Queued::ProbeAck { path, seq, echo_us } => {
+                (path, ControlMessage::ProbeAck { seq, echo_us })
+            }
+        };
+        let keys = self.current.as_mut()?;
+        let body = buf.get_mut(HEADER_LEN..HEADER_LEN + msg.buffer_len() + TAG_LEN)?;
+        let n = msg.emit(body).ok()?;
+        let len = keys.seal(Kind::Control, path, buf, n).ok()?;
+        if let Some(p) = self.path_mut(path) {
+            p.tx_packets += 1;
+        }
+        Some(Transmit {
+            path,
+            dst: None,
+            len,
+        })
     }
 
     /// When `handle_timeout` must be called next, and why.
     pub fn poll_timeout(&self) -> Option<(Instant, &'static str)> {
-        None
+        let mut best: Option<(Instant, &'static str)> = None;
+        let mut consider = |t: Instant, why: &'static str| {
+            if best.is_none_or(|(b, _)| t < b) {
+                best = Some((t, why));
+            }
+        };
+        if let Some(p) = &self.pending {
+            consider(p.retry_at, "handshake retry");
+        }
+        if let Some(keys) = &self.current {
+            if self.pending.is_none() {
+                consider(keys.created + self.config.rekey_after, "rekey");
+                if let Some(rx) = self.last_rx
+                    && !self.paths.is_empty()
+                {
+                    consider(rx + self.config.path_timeout, "session silent");
+                }
+            }
+            for p in &self.paths {
+                consider(p.next_probe, "probe");
+                if let (PathState::Up, Some(rx)) = (p.state, p.last_rx) {
+                    consider(rx + self.config.path_timeout, "path timeout");
+                }
+            }
+        }
+        best
     }
 
     /// Runs the timers due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let _ = now;
+        let path_timeout = self.config.path_timeout;
+        for p in &mut self.paths {
+            if let (PathState::Up, Some(rx)) = (p.state, p.last_rx)
+                && now >= rx + path_timeout
+            {
+                p.state = PathState::Down;
+                self.events.push_back(Event::PathDown(p.id));
+            }
+        }
+        if let Some(p) = &self.pending
+            && now >= p.retry_at
+        {
+            let purpose = p.purpose;
+            self.attempt = self.attempt.wrapping_add(1);
+            self.start_handshake(purpose, now);
+        }
+        if self.pending.is_none()
+            && let Some(keys) = &self.current
+        {
+            let silent = self.last_rx.is_some_and(|rx| now >= rx + path_timeout);
+            if silent && !self.paths.is_empty() {
+                if self.connected {
+                    self.connected = false;
+                    self.events.push_back(Event::Disconnected);
+                }
+                self.start_handshake(Purpose::Connect, now);
+            } else if now >= keys.created + self.config.rekey_after {
+                self.start_handshake(Purpose::Rekey, now);
+            }
+        }
+        if self.current.is_some() {
+            let interval = self.config.probe_interval;
+            for p in &mut self.paths {
+                if now >= p.next_probe {
+                    p.next_probe = now + interval;
+                    self.queue.push_back(Queued::Probe(p.id));
+                }
+            }
+        }
+    }
+
+    /// Builds a fresh init (new ephemeral, new index, new timestamp) on the path picked by
+    /// `attempt`, preferring paths that are Up.
+    fn start_handshake(&mut self, purpose: Purpose, now: Instant) {
+        let n = self.paths.len();
+        if n == 0 {
+            self.pending = None;
+            return;
+        }
+        let ups = self
+            .paths
+            .iter()
+            .filter(|p| p.state == PathState::Up)
+            .count();
+        let path = if ups > 0 {
+            self.paths
+                .iter()
+                .filter(|p| p.state == PathState::Up)
+                .nth(self.attempt % ups)
+        } else {
+            self.paths.get(self.attempt % n)
+        }
+        .map(|p| p.id)
+        .unwrap_or(PathId(0));
+        let elapsed = u64::try_from((now - self.created).as_nanos()).unwrap_or(u64::MAX);
+        let timestamp = self
+            .unix_nanos_at_created
+            .saturating_add(elapsed)
+            .max(self.last_timestamp.saturating_add(1));
+        self.last_timestamp = timestamp;
+        let local_index = random_index(timestamp);
+        let mut bytes = [0u8; INIT_LEN];
+        let Ok(initiation) = Initiation::start(
+            &self.config.static_secret,
+            &self.config.anchor_public,
+            &self.mac1_key,
+            path,
+            local_index,
+            timestamp,
+            &mut bytes,
+        ) else {
+            // Only a broken static key gets here; retrying later will not fix it, but keeps the
+            // timer alive instead of wedging the state machine.
+            self.pending = None;
+            return;
+        };
+        self.pending = Some(Pending {
+            initiation,
+            local_index,
+            bytes,
+            path,
+            retry_at: now + self.config.handshake_retry,
+            purpose,
+        });
+        self.queue.retain(|q| !matches!(q, Queued::Init));
+        self.queue.push_back(Queued::Init);
+    }
+
+    fn path(&self, id: PathId) -> Option<&Path> {
+        self.paths.iter().find(|p| p.id == id)
+    }
+
+    fn path_mut(&mut self, id: PathId) -> Option<&mut Path> {
+        self.paths.iter_mut().find(|p| p.id == id)
     }
 
     /// The next event.
     pub fn poll_event(&mut self) -> Option<Event> {
-        None
+        self.events.pop_front()
     }
 
     /// The parameters of the current session.
     pub fn session(&self) -> Option<&SessionParams> {
-        None
+        self.params.as_ref().filter(|_| self.current.is_some())
+    }
+
+    /// Whether a handshake is running.
+    pub fn is_handshaking(&self) -> bool {
+        self.pending.is_some()
     }
 
     /// Measurements of `path`, if the driver declared it up.
     pub fn path_stats(&self, path: PathId) -> Option<PathStats> {
-        let _ = path;
-        None
+        self.path(path).map(|p| PathStats {
+            state: p.state,
+            rtt: p.srtt,
+            loss: p.loss,
+            last_rx: p.last_rx,
+            tx_packets: p.tx_packets,
+            rx_packets: p.rx_packets,
+        })
     }
 
     /// Drops so far, counted by this core.
