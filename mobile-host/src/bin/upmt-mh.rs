@@ -1,1 +1,112 @@
-fn main() {}
+//! `upmt-mh`: the upmt mobile-host daemon. `run` handshakes with the anchor, brings up the TUN
+//! and routes the host's traffic through it until SIGINT/SIGTERM, then restores routing;
+//! `check` validates a config file and exits.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use upmt_mobile_host::config::Config;
+use upmt_mobile_host::core::StaticSecret;
+use upmt_mobile_host::event_loop::Daemon;
+use upmt_mobile_host::{sys, uplink};
+
+const DEFAULT_CONFIG: &str = "/etc/upmt/mh.toml";
+
+#[derive(Parser)]
+#[command(name = "upmt-mh", version, about = "upmt mobile-host daemon")]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon.
+    Run {
+        /// Configuration file.
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Validate a configuration file and print what it sets up.
+    Check {
+        /// Configuration file.
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let result = match args.command {
+        Command::Run { config } => run(&config),
+        Command::Check { config } => check(&config),
+    };
+    if let Err(e) = result {
+        eprintln!("upmt-mh: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn check(path: &std::path::Path) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    let public = StaticSecret::from_bytes(config.private_key).public_key();
+    println!("{}: ok", path.display());
+    println!("anchor        {}", config.anchor);
+    println!("public key    {public}");
+    println!("tun           {}", config.tun);
+    println!(
+        "routing       fwmark {:#x}, table {}, rules at priority {} and {}",
+        config.fwmark,
+        config.table,
+        config.rule_priority - 1,
+        config.rule_priority
+    );
+    for u in &config.uplinks {
+        println!(
+            "uplink        path {} {} on {} ({:?} now)",
+            u.path_index,
+            u.name,
+            u.interface,
+            uplink::link_state(&u.interface)
+        );
+    }
+    Ok(())
+}
+
+fn run(path: &std::path::Path) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    sys::require_net_admin()?;
+    sys::tun_device_path()?;
+    // One thread: the loop is a single task, and netlink's connection task is light.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let daemon = Daemon::new(config).await?;
+        daemon.run(shutdown_signal()?).await?;
+        anyhow::Ok(())
+    })
+}
+
+/// Completes on the first SIGINT or SIGTERM.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut int = signal(SignalKind::interrupt()).context("cannot install a SIGINT handler")?;
+    let mut term = signal(SignalKind::terminate()).context("cannot install a SIGTERM handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+    })
+}

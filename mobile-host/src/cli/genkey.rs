@@ -1,0 +1,33 @@
+//! `upmt genkey`: prints a new random private key, base64, like `wg genkey`.
+
+use std::io::Write;
+
+use anyhow::Context as _;
+
+use crate::core::StaticSecret;
+
+/// Writes a fresh private key and a newline to `out`.
+pub fn run(out: &mut impl Write) -> anyhow::Result<()> {
+    let secret = StaticSecret::generate().context("cannot generate a key")?;
+    writeln!(out, "{secret}").context("cannot write the key")?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn genkey_prints_a_44_char_key_that_parses_and_differs_each_time() {
+        let mut a = Vec::new();
+        let mut b = Vec::new();
+        run(&mut a).unwrap();
+        run(&mut b).unwrap();
+        let a = String::from_utf8(a).unwrap();
+        let b = String::from_utf8(b).unwrap();
+        assert_eq!(a.trim_end().len(), 44);
+        assert!(a.ends_with('\n'));
+        assert!(a.trim().parse::<StaticSecret>().is_ok());
+        assert_ne!(a, b);
+    }
+}

@@ -1,0 +1,660 @@
+//! The `upmt-mh` configuration file: one TOML document naming the anchor, the keys, the TUN and
+//! the uplinks.
+//!
+//! Parsing is strict (`deny_unknown_fields`) so a typo is an error, not a silently ignored line.
+//! Every error names the file, the line and column, and what was expected. This module only
+//! reads files (the config and an optional `private_key_file`); it never touches the network.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use serde::Deserialize;
+use serde_spanned::Spanned;
+
+/// Default SO_MARK of the daemon's own sockets; the routing rules exempt it from the TUN.
+pub const DEFAULT_FWMARK: u32 = 0x5550;
+/// Default routing table holding the TUN's default routes.
+pub const DEFAULT_TABLE: u32 = 5550;
+/// Default priority of the `not fwmark M lookup T` rule; `P - 1` holds the
+/// `lookup main suppress_prefixlength 0` rule. Low enough to run before the main table's rule
+/// (32766) on Linux and before netd's rules (10000 and up) on Android.
+pub const DEFAULT_RULE_PRIORITY: u32 = 5550;
+/// Default TUN name.
+pub const DEFAULT_TUN: &str = "upmt0";
+/// Linux interface names hold at most 15 bytes (IFNAMSIZ - 1).
+const IFNAME_MAX: usize = 15;
+
+/// A validated configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// The anchor node's UDP endpoint.
+    pub anchor: SocketAddr,
+    /// The anchor's static public key (X25519, 32 bytes).
+    pub anchor_public_key: [u8; 32],
+    /// This host's static private key (X25519, 32 bytes).
+    pub private_key: [u8; 32],
+    /// Name of the TUN device.
+    pub tun: String,
+    /// SO_MARK of the daemon's own sockets.
+    pub fwmark: u32,
+    /// Routing table of the TUN's default routes.
+    pub table: u32,
+    /// Priority of the `not fwmark` rule (the suppress rule sits at `rule_priority - 1`).
+    pub rule_priority: u32,
+    /// Uplinks in file order; uplink `i` is path `i`.
+    pub uplinks: Vec<UplinkConfig>,
+}
+
+/// One physical uplink.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UplinkConfig {
+    /// The name the policy uses for it ("wifi", "cell").
+    pub name: String,
+    /// The network interface it is bound to ("wlan0").
+    pub interface: String,
+    /// The path id the core knows it by: its position in the file.
+    pub path_index: u8,
+}
+
+/// What went wrong reading a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid, at a known place.
+    #[error("{path}:{line}:{column}: {message}")]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    /// The `private_key_file` named in the config could not be read.
+    #[error("{config}: cannot read private_key_file {key_file}")]
+    KeyFileRead {
+        config: PathBuf,
+        key_file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The `private_key_file` does not hold a key.
+    #[error(
+        "{key_file}: expected one base64 X25519 private key (44 characters, as `upmt genkey` prints)"
+    )]
+    KeyFileInvalid { key_file: PathBuf },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    anchor: Spanned<String>,
+    anchor_public_key: Spanned<String>,
+    private_key: Option<Spanned<String>>,
+    private_key_file: Option<Spanned<String>>,
+    tun: Option<Spanned<String>>,
+    fwmark: Option<Spanned<u32>>,
+    table: Option<Spanned<u32>>,
+    rule_priority: Option<Spanned<u32>>,
+    #[serde(default)]
+    uplink: Vec<RawUplink>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUplink {
+    name: Spanned<String>,
+    interface: Spanned<String>,
+}
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Validates `text`, the contents of the file at `path` (used for error messages and to
+    /// resolve a relative `private_key_file`).
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let at = |span: Range<usize>, message: String| {
+            let (line, column) = line_col(text, span.start);
+            ConfigError::Invalid {
+                path: path.to_owned(),
+                line,
+                column,
+                message,
+            }
+        };
+        let raw: RawConfig = toml::from_str(text)
+            .map_err(|e| at(e.span().unwrap_or(0..0), e.message().trim().to_owned()))?;
+
+        let anchor: SocketAddr = raw.anchor.get_ref().parse().map_err(|_| {
+            at(
+                raw.anchor.span(),
+                format!(
+                    "invalid anchor {:?}: expected IPv4:port or [IPv6]:port, e.g. \"203.0.113.2:51900\"",
+                    raw.anchor.get_ref()
+                ),
+            )
+        })?;
+        if anchor.port() == 0 {
+            return Err(at(raw.anchor.span(), "anchor port must not be 0".into()));
+        }
+        let anchor_public_key = decode_key(raw.anchor_public_key.get_ref()).ok_or_else(|| {
+            at(
+                raw.anchor_public_key.span(),
+                "invalid anchor_public_key: expected a base64 X25519 public key (44 characters, as `upmt pubkey` prints)".into(),
+            )
+        })?;
+
+        let private_key = match (&raw.private_key, &raw.private_key_file) {
+            (Some(k), None) => decode_key(k.get_ref()).ok_or_else(|| {
+                at(
+                    k.span(),
+                    "invalid private_key: expected a base64 X25519 private key (44 characters, as `upmt genkey` prints)".into(),
+                )
+            })?,
+            (None, Some(f)) => read_key_file(path, f.get_ref())?,
+            (Some(_), Some(f)) => {
+                return Err(at(
+                    f.span(),
+                    "private_key and private_key_file are both set: expected exactly one".into(),
+                ));
+            }
+            (None, None) => {
+                return Err(at(
+                    0..0,
+                    "missing private key: expected `private_key = \"base64...\"` or `private_key_file = \"path\"`".into(),
+                ));
+            }
+        };
+
+        let tun = match raw.tun {
+            Some(t) => {
+                check_ifname(t.get_ref())
+                    .map_err(|why| at(t.span(), format!("invalid tun: {why}")))?;
+                t.into_inner()
+            }
+            None => DEFAULT_TUN.to_owned(),
+        };
+
+        let fwmark = match raw.fwmark {
+            Some(m) if *m.get_ref() == 0 => {
+                return Err(at(
+                    m.span(),
+                    "fwmark must not be 0: the rules exempt marked sockets, and 0 is every unmarked socket".into(),
+                ));
+            }
+            Some(m) => m.into_inner(),
+            None => DEFAULT_FWMARK,
+        };
+        let table = match raw.table {
+            // 0 is "unspecified", 253..=255 are default/main/local, 2^32-1 is reserved.
+            Some(t) if matches!(*t.get_ref(), 0 | 253..=255 | u32::MAX) => {
+                return Err(at(
+                    t.span(),
+                    format!(
+                        "table {} is reserved: expected a table id other than 0, 253 (default), 254 (main), 255 (local)",
+                        t.get_ref()
+                    ),
+                ));
+            }
+            Some(t) => t.into_inner(),
+            None => DEFAULT_TABLE,
+        };
+        let rule_priority = match raw.rule_priority {
+            // P - 1 must exist and must not be 0 (the kernel's `lookup local` rule).
+            Some(p) if *p.get_ref() < 2 || *p.get_ref() > 32765 => {
+                return Err(at(
+                    p.span(),
+                    "rule_priority must be between 2 and 32765 (it and rule_priority - 1 must run before the main table's rule)".into(),
+                ));
+            }
+            Some(p) => p.into_inner(),
+            None => DEFAULT_RULE_PRIORITY,
+        };
+
+        if raw.uplink.is_empty() {
+            return Err(at(
+                0..0,
+                "no uplink: expected at least one [[uplink]] with name and interface".into(),
+            ));
+        }
+        if raw.uplink.len() > usize::from(u8::MAX) + 1 {
+            return Err(at(
+                raw.uplink[256].name.span(),
+                "too many uplinks: at most 256".into(),
+            ));
+        }
+        let mut names = HashSet::new();
+        let mut interfaces = HashSet::new();
+        let mut uplinks = Vec::with_capacity(raw.uplink.len());
+        for (i, u) in raw.uplink.into_iter().enumerate() {
+            let name = u.name.get_ref();
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                return Err(at(
+                    u.name.span(),
+                    format!(
+                        "invalid uplink name {name:?}: expected letters, digits, '-', '_' or '.'"
+                    ),
+                ));
+            }
+            if !names.insert(name.clone()) {
+                return Err(at(u.name.span(), format!("duplicate uplink name {name:?}")));
+            }
+            let interface = u.interface.get_ref();
+            check_ifname(interface)
+                .map_err(|why| at(u.interface.span(), format!("invalid interface: {why}")))?;
+            if interface == &tun {
+                return Err(at(
+                    u.interface.span(),
+                    format!("uplink interface {interface:?} is the TUN itself"),
+                ));
+            }
+            if !interfaces.insert(interface.clone()) {
+                return Err(at(
+                    u.interface.span(),
+                    format!("interface {interface:?} is used by two uplinks"),
+                ));
+            }
+            uplinks.push(UplinkConfig {
+                name: u.name.into_inner(),
+                interface: u.interface.into_inner(),
+                // Cannot fail: the length was checked above.
+                path_index: u8::try_from(i).unwrap_or(u8::MAX),
+            });
+        }
+
+        Ok(Config {
+            anchor,
+            anchor_public_key,
+            private_key,
+            tun,
+            fwmark,
+            table,
+            rule_priority,
+            uplinks,
+        })
+    }
+}
+
+/// Decodes a standard-base64 32-byte key (the `wg` format).
+pub fn decode_key(text: &str) -> Option<[u8; 32]> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .ok()?;
+    bytes.try_into().ok()
+}
+
+fn read_key_file(config: &Path, key_file: &str) -> Result<[u8; 32], ConfigError> {
+    let key_path = Path::new(key_file);
+    let key_path = if key_path.is_relative() {
+        config.parent().unwrap_or(Path::new(".")).join(key_path)
+    } else {
+        key_path.to_owned()
+    };
+    let text = std::fs::read_to_string(&key_path).map_err(|source| ConfigError::KeyFileRead {
+        config: config.to_owned(),
+        key_file: key_path.clone(),
+        source,
+    })?;
+    decode_key(&text).ok_or(ConfigError::KeyFileInvalid { key_file: key_path })
+}
+
+fn check_ifname(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("empty interface name".into());
+    }
+    if name.len() > IFNAME_MAX {
+        return Err(format!(
+            "{name:?} is longer than {IFNAME_MAX} bytes, the kernel's limit"
+        ));
+    }
+    if name == "."
+        || name == ".."
+        || name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
+    {
+        return Err(format!(
+            "{name:?} is not a valid interface name (no '/', ':', whitespace; not '.' or '..')"
+        ));
+    }
+    Ok(())
+}
+
+/// 1-based line and column (in characters) of byte `offset` in `text`.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before[line_start..].chars().count() + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY_A: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+    const KEY_B: &str = "ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=";
+
+    fn good() -> String {
+        format!(
+            "anchor = \"203.0.113.2:51900\"\nanchor_public_key = \"{KEY_A}\"\nprivate_key = \"{KEY_B}\"\n\
+             tun = \"upmt0\"\n[[uplink]]\nname = \"wifi\"\ninterface = \"wlan0\"\n\
+             [[uplink]]\nname = \"cell\"\ninterface = \"rmnet_data0\"\n"
+        )
+    }
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/upmt/mh.toml"))
+    }
+
+    /// The error's (line, column, message), or a panic naming what parsed instead.
+    fn invalid(text: &str) -> (usize, usize, String) {
+        match parse(text) {
+            Err(ConfigError::Invalid {
+                line,
+                column,
+                message,
+                path,
+            }) => {
+                assert_eq!(path, Path::new("/etc/upmt/mh.toml"));
+                (line, column, message)
+            }
+            other => panic!("expected an Invalid error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_full_config_parses_with_paths_in_file_order_and_defaults() {
+        let c = parse(&good()).expect("valid config");
+        assert_eq!(c.anchor, "203.0.113.2:51900".parse().unwrap());
+        assert_eq!(c.anchor_public_key[0..3], [0, 1, 2]);
+        assert_eq!(c.private_key[0..3], [32, 33, 34]);
+        assert_eq!(c.tun, "upmt0");
+        assert_eq!(c.fwmark, DEFAULT_FWMARK);
+        assert_eq!(c.table, DEFAULT_TABLE);
+        assert_eq!(c.rule_priority, DEFAULT_RULE_PRIORITY);
+        assert_eq!(c.uplinks.len(), 2);
+        assert_eq!(
+            (
+                c.uplinks[0].name.as_str(),
+                c.uplinks[0].interface.as_str(),
+                c.uplinks[0].path_index
+            ),
+            ("wifi", "wlan0", 0)
+        );
+        assert_eq!(
+            (
+                c.uplinks[1].name.as_str(),
+                c.uplinks[1].interface.as_str(),
+                c.uplinks[1].path_index
+            ),
+            ("cell", "rmnet_data0", 1)
+        );
+    }
+
+    #[test]
+    fn the_shipped_example_config_is_valid() {
+        let text = include_str!("../examples/upmt-mh.toml");
+        let c = parse(text).expect("the example must parse");
+        assert_eq!(c.fwmark, 0x5550);
+        assert_eq!(c.table, 5550);
+        assert_eq!(c.uplinks.len(), 2);
+    }
+
+    #[test]
+    fn ipv6_anchor_and_explicit_mark_table_priority_are_honoured() {
+        let text = good().replace("203.0.113.2:51900", "[2001:db8::2]:51900") + "";
+        let text = text.replace(
+            "tun = \"upmt0\"\n",
+            "tun = \"t1\"\nfwmark = 0x10\ntable = 100\nrule_priority = 900\n",
+        );
+        let c = parse(&text).expect("valid");
+        assert!(c.anchor.is_ipv6());
+        assert_eq!(
+            (c.tun.as_str(), c.fwmark, c.table, c.rule_priority),
+            ("t1", 0x10, 100, 900)
+        );
+    }
+
+    #[test]
+    fn tun_defaults_to_upmt0_when_absent() {
+        let c = parse(&good().replace("tun = \"upmt0\"\n", "")).expect("valid");
+        assert_eq!(c.tun, "upmt0");
+    }
+
+    #[test]
+    fn toml_syntax_error_names_line_and_column() {
+        let (line, column, message) = invalid(&good().replace("tun = \"upmt0\"", "tun = upmt0"));
+        assert_eq!((line, column), (4, 7));
+        assert!(!message.is_empty());
+    }
+
+    #[test]
+    fn unknown_field_is_refused_with_its_position() {
+        let text = good().replace("tun = ", "tunn = ");
+        let (line, column, message) = invalid(&text);
+        assert_eq!((line, column), (4, 1));
+        assert!(message.contains("tunn"), "{message}");
+    }
+
+    #[test]
+    fn unknown_field_in_an_uplink_is_refused() {
+        let (line, _, message) =
+            invalid(&good().replace("interface = \"wlan0\"", "iface = \"wlan0\""));
+        assert_eq!(line, 7);
+        assert!(message.contains("iface"), "{message}");
+    }
+
+    #[test]
+    fn missing_anchor_is_refused() {
+        let (_, _, message) = invalid(&good().replace("anchor = \"203.0.113.2:51900\"\n", ""));
+        assert!(message.contains("anchor"), "{message}");
+    }
+
+    #[test]
+    fn anchor_without_port_is_refused_at_its_value() {
+        let (line, column, message) = invalid(&good().replace("203.0.113.2:51900", "203.0.113.2"));
+        assert_eq!((line, column), (1, 10));
+        assert!(
+            message.contains("expected IPv4:port or [IPv6]:port"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn anchor_port_zero_is_refused() {
+        let (_, _, message) = invalid(&good().replace(":51900", ":0"));
+        assert!(message.contains("port"), "{message}");
+    }
+
+    #[test]
+    fn wrong_type_for_fwmark_is_refused() {
+        let (line, _, message) = invalid(&good().replace("tun = \"upmt0\"", "fwmark = \"x\""));
+        assert_eq!(line, 4);
+        assert!(
+            message.contains("u32") || message.contains("integer"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn bad_anchor_public_key_is_refused() {
+        let (line, _, message) = invalid(&good().replace(KEY_A, "not-base64"));
+        assert_eq!(line, 2);
+        assert!(message.contains("anchor_public_key"), "{message}");
+    }
+
+    #[test]
+    fn short_private_key_is_refused() {
+        let (line, _, message) = invalid(&good().replace(KEY_B, "AAECAw=="));
+        assert_eq!(line, 3);
+        assert!(message.contains("private_key"), "{message}");
+    }
+
+    #[test]
+    fn missing_private_key_is_refused() {
+        let (_, _, message) = invalid(&good().replace(&format!("private_key = \"{KEY_B}\"\n"), ""));
+        assert!(message.contains("private_key_file"), "{message}");
+    }
+
+    #[test]
+    fn both_private_key_and_key_file_are_refused() {
+        let text = good().replace("tun = ", "private_key_file = \"k\"\ntun = ");
+        let (line, _, message) = invalid(&text);
+        assert_eq!(line, 4);
+        assert!(message.contains("exactly one"), "{message}");
+    }
+
+    #[test]
+    fn private_key_file_relative_to_the_config_is_read() {
+        let dir = std::env::temp_dir().join(format!("upmt-mh-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("mh.key"), format!("{KEY_B}\n")).unwrap();
+        let text = good().replace(
+            &format!("private_key = \"{KEY_B}\""),
+            "private_key_file = \"mh.key\"",
+        );
+        let result = Config::parse(&text, &dir.join("mh.toml"));
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(result.expect("valid").private_key[0], 32);
+    }
+
+    #[test]
+    fn missing_private_key_file_is_an_error_naming_it() {
+        let text = good().replace(
+            &format!("private_key = \"{KEY_B}\""),
+            "private_key_file = \"/nonexistent/upmt.key\"",
+        );
+        match parse(&text) {
+            Err(e @ ConfigError::KeyFileRead { .. }) => {
+                assert!(e.to_string().contains("/nonexistent/upmt.key"), "{e}")
+            }
+            other => panic!("expected KeyFileRead, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn private_key_file_with_garbage_is_an_error() {
+        let dir = std::env::temp_dir().join(format!("upmt-mh-config-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("mh.key"), "garbage").unwrap();
+        let text = good().replace(
+            &format!("private_key = \"{KEY_B}\""),
+            "private_key_file = \"mh.key\"",
+        );
+        let result = Config::parse(&text, &dir.join("mh.toml"));
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(
+            matches!(result, Err(ConfigError::KeyFileInvalid { .. })),
+            "{result:?}"
+        );
+    }
+
+    #[test]
+    fn too_long_tun_name_is_refused() {
+        let (line, _, message) =
+            invalid(&good().replace("tun = \"upmt0\"", "tun = \"abcdefghijklmnop\""));
+        assert_eq!(line, 4);
+        assert!(message.contains("15 bytes"), "{message}");
+    }
+
+    #[test]
+    fn tun_name_with_slash_is_refused() {
+        let (_, _, message) = invalid(&good().replace("tun = \"upmt0\"", "tun = \"a/b\""));
+        assert!(message.contains("not a valid interface name"), "{message}");
+    }
+
+    #[test]
+    fn zero_fwmark_is_refused() {
+        let (line, _, message) = invalid(&good().replace("tun = \"upmt0\"", "fwmark = 0"));
+        assert_eq!(line, 4);
+        assert!(message.contains("fwmark"), "{message}");
+    }
+
+    #[test]
+    fn main_table_is_refused() {
+        let (_, _, message) = invalid(&good().replace("tun = \"upmt0\"", "table = 254"));
+        assert!(message.contains("reserved"), "{message}");
+    }
+
+    #[test]
+    fn rule_priority_out_of_range_is_refused() {
+        let (_, _, message) = invalid(&good().replace("tun = \"upmt0\"", "rule_priority = 1"));
+        assert!(message.contains("rule_priority"), "{message}");
+    }
+
+    #[test]
+    fn no_uplink_is_refused() {
+        let text = good();
+        let cut = text.find("[[uplink]]").unwrap();
+        let (_, _, message) = invalid(&text[..cut]);
+        assert!(message.contains("[[uplink]]"), "{message}");
+    }
+
+    #[test]
+    fn duplicate_uplink_name_is_refused_at_the_second() {
+        let (line, _, message) = invalid(&good().replace("name = \"cell\"", "name = \"wifi\""));
+        assert_eq!(line, 9);
+        assert!(message.contains("duplicate"), "{message}");
+    }
+
+    #[test]
+    fn bad_uplink_name_is_refused() {
+        let (_, _, message) = invalid(&good().replace("name = \"cell\"", "name = \"ce ll\""));
+        assert!(message.contains("uplink name"), "{message}");
+    }
+
+    #[test]
+    fn interface_shared_by_two_uplinks_is_refused() {
+        let (line, _, message) = invalid(&good().replace("rmnet_data0", "wlan0"));
+        assert_eq!(line, 10);
+        assert!(message.contains("two uplinks"), "{message}");
+    }
+
+    #[test]
+    fn uplink_on_the_tun_itself_is_refused() {
+        let (_, _, message) = invalid(&good().replace("rmnet_data0", "upmt0"));
+        assert!(message.contains("TUN"), "{message}");
+    }
+
+    #[test]
+    fn empty_interface_is_refused() {
+        let (_, _, message) = invalid(&good().replace("rmnet_data0", ""));
+        assert!(message.contains("empty interface name"), "{message}");
+    }
+
+    #[test]
+    fn unreadable_config_file_names_the_path() {
+        let e = Config::load(Path::new("/nonexistent/upmt/mh.toml")).unwrap_err();
+        assert!(matches!(e, ConfigError::Read { .. }));
+        assert!(e.to_string().contains("/nonexistent/upmt/mh.toml"), "{e}");
+    }
+
+    #[test]
+    fn line_col_counts_from_one_in_characters() {
+        assert_eq!(line_col("ab\ncé=x", 0), (1, 1));
+        assert_eq!(line_col("ab\ncé=x", 3), (2, 1));
+        assert_eq!(line_col("ab\ncé=x", 6), (2, 3));
+        assert_eq!(line_col("ab", 99), (1, 3));
+    }
+}

@@ -1,0 +1,480 @@
+//! The daemon's event loop: one tokio task that owns the protocol core, the uplink sockets, the
+//! TUN and the routing, and feeds the core in its documented order once per turn:
+//!
+//! 1. wait for one of: TUN readable, an uplink socket readable, the core's timer, the uplink
+//!    re-check tick, shutdown;
+//! 2. sample `now` (CLOCK_BOOTTIME) once;
+//! 3. handle that source in a batch of at most [`BATCH`] packets, reading with `try_recv` until
+//!    `WouldBlock` into buffers allocated once at start (no per-packet allocation); a bad packet
+//!    is dropped and counted, never aborts the batch;
+//! 4. run the core's timers if due, drain `poll_transmit` (sent on the path's socket) and
+//!    `poll_event` (the TUN and routing come up on `Connected`), re-arm the timer.
+//!
+//! Uplinks whose interface is missing or down are reported down to the core and re-checked every
+//! [`RECHECK_INTERVAL`]. Path choice for TUN traffic goes through [`Daemon::choose_path`], the
+//! seam the per-application policy will use. This module never parses protocol messages.
+
+use std::future::{Future, poll_fn};
+use std::io;
+use std::task::Poll;
+use std::time::Duration;
+
+use crate::config::{Config, UplinkConfig};
+use crate::core::{self, Client, Event, HEADER_LEN, Instant, PathId, TAG_LEN};
+use crate::routing::{Netlink, RoutingError, RoutingKey, describe_rule};
+use crate::tun::{Tun, TunError};
+use crate::uplink::{self, LinkState};
+
+/// Packets handled per source per loop turn, so one busy source cannot starve the others.
+pub const BATCH: usize = 64;
+/// How often uplinks that are down are looked at again (until link events come from netlink).
+pub const RECHECK_INTERVAL: Duration = Duration::from_secs(3);
+/// Largest datagram or packet handled: a UDP payload's maximum, so GRO/GSO can come later.
+const MAX_PACKET: usize = 65_535;
+
+/// A fatal error of the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// Netlink could not be used.
+    #[error("routing setup failed")]
+    Routing(#[from] RoutingError),
+    /// The TUN could not be brought up.
+    #[error("TUN setup failed")]
+    Tun(#[from] TunError),
+    /// Reading the TUN failed in a way that is not a single bad packet.
+    #[error("reading TUN {name} failed")]
+    TunRead {
+        name: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Counters of packets the driver itself dropped (the core counts its own drops).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DriverCounters {
+    /// TUN packets with no usable path.
+    pub tun_no_path: u64,
+    /// Datagrams the kernel refused to send (buffer full, link gone).
+    pub send_errors: u64,
+    /// Receive errors on uplink sockets (ICMP errors reported on a connected socket, ...).
+    pub recv_errors: u64,
+    /// Inner packets the TUN refused, or that arrived before the TUN existed.
+    pub tun_write_errors: u64,
+}
+
+struct Uplink {
+    config: UplinkConfig,
+    path: PathId,
+    socket: Option<tokio::net::UdpSocket>,
+    /// The core's view (PathUp/PathDown events).
+    live: bool,
+}
+
+/// The mobile host daemon's state.
+pub struct Daemon {
+    config: Config,
+    client: Client,
+    netlink: Netlink,
+    key: RoutingKey,
+    uplinks: Vec<Uplink>,
+    tun: Option<Tun>,
+    routing_installed: bool,
+    /// TUN reads land at `HEADER_LEN` so the core encrypts in place.
+    tun_buf: Box<[u8]>,
+    rx_buf: Box<[u8]>,
+    tx_buf: Box<[u8]>,
+    /// Where the uplink readiness scan starts, rotated for fairness.
+    next_uplink: usize,
+    counters: DriverCounters,
+}
+
+enum Wake {
+    Shutdown,
+    Recheck,
+    Timer,
+    Tun,
+    Uplink(usize),
+}
+
+impl Daemon {
+    /// Prepares the daemon: a netlink connection, leftovers of a previous run removed, the
+    /// protocol core. Must run inside tokio. Opens no socket yet.
+    pub async fn new(config: Config) -> Result<Daemon, DaemonError> {
+        let netlink = Netlink::new()?;
+        let key = RoutingKey {
+            table: config.table,
+            fwmark: config.fwmark,
+            priority: config.rule_priority,
+        };
+        let stale = netlink.remove(&key).await?;
+        if stale > 0 {
+            tracing::warn!(
+                entries = stale,
+                "removed routing left behind by a previous run"
+            );
+        }
+        let client = core::client(&config, core::now());
+        let uplinks = config
+            .uplinks
+            .iter()
+            .map(|u| Uplink {
+                config: u.clone(),
+                path: PathId(u.path_index),
+                socket: None,
+                live: false,
+            })
+            .collect();
+        Ok(Daemon {
+            config,
+            client,
+            netlink,
+            key,
+            uplinks,
+            tun: None,
+            routing_installed: false,
+            tun_buf: vec![0; HEADER_LEN + MAX_PACKET + TAG_LEN].into_boxed_slice(),
+            rx_buf: vec![0; MAX_PACKET].into_boxed_slice(),
+            tx_buf: vec![0; MAX_PACKET].into_boxed_slice(),
+            next_uplink: 0,
+            counters: DriverCounters::default(),
+        })
+    }
+
+    /// The driver's own drop counters.
+    pub fn counters(&self) -> DriverCounters {
+        self.counters
+    }
+
+    /// Runs until `shutdown` completes or a fatal error, then removes the routing it installed.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
+        let result = self.run_loop(shutdown).await;
+        let cleanup = self.cleanup().await;
+        result.and(cleanup)
+    }
+
+    async fn run_loop(&mut self, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
+        tokio::pin!(shutdown);
+        let mut recheck = tokio::time::interval(RECHECK_INTERVAL);
+        recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let before = core::now();
+            let deadline = self.client.poll_timeout().map(|(at, _why)| at);
+            let wake = {
+                let timer = async {
+                    match deadline {
+                        Some(at) => tokio::time::sleep(core::until(at, before)).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                let tun_ready = async {
+                    match &self.tun {
+                        Some(tun) => tun.device.readable().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                let uplinks = &self.uplinks;
+                let start = self.next_uplink;
+                let uplink_ready = poll_fn(|cx| poll_uplinks(uplinks, start, cx));
+                tokio::select! {
+                    () = &mut shutdown => Wake::Shutdown,
+                    _ = recheck.tick() => Wake::Recheck,
+                    () = timer => Wake::Timer,
+                    // An error here resurfaces from try_recv, where it is handled.
+                    _ = tun_ready => Wake::Tun,
+                    i = uplink_ready => Wake::Uplink(i),
+                }
+            };
+            let now = core::now();
+            match wake {
+                Wake::Shutdown => {
+                    tracing::info!("shutting down");
+                    return Ok(());
+                }
+                Wake::Recheck => self.recheck_uplinks(now),
+                Wake::Timer => {}
+                Wake::Tun => self.read_tun(now)?,
+                Wake::Uplink(i) => {
+                    self.next_uplink = (i + 1) % self.uplinks.len().max(1);
+                    self.read_uplink(i, now);
+                }
+            }
+            // Due timers run on every turn, not only on the timer's wake: the tokio timer does
+            // not count suspended time, CLOCK_BOOTTIME does.
+            if self.client.poll_timeout().is_some_and(|(at, _)| at <= now) {
+                self.client.handle_timeout(now);
+            }
+            self.drain(now).await?;
+        }
+    }
+
+    /// The path for a packet read from the TUN: for now the first uplink (config order) that
+    /// the core reports up. The per-application policy plugs in here.
+    pub fn choose_path(&self, _packet: &[u8]) -> Option<PathId> {
+        self.uplinks
+            .iter()
+            .find(|u| u.live && u.socket.is_some())
+            .map(|u| u.path)
+    }
+
+    /// Opens sockets for uplinks whose interface came up, closes those whose interface went away,
+    /// and tells the core.
+    fn recheck_uplinks(&mut self, now: Instant) {
+        let (anchor, fwmark) = (self.config.anchor, self.config.fwmark);
+        for u in &mut self.uplinks {
+            let state = uplink::link_state(&u.config.interface);
+            match (&u.socket, state) {
+                (None, LinkState::Up) => match uplink::open(&u.config.interface, anchor, fwmark) {
+                    Ok(socket) => {
+                        tracing::info!(uplink = %u.config.name, interface = %u.config.interface, path = %u.path, "uplink available");
+                        u.socket = Some(socket);
+                        self.client.handle_path_up(u.path, now);
+                    }
+                    Err(e) => {
+                        tracing::warn!(uplink = %u.config.name, error = %display_chain(&e), "uplink not usable yet; retrying");
+                    }
+                },
+                (Some(_), LinkState::Missing | LinkState::Down) => {
+                    tracing::warn!(uplink = %u.config.name, interface = %u.config.interface, ?state, "uplink lost");
+                    // A new socket later picks the interface's new source address.
+                    u.socket = None;
+                    u.live = false;
+                    self.client.handle_path_down(u.path, now);
+                }
+                (None, LinkState::Missing | LinkState::Down) => {
+                    tracing::debug!(uplink = %u.config.name, ?state, "uplink still unavailable");
+                }
+                (Some(_), LinkState::Up) => {}
+            }
+        }
+    }
+
+    fn read_tun(&mut self, now: Instant) -> Result<(), DaemonError> {
+        for _ in 0..BATCH {
+            let Some(tun) = &self.tun else { return Ok(()) };
+            let n = match tun
+                .device
+                .try_recv(&mut self.tun_buf[HEADER_LEN..HEADER_LEN + MAX_PACKET])
+            {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(source) => {
+                    return Err(DaemonError::TunRead {
+                        name: tun.name.clone(),
+                        source,
+                    });
+                }
+            };
+            if n == 0 {
+                continue;
+            }
+            let Some(path) = self.choose_path(&self.tun_buf[HEADER_LEN..HEADER_LEN + n]) else {
+                self.counters.tun_no_path += 1;
+                continue;
+            };
+            match self.client.encapsulate(path, &mut self.tun_buf, n, now) {
+                Ok(len) => {
+                    let sent = send_on(&self.uplinks, path, &self.tun_buf[..len]);
+                    if !sent {
+                        self.counters.send_errors += 1;
+                    }
+                }
+                // The core counted it (no session yet, too big, ...).
+                Err(reason) => tracing::debug!(reason = reason.as_str(), "TUN packet dropped"),
+            }
+        }
+        Ok(())
+    }
+
+    fn read_uplink(&mut self, index: usize, now: Instant) {
+        let Some(u) = self.uplinks.get(index) else {
+            return;
+        };
+        let path = u.path;
+        for _ in 0..BATCH {
+            let Some(socket) = &self.uplinks[index].socket else {
+                return;
+            };
+            let n = match socket.try_recv(&mut self.rx_buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    // Connected UDP sockets report ICMP errors (port unreachable while the anchor
+                    // restarts) here once; the socket stays usable.
+                    self.counters.recv_errors += 1;
+                    tracing::debug!(%path, error = %e, "uplink receive error");
+                    continue;
+                }
+            };
+            match self
+                .client
+                .handle_datagram(path, &mut self.rx_buf[..n], now)
+            {
+                Ok(Some(range)) => {
+                    let written = match (&self.tun, self.rx_buf.get(range)) {
+                        (Some(tun), Some(packet)) => tun.device.try_send(packet).is_ok(),
+                        _ => false,
+                    };
+                    if !written {
+                        self.counters.tun_write_errors += 1;
+                    }
+                }
+                Ok(None) => {}
+                Err(reason) => tracing::debug!(%path, reason = reason.as_str(), "datagram dropped"),
+            }
+        }
+    }
+
+    /// Drains the core's outputs: datagrams to send, then events, until both are empty.
+    async fn drain(&mut self, now: Instant) -> Result<(), DaemonError> {
+        loop {
+            while let Some(t) = self.client.poll_transmit(now, &mut self.tx_buf) {
+                let sent = self
+                    .tx_buf
+                    .get(..t.len)
+                    .is_some_and(|d| send_on(&self.uplinks, t.path, d));
+                if !sent {
+                    self.counters.send_errors += 1;
+                }
+            }
+            let Some(event) = self.client.poll_event() else {
+                return Ok(());
+            };
+            self.handle_event(event).await?;
+        }
+    }
+
+    async fn handle_event(&mut self, event: Event) -> Result<(), DaemonError> {
+        match event {
+            Event::Connected(params) => {
+                tracing::info!(
+                    virtual_ipv4 = %format_args!("{}/{}", params.virtual_ipv4, params.prefix4),
+                    virtual_ipv6 = ?params.virtual_ipv6,
+                    mtu = params.mtu,
+                    "connected to the anchor"
+                );
+                self.bring_up(core::tun_addressing(&params)).await?;
+            }
+            Event::Disconnected => {
+                // TUN and routes stay: traffic is dropped rather than leaked while re-handshaking.
+                tracing::warn!("session lost; handshaking again");
+            }
+            Event::PathUp(path) => {
+                if let Some(u) = self.uplinks.iter_mut().find(|u| u.path == path) {
+                    u.live = true;
+                    tracing::info!(%path, uplink = %u.config.name, "path up");
+                }
+            }
+            Event::PathDown(path) => {
+                if let Some(u) = self.uplinks.iter_mut().find(|u| u.path == path) {
+                    u.live = false;
+                    tracing::warn!(%path, uplink = %u.config.name, "path down");
+                }
+            }
+            Event::Rekeyed => tracing::info!("session rekeyed"),
+        }
+        Ok(())
+    }
+
+    /// Creates and configures the TUN and installs routing; if a new session brings different
+    /// addressing, starts over with the new one.
+    async fn bring_up(
+        &mut self,
+        addressing: crate::routing::TunAddressing,
+    ) -> Result<(), DaemonError> {
+        if let Some(tun) = &self.tun {
+            if tun.addressing == addressing {
+                return Ok(());
+            }
+            tracing::warn!("the anchor assigned new addresses; recreating the TUN");
+            self.cleanup().await?;
+        }
+        let tun = Tun::open(&self.config.tun, addressing, &self.netlink).await?;
+        let mtu = self.netlink.link_mtu(tun.index).await?;
+        tracing::info!(tun = %tun.name, index = tun.index, ?mtu, "TUN up");
+        enable_src_valid_mark();
+        self.netlink
+            .install(&self.key, tun.index, addressing.ipv6.is_some())
+            .await?;
+        self.routing_installed = true;
+        for family in [rtnetlink::IpVersion::V4, rtnetlink::IpVersion::V6] {
+            for rule in self.netlink.rules(family).await.unwrap_or_default() {
+                if crate::routing::is_our_rule(&rule, &self.key) {
+                    tracing::info!(rule = %describe_rule(&rule), "routing rule installed");
+                }
+            }
+        }
+        self.tun = Some(tun);
+        Ok(())
+    }
+
+    /// Removes the routing and closes the TUN.
+    async fn cleanup(&mut self) -> Result<(), DaemonError> {
+        if self.routing_installed || self.tun.is_some() {
+            let removed = self.netlink.remove(&self.key).await?;
+            tracing::info!(entries = removed, "routing restored");
+            self.routing_installed = false;
+        }
+        // Closing the last fd of a non-persistent TUN deletes the device.
+        self.tun = None;
+        Ok(())
+    }
+}
+
+/// Sends `datagram` on `path`'s socket; false when there is no socket or the kernel refused.
+/// UDP: a full buffer drops the datagram, as a router would.
+fn send_on(uplinks: &[Uplink], path: PathId, datagram: &[u8]) -> bool {
+    let Some(socket) = uplinks
+        .get(usize::from(path.0))
+        .and_then(|u| u.socket.as_ref())
+    else {
+        return false;
+    };
+    match socket.try_send(datagram) {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::debug!(%path, error = %e, "send failed");
+            false
+        }
+    }
+}
+
+/// Ready when one of the uplink sockets is readable (or has an error to report); scans from
+/// `start` so a busy uplink cannot hide the others.
+fn poll_uplinks(uplinks: &[Uplink], start: usize, cx: &mut std::task::Context<'_>) -> Poll<usize> {
+    let n = uplinks.len();
+    for k in 0..n {
+        let i = (start + k) % n;
+        if let Some(socket) = &uplinks[i].socket
+            && socket.poll_recv_ready(cx).is_ready()
+        {
+            return Poll::Ready(i);
+        }
+    }
+    Poll::Pending
+}
+
+/// wg-quick sets `net.ipv4.conf.all.src_valid_mark=1` so reverse-path checks see marks; best
+/// effort (written through /proc, no shell).
+fn enable_src_valid_mark() {
+    let path = "/proc/sys/net/ipv4/conf/all/src_valid_mark";
+    if std::fs::read_to_string(path).is_ok_and(|v| v.trim() == "1") {
+        return;
+    }
+    if let Err(e) = std::fs::write(path, "1") {
+        tracing::debug!(error = %e, "could not set src_valid_mark");
+    }
+}
+
+/// `error: cause: cause` on one line.
+pub fn display_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
