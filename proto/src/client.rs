@@ -36,9 +36,11 @@ pub struct ClientConfig {
     pub static_secret: StaticSecret,
     /// The anchor's identity.
     pub anchor_public: PublicKey,
-    /// Probe interval on a path that carries no traffic (default 25 s).
+    /// Intended probe interval on an idle path (default 25 s). Not used yet: this version probes
+    /// every declared path every `probe_interval`, idle or not, which keeps NAT mappings alive
+    /// and detects an anchor restart within `path_timeout`.
     pub keepalive: Duration,
-    /// Probe interval on a path that carries traffic or is not yet known up (default 1 s).
+    /// Probe interval on every declared path once connected (default 1 s).
     pub probe_interval: Duration,
     /// A path with no authenticated packet received for this long is Down (default 3 s).
     pub path_timeout: Duration,
