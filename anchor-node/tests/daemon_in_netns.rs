@@ -290,7 +290,6 @@ fn the_daemon_sets_up_its_tun_and_nat_receives_and_cleans_up_at_sigterm() {
 }
 
 #[test]
-#[ignore = "needs the anchor core's decoder: the proto skeleton does not count drops yet"]
 fn garbage_and_truncated_datagrams_are_counted_by_reason() {
     if !is_root() {
         eprintln!("skipped: needs root to create network namespaces");
