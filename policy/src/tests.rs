@@ -1,0 +1,586 @@
+use std::time::Duration;
+
+use proptest::prelude::{Just, prop_assert, prop_oneof, proptest};
+use proptest::strategy::Strategy as _;
+
+use super::*;
+
+const UPLINKS: &[&str] = &["wifi", "cell"];
+const WIFI: usize = 0;
+const CELL: usize = 1;
+
+/// The example of docs/policy.md, kept identical to it.
+const EXAMPLE: &str = r#"version = 1
+
+# Video calls: Wi-Fi when there is one, else cellular.
+[[rule]]
+app = "com.example.video"
+uplinks = ["wifi", "cell"]
+
+# Store updates: only on Wi-Fi; blocked when Wi-Fi is down.
+[[rule]]
+app = "com.android.vending"
+uplinks = ["wifi"]
+when_none = "block"
+
+# The bank talks to its servers directly, never through the tunnel.
+[[rule]]
+app = "com.example.bank"
+action = "bypass"
+
+# Everything else: Wi-Fi first, then any uplink that is up.
+[default]
+uplinks = ["wifi"]
+when_none = "any"
+"#;
+
+fn status(wifi: bool, cell: bool) -> [UplinkStatus; 2] {
+    [
+        UplinkStatus {
+            up: wifi,
+            rtt: None,
+        },
+        UplinkStatus {
+            up: cell,
+            rtt: None,
+        },
+    ]
+}
+
+fn app(name: &str) -> AppIdentity<'_> {
+    AppIdentity {
+        name: Some(name),
+        uid: None,
+    }
+}
+
+fn policy(text: &str) -> Policy {
+    match Policy::parse(text, "policy.toml", UPLINKS) {
+        Ok(p) => p,
+        Err(e) => panic!("test policy refused: {e}"),
+    }
+}
+
+fn verdict(p: &Policy, who: &str, wifi: bool, cell: bool) -> Verdict {
+    p.decide(&app(who), &status(wifi, cell)).verdict
+}
+
+/// The error message of `text`, whole, as a user sees it.
+fn error(text: &str) -> String {
+    match Policy::parse(text, "policy.toml", UPLINKS) {
+        Ok(_) => panic!("policy accepted, expected an error:\n{text}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+// ---- the documented example ----
+
+#[test]
+fn the_video_app_prefers_wifi_and_falls_back_to_cellular() {
+    let p = policy(EXAMPLE);
+    assert_eq!(
+        verdict(&p, "com.example.video", true, true),
+        Verdict::Tunnel(WIFI)
+    );
+    assert_eq!(
+        verdict(&p, "com.example.video", false, true),
+        Verdict::Tunnel(CELL)
+    );
+    assert_eq!(
+        verdict(&p, "com.example.video", false, false),
+        Verdict::NoUplinkUp
+    );
+}
+
+#[test]
+fn store_updates_run_only_on_wifi_and_are_blocked_on_cellular() {
+    let p = policy(EXAMPLE);
+    assert_eq!(
+        verdict(&p, "com.android.vending", true, true),
+        Verdict::Tunnel(WIFI)
+    );
+    assert_eq!(
+        verdict(&p, "com.android.vending", false, true),
+        Verdict::Block
+    );
+    assert_eq!(
+        verdict(&p, "com.android.vending", false, false),
+        Verdict::NoUplinkUp,
+        "with nothing up nothing can leak: hold rather than reset"
+    );
+}
+
+#[test]
+fn the_bank_bypasses_the_tunnel_whatever_the_uplinks() {
+    let p = policy(EXAMPLE);
+    assert_eq!(verdict(&p, "com.example.bank", true, true), Verdict::Bypass);
+    assert_eq!(
+        verdict(&p, "com.example.bank", false, false),
+        Verdict::Bypass
+    );
+    assert_eq!(
+        p.decide(&app("com.example.bank"), &[]).matched,
+        Matched::Rule(2)
+    );
+}
+
+#[test]
+fn other_apps_prefer_wifi_and_use_any_uplink_otherwise() {
+    let p = policy(EXAMPLE);
+    let d = p.decide(&app("org.mozilla.firefox"), &status(true, true));
+    assert_eq!(
+        d,
+        Decision {
+            verdict: Verdict::Tunnel(WIFI),
+            matched: Matched::Default
+        }
+    );
+    assert_eq!(
+        verdict(&p, "org.mozilla.firefox", false, true),
+        Verdict::Tunnel(CELL)
+    );
+    let unknown = p.decide(&AppIdentity::default(), &status(false, true));
+    assert_eq!(
+        unknown,
+        Decision {
+            verdict: Verdict::Tunnel(CELL),
+            matched: Matched::Default
+        }
+    );
+}
+
+#[test]
+fn the_example_in_the_docs_is_the_one_tested_here() {
+    let doc = include_str!("../../docs/policy.md");
+    let block = doc
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("docs/policy.md has a toml block");
+    assert_eq!(block, EXAMPLE);
+}
+
+#[test]
+fn rules_remember_their_line_for_display() {
+    let p = policy(EXAMPLE);
+    let lines: Vec<usize> = p.rules().iter().map(|r| r.line).collect();
+    assert_eq!(lines, vec![4, 9, 15]);
+}
+
+// ---- matching ----
+
+#[test]
+fn the_first_matching_rule_wins_even_over_a_later_exact_match() {
+    let p = policy(
+        r#"version = 1
+[[rule]]
+app = "com.google.*"
+uplinks = ["cell"]
+[[rule]]
+app = "com.google.maps"
+uplinks = ["wifi"]
+"#,
+    );
+    let d = p.decide(&app("com.google.maps"), &status(true, true));
+    assert_eq!(
+        d,
+        Decision {
+            verdict: Verdict::Tunnel(CELL),
+            matched: Matched::Rule(0)
+        }
+    );
+}
+
+#[test]
+fn a_glob_matches_only_names_it_covers() {
+    let p = policy("version = 1\n[[rule]]\napp = \"com.google.*\"\naction = \"block\"\n");
+    assert_eq!(
+        verdict(&p, "com.google.android.gms", true, true),
+        Verdict::Block
+    );
+    assert_eq!(
+        verdict(&p, "com.googlex", true, true),
+        Verdict::Tunnel(WIFI)
+    );
+    assert_eq!(
+        verdict(&p, "org.com.google.x", true, true),
+        Verdict::Tunnel(WIFI)
+    );
+}
+
+#[test]
+fn an_exact_name_does_not_match_a_longer_one() {
+    let p = policy("version = 1\n[[rule]]\napp = \"curl\"\naction = \"block\"\n");
+    assert_eq!(verdict(&p, "curl", true, true), Verdict::Block);
+    assert_eq!(verdict(&p, "curl2", true, true), Verdict::Tunnel(WIFI));
+}
+
+#[test]
+fn a_uid_rule_matches_by_uid_only() {
+    let p = policy("version = 1\n[[rule]]\nuid = 10123\nuplinks = [\"cell\"]\n");
+    let who = AppIdentity {
+        name: Some("whatever"),
+        uid: Some(10_123),
+    };
+    assert_eq!(
+        p.decide(&who, &status(true, true)).verdict,
+        Verdict::Tunnel(CELL)
+    );
+    let other = AppIdentity {
+        name: Some("whatever"),
+        uid: Some(10_124),
+    };
+    assert_eq!(
+        p.decide(&other, &status(true, true)).matched,
+        Matched::Builtin
+    );
+}
+
+#[test]
+fn without_a_default_section_unmatched_traffic_uses_any_uplink_in_config_order() {
+    let p = policy("version = 1\n");
+    assert_eq!(
+        p.decide(&app("x"), &status(false, true)),
+        Decision {
+            verdict: Verdict::Tunnel(CELL),
+            matched: Matched::Builtin
+        }
+    );
+    assert_eq!(verdict(&p, "x", false, false), Verdict::NoUplinkUp);
+    let q = Policy::tunnel_everything(UPLINKS);
+    assert_eq!(verdict(&q, "x", true, true), Verdict::Tunnel(WIFI));
+}
+
+// ---- fallbacks and strategies ----
+
+#[test]
+fn when_none_any_falls_back_to_an_unlisted_uplink() {
+    let p =
+        policy("version = 1\n[[rule]]\napp = \"a\"\nuplinks = [\"cell\"]\nwhen_none = \"any\"\n");
+    assert_eq!(verdict(&p, "a", true, true), Verdict::Tunnel(CELL));
+    assert_eq!(verdict(&p, "a", true, false), Verdict::Tunnel(WIFI));
+}
+
+#[test]
+fn listed_uplinks_block_by_default_when_none_is_up() {
+    let p = policy("version = 1\n[[rule]]\napp = \"a\"\nuplinks = [\"cell\"]\n");
+    assert_eq!(verdict(&p, "a", true, false), Verdict::Block);
+}
+
+#[test]
+fn a_default_section_can_block_everything_unlisted() {
+    let p = policy("version = 1\n[[rule]]\napp = \"a\"\n[default]\naction = \"block\"\n");
+    assert_eq!(verdict(&p, "a", true, true), Verdict::Tunnel(WIFI));
+    assert_eq!(verdict(&p, "b", true, true), Verdict::Block);
+}
+
+#[test]
+fn lowest_rtt_picks_the_fastest_measured_uplink() {
+    let p = policy(
+        "version = 1\n[[rule]]\napp = \"game\"\nuplinks = [\"wifi\", \"cell\"]\nstrategy = \"lowest-rtt\"\n",
+    );
+    let ms = |m| Some(Duration::from_millis(m));
+    let who = app("game");
+    let s = [
+        UplinkStatus {
+            up: true,
+            rtt: ms(80),
+        },
+        UplinkStatus {
+            up: true,
+            rtt: ms(30),
+        },
+    ];
+    assert_eq!(p.decide(&who, &s).verdict, Verdict::Tunnel(CELL));
+    let unmeasured = [
+        UplinkStatus {
+            up: true,
+            rtt: ms(80),
+        },
+        UplinkStatus {
+            up: true,
+            rtt: None,
+        },
+    ];
+    assert_eq!(p.decide(&who, &unmeasured).verdict, Verdict::Tunnel(WIFI));
+    let tie = [
+        UplinkStatus {
+            up: true,
+            rtt: ms(5),
+        },
+        UplinkStatus {
+            up: true,
+            rtt: ms(5),
+        },
+    ];
+    assert_eq!(
+        p.decide(&who, &tie).verdict,
+        Verdict::Tunnel(WIFI),
+        "ties go to the preferred one"
+    );
+    let down = [
+        UplinkStatus {
+            up: true,
+            rtt: ms(80),
+        },
+        UplinkStatus {
+            up: false,
+            rtt: ms(1),
+        },
+    ];
+    assert_eq!(p.decide(&who, &down).verdict, Verdict::Tunnel(WIFI));
+}
+
+#[test]
+fn uplinks_missing_from_the_status_slice_count_as_down() {
+    let p = policy("version = 1\n[[rule]]\napp = \"a\"\nuplinks = [\"cell\"]\n");
+    let only_wifi = [UplinkStatus {
+        up: true,
+        rtt: None,
+    }];
+    assert_eq!(p.decide(&app("a"), &only_wifi).verdict, Verdict::Block);
+}
+
+// ---- every error, with its position ----
+
+#[test]
+fn a_toml_syntax_error_names_its_position() {
+    assert_eq!(
+        error("version = 1\n[[rule]\n"),
+        "policy.toml:2:8: unclosed array table, expected `]`"
+    );
+}
+
+#[test]
+fn an_unknown_key_in_a_rule_is_refused_with_the_keys_expected() {
+    assert_eq!(
+        error("version = 1\n\n[[rule]]\napp = \"a\"\nuplink = [\"wifi\"]\n"),
+        "policy.toml:5:1: unknown field `uplink`, expected one of `app`, `uid`, `uplinks`, `when_none`, `action`, `strategy`"
+    );
+}
+
+#[test]
+fn an_unknown_top_level_key_is_refused() {
+    let e = error("version = 1\nrules = []\n");
+    assert!(
+        e.starts_with("policy.toml:2:1: unknown field `rules`, expected one of"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_matcher_in_the_default_section_is_refused() {
+    assert_eq!(
+        error("version = 1\n[default]\napp = \"x\"\n"),
+        "policy.toml:3:1: unknown field `app`, expected one of `uplinks`, `when_none`, `action`, `strategy`"
+    );
+}
+
+#[test]
+fn a_misspelt_action_lists_the_valid_ones() {
+    assert_eq!(
+        error("version = 1\n[[rule]]\napp = \"a\"\naction = \"tunel\"\n"),
+        "policy.toml:4:10: unknown variant `tunel`, expected one of `tunnel`, `bypass`, `block`"
+    );
+}
+
+#[test]
+fn a_misspelt_when_none_lists_the_valid_ones() {
+    assert_eq!(
+        error("version = 1\n[[rule]]\napp = \"a\"\nuplinks = [\"wifi\"]\nwhen_none = \"drop\"\n"),
+        "policy.toml:5:13: unknown variant `drop`, expected `block` or `any`"
+    );
+}
+
+#[test]
+fn a_negative_uid_is_refused_where_it_stands() {
+    assert_eq!(
+        error("version = 1\n[[rule]]\nuid = -3\n"),
+        "policy.toml:3:7: invalid value: integer `-3`, expected u32"
+    );
+}
+
+#[test]
+fn a_missing_version_is_refused_at_the_top() {
+    assert_eq!(
+        error("[default]\n"),
+        "policy.toml:1:1: missing `version = 1`"
+    );
+}
+
+#[test]
+fn a_future_version_is_refused_at_its_value() {
+    assert_eq!(
+        error("version = 2\n"),
+        "policy.toml:1:11: unsupported version 2; expected version = 1"
+    );
+}
+
+#[test]
+fn an_uplink_the_config_lacks_is_refused_with_the_ones_it_has() {
+    assert_eq!(
+        error("version = 1\n[[rule]]\napp = \"a\"\nuplinks = [\"wifi\", \"lte\"]\n"),
+        "policy.toml:4:20: unknown uplink \"lte\"; the config has: wifi, cell"
+    );
+    let e = Policy::parse(
+        "version = 1\n[default]\nuplinks = [\"wifi\"]\n",
+        "p.toml",
+        &[],
+    )
+    .map(|_| ());
+    assert_eq!(
+        e.map_err(|e| e.to_string()),
+        Err("p.toml:3:12: unknown uplink \"wifi\"; the config has: none".to_owned())
+    );
+}
+
+#[test]
+fn an_uplink_listed_twice_is_refused_at_the_second() {
+    assert_eq!(
+        error("version = 1\n[default]\nuplinks = [\"cell\", \"wifi\", \"cell\"]\n"),
+        "policy.toml:3:28: uplink \"cell\" is listed twice"
+    );
+}
+
+#[test]
+fn an_empty_uplink_list_is_refused() {
+    assert_eq!(
+        error("version = 1\n[[rule]]\napp = \"a\"\nuplinks = []\n"),
+        "policy.toml:4:11: empty uplink list; expected at least one uplink (to block an app, use action = \"block\")"
+    );
+}
+
+#[test]
+fn a_rule_without_a_matcher_is_refused_at_its_header() {
+    assert_eq!(
+        error("version = 1\n[[rule]]\nuplinks = [\"wifi\"]\n"),
+        "policy.toml:2:1: rule matches nothing; expected `app = \"name\"`, `app = \"glob.*\"` or `uid = N`"
+    );
+}
+
+#[test]
+fn a_rule_with_both_app_and_uid_is_refused_at_the_uid() {
+    assert_eq!(
+        error("version = 1\n[[rule]]\napp = \"a\"\nuid = 1000\n"),
+        "policy.toml:4:7: rule has both `app` and `uid`; expected one of them (write two rules to match either)"
+    );
+}
+
+#[test]
+fn an_empty_app_name_is_refused() {
+    assert_eq!(
+        error("version = 1\n[[rule]]\napp = \"\"\n"),
+        "policy.toml:3:7: empty app name; expected a name or a glob"
+    );
+}
+
+#[test]
+fn a_broken_glob_is_refused_with_the_reason() {
+    let e = error("version = 1\n[[rule]]\napp = \"com.[abc\"\n");
+    assert!(
+        e.starts_with("policy.toml:3:7: invalid glob \"com.[abc\": unclosed character class"),
+        "{e}"
+    );
+}
+
+#[test]
+fn uplinks_on_a_bypass_rule_are_refused() {
+    assert_eq!(
+        error("version = 1\n[[rule]]\napp = \"bank\"\naction = \"bypass\"\nuplinks = [\"wifi\"]\n"),
+        "policy.toml:5:11: `uplinks` has no meaning with action = \"bypass\"; expected it only with action = \"tunnel\""
+    );
+}
+
+#[test]
+fn when_none_on_a_block_default_is_refused() {
+    assert_eq!(
+        error("version = 1\n[default]\naction = \"block\"\nwhen_none = \"any\"\n"),
+        "policy.toml:4:13: `when_none` has no meaning with action = \"block\"; expected it only with action = \"tunnel\""
+    );
+}
+
+#[test]
+fn when_none_without_uplinks_is_refused() {
+    assert_eq!(
+        error("version = 1\n[[rule]]\nuid = 0\nwhen_none = \"block\"\n"),
+        "policy.toml:4:13: `when_none` needs an `uplinks` list; expected `uplinks = [...]` in the same rule"
+    );
+}
+
+#[test]
+fn the_redundant_strategy_is_refused_as_not_supported_yet() {
+    assert_eq!(
+        error("version = 1\n[default]\nuplinks = [\"wifi\", \"cell\"]\nstrategy = \"redundant\"\n"),
+        "policy.toml:4:12: strategy \"redundant\" is not supported yet; expected \"ordered\" or \"lowest-rtt\""
+    );
+}
+
+#[test]
+fn an_error_on_a_line_with_wide_characters_counts_columns_in_characters() {
+    // "é" is two bytes; the column of the stray ";" must still count it as one.
+    assert_eq!(
+        error("version = 1\n[[rule]]\napp = \"é\"; \n"),
+        "policy.toml:3:10: unexpected key or value, expected newline, `#`"
+    );
+}
+
+#[test]
+fn errors_expose_their_position_and_kind_to_callers() {
+    let e = Policy::parse(
+        "version = 1\n[[rule]]\nuid = 1\nuplinks = [\"lte\"]\n",
+        "/etc/upmt/policy.toml",
+        UPLINKS,
+    )
+    .map(|_| ())
+    .expect_err("unknown uplink");
+    assert_eq!(
+        (e.path.as_str(), e.line, e.column),
+        ("/etc/upmt/policy.toml", 4, 12)
+    );
+    assert!(matches!(e.kind, ErrorKind::UnknownUplink { ref name, .. } if name == "lte"));
+}
+
+// ---- robustness ----
+
+fn tomlish() -> impl proptest::strategy::Strategy<Value = String> {
+    let atoms = prop_oneof![
+        Just("version = 1\n".to_owned()),
+        Just("[[rule]]\n".to_owned()),
+        Just("[default]\n".to_owned()),
+        Just("app = \"com.*\"\n".to_owned()),
+        Just("app = \"[\"\n".to_owned()),
+        Just("uid = 7\n".to_owned()),
+        Just("uplinks = [\"wifi\", \"cell\"]\n".to_owned()),
+        Just("uplinks = [\"x\"]\n".to_owned()),
+        Just("when_none = \"any\"\n".to_owned()),
+        Just("action = \"bypass\"\n".to_owned()),
+        Just("strategy = \"lowest-rtt\"\n".to_owned()),
+        "[ -~\n]{0,12}",
+    ];
+    proptest::collection::vec(atoms, 0..12).prop_map(|v| v.concat())
+}
+
+proptest! {
+    #[test]
+    fn parsing_arbitrary_text_never_panics_and_positions_are_inside_the_text(text in "\\PC{0,200}") {
+        if let Err(e) = Policy::parse(&text, "f", UPLINKS) {
+            prop_assert!(e.line >= 1 && e.column >= 1);
+            prop_assert!(e.line <= text.lines().count().max(1) + 1);
+        }
+    }
+
+    #[test]
+    fn parsing_policy_shaped_text_never_panics_and_decides_without_panicking(text in tomlish()) {
+        match Policy::parse(&text, "f", UPLINKS) {
+            Ok(p) => {
+                for who in [app("com.x"), AppIdentity { name: None, uid: Some(7) }, AppIdentity::default()] {
+                    let d = p.decide(&who, &status(false, true));
+                    if let Verdict::Tunnel(i) = d.verdict {
+                        prop_assert!(i < UPLINKS.len());
+                    }
+                }
+            }
+            Err(e) => prop_assert!(e.line >= 1 && e.column >= 1),
+        }
+    }
+}
