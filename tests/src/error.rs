@@ -79,6 +79,9 @@ pub enum LabError {
         /// The directories searched, comma separated.
         searched: String,
     },
+    /// upmt's daemons did not start or did not connect; the message carries their logs.
+    #[error("upmt deployment failed: {0}")]
+    Deploy(String),
     /// A role or argument the lab does not know.
     #[error("invalid argument: {0}")]
     Invalid(String),

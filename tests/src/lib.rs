@@ -27,6 +27,7 @@
 //! `ip`, `nft` and `/dev/net/tun` ([`check_environment`]).
 
 pub mod bins;
+pub mod deploy;
 pub mod error;
 pub mod exec;
 pub mod lab;
@@ -36,6 +37,7 @@ pub mod servers;
 pub mod topology;
 
 pub use bins::bin_path;
+pub use deploy::{DeployOptions, Deployment};
 pub use error::{LabError, Result};
 pub use lab::{Cmd, Host, Lab, Role, check_environment, list_namespaces, sweep_stale};
 pub use measure::{LinkCounters, NftCounter, sha256_bytes, sha256_file, wait_for};

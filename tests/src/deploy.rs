@@ -1,0 +1,244 @@
+//! upmt deployed in a [`Lab`]: keys, configs and the two real daemons, started in their
+//! namespaces and waited for until the mobile host's tunnel carries traffic.
+//!
+//! The anchor listens on the AN's public addresses and NATs out of its `eth0`; the mobile host
+//! has one uplink per lab interface (`wifi` = path 0, `cell` = path 1). Configs are written to
+//! the lab's directory so a failing test can show them with its logs.
+
+use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use upmt_proto::keys::StaticSecret;
+
+use crate::bin_path;
+use crate::error::{LabError, Result};
+use crate::lab::Lab;
+use crate::measure::wait_for;
+use crate::process::ProcHandle;
+use crate::topology::{AN_V4, MH_CELL_IF, MH_WIFI_IF};
+
+/// The anchor's UDP port in the lab.
+pub const AN_PORT: u16 = 51900;
+/// The anchor's metrics endpoint in its namespace.
+pub const AN_METRICS: &str = "127.0.0.1:9100";
+/// The mobile host's virtual address, handed out by the anchor.
+pub const MH_VIRTUAL_V4: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
+/// The TUN device of the mobile host.
+pub const MH_TUN: &str = "upmt0";
+/// The TUN device of the anchor.
+pub const AN_TUN: &str = "upmtan0";
+
+/// How upmt is deployed in the lab.
+#[derive(Clone, Debug)]
+pub struct DeployOptions {
+    /// The MH's uplinks in path order, as (uplink name, lab interface).
+    pub uplinks: Vec<(String, String)>,
+    /// Extra lines appended to the MH's config (before its `[[uplink]]` tables).
+    pub mh_extra: String,
+    /// Extra lines appended to the AN's config (before its `[[peer]]` table).
+    pub an_extra: String,
+    /// `RUST_LOG` for both daemons.
+    pub log: String,
+}
+
+impl Default for DeployOptions {
+    fn default() -> Self {
+        DeployOptions {
+            uplinks: vec![
+                ("wifi".to_owned(), MH_WIFI_IF.to_owned()),
+                ("cell".to_owned(), MH_CELL_IF.to_owned()),
+            ],
+            mh_extra: String::new(),
+            an_extra: String::new(),
+            log: "info,upmt=debug".to_owned(),
+        }
+    }
+}
+
+/// The two daemons running in a lab.
+pub struct Deployment<'a> {
+    lab: &'a Lab,
+    /// The anchor daemon in the `an` namespace.
+    pub an: ProcHandle,
+    /// The mobile-host daemon in the `mh` namespace.
+    pub mh: ProcHandle,
+    /// The anchor's config file.
+    pub an_config: PathBuf,
+    /// The mobile host's config file.
+    pub mh_config: PathBuf,
+}
+
+impl<'a> Deployment<'a> {
+    /// Writes keys and configs, starts `upmt-an` and `upmt-mh`, and waits until the MH's TUN has
+    /// its virtual address and a ping through the tunnel to the anchor answers.
+    pub fn start(lab: &'a Lab, options: &DeployOptions) -> Result<Deployment<'a>> {
+        let key = |who: &str| {
+            StaticSecret::generate()
+                .map_err(|e| LabError::Deploy(format!("generating the {who} key: {e}")))
+        };
+        let an_secret = key("anchor")?;
+        let mh_secret = key("mobile host")?;
+        let dir = lab.dir().to_path_buf();
+
+        let mut an_toml = String::new();
+        let _ = write!(
+            an_toml,
+            "listen = \"[::]:{AN_PORT}\"\nprivate_key = \"{an_secret}\"\ntun = \"{AN_TUN}\"\n\
+             subnet = \"10.77.0.0/24\"\nsubnet6 = \"fd77::/64\"\negress = \"eth0\"\n\
+             metrics = \"{AN_METRICS}\"\n{}\n\
+             [[peer]]\nname = \"phone\"\npublic_key = \"{}\"\naddress = \"{MH_VIRTUAL_V4}\"\n\
+             address6 = \"fd77::2\"\n",
+            options.an_extra,
+            mh_secret.public_key(),
+        );
+        let mut mh_toml = String::new();
+        let _ = write!(
+            mh_toml,
+            "anchor = \"{AN_V4}:{AN_PORT}\"\nanchor_public_key = \"{}\"\nprivate_key = \"{mh_secret}\"\n\
+             tun = \"{MH_TUN}\"\n{}\n",
+            an_secret.public_key(),
+            options.mh_extra,
+        );
+        for (name, interface) in &options.uplinks {
+            let _ = write!(
+                mh_toml,
+                "[[uplink]]\nname = \"{name}\"\ninterface = \"{interface}\"\n"
+            );
+        }
+        let an_config = dir.join("an.toml");
+        let mh_config = dir.join("mh.toml");
+        write_private(&an_config, &an_toml)?;
+        write_private(&mh_config, &mh_toml)?;
+
+        let an = lab
+            .an()
+            .command(&[
+                bin_path("upmt-an")?.as_os_str(),
+                "run".as_ref(),
+                "--config".as_ref(),
+                an_config.as_os_str(),
+            ])
+            .env("RUST_LOG", &options.log)
+            .label("upmt-an")
+            .spawn()?;
+        wait_for("upmt-an's TUN", Duration::from_secs(10), || {
+            lab.an().run(&["ip", "link", "show", "dev", AN_TUN]).is_ok() || !an.is_running()
+        })?;
+        if !an.is_running() {
+            return Err(LabError::Deploy(format!(
+                "upmt-an exited at start:\n{}",
+                an.log()
+            )));
+        }
+        let mh = lab
+            .mh()
+            .command(&[
+                bin_path("upmt-mh")?.as_os_str(),
+                "run".as_ref(),
+                "--config".as_ref(),
+                mh_config.as_os_str(),
+            ])
+            .env("RUST_LOG", &options.log)
+            .label("upmt-mh")
+            .spawn()?;
+        let deployment = Deployment {
+            lab,
+            an,
+            mh,
+            an_config,
+            mh_config,
+        };
+        deployment.wait_connected(Duration::from_secs(15))?;
+        Ok(deployment)
+    }
+
+    /// Waits until the MH's TUN carries its virtual address and the AN answers a ping through it.
+    pub fn wait_connected(&self, timeout: Duration) -> Result<()> {
+        let lab = self.lab;
+        let outcome = wait_for("the MH's tunnel", timeout, || {
+            if !self.mh.is_running() || !self.an.is_running() {
+                return true;
+            }
+            let Ok(addrs) = lab
+                .mh()
+                .run_stdout(&["ip", "-4", "-o", "addr", "show", "dev", MH_TUN])
+            else {
+                return false;
+            };
+            addrs.contains(&MH_VIRTUAL_V4.to_string())
+                && lab
+                    .mh()
+                    .run_timeout(
+                        &["ping", "-c", "1", "-W", "1", "-I", MH_TUN, "10.77.0.1"],
+                        Duration::from_secs(3),
+                    )
+                    .is_ok()
+        });
+        if outcome.is_err() || !self.mh.is_running() || !self.an.is_running() {
+            return Err(LabError::Deploy(format!(
+                "the tunnel did not come up\n--- upmt-an ---\n{}\n--- upmt-mh ---\n{}",
+                self.an.log(),
+                self.mh.log()
+            )));
+        }
+        Ok(())
+    }
+
+    /// The anchor's metrics (Prometheus text), fetched inside its namespace.
+    pub fn an_metrics(&self) -> Result<String> {
+        self.lab.an().run_stdout(&[
+            "curl",
+            "-sS",
+            "--max-time",
+            "5",
+            &format!("http://{AN_METRICS}/metrics"),
+        ])
+    }
+
+    /// One value from the anchor's metrics: the sum of every sample whose name and labels start
+    /// with `prefix` (e.g. `upmt_drops_total{reason="truncated"}`).
+    pub fn an_metric(&self, prefix: &str) -> Result<u64> {
+        Ok(metric_sum(&self.an_metrics()?, prefix))
+    }
+
+    /// The MH's virtual address.
+    pub fn mh_virtual(&self) -> IpAddr {
+        IpAddr::V4(MH_VIRTUAL_V4)
+    }
+
+    /// Both daemons' logs, for a failing test's message.
+    pub fn logs(&self) -> String {
+        format!(
+            "--- upmt-an ---\n{}\n--- upmt-mh ---\n{}",
+            self.an.log(),
+            self.mh.log()
+        )
+    }
+}
+
+/// The sum of every Prometheus sample whose `name{labels}` starts with `prefix`.
+pub fn metric_sum(text: &str, prefix: &str) -> u64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#') && line.starts_with(prefix))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
+fn write_private(path: &std::path::Path, text: &str) -> Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut file| file.write_all(text.as_bytes()))
+        .map_err(|source| LabError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+}
