@@ -87,7 +87,12 @@ impl Host<'_> {
         if percent > 100 {
             return Err(LabError::Invalid(format!("loss of {percent} % (max 100)")));
         }
-        let matcher = format!("numgen random mod 100 < {percent} drop");
+        // numgen's range is 0..=99, so the ends are written without it.
+        let matcher = match percent {
+            0 => "accept".to_owned(),
+            100 => "drop".to_owned(),
+            p => format!("numgen random mod 100 < {p} drop"),
+        };
         self.add_drop_table(
             ifname,
             &format!("iifname \"{ifname}\" {matcher}"),

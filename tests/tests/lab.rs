@@ -392,3 +392,57 @@ fn the_demo_shows_each_uplink_with_its_nat_address() {
     assert!(stdout.contains("the CH saw 198.18.0.2"), "{stdout}");
     assert!(!stdout.contains("MISMATCH"), "{stdout}");
 }
+
+#[test]
+fn nft_counters_count_forwarded_packets_and_full_random_loss_cuts_the_uplink() {
+    let lab = lab("nft_counter_loss");
+    let rwifi = lab.rwifi();
+    rwifi
+        .run_input(
+            &["nft", "-f", "-"],
+            b"table inet upmt-lab-count {\n\
+                counter forwarded {}\n\
+                chain f { type filter hook forward priority 0; policy accept; counter name \"forwarded\"; }\n\
+              }\n",
+        )
+        .expect("counter table");
+    let before = rwifi
+        .nft_counter("inet", "upmt-lab-count", "forwarded")
+        .expect("read counter");
+    assert_eq!(before.packets, 0);
+    lab.whoami_via(Some(MH_WIFI_IF), Family::V4)
+        .expect("whoami");
+    let after = rwifi
+        .nft_counter("inet", "upmt-lab-count", "forwarded")
+        .expect("read counter");
+    assert!(after.packets >= 6 && after.bytes > 300, "{after:?}");
+
+    let mh = lab.mh();
+    mh.random_loss(MH_WIFI_IF, 100).expect("loss");
+    let url = lab.http().expect("started").url(Family::V4, "whoami");
+    let lost = mh.run(&[
+        "curl",
+        "-sS",
+        "--interface",
+        MH_WIFI_IF,
+        "--max-time",
+        "1",
+        &url,
+    ]);
+    assert!(lost.is_err(), "{lost:?}");
+    mh.remove_disturbance(MH_WIFI_IF).expect("remove");
+    assert_eq!(
+        lab.whoami_via(Some(MH_WIFI_IF), Family::V4)
+            .expect("restored"),
+        IpAddr::V4(RWIFI_WAN_V4)
+    );
+    assert!(mh.random_loss(MH_WIFI_IF, 101).is_err());
+    // A partial loss installs (and replaces the table of the same name); whoami with its
+    // retransmissions still gets through 30 % loss.
+    mh.random_loss(MH_WIFI_IF, 30).expect("30 % loss");
+    mh.random_loss(MH_WIFI_IF, 20)
+        .expect("replaced by 20 % loss");
+    mh.remove_disturbance(MH_WIFI_IF).expect("remove");
+    mh.remove_disturbance(MH_WIFI_IF)
+        .expect("removing twice is fine");
+}
