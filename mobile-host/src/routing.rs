@@ -353,13 +353,23 @@ impl Netlink {
 
     /// The rules of one family.
     pub async fn rules(&self, family: IpVersion) -> Result<Vec<RuleMessage>, RoutingError> {
-        self.handle
+        let want = match family {
+            IpVersion::V4 => AddressFamily::Inet,
+            IpVersion::V6 => AddressFamily::Inet6,
+        };
+        let rules: Vec<RuleMessage> = self
+            .handle
             .rule()
             .get(family)
             .execute()
             .try_collect()
             .await
-            .map_err(request("listing rules"))
+            .map_err(request("listing rules"))?;
+        // Without strict checking the kernel may answer a dump with every family.
+        Ok(rules
+            .into_iter()
+            .filter(|r| r.header.family == want)
+            .collect())
     }
 
     /// The routes of one family in `table`.
