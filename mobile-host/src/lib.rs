@@ -7,9 +7,11 @@
 //! protocol messages itself and never decides protocol timing: that is the core's job, reached
 //! only through [`core`]. It needs no shell tools and no nftables (Android has neither).
 
+pub mod appid;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod control;
 pub mod core;
 pub mod event_loop;
 pub mod routing;
