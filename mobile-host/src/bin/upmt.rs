@@ -1,32 +1,14 @@
-//! `upmt`: the upmt command-line tool. Key tools (`genkey`, `pubkey`) in the style of `wg`;
-//! commands that talk to the running daemon come later.
+//! `upmt`: the upmt command-line tool. Inspects the running mobile-host daemon and moves flows
+//! and apps between its tunnels (`status`, `apps`, `flows`, `move`, `unpin`, `policy reload`,
+//! `watch`), and makes keys in the style of `wg` (`genkey`, `pubkey`).
 
-use clap::{Parser, Subcommand};
+use clap::Parser as _;
 
-use upmt_mobile_host::cli;
-
-#[derive(Parser)]
-#[command(name = "upmt", version, about = "upmt command-line tool")]
-struct Args {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Print a new private key (base64), like `wg genkey`.
-    Genkey,
-    /// Read a private key on stdin, print its public key, like `wg pubkey`.
-    Pubkey,
-}
+use upmt_mobile_host::cli::{self, Cli};
 
 fn main() {
-    let args = Args::parse();
-    let stdout = &mut std::io::stdout().lock();
-    let result = match args.command {
-        Command::Genkey => cli::genkey::run(stdout),
-        Command::Pubkey => cli::pubkey::run(&mut std::io::stdin().lock(), stdout),
-    };
+    let args = Cli::parse();
+    let result = cli::run(args, &mut std::io::stdout().lock());
     if let Err(e) = result {
         eprintln!("upmt: {e:#}");
         std::process::exit(1);

@@ -1,6 +1,175 @@
-//! Subcommands of the `upmt` CLI, one module each (as in mullvad-cli), so later ones (`status`,
-//! `move`, ...) slot in beside them. Each takes its input and output streams, so tests run it on
-//! buffers.
+//! The `upmt` command line, one module per subcommand (as in mullvad-cli). `genkey` and `pubkey`
+//! work offline; the others talk to the running daemon over its control socket
+//! ([`crate::control`]). Every command that reads state has `--json` for scripts; human output
+//! is aligned tables with units ([`table`]). Each command's rendering is a pure function of the
+//! daemon's reply, so tests check the text without a daemon.
 
+pub mod apps;
+pub mod flows;
 pub mod genkey;
+pub mod r#move;
+pub mod policy;
 pub mod pubkey;
+pub mod status;
+pub mod table;
+pub mod unpin;
+pub mod watch;
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+use crate::control::DEFAULT_SOCKET;
+use crate::control::client::Client;
+
+/// `upmt`'s arguments.
+#[derive(Clone, Debug, Parser)]
+#[command(
+    name = "upmt",
+    version,
+    about = "Inspect the upmt mobile host and move flows and apps between tunnels"
+)]
+pub struct Cli {
+    /// The daemon's control socket.
+    #[arg(long, global = true, value_name = "PATH", default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// Print machine-readable JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Clone, Debug, PartialEq, Eq, Subcommand)]
+pub enum Command {
+    /// Show the session and each tunnel: uplink, interface, endpoints, RTT, loss, bytes.
+    Status,
+    /// Show each app seen: its rule, its current uplink, bytes per uplink.
+    Apps,
+    /// Show each flow: id, app, 5-tuple, uplink, static/dynamic, bytes, age.
+    Flows {
+        /// Only this app's flows.
+        #[arg(long, value_name = "NAME")]
+        app: Option<String>,
+    },
+    /// Move a flow or all of an app's flows to an uplink now, and pin them there.
+    #[command(subcommand)]
+    Move(r#move::Move),
+    /// Hand pinned flows back to their policy.
+    #[command(subcommand)]
+    Unpin(unpin::Unpin),
+    /// Manage the policy.
+    #[command(subcommand)]
+    Policy(policy::Policy),
+    /// Print events as they happen (tunnel up/down, flow moved, app blocked) until interrupted.
+    Watch,
+    /// Print a new private key (base64), like `wg genkey`.
+    Genkey,
+    /// Read a private key on stdin, print its public key, like `wg pubkey`.
+    Pubkey,
+}
+
+/// Runs one command, writing its output to `out`. Errors are complete one-line messages.
+pub fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
+    let command = match cli.command {
+        Command::Genkey => return genkey::run(out),
+        Command::Pubkey => return pubkey::run(&mut std::io::stdin().lock(), out),
+        command => command,
+    };
+    // One request at a time: a single-threaded runtime is plenty and starts fast.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let client = &mut Client::connect(&cli.socket).await?;
+        let json = cli.json;
+        match command {
+            Command::Status => status::run(client, json, out).await,
+            Command::Apps => apps::run(client, json, out).await,
+            Command::Flows { app } => flows::run(client, app, json, out).await,
+            Command::Move(what) => r#move::run(client, what, json, out).await,
+            Command::Unpin(what) => unpin::run(client, what, json, out).await,
+            Command::Policy(what) => policy::run(client, what, json, out).await,
+            Command::Watch => watch::run(client, json, out).await,
+            Command::Genkey | Command::Pubkey => Ok(()),
+        }
+    })
+}
+
+/// Pretty JSON and a newline.
+fn print_json(out: &mut impl Write, value: &impl serde::Serialize) -> anyhow::Result<()> {
+    serde_json::to_writer_pretty(&mut *out, value).context("cannot write JSON")?;
+    writeln!(out)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+    }
+
+    #[test]
+    fn global_flags_go_before_or_after_the_subcommand() {
+        let a = parse(&["upmt", "--socket", "/tmp/x.sock", "--json", "status"]);
+        let b = parse(&["upmt", "status", "--json", "--socket", "/tmp/x.sock"]);
+        for cli in [a, b] {
+            assert_eq!(cli.socket, PathBuf::from("/tmp/x.sock"));
+            assert!(cli.json);
+            assert_eq!(cli.command, Command::Status);
+        }
+        assert_eq!(
+            parse(&["upmt", "apps"]).socket,
+            PathBuf::from(DEFAULT_SOCKET)
+        );
+    }
+
+    #[test]
+    fn move_unpin_and_policy_take_their_operands() {
+        assert_eq!(
+            parse(&["upmt", "move", "flow", "42", "cell"]).command,
+            Command::Move(r#move::Move::Flow {
+                id: 42,
+                uplink: "cell".into()
+            })
+        );
+        assert_eq!(
+            parse(&["upmt", "move", "app", "com.example.app", "wifi"]).command,
+            Command::Move(r#move::Move::App {
+                name: "com.example.app".into(),
+                uplink: "wifi".into()
+            })
+        );
+        assert_eq!(
+            parse(&["upmt", "unpin", "flow", "7"]).command,
+            Command::Unpin(unpin::Unpin::Flow { id: 7 })
+        );
+        assert_eq!(
+            parse(&["upmt", "flows", "--app", "curl"]).command,
+            Command::Flows {
+                app: Some("curl".into())
+            }
+        );
+        assert_eq!(
+            parse(&["upmt", "policy", "reload"]).command,
+            Command::Policy(policy::Policy::Reload)
+        );
+        assert!(Cli::try_parse_from(["upmt", "move", "flow", "forty-two", "cell"]).is_err());
+    }
+
+    #[test]
+    fn a_missing_daemon_is_one_clear_line() {
+        let cli = parse(&["upmt", "--socket", "/nonexistent/upmt-test.sock", "status"]);
+        let err = run(cli, &mut Vec::new()).unwrap_err();
+        assert_eq!(
+            format!("{err:#}"),
+            "daemon not running (no socket at /nonexistent/upmt-test.sock)"
+        );
+    }
+}

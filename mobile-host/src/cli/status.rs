@@ -1,0 +1,152 @@
+//! `upmt status`: the session with the anchor and each tunnel (uplink, interface, local and
+//! public endpoint, state, RTT, loss, bytes), like `wg show`.
+
+use std::io::Write;
+
+use crate::control::client::Client;
+use crate::control::proto::{Request, Response, SessionState, StatusReply, TunnelState};
+
+use super::table::{self, Align, Table};
+
+/// Asks the daemon for its status and prints it.
+pub async fn run(client: &mut Client, json: bool, out: &mut impl Write) -> anyhow::Result<()> {
+    let Response::Status(reply) = client.request(Request::Status).await? else {
+        anyhow::bail!("unexpected answer from the daemon to status");
+    };
+    if json {
+        super::print_json(out, &reply)
+    } else {
+        Ok(out.write_all(render(&reply).as_bytes())?)
+    }
+}
+
+/// The human form of a status reply.
+pub fn render(reply: &StatusReply) -> String {
+    let s = &reply.session;
+    let mut text = match s.state {
+        SessionState::Connected => {
+            let addrs: Vec<String> = s.virtual_addresses.iter().map(|a| a.to_string()).collect();
+            format!(
+                "session: connected to {} as {}{}\n",
+                s.anchor,
+                if addrs.is_empty() {
+                    "-".to_owned()
+                } else {
+                    addrs.join(", ")
+                },
+                s.tun
+                    .as_ref()
+                    .map(|t| format!(" on {t}"))
+                    .unwrap_or_default()
+            )
+        }
+        SessionState::Handshaking => format!("session: handshaking with {}\n", s.anchor),
+    };
+    text.push('\n');
+    let mut t = Table::new(&[
+        ("UPLINK", Align::Left),
+        ("INTERFACE", Align::Left),
+        ("STATE", Align::Left),
+        ("LOCAL", Align::Left),
+        ("PUBLIC", Align::Left),
+        ("RTT", Align::Right),
+        ("LOSS", Align::Right),
+        ("TX", Align::Right),
+        ("RX", Align::Right),
+    ]);
+    for tun in &reply.tunnels {
+        t.row(vec![
+            tun.uplink.clone(),
+            tun.interface.clone(),
+            state(tun.state).to_owned(),
+            table::or_dash(tun.local),
+            table::or_dash(tun.public),
+            table::rtt(tun.rtt_us),
+            table::loss(tun.loss),
+            table::bytes(tun.tx_bytes),
+            table::bytes(tun.rx_bytes),
+        ]);
+    }
+    text.push_str(&t.render());
+    text
+}
+
+fn state(s: TunnelState) -> &'static str {
+    match s {
+        TunnelState::Up => "up",
+        TunnelState::Probing => "probing",
+        TunnelState::Down => "down",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::proto::{SessionStatus, TunnelStatus};
+
+    #[test]
+    fn status_renders_the_session_line_and_an_aligned_tunnel_table() {
+        let reply = StatusReply {
+            session: SessionStatus {
+                state: SessionState::Connected,
+                anchor: "198.51.100.1:51820".parse().unwrap(),
+                virtual_addresses: vec!["10.77.0.2".parse().unwrap(), "fd77::2".parse().unwrap()],
+                tun: Some("upmt0".into()),
+            },
+            tunnels: vec![
+                TunnelStatus {
+                    uplink: "wifi".into(),
+                    interface: "wlan0".into(),
+                    state: TunnelState::Up,
+                    local: Some("192.168.1.10:40000".parse().unwrap()),
+                    public: Some("203.0.113.7:61000".parse().unwrap()),
+                    rtt_us: Some(12_345),
+                    loss: 0.0,
+                    tx_bytes: 1_234_567,
+                    rx_bytes: 98_765_432,
+                    tx_packets: 10,
+                    rx_packets: 20,
+                },
+                TunnelStatus {
+                    uplink: "cell".into(),
+                    interface: "rmnet0".into(),
+                    state: TunnelState::Down,
+                    local: None,
+                    public: None,
+                    rtt_us: None,
+                    loss: 1.0,
+                    tx_bytes: 0,
+                    rx_bytes: 512,
+                    tx_packets: 0,
+                    rx_packets: 1,
+                },
+            ],
+        };
+        let expected = "\
+session: connected to 198.51.100.1:51820 as 10.77.0.2, fd77::2 on upmt0
+
+UPLINK  INTERFACE  STATE  LOCAL               PUBLIC                 RTT  LOSS       TX        RX
+wifi    wlan0      up     192.168.1.10:40000  203.0.113.7:61000  12.3 ms    0%  1.2 MiB  94.2 MiB
+cell    rmnet0     down   -                   -                        -  100%      0 B     512 B
+";
+        assert_eq!(render(&reply), expected);
+    }
+
+    #[test]
+    fn a_handshaking_session_says_so() {
+        let reply = StatusReply {
+            session: SessionStatus {
+                state: SessionState::Handshaking,
+                anchor: "[2001:db8::1]:51820".parse().unwrap(),
+                virtual_addresses: vec![],
+                tun: None,
+            },
+            tunnels: vec![],
+        };
+        assert!(
+            render(&reply).starts_with("session: handshaking with [2001:db8::1]:51820\n"),
+            "{}",
+            render(&reply)
+        );
+    }
+}

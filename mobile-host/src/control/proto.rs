@@ -1,0 +1,668 @@
+//! The control protocol between `upmt` (the CLI) and `upmt-mh` (the daemon): versioned requests
+//! and responses as JSON, each frame a big-endian `u32` length followed by that many bytes of
+//! JSON, at most [`MAX_FRAME`] bytes.
+//!
+//! Every frame carries [`PROTOCOL_VERSION`] (`{"version":1,"request":{"type":"status"}}`), so a
+//! CLI and a daemon of different versions say so clearly instead of misreading each other. A
+//! connection carries any number of request/response pairs in order; after a
+//! [`Request::Watch`] it carries only [`Response::Event`] frames until either side closes.
+//!
+//! The types here are the wire's, deliberately plain (strings, numbers, addresses): they are
+//! what the event loop answers with and what the CLI renders, and they never borrow the
+//! daemon's internal types, so the daemon's tables can change without changing the protocol.
+//! This module does no IO beyond reading and writing frames on a stream it is given.
+
+use std::net::{IpAddr, SocketAddr};
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// The protocol version this build speaks; a frame with another version is refused.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Largest frame body accepted, in bytes. A flow table of tens of thousands of flows fits; a
+/// stray client writing garbage cannot make the daemon allocate gigabytes.
+pub const MAX_FRAME: usize = 1 << 20;
+
+/// What the CLI asks for.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// Session state and every tunnel.
+    Status,
+    /// Every app seen, its rule and where its traffic goes.
+    Apps,
+    /// Every flow, or only those of one app.
+    Flows {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        app: Option<String>,
+    },
+    /// Moves one flow to an uplink now and pins it there.
+    MoveFlow { flow: u64, uplink: String },
+    /// Moves all of an app's flows to an uplink now and pins them there.
+    MoveApp { app: String, uplink: String },
+    /// Hands one pinned flow back to its policy.
+    UnpinFlow { flow: u64 },
+    /// Hands all of an app's pinned flows back to their policy.
+    UnpinApp { app: String },
+    /// Reads the policy file again; on success it applies to new and existing flows.
+    ReloadPolicy,
+    /// Turns the connection into a stream of [`Event`]s.
+    Watch,
+}
+
+impl Request {
+    /// A short name for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Request::Status => "status",
+            Request::Apps => "apps",
+            Request::Flows { .. } => "flows",
+            Request::MoveFlow { .. } => "move_flow",
+            Request::MoveApp { .. } => "move_app",
+            Request::UnpinFlow { .. } => "unpin_flow",
+            Request::UnpinApp { .. } => "unpin_app",
+            Request::ReloadPolicy => "reload_policy",
+            Request::Watch => "watch",
+        }
+    }
+}
+
+/// What the daemon answers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Response {
+    Status(StatusReply),
+    Apps(AppsReply),
+    Flows(FlowsReply),
+    Moved(MoveReply),
+    Unpinned(UnpinReply),
+    Reloaded(ReloadReply),
+    /// The answer to [`Request::Watch`]: events follow.
+    Watching,
+    /// One event of a watch stream.
+    Event(Event),
+    Error(ErrorReply),
+}
+
+impl Response {
+    /// An error response.
+    pub fn error(kind: ErrorKind, message: impl Into<String>) -> Response {
+        Response::Error(ErrorReply {
+            kind,
+            message: message.into(),
+        })
+    }
+}
+
+/// The session with the anchor and every tunnel.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StatusReply {
+    pub session: SessionStatus,
+    pub tunnels: Vec<TunnelStatus>,
+}
+
+/// The authenticated session.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SessionStatus {
+    pub state: SessionState,
+    /// The anchor's UDP endpoint.
+    pub anchor: SocketAddr,
+    /// Addresses the anchor gave this host (empty until connected).
+    #[serde(default)]
+    pub virtual_addresses: Vec<IpAddr>,
+    /// The TUN device, once it exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tun: Option<String>,
+}
+
+/// Where the session is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionState {
+    Handshaking,
+    Connected,
+}
+
+/// One tunnel: one uplink of the shared session.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TunnelStatus {
+    /// The uplink's name in the config and the policy ("wifi").
+    pub uplink: String,
+    /// Its network interface ("wlan0").
+    pub interface: String,
+    pub state: TunnelState,
+    /// The tunnel socket's local address, when it is open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local: Option<SocketAddr>,
+    /// The address the anchor sees for it (after NAT), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public: Option<SocketAddr>,
+    /// Smoothed probe round-trip time, in microseconds, once a probe was answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtt_us: Option<u64>,
+    /// Smoothed fraction of probes lost, 0.0 to 1.0.
+    pub loss: f32,
+    pub tx_bytes: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub rx_packets: u64,
+}
+
+/// Liveness of a tunnel as the daemon sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TunnelState {
+    /// Probes are answered; it carries traffic.
+    Up,
+    /// The interface is up, the tunnel not (yet, or any more) proven.
+    Probing,
+    /// The interface is down or missing.
+    Down,
+}
+
+/// Every app seen.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AppsReply {
+    pub apps: Vec<AppStatus>,
+}
+
+/// One app.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AppStatus {
+    /// Its name (Android package, or Linux program name).
+    pub name: String,
+    /// The policy rule that matched it, as written ("com.example.* -> wifi, cell").
+    pub rule: String,
+    /// The uplink its flows use now; several when some are moved or pinned; none when blocked
+    /// or without flows.
+    pub uplinks: Vec<String>,
+    /// Live flows.
+    pub flows: u64,
+    /// Flows of this app its policy blocks right now.
+    #[serde(default)]
+    pub blocked: u64,
+    /// Bytes per uplink, over the app's live flows.
+    pub bytes: Vec<UplinkBytes>,
+}
+
+/// Bytes carried on one uplink.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UplinkBytes {
+    pub uplink: String,
+    pub tx_bytes: u64,
+    pub rx_bytes: u64,
+}
+
+/// Flows, in id order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FlowsReply {
+    pub flows: Vec<FlowStatus>,
+}
+
+/// One flow (a 5-tuple) as the mobile host sees it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FlowStatus {
+    pub id: u64,
+    pub app: String,
+    /// "tcp", "udp", "icmp", or the IP protocol number.
+    pub protocol: String,
+    pub src: IpAddr,
+    pub src_port: u16,
+    pub dst: IpAddr,
+    pub dst_port: u16,
+    /// The uplink carrying it; none when blocked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uplink: Option<String>,
+    /// Pinned by `upmt move` (static) rather than placed by the policy (dynamic).
+    pub pinned: bool,
+    pub tx_bytes: u64,
+    pub rx_bytes: u64,
+    /// Time since its first packet, in milliseconds.
+    pub age_ms: u64,
+}
+
+/// Flows moved by a move request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MoveReply {
+    pub uplink: String,
+    pub flows: Vec<u64>,
+}
+
+/// Flows handed back to their policy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnpinReply {
+    pub flows: Vec<u64>,
+}
+
+/// A policy reload that took effect.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadReply {
+    /// The policy file read.
+    pub path: String,
+    /// Rules in it.
+    pub rules: u64,
+    /// Existing flows evaluated again, and how many of them changed uplink.
+    pub reevaluated: u64,
+    pub moved: u64,
+}
+
+/// Something that happened, for `upmt watch`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Event {
+    SessionUp,
+    SessionDown,
+    TunnelUp {
+        uplink: String,
+    },
+    TunnelDown {
+        uplink: String,
+    },
+    FlowMoved {
+        flow: u64,
+        app: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        from: Option<String>,
+        to: String,
+        reason: MoveReason,
+    },
+    /// A pinned flow went back to its policy.
+    FlowUnpinned {
+        flow: u64,
+        app: String,
+        reason: MoveReason,
+    },
+    AppBlocked {
+        app: String,
+        flow: u64,
+        /// Why, e.g. "no allowed uplink is up (wants: wifi)".
+        reason: String,
+    },
+    PolicyReloaded {
+        path: String,
+        rules: u64,
+    },
+    /// This watcher was too slow and missed events.
+    Lagged {
+        missed: u64,
+    },
+}
+
+/// Why a flow changed uplink or lost its pin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MoveReason {
+    /// `upmt move`.
+    Manual,
+    /// `upmt unpin`.
+    Unpinned,
+    /// Its uplink went down.
+    UplinkDown,
+    /// The policy prefers another uplink (one came up, or the policy was reloaded).
+    Policy,
+}
+
+/// A refused request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorReply {
+    pub kind: ErrorKind,
+    /// One line, for humans: "no such flow 42".
+    pub message: String,
+}
+
+/// What kind of refusal, for scripts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    PermissionDenied,
+    UnsupportedVersion,
+    /// Not a request this daemon understands, or a frame over [`MAX_FRAME`].
+    BadRequest,
+    NoSuchFlow,
+    NoSuchApp,
+    NoSuchUplink,
+    /// The uplink exists but cannot carry traffic now.
+    UplinkDown,
+    InvalidPolicy,
+    /// The daemon has nothing to answer with (e.g. no policy file configured).
+    Unsupported,
+    /// The daemon is shutting down or its loop is gone.
+    Unavailable,
+}
+
+/// A request frame as sent.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RequestFrame {
+    pub version: u32,
+    pub request: Request,
+}
+
+/// A response frame as sent.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ResponseFrame {
+    pub version: u32,
+    pub response: Response,
+}
+
+impl From<Request> for RequestFrame {
+    fn from(request: Request) -> Self {
+        RequestFrame {
+            version: PROTOCOL_VERSION,
+            request,
+        }
+    }
+}
+
+impl From<Response> for ResponseFrame {
+    fn from(response: Response) -> Self {
+        ResponseFrame {
+            version: PROTOCOL_VERSION,
+            response,
+        }
+    }
+}
+
+/// A request frame whose version is checked before its body is interpreted, so a newer CLI's
+/// unknown request gets "unsupported version", not "bad request".
+#[derive(Deserialize)]
+pub(crate) struct LooseFrame {
+    pub version: u32,
+    pub request: serde_json::Value,
+}
+
+/// What went wrong reading or writing a frame.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("control connection failed")]
+    Io(#[source] std::io::Error),
+    /// The stream ended inside a frame.
+    #[error("control connection closed in the middle of a frame")]
+    Truncated,
+    #[error("frame of {len} bytes exceeds the {max}-byte limit")]
+    TooLarge { len: usize, max: usize },
+    #[error("frame is not valid control JSON")]
+    Json(#[source] serde_json::Error),
+}
+
+/// Encodes `message` as one frame (length prefix and JSON).
+pub fn encode<T: Serialize>(message: &T) -> Result<Vec<u8>, FrameError> {
+    let mut frame = vec![0; 4];
+    serde_json::to_writer(&mut frame, message).map_err(FrameError::Json)?;
+    let len = frame.len() - 4;
+    if len > MAX_FRAME {
+        return Err(FrameError::TooLarge {
+            len,
+            max: MAX_FRAME,
+        });
+    }
+    // len <= MAX_FRAME < u32::MAX
+    frame[..4].copy_from_slice(&(len as u32).to_be_bytes());
+    Ok(frame)
+}
+
+/// Writes one frame holding `message`.
+pub async fn write_frame<T: Serialize>(
+    w: &mut (impl AsyncWrite + Unpin),
+    message: &T,
+) -> Result<(), FrameError> {
+    let frame = encode(message)?;
+    w.write_all(&frame).await.map_err(FrameError::Io)?;
+    w.flush().await.map_err(FrameError::Io)
+}
+
+/// Reads one frame's body; `None` when the stream ends cleanly between frames. A length over
+/// [`MAX_FRAME`] is refused before anything is allocated.
+pub async fn read_frame_bytes(
+    r: &mut (impl AsyncRead + Unpin),
+) -> Result<Option<Vec<u8>>, FrameError> {
+    let mut header = [0u8; 4];
+    let mut got = 0;
+    while got < header.len() {
+        let n = r.read(&mut header[got..]).await.map_err(FrameError::Io)?;
+        if n == 0 {
+            return if got == 0 {
+                Ok(None)
+            } else {
+                Err(FrameError::Truncated)
+            };
+        }
+        got += n;
+    }
+    let len = u32::from_be_bytes(header) as usize;
+    if len > MAX_FRAME {
+        return Err(FrameError::TooLarge {
+            len,
+            max: MAX_FRAME,
+        });
+    }
+    let mut body = vec![0; len];
+    r.read_exact(&mut body).await.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            FrameError::Truncated
+        } else {
+            FrameError::Io(e)
+        }
+    })?;
+    Ok(Some(body))
+}
+
+/// Reads and decodes one frame; `None` on a clean end of stream.
+pub async fn read_frame<T: serde::de::DeserializeOwned>(
+    r: &mut (impl AsyncRead + Unpin),
+) -> Result<Option<T>, FrameError> {
+    match read_frame_bytes(r).await? {
+        None => Ok(None),
+        Some(body) => serde_json::from_slice(&body)
+            .map(Some)
+            .map_err(FrameError::Json),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    fn every_request() -> Vec<Request> {
+        vec![
+            Request::Status,
+            Request::Apps,
+            Request::Flows { app: None },
+            Request::Flows {
+                app: Some("curl".into()),
+            },
+            Request::MoveFlow {
+                flow: 42,
+                uplink: "cell".into(),
+            },
+            Request::MoveApp {
+                app: "com.example.app".into(),
+                uplink: "wifi".into(),
+            },
+            Request::UnpinFlow { flow: 7 },
+            Request::UnpinApp { app: "curl".into() },
+            Request::ReloadPolicy,
+            Request::Watch,
+        ]
+    }
+
+    pub(crate) fn sample_status() -> StatusReply {
+        StatusReply {
+            session: SessionStatus {
+                state: SessionState::Connected,
+                anchor: "198.51.100.1:51820".parse().unwrap(),
+                virtual_addresses: vec![IpAddr::V4(Ipv4Addr::new(10, 77, 0, 2))],
+                tun: Some("upmt0".into()),
+            },
+            tunnels: vec![TunnelStatus {
+                uplink: "wifi".into(),
+                interface: "wlan0".into(),
+                state: TunnelState::Up,
+                local: Some("192.168.1.10:40000".parse().unwrap()),
+                public: None,
+                rtt_us: Some(12_500),
+                loss: 0.25,
+                tx_bytes: 1,
+                rx_bytes: 2,
+                tx_packets: 3,
+                rx_packets: 4,
+            }],
+        }
+    }
+
+    fn every_response() -> Vec<Response> {
+        vec![
+            Response::Status(sample_status()),
+            Response::Apps(AppsReply {
+                apps: vec![AppStatus {
+                    name: "curl".into(),
+                    rule: "curl -> cell".into(),
+                    uplinks: vec!["cell".into()],
+                    flows: 2,
+                    blocked: 0,
+                    bytes: vec![UplinkBytes {
+                        uplink: "cell".into(),
+                        tx_bytes: 10,
+                        rx_bytes: 20,
+                    }],
+                }],
+            }),
+            Response::Flows(FlowsReply {
+                flows: vec![FlowStatus {
+                    id: 42,
+                    app: "curl".into(),
+                    protocol: "tcp".into(),
+                    src: "10.77.0.2".parse().unwrap(),
+                    src_port: 40000,
+                    dst: "2001:db8::1".parse().unwrap(),
+                    dst_port: 443,
+                    uplink: None,
+                    pinned: true,
+                    tx_bytes: 1,
+                    rx_bytes: 2,
+                    age_ms: 3,
+                }],
+            }),
+            Response::Moved(MoveReply {
+                uplink: "cell".into(),
+                flows: vec![1, 2],
+            }),
+            Response::Unpinned(UnpinReply { flows: vec![] }),
+            Response::Reloaded(ReloadReply {
+                path: "/etc/upmt/policy.toml".into(),
+                rules: 3,
+                reevaluated: 4,
+                moved: 1,
+            }),
+            Response::Watching,
+            Response::Event(Event::FlowMoved {
+                flow: 1,
+                app: "curl".into(),
+                from: Some("wifi".into()),
+                to: "cell".into(),
+                reason: MoveReason::Manual,
+            }),
+            Response::Event(Event::Lagged { missed: 3 }),
+            Response::error(ErrorKind::NoSuchFlow, "no such flow 42"),
+        ]
+    }
+
+    #[test]
+    fn every_request_survives_a_json_round_trip() {
+        for request in every_request() {
+            let frame = RequestFrame::from(request);
+            let json = serde_json::to_vec(&frame).unwrap();
+            let back: RequestFrame = serde_json::from_slice(&json).unwrap();
+            assert_eq!(back, frame, "{}", String::from_utf8_lossy(&json));
+            assert_eq!(back.version, PROTOCOL_VERSION);
+        }
+    }
+
+    #[test]
+    fn every_response_survives_a_json_round_trip() {
+        for response in every_response() {
+            let frame = ResponseFrame::from(response);
+            let json = serde_json::to_vec(&frame).unwrap();
+            let back: ResponseFrame = serde_json::from_slice(&json).unwrap();
+            assert_eq!(back, frame, "{}", String::from_utf8_lossy(&json));
+        }
+    }
+
+    #[test]
+    fn the_wire_form_is_tagged_and_versioned_json() {
+        let json = serde_json::to_string(&RequestFrame::from(Request::MoveFlow {
+            flow: 42,
+            uplink: "cell".into(),
+        }))
+        .unwrap();
+        assert_eq!(
+            json,
+            r#"{"version":1,"request":{"type":"move_flow","flow":42,"uplink":"cell"}}"#
+        );
+        let json =
+            serde_json::to_string(&Response::error(ErrorKind::NoSuchFlow, "no such flow 42"))
+                .unwrap();
+        assert_eq!(
+            json,
+            r#"{"type":"error","kind":"no_such_flow","message":"no such flow 42"}"#
+        );
+    }
+
+    #[test]
+    fn unknown_fields_and_types_are_refused() {
+        let extra = r#"{"type":"move_flow","flow":1,"uplink":"cell","please":"yes"}"#;
+        assert!(serde_json::from_str::<Request>(extra).is_err());
+        let unknown = r#"{"type":"reboot"}"#;
+        assert!(serde_json::from_str::<Request>(unknown).is_err());
+    }
+
+    #[tokio::test]
+    async fn frames_round_trip_through_a_stream_back_to_back() {
+        let (mut a, mut b) = tokio::io::duplex(64 * 1024);
+        for request in every_request() {
+            write_frame(&mut a, &RequestFrame::from(request))
+                .await
+                .unwrap();
+        }
+        drop(a);
+        for request in every_request() {
+            let frame: RequestFrame = read_frame(&mut b).await.unwrap().unwrap();
+            assert_eq!(frame.request, request);
+        }
+        assert!(read_frame::<RequestFrame>(&mut b).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_length_over_the_limit_is_refused_before_reading_the_body() {
+        let (mut a, mut b) = tokio::io::duplex(64);
+        let len = (MAX_FRAME + 1) as u32;
+        a.write_all(&len.to_be_bytes()).await.unwrap();
+        let err = read_frame_bytes(&mut b).await.unwrap_err();
+        assert!(
+            matches!(err, FrameError::TooLarge { len: l, max: MAX_FRAME } if l == MAX_FRAME + 1),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "frame of 1048577 bytes exceeds the 1048576-byte limit"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stream_cut_inside_a_frame_is_truncated_not_a_clean_end() {
+        let frame = encode(&RequestFrame::from(Request::Status)).unwrap();
+        for cut in [2, frame.len() - 1] {
+            let (mut a, mut b) = tokio::io::duplex(1024);
+            a.write_all(&frame[..cut]).await.unwrap();
+            drop(a);
+            let err = read_frame_bytes(&mut b).await.unwrap_err();
+            assert!(matches!(err, FrameError::Truncated), "cut {cut}: {err:?}");
+        }
+    }
+
+    #[test]
+    fn encoding_refuses_a_message_over_the_limit() {
+        let huge = Response::error(ErrorKind::BadRequest, "x".repeat(MAX_FRAME));
+        assert!(matches!(encode(&huge), Err(FrameError::TooLarge { .. })));
+    }
+}

@@ -1,0 +1,480 @@
+//! The control server: binds the Unix socket, checks who connects, and serves requests with a
+//! [`Handler`] until a shutdown future completes (mini-redis's `server::run` shape, so tests
+//! pass a listener bound at a temp path).
+//!
+//! Access has two gates. The socket file is mode 0600 (root only), or 0660 and owned by the
+//! configured group; and every connection's peer credentials (`SO_PEERCRED`, supplementary
+//! groups from `SO_PEERGROUPS`) are checked again, so a socket whose mode was loosened by hand
+//! still serves only root, the daemon's own user, and members of the group. A refused peer gets
+//! one `permission_denied` error frame, then the connection closes.
+//!
+//! The server never touches the daemon's state: it only forwards requests to the handler and
+//! relays events to watchers.
+
+use std::future::Future;
+use std::io;
+use std::os::fd::AsRawFd as _;
+use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{broadcast, watch};
+use tokio::task::JoinSet;
+
+use super::proto::{
+    self, ErrorKind, Event, FrameError, LooseFrame, PROTOCOL_VERSION, Request, Response,
+    ResponseFrame,
+};
+
+/// Connections still open at shutdown get this long to finish their request.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+/// Supplementary groups read per peer; more than any real user has.
+const MAX_PEER_GROUPS: usize = 1024;
+/// `SO_PEERGROUPS` (Linux 4.13): 59 on every architecture upmt targets (x86, arm, aarch64,
+/// riscv); not all libc versions export it.
+const SO_PEERGROUPS: libc::c_int = 59;
+
+/// What answers requests: in the daemon, the event loop through a channel
+/// ([`LoopHandle`](super::LoopHandle)); in tests, a fake.
+pub trait Handler: Clone + Send + Sync + 'static {
+    /// Answers one request (never [`Request::Watch`], which the server serves itself).
+    fn handle(&self, request: Request) -> impl Future<Output = Response> + Send;
+    /// A new receiver of events for one watcher.
+    fn subscribe(&self) -> broadcast::Receiver<Event>;
+}
+
+/// Who may use the socket besides root and the daemon's own user.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Access {
+    /// Members of this group (name, gid) may connect too.
+    pub group: Option<(String, u32)>,
+}
+
+impl Access {
+    /// Root (and the daemon's own user) only.
+    pub fn root_only() -> Access {
+        Access { group: None }
+    }
+
+    /// Root and members of the group `name`, looked up in the system's group database.
+    pub fn with_group(name: &str) -> Result<Access, ServerError> {
+        let gid = group_id(name).ok_or_else(|| ServerError::UnknownGroup {
+            name: name.to_owned(),
+        })?;
+        Ok(Access {
+            group: Some((name.to_owned(), gid)),
+        })
+    }
+
+    /// Whether a peer with these credentials may use the socket; the refusal says why, in one
+    /// line.
+    pub fn check(&self, uid: u32, gid: u32, groups: &[u32]) -> Result<(), String> {
+        // SAFETY: geteuid cannot fail and touches no memory.
+        let own = unsafe { libc::geteuid() };
+        if uid == 0 || uid == own {
+            return Ok(());
+        }
+        match &self.group {
+            Some((_, g)) if gid == *g || groups.contains(g) => Ok(()),
+            Some((name, _)) => Err(format!(
+                "permission denied: uid {uid} is not root and not in group {name}"
+            )),
+            None => Err(format!(
+                "permission denied: uid {uid} is not root (set control_group in the daemon's config to allow a group)"
+            )),
+        }
+    }
+}
+
+/// What went wrong setting up the control socket.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot create the control socket's directory {path}")]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path} exists and is not a socket; refusing to replace it")]
+    NotASocket { path: PathBuf },
+    #[error("another daemon is already serving {path}")]
+    AlreadyRunning { path: PathBuf },
+    #[error("cannot remove the stale control socket {path}")]
+    RemoveStale {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot bind the control socket {path}")]
+    Bind {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot set the owner and mode of the control socket {path}")]
+    Permissions {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("control_group {name:?} is not a group on this system")]
+    UnknownGroup { name: String },
+}
+
+/// The socket file; removed when dropped, so a daemon that exits leaves no stale socket.
+#[derive(Debug)]
+pub struct SocketFile {
+    path: PathBuf,
+}
+
+impl SocketFile {
+    /// Where the socket is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        if is_socket(&self.path) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+fn is_socket(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket())
+}
+
+/// Binds the control socket at `path`: creates its directory, removes a stale socket left by a
+/// daemon that died (but refuses when a live one answers there, or when the path is not a
+/// socket), sets the mode (0600, or 0660 and the group's ownership) before listening, so no
+/// connection is accepted with looser permissions. Must run inside tokio.
+pub fn bind(path: &Path, access: &Access) -> Result<(UnixListener, SocketFile), ServerError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        && !dir.exists()
+    {
+        std::fs::create_dir_all(dir).map_err(|source| ServerError::CreateDir {
+            path: dir.to_owned(),
+            source,
+        })?;
+    }
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(ServerError::NotASocket {
+                path: path.to_owned(),
+            });
+        }
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(ServerError::AlreadyRunning {
+                path: path.to_owned(),
+            });
+        }
+        std::fs::remove_file(path).map_err(|source| ServerError::RemoveStale {
+            path: path.to_owned(),
+            source,
+        })?;
+        tracing::info!(path = %path.display(), "removed a stale control socket");
+    }
+    let bind_err = |source| ServerError::Bind {
+        path: path.to_owned(),
+        source,
+    };
+    let socket = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None)
+        .map_err(bind_err)?;
+    let addr = socket2::SockAddr::unix(path).map_err(bind_err)?;
+    socket.bind(&addr).map_err(bind_err)?;
+    // From here on the file exists: the guard removes it if anything below fails.
+    let file = SocketFile {
+        path: path.to_owned(),
+    };
+    let perm_err = |source| ServerError::Permissions {
+        path: path.to_owned(),
+        source,
+    };
+    let mode = match &access.group {
+        Some((_, gid)) => {
+            std::os::unix::fs::chown(path, None, Some(*gid)).map_err(perm_err)?;
+            0o660
+        }
+        None => 0o600,
+    };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(perm_err)?;
+    socket.listen(64).map_err(bind_err)?;
+    socket.set_nonblocking(true).map_err(bind_err)?;
+    let listener = UnixListener::from_std(std::os::unix::net::UnixListener::from(
+        std::os::fd::OwnedFd::from(socket),
+    ))
+    .map_err(bind_err)?;
+    Ok((listener, file))
+}
+
+/// Serves connections on `listener` until `shutdown` completes; then stops accepting, tells open
+/// connections (watchers included) to finish, and waits for them briefly.
+pub async fn serve<H: Handler>(
+    listener: UnixListener,
+    access: Access,
+    handler: H,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let (access, handler, stop) = (access.clone(), handler.clone(), stop_rx.clone());
+                    tasks.spawn(async move { connection(stream, &access, &handler, stop).await });
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "control socket accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+        }
+    }
+    let _ = stop_tx.send(true);
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tasks.abort_all();
+    }
+}
+
+/// The peer's primary and supplementary groups.
+fn peer_groups(stream: &UnixStream) -> Vec<u32> {
+    let mut groups = vec![0 as libc::gid_t; MAX_PEER_GROUPS];
+    let mut len = (groups.len() * std::mem::size_of::<libc::gid_t>()) as libc::socklen_t;
+    // SAFETY: the buffer is valid for `len` bytes and the kernel writes at most that many.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_PEERGROUPS,
+            groups.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        // Old kernel: only the primary group (checked separately) counts.
+        return Vec::new();
+    }
+    groups.truncate(len as usize / std::mem::size_of::<libc::gid_t>());
+    groups
+}
+
+async fn connection<H: Handler>(
+    mut stream: UnixStream,
+    access: &Access,
+    handler: &H,
+    mut stop: watch::Receiver<bool>,
+) {
+    let verdict = match stream.peer_cred() {
+        Ok(cred) => access
+            .check(cred.uid(), cred.gid(), &peer_groups(&stream))
+            .map(|()| cred.uid()),
+        Err(e) => Err(format!(
+            "permission denied: cannot read peer credentials: {e}"
+        )),
+    };
+    let uid = match verdict {
+        Ok(uid) => uid,
+        Err(message) => {
+            tracing::warn!(%message, "control connection refused");
+            let _ = send(
+                &mut stream,
+                Response::error(ErrorKind::PermissionDenied, message),
+            )
+            .await;
+            return;
+        }
+    };
+    let (mut rd, mut wr) = stream.split();
+    loop {
+        let body = tokio::select! {
+            body = proto::read_frame_bytes(&mut rd) => body,
+            _ = stop.changed() => return,
+        };
+        let body = match body {
+            Ok(Some(body)) => body,
+            Ok(None) => return,
+            Err(e @ FrameError::TooLarge { .. }) => {
+                // The body was not read, so the stream cannot be resynchronised: answer, close.
+                let _ = send(
+                    &mut wr,
+                    Response::error(ErrorKind::BadRequest, e.to_string()),
+                )
+                .await;
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "control connection ended");
+                return;
+            }
+        };
+        let request = match parse_request(&body) {
+            Ok(request) => request,
+            Err(refusal) => {
+                if send(&mut wr, refusal).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+        };
+        tracing::debug!(uid, request = request.name(), "control request");
+        if request == Request::Watch {
+            watch_events(&mut rd, &mut wr, handler.subscribe(), stop).await;
+            return;
+        }
+        let response = tokio::select! {
+            response = handler.handle(request) => response,
+            _ = stop.changed() => Response::error(ErrorKind::Unavailable, "the daemon is shutting down"),
+        };
+        if send(&mut wr, response).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Decodes a request frame, or the error response that refuses it.
+fn parse_request(body: &[u8]) -> Result<Request, Response> {
+    let frame: LooseFrame = serde_json::from_slice(body).map_err(|e| {
+        Response::error(
+            ErrorKind::BadRequest,
+            format!("not a control request frame: {e}"),
+        )
+    })?;
+    if frame.version != PROTOCOL_VERSION {
+        return Err(Response::error(
+            ErrorKind::UnsupportedVersion,
+            format!(
+                "the daemon speaks control protocol version {PROTOCOL_VERSION}, the client {}; use the upmt that came with the daemon",
+                frame.version
+            ),
+        ));
+    }
+    serde_json::from_value(frame.request)
+        .map_err(|e| Response::error(ErrorKind::BadRequest, format!("unknown request: {e}")))
+}
+
+/// Streams events until the client closes, the daemon stops, or the event source is gone.
+async fn watch_events(
+    rd: &mut (impl tokio::io::AsyncRead + Unpin),
+    wr: &mut (impl tokio::io::AsyncWrite + Unpin),
+    mut events: broadcast::Receiver<Event>,
+    mut stop: watch::Receiver<bool>,
+) {
+    if send(wr, Response::Watching).await.is_err() {
+        return;
+    }
+    let mut scratch = [0u8; 64];
+    loop {
+        let event = tokio::select! {
+            event = events.recv() => event,
+            _ = stop.changed() => return,
+            // A watcher sends nothing more; readable means it closed (or misbehaves): stop.
+            _ = tokio::io::AsyncReadExt::read(rd, &mut scratch) => return,
+        };
+        let event = match event {
+            Ok(event) => event,
+            Err(broadcast::error::RecvError::Lagged(missed)) => Event::Lagged { missed },
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        if send(wr, Response::Event(event)).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn send(
+    w: &mut (impl tokio::io::AsyncWrite + Unpin),
+    response: Response,
+) -> Result<(), FrameError> {
+    proto::write_frame(w, &ResponseFrame::from(response)).await
+}
+
+/// The gid of the group `name`, from the system's group database.
+fn group_id(name: &str) -> Option<u32> {
+    let cname = std::ffi::CString::new(name).ok()?;
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    // SAFETY: zeroed `group` is a valid out-parameter; getgrnam_r writes strings into `buf`
+    // (of the length given) and a pointer to `grp` into `result`.
+    unsafe {
+        let mut grp: libc::group = std::mem::zeroed();
+        let mut result: *mut libc::group = std::ptr::null_mut();
+        let rc = libc::getgrnam_r(
+            cname.as_ptr(),
+            &mut grp,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut result,
+        );
+        (rc == 0 && !result.is_null()).then_some(grp.gr_gid)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_is_always_allowed_and_strangers_are_refused_with_a_reason() {
+        let access = Access::root_only();
+        assert!(access.check(0, 0, &[]).is_ok());
+        let err = access.check(65534, 65534, &[]).unwrap_err();
+        assert!(
+            err.starts_with("permission denied: uid 65534 is not root"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn members_of_the_group_are_allowed_by_primary_or_supplementary_gid() {
+        let access = Access {
+            group: Some(("upmt".into(), 4242)),
+        };
+        assert!(access.check(1000, 4242, &[]).is_ok());
+        assert!(access.check(1000, 1000, &[27, 4242]).is_ok());
+        let err = access.check(1000, 1000, &[27]).unwrap_err();
+        assert_eq!(
+            err,
+            "permission denied: uid 1000 is not root and not in group upmt"
+        );
+    }
+
+    #[test]
+    fn a_group_is_resolved_by_name_and_an_unknown_one_is_an_error() {
+        let root = Access::with_group("root").unwrap();
+        assert_eq!(root.group, Some(("root".into(), 0)));
+        let err = Access::with_group("no-such-group-upmt").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "control_group \"no-such-group-upmt\" is not a group on this system"
+        );
+    }
+
+    #[test]
+    fn a_request_with_another_version_is_refused_as_unsupported() {
+        let err = parse_request(br#"{"version":2,"request":{"type":"teleport"}}"#).unwrap_err();
+        assert!(
+            matches!(&err, Response::Error(e) if e.kind == ErrorKind::UnsupportedVersion),
+            "{err:?}"
+        );
+        let err = parse_request(br#"{"version":1,"request":{"type":"teleport"}}"#).unwrap_err();
+        assert!(
+            matches!(&err, Response::Error(e) if e.kind == ErrorKind::BadRequest),
+            "{err:?}"
+        );
+        assert_eq!(
+            parse_request(br#"{"version":1,"request":{"type":"status"}}"#).unwrap(),
+            Request::Status
+        );
+    }
+}
