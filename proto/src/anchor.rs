@@ -5,21 +5,60 @@
 //! authenticated transport packet arrives on it (as in WireGuard), so a replayed or stray init
 //! never breaks a live session; the replaced session is kept for packets still in flight.
 //!
-//! Every decrypted inner packet must come from the peer's virtual address (no open relay). Each
-//! authenticated packet teaches the path's endpoint (NAT rebinding just works) and, for data, the
-//! path its flow came up on: `encapsulate` sends a flow's downlink over that path, else over the
-//! path that most recently carried traffic from the peer.
+//! Every decrypted inner packet must come from the peer's virtual address (no open relay). Data
+//! packets teach the path their flow came up on: `encapsulate` sends a flow's downlink over that
+//! path, else over the path that most recently carried traffic from a validated address.
+//!
+//! # Path validation
+//! Downlink goes only to a path's *validated* endpoint. An authenticated packet from another
+//! source address (NAT rebinding, or an attacker who raced a captured packet with a rewritten
+//! source) does not move the path: the anchor sends a `PathChallenge` (8 random bytes, sealed) on
+//! that path to that address and switches only when the `PathResponse` echoing them comes back,
+//! authenticated, from that same address. Real rebinding is followed within one round trip; an
+//! attacker who cannot read what is sent to the new address never gets there. A packet from the
+//! validated endpoint abandons a pending challenge (the peer is demonstrably still there).
+//! Challenges to one address are re-sent at most every [`CHALLENGE_RESEND`]; a response older
+//! than [`CHALLENGE_TIMEOUT`] is ignored; each path holds at most one pending challenge.
+//!
+//! The one exception: a handshake's source address counts as validated for the handshake's path
+//! once an authenticated packet *of that new session* arrives on that path from that address.
+//! The response, which carries the only ephemeral key the session's keys can be derived from,
+//! went to that address, so the peer answering from there proves it received it. Defeating this
+//! needs an attacker who reads packets at the spoofed address and injects toward the client,
+//! i.e. one on the path, against which no validation helps; even then the client's next packet
+//! from its real address is challenged and moves the path back within a round trip.
+//!
+//! # Handshake floods
+//! See [`crate::cookie`]'s constants: mac1 is checked first (one BLAKE2s); when the handshake
+//! bucket is empty the anchor is under load and answers inits without a valid mac2 with a
+//! CookieReply; inits that reach DH are rate-limited per source IP. [`AnchorStats::dh_operations`]
+//! counts the DH work actually done.
+//!
+//! # Bounds
+//! - sessions: at most three keypairs (current, previous, next) per configured peer;
+//! - paths: at most 256 per peer (the path id is a byte), one pending challenge each;
+//! - flows: [`MAX_FLOWS_PER_PEER`] per peer, oldest forgotten first;
+//! - pending transmits: [`MAX_QUEUED_TRANSMITS`]; past it a datagram that needs an answer is
+//!   dropped as `QueueFull` before any DH, and counted in [`AnchorStats::queue_overflows`];
+//! - events: [`MAX_EVENTS`] undrained; past it events are lost and counted in
+//!   [`AnchorStats::event_overflows`];
+//! - per-IP rate-limit table: [`crate::cookie::MAX_RATE_LIMIT_ENTRIES`] source IPs.
+//!
+//! Reaching a bound is counted (drops and [`Anchor::stats`]); the driver logs the counters.
 //!
 //! Never does IO or reads a clock. The per-packet paths do hash lookups but no allocation once
-//! the per-peer tables have grown to their working size (flows are bounded per peer).
+//! the per-peer tables have grown to their working size (all of them are bounded).
 
-use crate::control::ControlMessage;
+use crate::control::{CHALLENGE_LEN, ControlMessage};
+use crate::cookie::{CookieJar, Limiter, Verdict, random_bytes};
 use crate::crypto::{Keypair, random_index};
-use crate::handshake::{Response, mac1_key};
+use crate::handshake::{Response, check_mac1, mac1_key};
 use crate::ip;
 use crate::keys::{PublicKey, StaticSecret};
 use crate::time::Instant;
-use crate::wire::{self, HandshakeRespRepr, Kind, RESP_LEN, TransportHeader, TransportRepr};
+use crate::wire::{
+    self, COOKIE_REPLY_LEN, HandshakeRespRepr, Kind, RESP_LEN, TransportHeader, TransportRepr,
+};
 use crate::{
     DEFAULT_MTU, DropCounters, DropReason, HEADER_LEN, PathId, PeerId, SessionIndex, SessionParams,
     TAG_LEN, Transmit,
@@ -31,6 +70,33 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 /// Flows remembered per peer for downlink path choice; the oldest is forgotten first.
 pub const MAX_FLOWS_PER_PEER: usize = 4096;
+/// Datagrams waiting for `poll_transmit` (handshake responses, cookies, probe acks, challenges).
+pub const MAX_QUEUED_TRANSMITS: usize = 1024;
+/// Events waiting for `poll_event`.
+pub const MAX_EVENTS: usize = 1024;
+/// A challenge to the same address is re-sent at most this often (lost challenge, busy uplink).
+pub const CHALLENGE_RESEND: Duration = Duration::from_millis(250);
+/// A path response this long after its challenge is ignored.
+pub const CHALLENGE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Counters of the anchor's defences and bounds (drops are in [`Anchor::drops`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AnchorStats {
+    /// Handshake inits that reached the Diffie-Hellman stage (the expensive part).
+    pub dh_operations: u64,
+    /// CookieReplies sent to inits that arrived under load without a valid mac2.
+    pub cookies_sent: u64,
+    /// Inits refused because the per-IP table was full of active sources.
+    pub rate_limit_table_full: u64,
+    /// Path challenges sent.
+    pub challenges_sent: u64,
+    /// Paths moved to a newly validated address (first contact included).
+    pub paths_validated: u64,
+    /// Datagrams not answered because the transmit queue was full.
+    pub queue_overflows: u64,
+    /// Events lost because the event queue was full.
+    pub event_overflows: u64,
+}
 
 /// One mobile host the anchor accepts.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -170,9 +236,27 @@ impl FlowTable {
     }
 }
 
+#[derive(Clone, Copy, Debug)]
+struct Challenge {
+    addr: SocketAddr,
+    data: [u8; CHALLENGE_LEN],
+    sent_at: Instant,
+}
+
 struct PathEntry {
     id: PathId,
-    endpoint: SocketAddr,
+    /// The validated address downlink goes to, if any.
+    endpoint: Option<SocketAddr>,
+    challenge: Option<Challenge>,
+}
+
+/// What an authenticated packet means for its path.
+enum PathAction {
+    Nothing,
+    /// `from` just became the path's endpoint.
+    Validated,
+    /// Send this challenge to `from`.
+    Challenge([u8; CHALLENGE_LEN]),
 }
 
 struct Peer {
@@ -183,6 +267,8 @@ struct Peer {
     next: Option<Keypair>,
     connected: bool,
     paths: Vec<PathEntry>,
+    /// The latest handshake: (its session index, path, source address).
+    origin: Option<(SessionIndex, PathId, SocketAddr)>,
     last_path: Option<PathId>,
     flows: FlowTable,
     last_rx: Option<Instant>,
@@ -194,7 +280,72 @@ struct Peer {
 
 impl Peer {
     fn endpoint(&self, path: PathId) -> Option<SocketAddr> {
-        self.paths.iter().find(|p| p.id == path).map(|p| p.endpoint)
+        self.paths
+            .iter()
+            .find(|p| p.id == path)
+            .and_then(|p| p.endpoint)
+    }
+
+    /// Path validation for an authenticated packet of session `idx` on `path` from `from`;
+    /// `response` is the payload of a PathResponse it carried. See the module docs.
+    fn observe(
+        &mut self,
+        idx: SessionIndex,
+        path: PathId,
+        from: SocketAddr,
+        response: Option<[u8; CHALLENGE_LEN]>,
+        now: Instant,
+    ) -> PathAction {
+        let origin = self
+            .origin
+            .is_some_and(|(i, p, a)| i == idx && p == path && a == from);
+        let i = match self.paths.iter().position(|p| p.id == path) {
+            Some(i) => i,
+            None => {
+                self.paths.push(PathEntry {
+                    id: path,
+                    endpoint: None,
+                    challenge: None,
+                });
+                self.paths.len() - 1
+            }
+        };
+        let entry = &mut self.paths[i];
+        if entry.endpoint == Some(from) {
+            entry.challenge = None;
+            return PathAction::Nothing;
+        }
+        let answered = response.is_some_and(|d| {
+            entry.challenge.is_some_and(|c| {
+                c.addr == from
+                    && crate::handshake::ct_eq(&c.data, &d)
+                    && now.saturating_duration_since(c.sent_at) <= CHALLENGE_TIMEOUT
+            })
+        });
+        if origin || answered {
+            entry.endpoint = Some(from);
+            entry.challenge = None;
+            return PathAction::Validated;
+        }
+        match &mut entry.challenge {
+            Some(c) if c.addr == from => {
+                if now.saturating_duration_since(c.sent_at) < CHALLENGE_RESEND {
+                    PathAction::Nothing
+                } else {
+                    c.sent_at = now;
+                    PathAction::Challenge(c.data)
+                }
+            }
+            slot => {
+                let data = random_bytes(u64::from(idx.0) ^ u64::from(path.0) << 32);
+                *slot = Some(Challenge {
+                    addr: from,
+                    data,
+                    sent_at: now,
+                });
+                PathAction::Challenge(data)
+            }
+        }
     }
 
     /// When the session is forgotten if nothing arrives.
@@ -215,13 +366,40 @@ enum Queued {
         path: PathId,
         dst: SocketAddr,
     },
-    ProbeAck {
+    Cookie {
+        bytes: [u8; COOKIE_REPLY_LEN],
+        path: PathId,
+        dst: SocketAddr,
+    },
+    Control {
         peer: PeerId,
         path: PathId,
         dst: SocketAddr,
-        seq: u32,
-        echo_us: u64,
+        msg: ControlMessage,
     },
+}
+
+/// Pushes an event unless the queue is full; false when it was lost.
+fn push_event(events: &mut VecDeque<Event>, stats: &mut AnchorStats, e: Event) {
+    if events.len() >= MAX_EVENTS {
+        stats.event_overflows = stats.event_overflows.saturating_add(1);
+    } else {
+        events.push_back(e);
+    }
+}
+
+/// Queues a datagram unless the queue is full (then `QueueFull`, counted).
+fn push_transmit(
+    queue: &mut VecDeque<Queued>,
+    stats: &mut AnchorStats,
+    q: Queued,
+) -> Result<(), DropReason> {
+    if queue.len() >= MAX_QUEUED_TRANSMITS {
+        stats.queue_overflows = stats.queue_overflows.saturating_add(1);
+        return Err(DropReason::QueueFull);
+    }
+    queue.push_back(q);
+    Ok(())
 }
 
 /// The anchor's protocol core. See the crate docs for the calling order.
@@ -235,13 +413,16 @@ pub struct Anchor {
     queue: VecDeque<Queued>,
     events: VecDeque<Event>,
     drops: DropCounters,
+    cookies: CookieJar,
+    limiter: Limiter,
+    stats: AnchorStats,
 }
 
 impl Anchor {
     /// An anchor with no sessions yet.
     pub fn new(config: AnchorConfig, now: Instant) -> Self {
-        let _ = now;
-        let mac1_key = mac1_key(&config.static_secret.public_key());
+        let public = config.static_secret.public_key();
+        let mac1_key = mac1_key(&public);
         let mut by_key = HashMap::new();
         let mut by_addr = HashMap::new();
         let peers = config
@@ -263,6 +444,7 @@ impl Anchor {
                     next: None,
                     connected: false,
                     paths: Vec::new(),
+                    origin: None,
                     last_path: None,
                     flows: FlowTable::default(),
                     last_rx: None,
@@ -280,9 +462,12 @@ impl Anchor {
             by_key,
             by_addr,
             by_index: HashMap::new(),
-            queue: VecDeque::with_capacity(64),
+            queue: VecDeque::with_capacity(MAX_QUEUED_TRANSMITS),
             events: VecDeque::with_capacity(64),
             drops: DropCounters::default(),
+            cookies: CookieJar::new(&public, now),
+            limiter: Limiter::new(now),
+            stats: AnchorStats::default(),
         }
     }
 
@@ -308,7 +493,7 @@ impl Anchor {
         now: Instant,
     ) -> Result<Option<(PeerId, Range<usize>)>, DropReason> {
         match wire::peek_kind(datagram)? {
-            Kind::HandshakeResp => Err(DropReason::UnknownKind),
+            Kind::HandshakeResp | Kind::CookieReply => Err(DropReason::UnknownKind),
             Kind::HandshakeInit => {
                 self.handle_init(from, datagram, now)?;
                 Ok(None)
@@ -323,8 +508,51 @@ impl Anchor {
         datagram: &[u8],
         now: Instant,
     ) -> Result<(), DropReason> {
-        let path = wire::HandshakeInit::new_checked(datagram)?.path();
-        let sender_index = wire::HandshakeInit::new_checked(datagram)?.sender_index();
+        // Cheap checks first: length and mac1 (one BLAKE2s), then load and mac2, then per-IP.
+        check_mac1(&self.mac1_key, datagram)?;
+        let view = wire::HandshakeInit::new_checked(datagram)?;
+        let (path, sender_index) = (view.path(), view.sender_index());
+        if self.limiter.under_load(now) && !self.cookies.check_mac2(from.ip(), datagram, now) {
+            if self.queue.len() >= MAX_QUEUED_TRANSMITS {
+                self.stats.queue_overflows = self.stats.queue_overflows.saturating_add(1);
+                return Err(DropReason::QueueFull);
+            }
+            let mut bytes = [0u8; COOKIE_REPLY_LEN];
+            self.cookies.write_reply(
+                from.ip(),
+                &view.mac1(),
+                path,
+                sender_index,
+                &mut bytes,
+                now,
+            )?;
+            push_transmit(
+                &mut self.queue,
+                &mut self.stats,
+                Queued::Cookie {
+                    bytes,
+                    path,
+                    dst: from,
+                },
+            )?;
+            self.stats.cookies_sent = self.stats.cookies_sent.saturating_add(1);
+            return Err(DropReason::CookieRequired);
+        }
+        match self.limiter.check_ip(from.ip(), now) {
+            Verdict::Allow => {}
+            Verdict::RateLimited => return Err(DropReason::RateLimited),
+            Verdict::TableFull => {
+                self.stats.rate_limit_table_full =
+                    self.stats.rate_limit_table_full.saturating_add(1);
+                return Err(DropReason::RateLimited);
+            }
+        }
+        // The response must fit in the queue: check before spending the DH.
+        if self.queue.len() >= MAX_QUEUED_TRANSMITS {
+            self.stats.queue_overflows = self.stats.queue_overflows.saturating_add(1);
+            return Err(DropReason::QueueFull);
+        }
+        self.stats.dh_operations = self.stats.dh_operations.saturating_add(1);
         let resp = Response::read_init(&self.config.static_secret, &self.mac1_key, datagram)?;
         let id = *self
             .by_key
@@ -360,13 +588,17 @@ impl Anchor {
             self.by_index.remove(&old.local_index.0);
         }
         peer.next = Some(Keypair::new(&send, &recv, local_index, sender_index, now));
+        peer.origin = Some((local_index, path, from));
         self.by_index.insert(local_index.0, id);
-        self.queue.push_back(Queued::Resp {
-            bytes,
-            path,
-            dst: from,
-        });
-        Ok(())
+        push_transmit(
+            &mut self.queue,
+            &mut self.stats,
+            Queued::Resp {
+                bytes,
+                path,
+                dst: from,
+            },
+        )
     }
 
     fn handle_transport(
@@ -401,50 +633,77 @@ impl Anchor {
         peer.last_rx = Some(now);
         peer.rx_packets += 1;
         peer.rx_bytes += datagram.len() as u64;
-        peer.last_path = Some(path);
         if !peer.connected {
             peer.connected = true;
-            self.events.push_back(Event::PeerConnected {
-                peer: id,
-                name: peer.config.name.clone(),
-                endpoint: from,
-            });
-        }
-        match peer.paths.iter_mut().find(|p| p.id == path) {
-            Some(p) if p.endpoint == from => {}
-            Some(p) => {
-                p.endpoint = from;
-                self.events.push_back(Event::PathEndpointChanged {
+            push_event(
+                &mut self.events,
+                &mut self.stats,
+                Event::PeerConnected {
                     peer: id,
-                    path,
+                    name: peer.config.name.clone(),
                     endpoint: from,
-                });
-            }
-            None => {
-                peer.paths.push(PathEntry {
-                    id: path,
-                    endpoint: from,
-                });
-                self.events.push_back(Event::PathEndpointChanged {
-                    peer: id,
-                    path,
-                    endpoint: from,
-                });
-            }
+                },
+            );
         }
         let plain = &datagram[range.clone()];
-        if repr.kind == Kind::Control {
-            match ControlMessage::parse(plain)? {
-                ControlMessage::Probe { seq, sent_us } => {
-                    self.queue.push_back(Queued::ProbeAck {
+        let control = (repr.kind == Kind::Control).then(|| ControlMessage::parse(plain));
+        let response = match control {
+            Some(Ok(ControlMessage::PathResponse { data })) => Some(data),
+            _ => None,
+        };
+        match peer.observe(idx, path, from, response, now) {
+            PathAction::Nothing => {}
+            PathAction::Validated => {
+                self.stats.paths_validated = self.stats.paths_validated.saturating_add(1);
+                push_event(
+                    &mut self.events,
+                    &mut self.stats,
+                    Event::PathEndpointChanged {
+                        peer: id,
+                        path,
+                        endpoint: from,
+                    },
+                );
+            }
+            PathAction::Challenge(data) => {
+                self.stats.challenges_sent = self.stats.challenges_sent.saturating_add(1);
+                push_transmit(
+                    &mut self.queue,
+                    &mut self.stats,
+                    Queued::Control {
                         peer: id,
                         path,
                         dst: from,
-                        seq,
-                        echo_us: sent_us,
-                    });
-                }
-                ControlMessage::ProbeAck { .. } => {}
+                        msg: ControlMessage::PathChallenge { data },
+                    },
+                )?;
+            }
+        }
+        if peer.endpoint(path) == Some(from) {
+            peer.last_path = Some(path);
+        }
+        if let Some(control) = control {
+            match control? {
+                // Echoed to the source even before it is validated: one ack per authenticated,
+                // non-replayed probe of the same size is no amplification, and it lets the
+                // client measure a path that just rebound.
+                ControlMessage::Probe { seq, sent_us } => push_transmit(
+                    &mut self.queue,
+                    &mut self.stats,
+                    Queued::Control {
+                        peer: id,
+                        path,
+                        dst: from,
+                        msg: ControlMessage::ProbeAck {
+                            seq,
+                            echo_us: sent_us,
+                        },
+                    },
+                )?,
+                // The anchor never challenges through the client; responses were used above.
+                ControlMessage::ProbeAck { .. }
+                | ControlMessage::PathChallenge { .. }
+                | ControlMessage::PathResponse { .. } => {}
             }
             return Ok(None);
         }
@@ -499,11 +758,18 @@ impl Anchor {
             remote_port: info.src_port,
             local_port: info.dst_port,
         };
+        // Only validated endpoints: the flow's path, else the latest validated one, else any.
+        let pick = |p: PathId| peer.endpoint(p).map(|a| (p, a));
         let (path, dst) = peer
             .flows
             .get(&flow)
-            .and_then(|p| Some((p, peer.endpoint(p)?)))
-            .or_else(|| peer.last_path.and_then(|p| Some((p, peer.endpoint(p)?))))
+            .and_then(pick)
+            .or_else(|| peer.last_path.and_then(pick))
+            .or_else(|| {
+                peer.paths
+                    .iter()
+                    .find_map(|e| e.endpoint.map(|a| (e.id, a)))
+            })
             .ok_or(DropReason::NoSession)?;
         let keys = peer.current.as_mut().ok_or(DropReason::NoSession)?;
         let n = keys.seal(Kind::Data, path, buf, len)?;
@@ -531,14 +797,22 @@ impl Anchor {
                         });
                     }
                 }
-                Queued::ProbeAck {
+                Queued::Cookie { bytes, path, dst } => {
+                    if let Some(out) = buf.get_mut(..COOKIE_REPLY_LEN) {
+                        out.copy_from_slice(&bytes);
+                        return Some(Transmit {
+                            path,
+                            dst: Some(dst),
+                            len: COOKIE_REPLY_LEN,
+                        });
+                    }
+                }
+                Queued::Control {
                     peer,
                     path,
                     dst,
-                    seq,
-                    echo_us,
+                    msg,
                 } => {
-                    let msg = ControlMessage::ProbeAck { seq, echo_us };
                     let Some(p) = self.peers.get_mut(peer.0 as usize) else {
                         continue;
                     };
@@ -609,13 +883,44 @@ impl Anchor {
         &self.drops
     }
 
+    /// Counters of the flood defences, path validation and queue bounds.
+    pub fn stats(&self) -> &AnchorStats {
+        &self.stats
+    }
+
+    /// Fuzzing hook: seals `buf[HEADER_LEN..HEADER_LEN + len]` as a Control packet to `peer`
+    /// with its current keys, whatever it holds.
+    pub(crate) fn seal_control_raw(
+        &mut self,
+        peer: PeerId,
+        path: PathId,
+        buf: &mut [u8],
+        len: usize,
+    ) -> Option<usize> {
+        self.peers
+            .get_mut(peer.0 as usize)?
+            .current
+            .as_mut()?
+            .seal(Kind::Control, path, buf, len)
+            .ok()
+    }
+
+    /// Source IPs the per-IP handshake limiter tracks now (bounded).
+    pub fn rate_limited_sources(&self) -> usize {
+        self.limiter.tracked_ips()
+    }
+
     /// Status of every configured peer.
     pub fn peers(&self) -> impl Iterator<Item = PeerStatus> + '_ {
         self.peers.iter().enumerate().map(|(i, p)| PeerStatus {
             peer: PeerId(i as u32),
             name: p.config.name.clone(),
             connected: p.connected,
-            paths: p.paths.iter().map(|e| (e.id, e.endpoint)).collect(),
+            paths: p
+                .paths
+                .iter()
+                .filter_map(|e| Some((e.id, e.endpoint?)))
+                .collect(),
             rx_packets: p.rx_packets,
             rx_bytes: p.rx_bytes,
             tx_packets: p.tx_packets,

@@ -13,21 +13,43 @@
 //! us, or every uplink is blackholed), the client reports `Disconnected` and handshakes again,
 //! still sending on the old keys meanwhile so that a mere blip loses nothing.
 //!
-//! Never does IO or reads a clock; never allocates per packet (the transmit and event queues only
-//! grow when their capacity is exceeded).
+//! Path validation: the anchor answers a packet from an address it has not validated for that
+//! path with a `PathChallenge`; the client echoes it at once in a `PathResponse` on the same
+//! path, so NAT rebinding costs one round trip.
+//!
+//! Handshake floods: an anchor under load answers an init with a CookieReply; the client keeps
+//! the cookie (for a little less than its 2-minute life), resends the pending init at once with
+//! `mac2` set (once per init, so forged replies cannot make it loop) and puts mac2 on later
+//! inits while the cookie lasts.
+//!
+//! Bounds: the transmit queue holds at most [`MAX_QUEUED_TRANSMITS`] datagrams and the event
+//! queue [`MAX_EVENTS`]; past that, the datagram or event is lost and counted as `QueueFull`.
+//!
+//! Never does IO or reads a clock; never allocates per packet (the queues are allocated once at
+//! their bound).
 
-use crate::control::ControlMessage;
+use crate::control::{CHALLENGE_LEN, ControlMessage};
+use crate::cookie::{COOKIE_ROTATION, cookie_key, mac2, open_reply};
 use crate::crypto::{Keypair, random_index};
 use crate::handshake::{Initiation, mac1_key};
 use crate::keys::{PublicKey, StaticSecret};
 use crate::time::Instant;
 use crate::wire::{
-    self, HandshakeResp, HandshakeRespRepr, INIT_LEN, Kind, TransportHeader, TransportRepr,
+    self, COOKIE_LEN, CookieReply, CookieReplyRepr, HandshakeInit, HandshakeResp,
+    HandshakeRespRepr, INIT_LEN, Kind, TransportHeader, TransportRepr,
 };
 use crate::{DropCounters, DropReason, HEADER_LEN, PathId, SessionParams, TAG_LEN, Transmit};
 use core::ops::Range;
 use core::time::Duration;
+use ring::aead::LessSafeKey;
 use std::collections::VecDeque;
+
+/// Datagrams waiting for `poll_transmit`.
+pub const MAX_QUEUED_TRANSMITS: usize = 256;
+/// Events waiting for `poll_event`.
+pub const MAX_EVENTS: usize = 256;
+/// A cookie is used for this long after it arrived: a margin under the anchor's rotation.
+const COOKIE_LIFETIME: Duration = COOKIE_ROTATION.saturating_sub(Duration::from_secs(5));
 
 /// Settings of a [`Client`].
 #[derive(Clone, Debug)]
@@ -173,6 +195,8 @@ struct Pending {
     path: PathId,
     retry_at: Instant,
     purpose: Purpose,
+    /// Whether this init was already resent with a fresh cookie's mac2.
+    cookie_resent: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -184,12 +208,19 @@ enum Queued {
         seq: u32,
         echo_us: u64,
     },
+    PathResponse {
+        path: PathId,
+        data: [u8; CHALLENGE_LEN],
+    },
 }
 
 /// The mobile host's protocol core. See the crate docs for the calling order.
 pub struct Client {
     config: ClientConfig,
     mac1_key: [u8; 32],
+    cookie_key: LessSafeKey,
+    /// The latest cookie from the anchor and when it arrived.
+    cookie: Option<([u8; COOKIE_LEN], Instant)>,
     created: Instant,
     unix_nanos_at_created: u64,
     last_timestamp: u64,
@@ -212,9 +243,12 @@ impl Client {
     /// A client that will handshake as soon as a path is up.
     pub fn new(config: ClientConfig, now: Instant, unix_nanos_at_now: u64) -> Self {
         let mac1_key = mac1_key(&config.anchor_public);
+        let cookie_key = cookie_key(&config.anchor_public);
         Client {
             config,
             mac1_key,
+            cookie_key,
+            cookie: None,
             created: now,
             unix_nanos_at_created: unix_nanos_at_now,
             last_timestamp: 0,
@@ -226,8 +260,8 @@ impl Client {
             params: None,
             connected: false,
             last_rx: None,
-            queue: VecDeque::with_capacity(16),
-            events: VecDeque::with_capacity(16),
+            queue: VecDeque::with_capacity(MAX_QUEUED_TRANSMITS),
+            events: VecDeque::with_capacity(MAX_EVENTS),
             drops: DropCounters::default(),
         }
     }
@@ -249,7 +283,7 @@ impl Client {
         };
         let p = self.paths.remove(i);
         if p.state == PathState::Up {
-            self.events.push_back(Event::PathDown(path));
+            self.push_event(Event::PathDown(path));
         }
         if let Some(pending) = &self.pending
             && pending.path == path
@@ -282,6 +316,10 @@ impl Client {
     ) -> Result<Option<Range<usize>>, DropReason> {
         match wire::peek_kind(datagram)? {
             Kind::HandshakeInit => Err(DropReason::UnknownKind),
+            Kind::CookieReply => {
+                self.handle_cookie(datagram, now)?;
+                Ok(None)
+            }
             Kind::HandshakeResp => {
                 self.handle_resp(path, datagram, now)?;
                 Ok(None)
@@ -306,20 +344,64 @@ impl Client {
                 }
                 match ControlMessage::parse(plain)? {
                     ControlMessage::Probe { seq, sent_us } => {
-                        self.queue.push_back(Queued::ProbeAck {
+                        self.push_transmit(Queued::ProbeAck {
                             path,
                             seq,
                             echo_us: sent_us,
-                        });
+                        })?;
                     }
                     ControlMessage::ProbeAck { seq, echo_us } => {
                         if let Some(p) = self.path_mut(path) {
                             p.on_probe_ack(seq, echo_us, now);
                         }
                     }
+                    ControlMessage::PathChallenge { data } => {
+                        self.push_transmit(Queued::PathResponse { path, data })?;
+                    }
+                    // The client never challenges.
+                    ControlMessage::PathResponse { .. } => {}
                 }
                 Ok(None)
             }
+        }
+    }
+
+    /// Stores the cookie of a CookieReply to the pending init and resends that init once with
+    /// mac2.
+    fn handle_cookie(&mut self, datagram: &[u8], now: Instant) -> Result<(), DropReason> {
+        let view = CookieReply::new_checked(datagram)?;
+        let repr = CookieReplyRepr::parse(&view)?;
+        let pending = match &mut self.pending {
+            Some(p) if p.local_index == repr.receiver_index => p,
+            _ => return Err(DropReason::UnknownSession),
+        };
+        let init_mac1 = HandshakeInit::new_unchecked(&pending.bytes[..]).mac1();
+        let cookie = open_reply(&self.cookie_key, &init_mac1, datagram)?;
+        self.cookie = Some((cookie, now));
+        if !pending.cookie_resent {
+            pending.cookie_resent = true;
+            let m = mac2(&cookie, &pending.bytes);
+            HandshakeInit::new_unchecked(&mut pending.bytes[..]).set_mac2(&m);
+            self.queue.retain(|q| !matches!(q, Queued::Init));
+            self.push_transmit(Queued::Init)?;
+        }
+        Ok(())
+    }
+
+    fn push_transmit(&mut self, q: Queued) -> Result<(), DropReason> {
+        if self.queue.len() >= MAX_QUEUED_TRANSMITS {
+            self.drops.add(DropReason::QueueFull);
+            return Err(DropReason::QueueFull);
+        }
+        self.queue.push_back(q);
+        Ok(())
+    }
+
+    fn push_event(&mut self, e: Event) {
+        if self.events.len() >= MAX_EVENTS {
+            self.drops.add(DropReason::QueueFull);
+        } else {
+            self.events.push_back(e);
         }
     }
 
@@ -344,16 +426,19 @@ impl Client {
         self.params = Some(params);
         self.on_authenticated(path, now);
         if self.connected && purpose == Purpose::Rekey {
-            self.events.push_back(Event::Rekeyed);
+            self.push_event(Event::Rekeyed);
         } else {
             self.connected = true;
-            self.events.push_back(Event::Connected(params));
+            self.push_event(Event::Connected(params));
         }
         // Probe every path at once: measures them, and the first authenticated packet is what
         // makes the anchor switch to the new session.
-        for p in &mut self.paths {
-            self.queue.push_back(Queued::Probe(p.id));
-            p.next_probe = now + self.config.probe_interval;
+        let interval = self.config.probe_interval;
+        for i in 0..self.paths.len() {
+            self.paths[i].next_probe = now + interval;
+            let id = self.paths[i].id;
+            // A full queue only delays this probe to the next interval.
+            let _ = self.push_transmit(Queued::Probe(id));
         }
         Ok(())
     }
@@ -365,7 +450,7 @@ impl Client {
             p.rx_packets += 1;
             if p.state == PathState::Down {
                 p.state = PathState::Up;
-                self.events.push_back(Event::PathUp(path));
+                self.push_event(Event::PathUp(path));
             }
         }
     }
@@ -446,6 +531,7 @@ impl Client {
             Queued::ProbeAck { path, seq, echo_us } => {
                 (path, ControlMessage::ProbeAck { seq, echo_us })
             }
+            Queued::PathResponse { path, data } => (path, ControlMessage::PathResponse { data }),
         };
         let keys = self.current.as_mut()?;
         let body = buf.get_mut(HEADER_LEN..HEADER_LEN + msg.buffer_len() + TAG_LEN)?;
@@ -494,12 +580,14 @@ impl Client {
     /// Runs the timers due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
         let path_timeout = self.config.path_timeout;
-        for p in &mut self.paths {
+        for i in 0..self.paths.len() {
+            let p = &mut self.paths[i];
             if let (PathState::Up, Some(rx)) = (p.state, p.last_rx)
                 && now >= rx + path_timeout
             {
                 p.state = PathState::Down;
-                self.events.push_back(Event::PathDown(p.id));
+                let id = p.id;
+                self.push_event(Event::PathDown(id));
             }
         }
         if let Some(p) = &self.pending
@@ -516,7 +604,7 @@ impl Client {
             if silent && !self.paths.is_empty() {
                 if self.connected {
                     self.connected = false;
-                    self.events.push_back(Event::Disconnected);
+                    self.push_event(Event::Disconnected);
                 }
                 self.start_handshake(Purpose::Connect, now);
             } else if now >= keys.created + self.config.rekey_after {
@@ -525,10 +613,11 @@ impl Client {
         }
         if self.current.is_some() {
             let interval = self.config.probe_interval;
-            for p in &mut self.paths {
-                if now >= p.next_probe {
-                    p.next_probe = now + interval;
-                    self.queue.push_back(Queued::Probe(p.id));
+            for i in 0..self.paths.len() {
+                if now >= self.paths[i].next_probe {
+                    self.paths[i].next_probe = now + interval;
+                    let id = self.paths[i].id;
+                    let _ = self.push_transmit(Queued::Probe(id));
                 }
             }
         }
@@ -579,6 +668,14 @@ impl Client {
             self.pending = None;
             return;
         };
+        if let Some((cookie, at)) = self.cookie {
+            if now.saturating_duration_since(at) < COOKIE_LIFETIME {
+                let m = mac2(&cookie, &bytes);
+                HandshakeInit::new_unchecked(&mut bytes[..]).set_mac2(&m);
+            } else {
+                self.cookie = None;
+            }
+        }
         self.pending = Some(Pending {
             initiation,
             local_index,
@@ -586,9 +683,11 @@ impl Client {
             path,
             retry_at: now + self.config.handshake_retry,
             purpose,
+            cookie_resent: false,
         });
         self.queue.retain(|q| !matches!(q, Queued::Init));
-        self.queue.push_back(Queued::Init);
+        // A full queue drops this init; the retry timer sends a fresh one.
+        let _ = self.push_transmit(Queued::Init);
     }
 
     fn path(&self, id: PathId) -> Option<&Path> {
@@ -629,5 +728,24 @@ impl Client {
     /// Drops so far, counted by this core.
     pub fn drops(&self) -> &DropCounters {
         &self.drops
+    }
+
+    /// Fuzzing hook: seals `buf[HEADER_LEN..HEADER_LEN + len]` as a Control packet with the
+    /// current keys, whatever it holds.
+    pub(crate) fn seal_control_raw(
+        &mut self,
+        path: PathId,
+        buf: &mut [u8],
+        len: usize,
+    ) -> Option<usize> {
+        self.current
+            .as_mut()?
+            .seal(Kind::Control, path, buf, len)
+            .ok()
+    }
+
+    /// Fuzzing hook: the session index of the pending handshake.
+    pub(crate) fn pending_index(&self) -> Option<crate::SessionIndex> {
+        self.pending.as_ref().map(|p| p.local_index)
     }
 }

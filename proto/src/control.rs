@@ -11,6 +11,13 @@ pub const TYPE_PROBE: u8 = 1;
 /// Type byte of [`ControlMessage::ProbeAck`].
 pub const TYPE_PROBE_ACK: u8 = 2;
 
+/// Type byte of [`ControlMessage::PathChallenge`].
+pub const TYPE_PATH_CHALLENGE: u8 = 3;
+/// Type byte of [`ControlMessage::PathResponse`].
+pub const TYPE_PATH_RESPONSE: u8 = 4;
+/// Length of the unpredictable payload of a path challenge.
+pub const CHALLENGE_LEN: usize = 8;
+
 /// The longest control message this version emits.
 pub const MAX_LEN: usize = 13;
 
@@ -31,6 +38,17 @@ pub enum ControlMessage {
         /// The probe's `sent_us`.
         echo_us: u64,
     },
+    /// The anchor asks whether the peer really is at the address a packet came from: only the
+    /// peer can decrypt `data` and echo it from that address (QUIC-style path validation).
+    PathChallenge {
+        /// Random bytes to echo.
+        data: [u8; CHALLENGE_LEN],
+    },
+    /// The echo of a challenge, sent on the challenge's path.
+    PathResponse {
+        /// The challenge's bytes.
+        data: [u8; CHALLENGE_LEN],
+    },
 }
 
 impl ControlMessage {
@@ -38,6 +56,9 @@ impl ControlMessage {
     pub fn buffer_len(&self) -> usize {
         match self {
             ControlMessage::Probe { .. } | ControlMessage::ProbeAck { .. } => 13,
+            ControlMessage::PathChallenge { .. } | ControlMessage::PathResponse { .. } => {
+                1 + CHALLENGE_LEN
+            }
         }
     }
 
@@ -60,6 +81,15 @@ impl ControlMessage {
                     ControlMessage::ProbeAck { seq, echo_us: us }
                 })
             }
+            TYPE_PATH_CHALLENGE | TYPE_PATH_RESPONSE => {
+                let mut data = [0u8; CHALLENGE_LEN];
+                data.copy_from_slice(rest.get(..CHALLENGE_LEN).ok_or(DropReason::Truncated)?);
+                Ok(if ty == TYPE_PATH_CHALLENGE {
+                    ControlMessage::PathChallenge { data }
+                } else {
+                    ControlMessage::PathResponse { data }
+                })
+            }
             _ => Err(DropReason::UnknownControl),
         }
     }
@@ -71,6 +101,15 @@ impl ControlMessage {
         let (ty, seq, us) = match *self {
             ControlMessage::Probe { seq, sent_us } => (TYPE_PROBE, seq, sent_us),
             ControlMessage::ProbeAck { seq, echo_us } => (TYPE_PROBE_ACK, seq, echo_us),
+            ControlMessage::PathChallenge { data } | ControlMessage::PathResponse { data } => {
+                b[0] = if matches!(self, ControlMessage::PathChallenge { .. }) {
+                    TYPE_PATH_CHALLENGE
+                } else {
+                    TYPE_PATH_RESPONSE
+                };
+                b[1..].copy_from_slice(&data);
+                return Ok(len);
+            }
         };
         b[0] = ty;
         b[1..5].copy_from_slice(&seq.to_be_bytes());
@@ -103,6 +142,8 @@ mod tests {
                 .prop_map(|(seq, sent_us)| ControlMessage::Probe { seq, sent_us }),
             (any::<u32>(), any::<u64>())
                 .prop_map(|(seq, echo_us)| ControlMessage::ProbeAck { seq, echo_us }),
+            any::<[u8; CHALLENGE_LEN]>().prop_map(|data| ControlMessage::PathChallenge { data }),
+            any::<[u8; CHALLENGE_LEN]>().prop_map(|data| ControlMessage::PathResponse { data }),
         ]
     }
 

@@ -8,7 +8,7 @@
 use crate::keys::{PublicKey, StaticSecret};
 use crate::wire::{
     HandshakeInit, HandshakeInitRepr, INIT_HEADER_LEN, INIT_LEN, INIT_NOISE_LEN, INIT_PAYLOAD_LEN,
-    MAC1_LEN, MAC1_OFFSET, RESP_LEN, RESP_NOISE_LEN, RESP_PAYLOAD_LEN,
+    MAC1_LEN, MAC1_OFFSET, MAC2_OFFSET, RESP_LEN, RESP_NOISE_LEN, RESP_PAYLOAD_LEN,
 };
 use crate::{DropReason, PathId, SessionIndex, SessionParams};
 use blake2::digest::{Digest, Mac};
@@ -29,17 +29,29 @@ pub(crate) fn mac1_key(responder: &PublicKey) -> [u8; 32] {
     h.finalize().into()
 }
 
-/// mac1 over every byte of the init except the mac1 field itself.
+/// mac1 over every byte of the init before mac2, except the mac1 field itself. `init` must be
+/// `INIT_LEN` long (callers check the length first).
 pub(crate) fn mac1(key: &[u8; 32], init: &[u8]) -> [u8; MAC1_LEN] {
     let mut m = <Blake2sMac<blake2::digest::consts::U16> as Mac>::new_from_slice(key)
         .expect("a 32-byte key is valid for blake2s");
     Mac::update(&mut m, &init[..MAC1_OFFSET]);
-    Mac::update(&mut m, &init[MAC1_OFFSET + MAC1_LEN..]);
+    Mac::update(&mut m, &init[MAC1_OFFSET + MAC1_LEN..MAC2_OFFSET]);
     m.finalize().into_bytes().into()
 }
 
+/// Whether an init of the right length carries a valid mac1: one BLAKE2s, no DH.
+pub(crate) fn check_mac1(key: &[u8; 32], init: &[u8]) -> Result<(), DropReason> {
+    let view = HandshakeInit::new_checked(init)?;
+    let repr = HandshakeInitRepr::parse(&view)?;
+    if ct_eq(&repr.mac1, &mac1(key, init)) {
+        Ok(())
+    } else {
+        Err(DropReason::BadMac)
+    }
+}
+
 /// Constant-time equality, so timing does not reveal how much of a mac matched.
-fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -70,7 +82,10 @@ impl Initiation {
             .and_then(|b| b.build_initiator())
             .map_err(|_| DropReason::HandshakeFailed)?;
         let n = hs
-            .write_message(&timestamp.to_be_bytes(), &mut out[INIT_HEADER_LEN..])
+            .write_message(
+                &timestamp.to_be_bytes(),
+                &mut out[INIT_HEADER_LEN..MAC2_OFFSET],
+            )
             .map_err(|_| DropReason::HandshakeFailed)?;
         debug_assert_eq!(n, INIT_NOISE_LEN);
         let mut view = HandshakeInit::new_unchecked(&mut out[..]);
@@ -124,11 +139,8 @@ impl Response {
         mac1_key: &[u8; 32],
         init: &[u8],
     ) -> Result<Self, DropReason> {
+        check_mac1(mac1_key, init)?;
         let view = HandshakeInit::new_checked(init)?;
-        let repr = HandshakeInitRepr::parse(&view)?;
-        if !ct_eq(&repr.mac1, &mac1(mac1_key, init)) {
-            return Err(DropReason::BadMac);
-        }
         let mut hs = snow::Builder::new(params())
             .local_private_key(secret.as_bytes())
             .and_then(|b| b.prologue(PROLOGUE))
@@ -260,7 +272,7 @@ mod tests {
             &mut init,
         )
         .unwrap();
-        init[INIT_LEN - 1] ^= 0x80;
+        init[MAC2_OFFSET - 1] ^= 0x80;
         let m = mac1(&key, &init);
         HandshakeInit::new_unchecked(&mut init[..]).set_mac1(&m);
         assert!(matches!(

@@ -30,19 +30,19 @@ pub struct PacketInfo {
 }
 
 /// Where the transport header starts, and whether this packet carries it (not a later fragment).
-struct Layout {
-    src: IpAddr,
-    dst: IpAddr,
-    protocol: u8,
-    transport: usize,
-    first_fragment: bool,
+pub(crate) struct Layout {
+    pub(crate) src: IpAddr,
+    pub(crate) dst: IpAddr,
+    pub(crate) protocol: u8,
+    pub(crate) transport: usize,
+    pub(crate) first_fragment: bool,
 }
 
 fn be16(b: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_be_bytes([*b.get(at)?, *b.get(at + 1)?]))
 }
 
-fn layout(p: &[u8]) -> Option<Layout> {
+pub(crate) fn layout(p: &[u8]) -> Option<Layout> {
     match p.first()? >> 4 {
         4 => {
             if p.len() < 20 {

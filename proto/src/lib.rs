@@ -22,6 +22,9 @@
 pub mod anchor;
 pub mod client;
 pub mod control;
+pub mod cookie;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod ip;
 pub mod keys;
 pub mod replay;
@@ -137,6 +140,8 @@ drop_reasons! {
     UnknownControl => "unknown_control", "unknown control message type";
     Expired => "expired", "session expired";
     RateLimited => "rate_limited", "rate limited";
+    CookieRequired => "cookie_required", "under load: init without a valid mac2, answered with a cookie";
+    QueueFull => "queue_full", "a bounded transmit or event queue was full";
 }
 
 /// One counter per [`DropReason`].

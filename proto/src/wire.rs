@@ -6,9 +6,12 @@
 //! allocates, decrypts or verifies a MAC: that is the handshake's and the session's job.
 //!
 //! Layouts (byte 0 is `version << 4 | kind` everywhere):
-//! - HandshakeInit: `path u8, reserved u16, sender_index u32, mac1 [u8;16]`, Noise IK message 1.
+//! - HandshakeInit: `path u8, reserved u16, sender_index u32, mac1 [u8;16]`, Noise IK message 1,
+//!   `mac2 [u8;16]` (zero unless the initiator holds a cookie).
 //! - HandshakeResp: `path u8, reserved u16, sender_index u32, receiver_index u32`, Noise message 2.
 //! - Data / Control: `path u8, reserved u16, receiver_index u32, counter u64`, ciphertext, tag.
+//! - CookieReply: `path u8, reserved u16, receiver_index u32, nonce [u8;12]`, sealed cookie
+//!   `[u8;16]`, tag `[u8;16]`.
 
 use crate::{DropReason, HEADER_LEN, PathId, SessionIndex, SessionParams, TAG_LEN};
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -20,8 +23,12 @@ pub const VERSION: u8 = 1;
 pub const INIT_HEADER_LEN: usize = 24;
 /// Length of the Noise IK message 1 with its 8-byte timestamp payload: e, s (+tag), payload (+tag).
 pub const INIT_NOISE_LEN: usize = 32 + 32 + 16 + INIT_PAYLOAD_LEN + 16;
+/// Offset of mac2 in a HandshakeInit: the last 16 bytes, after the Noise message.
+pub const MAC2_OFFSET: usize = INIT_HEADER_LEN + INIT_NOISE_LEN;
+/// Length of mac2.
+pub const MAC2_LEN: usize = 16;
 /// Total length of a HandshakeInit datagram.
-pub const INIT_LEN: usize = INIT_HEADER_LEN + INIT_NOISE_LEN;
+pub const INIT_LEN: usize = MAC2_OFFSET + MAC2_LEN;
 /// Length of the HandshakeInit payload (the timestamp).
 pub const INIT_PAYLOAD_LEN: usize = 8;
 /// Offset of mac1 in a HandshakeInit.
@@ -38,6 +45,13 @@ pub const RESP_NOISE_LEN: usize = 32 + RESP_PAYLOAD_LEN + 16;
 /// Total length of a HandshakeResp datagram.
 pub const RESP_LEN: usize = RESP_HEADER_LEN + RESP_NOISE_LEN;
 
+/// Length of a CookieReply datagram: header, nonce, sealed cookie, tag.
+pub const COOKIE_REPLY_LEN: usize = 8 + COOKIE_NONCE_LEN + COOKIE_LEN + TAG_LEN;
+/// Length of the CookieReply nonce (random, ChaCha20-Poly1305).
+pub const COOKIE_NONCE_LEN: usize = 12;
+/// Length of a cookie.
+pub const COOKIE_LEN: usize = 16;
+
 /// The smallest valid transport datagram: a header and a tag around an empty plaintext.
 pub const MIN_TRANSPORT_LEN: usize = HEADER_LEN + TAG_LEN;
 
@@ -53,6 +67,8 @@ pub enum Kind {
     Data = 3,
     /// An encrypted control message.
     Control = 4,
+    /// The anchor, under load, answers an init without a valid mac2 with a cookie.
+    CookieReply = 5,
 }
 
 impl Kind {
@@ -63,6 +79,7 @@ impl Kind {
             2 => Some(Kind::HandshakeResp),
             3 => Some(Kind::Data),
             4 => Some(Kind::Control),
+            5 => Some(Kind::CookieReply),
             _ => None,
         }
     }
@@ -280,9 +297,16 @@ impl<T: AsRef<[u8]>> HandshakeInit<T> {
         m
     }
 
+    /// The mac2 field (zero when the initiator has no cookie).
+    pub fn mac2(&self) -> [u8; MAC2_LEN] {
+        let mut m = [0u8; MAC2_LEN];
+        m.copy_from_slice(&self.buffer.as_ref()[MAC2_OFFSET..MAC2_OFFSET + MAC2_LEN]);
+        m
+    }
+
     /// The Noise message 1.
     pub fn noise(&self) -> &[u8] {
-        &self.buffer.as_ref()[INIT_HEADER_LEN..]
+        &self.buffer.as_ref()[INIT_HEADER_LEN..MAC2_OFFSET]
     }
 }
 
@@ -292,9 +316,14 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> HandshakeInit<T> {
         self.buffer.as_mut()[MAC1_OFFSET..MAC1_OFFSET + MAC1_LEN].copy_from_slice(mac);
     }
 
+    /// Sets the mac2 field.
+    pub fn set_mac2(&mut self, mac: &[u8; MAC2_LEN]) {
+        self.buffer.as_mut()[MAC2_OFFSET..MAC2_OFFSET + MAC2_LEN].copy_from_slice(mac);
+    }
+
     /// The Noise message 1, writable.
     pub fn noise_mut(&mut self) -> &mut [u8] {
-        &mut self.buffer.as_mut()[INIT_HEADER_LEN..]
+        &mut self.buffer.as_mut()[INIT_HEADER_LEN..MAC2_OFFSET]
     }
 }
 
@@ -431,6 +460,92 @@ impl HandshakeRespRepr {
     }
 }
 
+/// A view of a CookieReply datagram.
+#[derive(Clone, Copy, Debug)]
+pub struct CookieReply<T: AsRef<[u8]>> {
+    buffer: T,
+}
+
+impl<T: AsRef<[u8]>> CookieReply<T> {
+    /// Wraps a buffer without checking it.
+    pub const fn new_unchecked(buffer: T) -> Self {
+        CookieReply { buffer }
+    }
+
+    /// Wraps a buffer after `check_len`.
+    pub fn new_checked(buffer: T) -> Result<Self, DropReason> {
+        let h = Self::new_unchecked(buffer);
+        h.check_len()?;
+        Ok(h)
+    }
+
+    /// Ensures the buffer is exactly one CookieReply long.
+    pub fn check_len(&self) -> Result<(), DropReason> {
+        match self.buffer.as_ref().len() {
+            COOKIE_REPLY_LEN => Ok(()),
+            n if n < COOKIE_REPLY_LEN => Err(DropReason::Truncated),
+            _ => Err(DropReason::TooBig),
+        }
+    }
+
+    /// The path id (echoed from the init).
+    pub fn path(&self) -> PathId {
+        PathId(self.buffer.as_ref()[1])
+    }
+
+    /// The initiator's session index (from the init).
+    pub fn receiver_index(&self) -> SessionIndex {
+        SessionIndex(be_u32(&self.buffer.as_ref()[4..]))
+    }
+
+    /// The AEAD nonce.
+    pub fn nonce(&self) -> [u8; COOKIE_NONCE_LEN] {
+        let mut n = [0u8; COOKIE_NONCE_LEN];
+        n.copy_from_slice(&self.buffer.as_ref()[8..8 + COOKIE_NONCE_LEN]);
+        n
+    }
+
+    /// The sealed cookie and its tag.
+    pub fn sealed(&self) -> &[u8] {
+        &self.buffer.as_ref()[8 + COOKIE_NONCE_LEN..]
+    }
+}
+
+/// The parsed CookieReply (the cookie stays sealed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CookieReplyRepr {
+    /// The path id.
+    pub path: PathId,
+    /// The initiator's session index.
+    pub receiver_index: SessionIndex,
+    /// The AEAD nonce.
+    pub nonce: [u8; COOKIE_NONCE_LEN],
+}
+
+impl CookieReplyRepr {
+    /// Parses a checked reply.
+    pub fn parse<T: AsRef<[u8]>>(h: &CookieReply<T>) -> Result<Self, DropReason> {
+        h.check_len()?;
+        if peek_kind(h.buffer.as_ref())? != Kind::CookieReply {
+            return Err(DropReason::UnknownKind);
+        }
+        Ok(CookieReplyRepr {
+            path: h.path(),
+            receiver_index: h.receiver_index(),
+            nonce: h.nonce(),
+        })
+    }
+
+    /// Writes the header and nonce into the first `8 + COOKIE_NONCE_LEN` bytes of `b`.
+    pub fn emit(&self, b: &mut [u8; COOKIE_REPLY_LEN]) {
+        b[0] = Kind::CookieReply.first_byte();
+        b[1] = self.path.0;
+        b[2..4].copy_from_slice(&[0, 0]);
+        b[4..8].copy_from_slice(&self.receiver_index.0.to_be_bytes());
+        b[8..8 + COOKIE_NONCE_LEN].copy_from_slice(&self.nonce);
+    }
+}
+
 impl SessionParams {
     /// Length of the encoded form (the HandshakeResp payload).
     pub const WIRE_LEN: usize = RESP_PAYLOAD_LEN;
@@ -475,6 +590,7 @@ mod tests {
         assert_eq!(Kind::Data.first_byte(), 0x13);
         assert_eq!(peek_kind(&[0x14]), Ok(Kind::Control));
         assert_eq!(peek_kind(&[0x24]), Err(DropReason::BadVersion));
+        assert_eq!(peek_kind(&[0x15]), Ok(Kind::CookieReply));
         assert_eq!(peek_kind(&[0x17]), Err(DropReason::UnknownKind));
         assert_eq!(peek_kind(&[]), Err(DropReason::Truncated));
     }
@@ -522,6 +638,7 @@ mod tests {
             let h = HandshakeInit::new_checked(&buf[..]).unwrap();
             prop_assert_eq!(HandshakeInitRepr::parse(&h).unwrap(), repr);
             prop_assert_eq!(h.noise().len(), INIT_NOISE_LEN);
+            prop_assert_eq!(h.mac2(), [0u8; MAC2_LEN]);
         }
 
         #[test]
@@ -533,6 +650,16 @@ mod tests {
             let h = HandshakeResp::new_checked(&buf[..]).unwrap();
             prop_assert_eq!(HandshakeRespRepr::parse(&h).unwrap(), repr);
             prop_assert_eq!(h.noise().len(), RESP_NOISE_LEN);
+        }
+
+        #[test]
+        fn cookie_reply_header_round_trips(path: u8, r: u32, nonce: [u8; 12]) {
+            let mut buf = [0u8; COOKIE_REPLY_LEN];
+            let repr = CookieReplyRepr { path: PathId(path), receiver_index: SessionIndex(r), nonce };
+            repr.emit(&mut buf);
+            let h = CookieReply::new_checked(&buf[..]).unwrap();
+            prop_assert_eq!(CookieReplyRepr::parse(&h).unwrap(), repr);
+            prop_assert_eq!(h.sealed().len(), COOKIE_LEN + TAG_LEN);
         }
 
         #[test]
@@ -556,6 +683,9 @@ mod tests {
             }
             if let Ok(h) = HandshakeResp::new_checked(&bytes[..]) {
                 let _ = HandshakeRespRepr::parse(&h);
+            }
+            if let Ok(h) = CookieReply::new_checked(&bytes[..]) {
+                let _ = CookieReplyRepr::parse(&h);
             }
             let _ = SessionParams::parse(&bytes);
         }

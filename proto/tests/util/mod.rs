@@ -51,6 +51,9 @@ pub struct Pair {
     pub uplink_log: Vec<(PathId, Vec<u8>)>,
     /// Downlink datagrams per path, counted on send.
     pub downlink_count: Vec<usize>,
+    /// Anchor datagrams to addresses that are no link's (attackers, flood sources, old NAT
+    /// mappings): (destination, path, bytes). They go nowhere.
+    pub stray: Vec<(SocketAddr, PathId, Vec<u8>)>,
 }
 
 pub fn anchor_config(an_secret: &StaticSecret, mh_secret: &StaticSecret) -> AnchorConfig {
@@ -104,6 +107,7 @@ impl Pair {
             anchor_events: Vec::new(),
             uplink_log: Vec::new(),
             downlink_count: vec![0; n],
+            stray: Vec::new(),
         };
         for i in 0..n {
             let id = pair.links[i].id;
@@ -128,11 +132,10 @@ impl Pair {
         }
         while let Some(t) = self.anchor.poll_transmit(self.now, &mut buf) {
             let dst = t.dst.expect("anchor transmits name a destination");
-            let link = self
-                .links
-                .iter()
-                .find(|l| l.addr == dst)
-                .expect("sent to a known client address");
+            let Some(link) = self.links.iter().find(|l| l.addr == dst) else {
+                self.stray.push((dst, t.path, buf[..t.len].to_vec()));
+                continue;
+            };
             assert_eq!(link.id, t.path, "anchor sends on the path of the address");
             let (id, bytes) = (link.id, buf[..t.len].to_vec());
             self.downlink_count[id.0 as usize] += 1;
@@ -161,20 +164,29 @@ impl Pair {
     }
 
     /// Hands one datagram to its receiver now.
-    pub fn deliver(&mut self, to_anchor: bool, path: PathId, mut bytes: Vec<u8>) {
+    pub fn deliver(&mut self, to_anchor: bool, path: PathId, bytes: Vec<u8>) {
         if to_anchor {
             let from = self.link(path).addr;
-            match self.anchor.handle_datagram(from, &mut bytes, self.now) {
-                Ok(Some((peer, r))) => self.anchor_rx.push((peer, bytes[r].to_vec())),
-                Ok(None) => {}
-                Err(e) => self.anchor_errs.push(e),
-            }
+            self.deliver_from(from, bytes);
         } else {
-            match self.client.handle_datagram(path, &mut bytes, self.now) {
-                Ok(Some(r)) => self.client_rx.push(bytes[r].to_vec()),
-                Ok(None) => {}
-                Err(e) => self.client_errs.push(e),
-            }
+            self.deliver_to_client(path, bytes);
+        }
+    }
+
+    /// Hands one datagram to the anchor now, as if sent from `from`.
+    pub fn deliver_from(&mut self, from: SocketAddr, mut bytes: Vec<u8>) {
+        match self.anchor.handle_datagram(from, &mut bytes, self.now) {
+            Ok(Some((peer, r))) => self.anchor_rx.push((peer, bytes[r].to_vec())),
+            Ok(None) => {}
+            Err(e) => self.anchor_errs.push(e),
+        }
+    }
+
+    fn deliver_to_client(&mut self, path: PathId, mut bytes: Vec<u8>) {
+        match self.client.handle_datagram(path, &mut bytes, self.now) {
+            Ok(Some(r)) => self.client_rx.push(bytes[r].to_vec()),
+            Ok(None) => {}
+            Err(e) => self.client_errs.push(e),
         }
     }
 

@@ -1,0 +1,454 @@
+//! Entry points of the fuzz targets in `proto/fuzz/`, shared with the corpus replay test
+//! (`tests/fuzz_corpus.rs`) so that both always run the same code. Not part of the API.
+//!
+//! Each entry takes arbitrary bytes, never panics on them, and asserts the invariants the
+//! protocol promises (round trips, every drop counted, no inner packet with a foreign source,
+//! downlink only to validated addresses, MSS clamping keeps checksums valid). The core targets
+//! read the input as a small script of operations, so the harness can produce authenticated
+//! packets the fuzzer could never forge, and the scripts stay meaningful although keys and
+//! indices are random per run.
+
+use crate::anchor::{Anchor, AnchorConfig, PeerConfig};
+use crate::client::{Client, ClientConfig};
+use crate::control::ControlMessage;
+use crate::handshake::{mac1, mac1_key};
+use crate::keys::{PublicKey, StaticSecret};
+use crate::time::Instant;
+use crate::wire::{self, INIT_LEN, MAC1_LEN, MAC1_OFFSET};
+use crate::{HEADER_LEN, PathId, PeerId, ip};
+use core::time::Duration;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+/// The fuzz targets, by name (the directory names under `proto/fuzz/corpus/`).
+pub const TARGETS: [&str; 4] = [
+    "wire_decode",
+    "anchor_datagram",
+    "client_datagram",
+    "ip_clamp_mss",
+];
+
+/// Runs target `name` on `data`; false if there is no such target.
+pub fn run(name: &str, data: &[u8]) -> bool {
+    match name {
+        "wire_decode" => wire_decode(data),
+        "anchor_datagram" => anchor_datagram(data),
+        "client_datagram" => client_datagram(data),
+        "ip_clamp_mss" => ip_clamp_mss(data),
+        _ => return false,
+    }
+    true
+}
+
+/// Writes a valid mac1 for `anchor` into an `INIT_LEN`-long init (tests and flood scenarios).
+pub fn seal_mac1(anchor: &PublicKey, init: &mut [u8]) {
+    if init.len() == INIT_LEN {
+        let m = mac1(&mac1_key(anchor), init);
+        init[MAC1_OFFSET..MAC1_OFFSET + MAC1_LEN].copy_from_slice(&m);
+    }
+}
+
+/// Every decoder of the wire format, the control messages and the IP helpers.
+pub fn wire_decode(data: &[u8]) {
+    let _ = wire::peek_kind(data);
+    if let Ok(h) = wire::TransportHeader::new_checked(data)
+        && let Ok(r) = wire::TransportRepr::parse(&h)
+    {
+        let mut copy = [0u8; wire::MIN_TRANSPORT_LEN];
+        r.emit(&mut wire::TransportHeader::new_unchecked(&mut copy[..]));
+        assert_eq!(&copy[..4], &[data[0], data[1], 0, 0][..]);
+        assert_eq!(&copy[4..HEADER_LEN], &data[4..HEADER_LEN]);
+        assert_eq!(h.payload().len() + HEADER_LEN, data.len());
+    }
+    if let Ok(h) = wire::HandshakeInit::new_checked(data) {
+        let _ = wire::HandshakeInitRepr::parse(&h);
+        let _ = (h.noise().len(), h.mac1(), h.mac2());
+        let _ = crate::handshake::check_mac1(&[0u8; 32], data);
+    }
+    if let Ok(h) = wire::HandshakeResp::new_checked(data)
+        && let Ok(r) = wire::HandshakeRespRepr::parse(&h)
+    {
+        assert_eq!(r.path, h.path());
+    }
+    if let Ok(h) = wire::CookieReply::new_checked(data)
+        && let Ok(r) = wire::CookieReplyRepr::parse(&h)
+    {
+        let mut copy = [0u8; wire::COOKIE_REPLY_LEN];
+        r.emit(&mut copy);
+        assert_eq!(&copy[4..20], &data[4..20]);
+    }
+    if let Ok(p) = crate::SessionParams::parse(data) {
+        let mut b = [0u8; crate::SessionParams::WIRE_LEN];
+        assert_eq!(p.emit(&mut b), Ok(b.len()));
+        assert_eq!(crate::SessionParams::parse(&b), Ok(p));
+    }
+    if let Ok(m) = ControlMessage::parse(data) {
+        let mut b = [0u8; crate::control::MAX_LEN];
+        let n = m.emit(&mut b).expect("every message fits MAX_LEN");
+        assert_eq!(ControlMessage::parse(&b[..n]), Ok(m));
+    }
+    let info = ip::parse(data);
+    assert_eq!(info.map(|i| i.src), ip::source(data));
+    assert_eq!(info.map(|i| i.dst), ip::destination(data));
+}
+
+/// One's-complement sum of `b` as big-endian words, folded.
+fn sum16(mut acc: u32, b: &[u8]) -> u32 {
+    for c in b.chunks(2) {
+        acc += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    acc
+}
+
+/// Whether the TCP checksum of `p` (everything after the IP header is the segment) verifies.
+fn tcp_checksum_ok(p: &[u8]) -> Option<bool> {
+    let l = ip::layout(p)?;
+    let seg = p.get(l.transport..)?;
+    let len = u32::try_from(seg.len()).ok()?;
+    let mut acc = match (l.src, l.dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => sum16(sum16(0, &s.octets()), &d.octets()),
+        (IpAddr::V6(s), IpAddr::V6(d)) => sum16(sum16(0, &s.octets()), &d.octets()),
+        _ => return None,
+    };
+    acc = sum16(acc, &(len >> 16).to_be_bytes()[2..]);
+    acc = sum16(acc, &(len as u16).to_be_bytes());
+    acc = sum16(acc, &[0, ip::PROTO_TCP]);
+    acc = sum16(acc, seg);
+    Some(acc == 0xffff)
+}
+
+/// `ip::clamp_tcp_mss` on arbitrary packets: the first two bytes are the MSS limit.
+pub fn ip_clamp_mss(data: &[u8]) {
+    let Some((mss, packet)) = data.split_first_chunk::<2>() else {
+        return;
+    };
+    let max_mss = u16::from_be_bytes(*mss);
+    let mut buf = [0u8; 2048];
+    let Some(p) = buf.get_mut(..packet.len()) else {
+        return;
+    };
+    p.copy_from_slice(packet);
+    let before = ip::parse(p);
+    let sum_ok = tcp_checksum_ok(p);
+    let changed = ip::clamp_tcp_mss(p, max_mss);
+    assert_eq!(
+        ip::parse(p),
+        before,
+        "clamping changed the addresses or ports"
+    );
+    if changed {
+        assert_eq!(before.map(|i| i.protocol), Some(ip::PROTO_TCP));
+        if sum_ok == Some(true) {
+            assert_eq!(
+                tcp_checksum_ok(p),
+                Some(true),
+                "clamping broke the checksum"
+            );
+        }
+        assert!(!ip::clamp_tcp_mss(p, max_mss), "clamping is not idempotent");
+    } else {
+        assert_eq!(&p[..], packet, "an unchanged packet was modified");
+    }
+}
+
+const MH_V4: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 2);
+const MH_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
+const PATHS: u8 = 2;
+
+fn mh_addr(path: PathId) -> SocketAddr {
+    SocketAddr::from(([198, 51, 100, 1 + path.0], 40000 + u16::from(path.0)))
+}
+
+/// A client and an anchor on a lossless zero-delay network of two paths, for the core targets.
+struct Sim {
+    now: Instant,
+    client: Client,
+    anchor: Anchor,
+    an_public: PublicKey,
+    last_up: ([u8; 1600], usize, PathId),
+    last_down: ([u8; 1600], usize, PathId),
+}
+
+impl Sim {
+    fn new(connect: bool) -> Self {
+        let mh = StaticSecret::from_bytes([0x42; 32]);
+        let an = StaticSecret::from_bytes([0x24; 32]);
+        let now = Instant::from_duration(Duration::from_secs(1000));
+        let an_public = an.public_key();
+        let mut client = Client::new(
+            ClientConfig::new(mh.clone(), an_public),
+            now,
+            1_700_000_000_000_000_000,
+        );
+        let anchor = Anchor::new(
+            AnchorConfig::new(
+                an,
+                vec![PeerConfig {
+                    name: "mh".into(),
+                    public: mh.public_key(),
+                    virtual_ipv4: MH_V4,
+                    virtual_ipv6: Some(MH_V6),
+                }],
+            ),
+            now,
+        );
+        for p in 0..PATHS {
+            client.handle_path_up(PathId(p), now);
+        }
+        let mut sim = Sim {
+            now,
+            client,
+            anchor,
+            an_public,
+            last_up: ([0; 1600], 0, PathId(0)),
+            last_down: ([0; 1600], 0, PathId(0)),
+        };
+        if connect {
+            sim.pump();
+            assert!(
+                sim.client.session().is_some(),
+                "the harness handshake failed"
+            );
+        } else {
+            // Keep the client's first init from reaching the anchor.
+            let mut buf = [0u8; 1600];
+            while sim.client.poll_transmit(now, &mut buf).is_some() {}
+        }
+        sim
+    }
+
+    fn feed_anchor(&mut self, from: SocketAddr, d: &mut [u8]) {
+        let before = self.anchor.drops().total();
+        match self.anchor.handle_datagram(from, d, self.now) {
+            Ok(Some((peer, r))) => {
+                assert_eq!(peer, PeerId(0));
+                let info = ip::parse(&d[r]).expect("delivered packets are ip");
+                let own = info.src == IpAddr::V4(MH_V4) || info.src == IpAddr::V6(MH_V6);
+                assert!(own, "foreign inner source delivered: {}", info.src);
+            }
+            Ok(None) => {}
+            Err(_) => assert_eq!(self.anchor.drops().total(), before + 1, "drop not counted"),
+        }
+    }
+
+    fn feed_client(&mut self, path: PathId, d: &mut [u8]) {
+        let before = self.client.drops().total();
+        match self.client.handle_datagram(path, d, self.now) {
+            Ok(Some(r)) => {
+                let first = d.get(r.start).copied().unwrap_or(0);
+                assert!(matches!(first >> 4, 4 | 6), "non-ip delivered to the tun");
+            }
+            Ok(None) => {}
+            Err(_) => assert_eq!(self.client.drops().total(), before + 1, "drop not counted"),
+        }
+    }
+
+    /// Delivers what both cores want to send until they are quiet (bounded).
+    fn pump(&mut self) {
+        let mut buf = [0u8; 1600];
+        for _ in 0..16 {
+            let mut any = false;
+            while let Some(t) = self.client.poll_transmit(self.now, &mut buf) {
+                any = true;
+                let from = mh_addr(t.path);
+                self.last_up.0[..t.len].copy_from_slice(&buf[..t.len]);
+                self.last_up.1 = t.len;
+                self.last_up.2 = t.path;
+                let mut d = [0u8; 1600];
+                d[..t.len].copy_from_slice(&buf[..t.len]);
+                self.feed_anchor(from, &mut d[..t.len]);
+            }
+            while let Some(t) = self.anchor.poll_transmit(self.now, &mut buf) {
+                any = true;
+                let dst = t.dst.expect("anchor names a destination");
+                if buf[0] == wire::Kind::Data.first_byte() {
+                    assert_eq!(dst, mh_addr(t.path), "data sent to an unvalidated address");
+                }
+                if dst == mh_addr(t.path) {
+                    self.last_down.0[..t.len].copy_from_slice(&buf[..t.len]);
+                    self.last_down.1 = t.len;
+                    self.last_down.2 = t.path;
+                    let mut d = [0u8; 1600];
+                    d[..t.len].copy_from_slice(&buf[..t.len]);
+                    self.feed_client(t.path, &mut d[..t.len]);
+                }
+            }
+            while self.client.poll_event().is_some() {}
+            while self.anchor.poll_event().is_some() {}
+            if !any {
+                break;
+            }
+        }
+    }
+
+    fn advance(&mut self, ms: u64) {
+        self.now += Duration::from_millis(ms);
+        if self
+            .client
+            .poll_timeout()
+            .is_some_and(|(t, _)| t <= self.now)
+        {
+            self.client.handle_timeout(self.now);
+        }
+        if self
+            .anchor
+            .poll_timeout()
+            .is_some_and(|(t, _)| t <= self.now)
+        {
+            self.anchor.handle_timeout(self.now);
+        }
+    }
+
+    /// The anchor encapsulates an IPv4 packet to the mobile host built around `body`.
+    fn downlink(&mut self, body: &[u8]) {
+        let mut buf = [0u8; 1600];
+        let n = body.len().min(1400);
+        let len = 20 + n;
+        let p = &mut buf[HEADER_LEN..HEADER_LEN + len];
+        p[0] = 0x45;
+        p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+        p[9] = body.first().copied().unwrap_or(17);
+        p[12..16].copy_from_slice(&[93, 184, 216, 34]);
+        p[16..20].copy_from_slice(&MH_V4.octets());
+        p[20..].copy_from_slice(&body[..n]);
+        if let Ok(t) = self.anchor.encapsulate(&mut buf, len, self.now) {
+            let dst = t.dst.expect("anchor names a destination");
+            assert_eq!(dst, mh_addr(t.path), "downlink to an unvalidated address");
+            let mut d = [0u8; 1600];
+            d[..t.len].copy_from_slice(&buf[..t.len]);
+            self.last_down = (d, t.len, t.path);
+            self.feed_client(t.path, &mut d[..t.len]);
+        }
+    }
+}
+
+/// Splits a script into (op, argument, body) records: `op u8, len u8, body[len]`.
+fn records(data: &[u8]) -> impl Iterator<Item = (u8, &[u8])> {
+    let mut rest = data;
+    core::iter::from_fn(move || {
+        let (&op, r) = rest.split_first()?;
+        let (&len, r) = r.split_first().unwrap_or((&0, r));
+        let n = usize::from(len).min(r.len());
+        let (body, r) = r.split_at(n);
+        rest = r;
+        Some((op, body))
+    })
+}
+
+fn attacker(op: u8) -> SocketAddr {
+    SocketAddr::from(([203, 0, 113, op & 0x0f], 1000 + u16::from(op)))
+}
+
+/// Datagrams into an anchor with one peer, fresh or after a real handshake. Byte 0 bit 0 picks
+/// connected; then records: op % 8 = 0 raw from the peer's address, 1 raw from another address,
+/// 2 the client sends body as an inner packet, 3 the client seals body as a control message
+/// (from its address or, op bit 7, another), 4 replay the last uplink datagram from another
+/// address, 5 advance time by body[0] * 10 ms, 6 downlink body, 7 raw init with a valid mac1.
+pub fn anchor_datagram(data: &[u8]) {
+    let Some((&mode, script)) = data.split_first() else {
+        return;
+    };
+    let mut sim = Sim::new(mode & 1 == 1);
+    for (op, body) in records(script).take(64) {
+        let path = PathId((op >> 4) & 1);
+        let mut buf = [0u8; 1600];
+        match op % 8 {
+            0 | 1 => {
+                let from = if op % 8 == 0 {
+                    mh_addr(path)
+                } else {
+                    attacker(op)
+                };
+                buf[..body.len()].copy_from_slice(body);
+                sim.feed_anchor(from, &mut buf[..body.len()]);
+            }
+            2 => {
+                let n = body.len();
+                buf[HEADER_LEN..HEADER_LEN + n].copy_from_slice(body);
+                if n > 0 {
+                    buf[HEADER_LEN] = 0x40 | (buf[HEADER_LEN] & 0x0f);
+                }
+                if let Ok(len) = sim.client.encapsulate(path, &mut buf, n, sim.now) {
+                    sim.feed_anchor(mh_addr(path), &mut buf[..len]);
+                }
+            }
+            3 => {
+                let n = body.len();
+                buf[HEADER_LEN..HEADER_LEN + n].copy_from_slice(body);
+                if let Some(len) = sim.client.seal_control_raw(path, &mut buf, n) {
+                    let from = if op & 0x80 != 0 {
+                        attacker(op)
+                    } else {
+                        mh_addr(path)
+                    };
+                    sim.feed_anchor(from, &mut buf[..len]);
+                }
+            }
+            4 => {
+                let (d, n, _) = sim.last_up;
+                buf[..n].copy_from_slice(&d[..n]);
+                sim.feed_anchor(attacker(op), &mut buf[..n]);
+            }
+            5 => sim.advance(u64::from(body.first().copied().unwrap_or(1)) * 10),
+            6 => sim.downlink(body),
+            _ => {
+                let mut init = [0u8; INIT_LEN];
+                init[0] = wire::Kind::HandshakeInit.first_byte();
+                let n = body.len().min(INIT_LEN - 1);
+                init[1..1 + n].copy_from_slice(&body[..n]);
+                seal_mac1(&sim.an_public, &mut init);
+                sim.feed_anchor(attacker(op), &mut init);
+            }
+        }
+        sim.pump();
+    }
+}
+
+/// Datagrams into a client, fresh or connected. Byte 0 bit 0 picks connected; then records:
+/// op % 6 = 0 raw on a path, 1 the anchor sends body as a downlink packet, 2 the anchor seals
+/// body as a control message, 3 replay the last downlink datagram on the other path, 4 advance
+/// time by body[0] * 10 ms, 5 raw with the pending handshake's index at bytes 4..8 (cookie
+/// replies, responses).
+pub fn client_datagram(data: &[u8]) {
+    let Some((&mode, script)) = data.split_first() else {
+        return;
+    };
+    let mut sim = Sim::new(mode & 1 == 1);
+    for (op, body) in records(script).take(64) {
+        let path = PathId((op >> 4) & 1);
+        let mut buf = [0u8; 1600];
+        match op % 6 {
+            0 => {
+                buf[..body.len()].copy_from_slice(body);
+                sim.feed_client(path, &mut buf[..body.len()]);
+            }
+            1 => sim.downlink(body),
+            2 => {
+                let n = body.len();
+                buf[HEADER_LEN..HEADER_LEN + n].copy_from_slice(body);
+                if let Some(len) = sim.anchor.seal_control_raw(PeerId(0), path, &mut buf, n) {
+                    sim.feed_client(path, &mut buf[..len]);
+                }
+            }
+            3 => {
+                let (d, n, p) = sim.last_down;
+                buf[..n].copy_from_slice(&d[..n]);
+                sim.feed_client(PathId(p.0 ^ 1), &mut buf[..n]);
+            }
+            4 => sim.advance(u64::from(body.first().copied().unwrap_or(1)) * 10),
+            _ => {
+                buf[..body.len()].copy_from_slice(body);
+                if let (Some(idx), Some(f)) = (sim.client.pending_index(), buf.get_mut(4..8))
+                    && body.len() >= 8
+                {
+                    f.copy_from_slice(&idx.0.to_be_bytes());
+                }
+                sim.feed_client(path, &mut buf[..body.len()]);
+            }
+        }
+        // Half the scripts let the anchor answer, half keep the client alone with the input.
+        if mode & 2 == 0 {
+            sim.pump();
+        }
+    }
+}
