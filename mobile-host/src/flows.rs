@@ -1,0 +1,869 @@
+//! Per-flow forwarding for the event loop: which uplink each packet from the TUN takes.
+//!
+//! A packet of a known flow costs one PAFT lookup (`touch`) and no allocation. The first packet
+//! of a new flow is parsed, checked against the never-tunnelled destinations, and queued in a
+//! small bounded per-flow queue ([`MAX_PENDING_PACKETS`], at most [`MAX_PENDING_FLOWS`] flows,
+//! buffers from a pool) while the loop asks the [`crate::appid`] worker who owns it; other
+//! flows keep moving meanwhile. [`Flows::classified`] takes the answer, decides with the policy,
+//! records the flow and hands back its queued packets. Blocked flows (and flows held because
+//! no uplink is up at all) are kept aside so their later packets are dropped (TCP: reset)
+//! without a new lookup, and are decided again when uplinks or the policy change.
+//!
+//! This module never does IO: the loop reads, sends, writes resets and asks the worker.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use upmt_paft::{AppId, Dir, Entry, FlowId, FlowKey, NewFlow, Paft, UplinkId, parse_packet};
+use upmt_policy::{AppIdentity, Policy, UplinkStatus, Verdict};
+
+use crate::appid::Owner;
+use crate::core::PathId;
+
+/// Packets of one new flow kept while its owner is looked up; later ones are dropped.
+pub const MAX_PENDING_PACKETS: usize = 16;
+/// New flows waiting for their owner at once; beyond this new flows are dropped (their
+/// senders retry) rather than given a rule that may not be theirs.
+pub const MAX_PENDING_FLOWS: usize = 256;
+/// A lookup that has not answered after this is given up; the flow starts over.
+pub const PENDING_TIMEOUT: Duration = Duration::from_secs(5);
+/// Blocked and held flows are forgotten after this long without a packet.
+pub const HELD_IDLE: Duration = Duration::from_secs(60);
+/// Pooled buffers kept for reuse.
+const POOL_MAX: usize = 1024;
+/// The name recorded for flows whose owner is unknown.
+pub const UNKNOWN_APP: &str = "";
+
+/// What the loop does with one packet from the TUN.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TunAction {
+    /// Encapsulate and send on this path.
+    Send(PathId),
+    /// Queued while the flow's owner is looked up; `new`: ask the worker for `key`.
+    Queued { key: FlowKey, new: bool },
+    /// Dropped (counted).
+    Drop,
+    /// Dropped; answer a TCP segment with a reset.
+    Reset,
+}
+
+/// What became of a classified flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Tunnelled on this path: send the queued packets there.
+    Tunnel(PathId),
+    /// Blocked by the policy: reset TCP, drop the rest.
+    Blocked,
+    /// No uplink is up at all: dropped silently, decided again when one comes up.
+    Held,
+    /// The answer came for a flow no longer waiting.
+    Stale,
+}
+
+/// Counters of the flow layer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct FlowCounters {
+    /// Flows tunnelled.
+    pub flows_tunnelled: u64,
+    /// Flows blocked by the policy.
+    pub flows_blocked: u64,
+    /// Flows of bypass apps that reached the TUN anyway (tunnelled: bypass needs uid rules).
+    pub bypass_in_tun: u64,
+    /// Packets that are not IP or are truncated.
+    pub unparsable: u64,
+    /// Packets to never-tunnelled destinations (multicast, broadcast, link-local...).
+    pub never_tunnelled: u64,
+    /// Packets dropped because their flow's pending queue was full.
+    pub pending_overflow: u64,
+    /// Packets dropped because too many flows were pending, or the worker's queue was full.
+    pub pending_flows_full: u64,
+    /// Lookups given up after [`PENDING_TIMEOUT`].
+    pub pending_timeouts: u64,
+    /// Packets dropped on blocked flows.
+    pub blocked_packets: u64,
+    /// Packets dropped while no uplink was up.
+    pub held_packets: u64,
+    /// Flows refused by the full PAFT.
+    pub table_full: u64,
+    /// Flows moved to another uplink on an uplink or policy change.
+    pub moved: u64,
+}
+
+struct Pending {
+    packets: Vec<Vec<u8>>,
+    since: Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+enum HoldReason {
+    Blocked,
+    NoUplink,
+}
+
+struct Held {
+    app: AppId,
+    uid: Option<u32>,
+    reason: HoldReason,
+    last_seen: Duration,
+    packets: u64,
+}
+
+/// The flow table with its policy.
+pub struct Flows {
+    paft: Paft,
+    policy: Policy,
+    pending: HashMap<FlowKey, Pending>,
+    held: HashMap<FlowKey, Held>,
+    pool: Vec<Vec<u8>>,
+    counters: FlowCounters,
+    expired: Vec<(FlowKey, Entry)>,
+    ids: Vec<FlowId>,
+    keys: Vec<FlowKey>,
+}
+
+fn uplink_id(path: PathId) -> Option<UplinkId> {
+    UplinkId::new(path.0)
+}
+
+fn identity<'a>(app: &'a AppId, uid: Option<u32>) -> AppIdentity<'a> {
+    let name = app.as_str();
+    AppIdentity {
+        name: (name != UNKNOWN_APP).then_some(name),
+        uid,
+    }
+}
+
+impl Flows {
+    /// An empty table deciding with `policy`.
+    pub fn new(policy: Policy) -> Flows {
+        Flows {
+            paft: Paft::new(upmt_paft::Config::default()),
+            policy,
+            pending: HashMap::with_capacity(MAX_PENDING_FLOWS),
+            held: HashMap::new(),
+            pool: Vec::new(),
+            counters: FlowCounters::default(),
+            expired: Vec::new(),
+            ids: Vec::new(),
+            keys: Vec::new(),
+        }
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// Replaces the policy; call [`Flows::redecide`] after.
+    pub fn set_policy(&mut self, policy: Policy) {
+        self.policy = policy;
+    }
+
+    /// The flow table (read only).
+    pub fn paft(&self) -> &Paft {
+        &self.paft
+    }
+
+    /// The counters.
+    pub fn counters(&self) -> FlowCounters {
+        self.counters
+    }
+
+    /// Flows waiting for their owner.
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Where a packet read from the TUN goes. No allocation for known flows.
+    pub fn on_tun_packet(&mut self, packet: &[u8], now: Duration) -> TunAction {
+        let Ok(meta) = parse_packet(packet) else {
+            self.counters.unparsable += 1;
+            return TunAction::Drop;
+        };
+        let key = meta.key;
+        if let Some(e) = self
+            .paft
+            .touch(&key, Dir::Orig, packet.len(), meta.tcp_flags, None, now)
+        {
+            return TunAction::Send(PathId(e.uplink().get()));
+        }
+        // An inbound flow's replies (the AN forwarded the first packet to us).
+        if let Some(e) = self.paft.touch(
+            &key.reversed(),
+            Dir::Reply,
+            packet.len(),
+            meta.tcp_flags,
+            None,
+            now,
+        ) {
+            return TunAction::Send(PathId(e.uplink().get()));
+        }
+        if let Some(h) = self.held.get_mut(&key) {
+            h.last_seen = now;
+            h.packets += 1;
+            return match h.reason {
+                HoldReason::Blocked => {
+                    self.counters.blocked_packets += 1;
+                    TunAction::Reset
+                }
+                HoldReason::NoUplink => {
+                    self.counters.held_packets += 1;
+                    TunAction::Drop
+                }
+            };
+        }
+        if let Some(p) = self.pending.get_mut(&key) {
+            if p.packets.len() >= MAX_PENDING_PACKETS {
+                self.counters.pending_overflow += 1;
+                return TunAction::Drop;
+            }
+            let buf = take_buf(&mut self.pool, packet);
+            if let Some(p) = self.pending.get_mut(&key) {
+                p.packets.push(buf);
+            }
+            return TunAction::Queued { key, new: false };
+        }
+        if upmt_policy::is_never_tunnelled(key.dst, &[]) {
+            self.counters.never_tunnelled += 1;
+            return TunAction::Drop;
+        }
+        if self.pending.len() >= MAX_PENDING_FLOWS {
+            self.counters.pending_flows_full += 1;
+            return TunAction::Drop;
+        }
+        let mut packets = Vec::with_capacity(MAX_PENDING_PACKETS);
+        packets.push(take_buf(&mut self.pool, packet));
+        self.pending.insert(
+            key,
+            Pending {
+                packets,
+                since: now,
+            },
+        );
+        TunAction::Queued { key, new: true }
+    }
+
+    /// The worker could not take the request for `key`: drop what waits for it.
+    pub fn lookup_refused(&mut self, key: &FlowKey) {
+        if let Some(p) = self.pending.remove(key) {
+            self.counters.pending_flows_full += p.packets.len() as u64;
+            self.recycle_all(p.packets);
+        }
+    }
+
+    /// Accounts a packet that came down `path` (its flow's reply direction), so the table
+    /// sees both directions and their counters. Unknown flows are left alone.
+    pub fn on_downlink(&mut self, packet: &[u8], path: PathId, now: Duration) {
+        if let Ok(meta) = parse_packet(packet) {
+            let _ = self.paft.touch(
+                &meta.key.reversed(),
+                Dir::Reply,
+                packet.len(),
+                meta.tcp_flags,
+                uplink_id(path),
+                now,
+            );
+        }
+    }
+
+    /// The owner of `key` is known: decide, record the flow, and move its queued packets into
+    /// `out` (return them with [`Flows::recycle`] once sent).
+    pub fn classified(
+        &mut self,
+        key: FlowKey,
+        owner: &Owner,
+        uplinks: &[UplinkStatus],
+        now: Duration,
+        out: &mut Vec<Vec<u8>>,
+    ) -> Outcome {
+        let Some(pending) = self.pending.remove(&key) else {
+            return Outcome::Stale;
+        };
+        let app: AppId = match &owner.name {
+            Some(n) => AppId::from(Arc::clone(n)),
+            None => AppId::from(UNKNOWN_APP),
+        };
+        let decision = self.policy.decide(&identity(&app, owner.uid), uplinks);
+        let outcome = match decision.verdict {
+            Verdict::Tunnel(i) => self.admit(key, &app, owner.uid, i, now),
+            Verdict::Bypass => {
+                // Bypass works through uid routing rules, before the TUN; a bypass app whose
+                // uid has no rule lands here, and is tunnelled rather than cut off.
+                self.counters.bypass_in_tun += 1;
+                tracing::info!(app = %app, uid = ?owner.uid, "bypass app's flow reached the TUN (its uid has no bypass rule); tunnelling it");
+                match uplinks.iter().position(|s| s.up) {
+                    Some(i) => self.admit(key, &app, owner.uid, i, now),
+                    None => self.hold(key, app.clone(), owner.uid, HoldReason::NoUplink, now),
+                }
+            }
+            Verdict::Block => {
+                self.counters.flows_blocked += 1;
+                tracing::info!(app = %app, uid = ?owner.uid, flow = ?key, rule = ?decision.matched, "flow blocked by the policy");
+                self.hold(key, app.clone(), owner.uid, HoldReason::Blocked, now)
+            }
+            Verdict::NoUplinkUp => {
+                self.hold(key, app.clone(), owner.uid, HoldReason::NoUplink, now)
+            }
+        };
+        if let Outcome::Tunnel(path) = outcome {
+            tracing::debug!(app = %app, uid = ?owner.uid, pid = ?owner.pid, source = ?owner.source, flow = ?key, %path, rule = ?decision.matched, "new flow");
+            for p in &pending.packets {
+                if let Ok(meta) = parse_packet(p) {
+                    let _ = self
+                        .paft
+                        .touch(&key, Dir::Orig, p.len(), meta.tcp_flags, None, now);
+                }
+            }
+        }
+        out.extend(pending.packets);
+        outcome
+    }
+
+    fn admit(
+        &mut self,
+        key: FlowKey,
+        app: &AppId,
+        uid: Option<u32>,
+        index: usize,
+        now: Duration,
+    ) -> Outcome {
+        let Some(uplink) = u8::try_from(index).ok().and_then(UplinkId::new) else {
+            return self.hold(key, app.clone(), uid, HoldReason::NoUplink, now);
+        };
+        let flow = NewFlow {
+            app: app.clone(),
+            uid,
+            uplink,
+            pinned: false,
+        };
+        match self.paft.insert(key, flow, now) {
+            Ok(_) | Err(upmt_paft::InsertError::Exists(_)) => {
+                self.counters.flows_tunnelled += 1;
+                Outcome::Tunnel(PathId(uplink.get()))
+            }
+            Err(upmt_paft::InsertError::Full(_)) => {
+                self.counters.table_full += 1;
+                Outcome::Stale
+            }
+        }
+    }
+
+    fn hold(
+        &mut self,
+        key: FlowKey,
+        app: AppId,
+        uid: Option<u32>,
+        reason: HoldReason,
+        now: Duration,
+    ) -> Outcome {
+        self.held.insert(
+            key,
+            Held {
+                app,
+                uid,
+                reason,
+                last_seen: now,
+                packets: 0,
+            },
+        );
+        match reason {
+            HoldReason::Blocked => Outcome::Blocked,
+            HoldReason::NoUplink => Outcome::Held,
+        }
+    }
+
+    /// Returns buffers handed out by [`Flows::classified`].
+    pub fn recycle(&mut self, bufs: &mut Vec<Vec<u8>>) {
+        for b in bufs.drain(..) {
+            if self.pool.len() < POOL_MAX {
+                self.pool.push(b);
+            }
+        }
+    }
+
+    fn recycle_all(&mut self, mut bufs: Vec<Vec<u8>>) {
+        self.recycle(&mut bufs);
+    }
+
+    /// Decides every flow again (uplinks or the policy changed): flows move to the uplink
+    /// their rule now picks, flows whose rule forbids every uplink that is up are blocked,
+    /// and blocked or held flows that are now allowed are let through. Pinned flows stay.
+    /// Returns how many flows changed.
+    pub fn redecide(&mut self, uplinks: &[UplinkStatus], now: Duration) -> usize {
+        let mut changed = 0;
+        self.ids.clear();
+        self.ids.extend(self.paft.iter().map(|(_, e)| e.id()));
+        let ids = std::mem::take(&mut self.ids);
+        for &id in &ids {
+            let Some((key, e)) = self.paft.by_id(id) else {
+                continue;
+            };
+            if e.pinned() {
+                continue;
+            }
+            let key = *key;
+            let verdict = self
+                .policy
+                .decide(&identity(e.app(), e.uid()), uplinks)
+                .verdict;
+            let current = e.uplink();
+            match verdict {
+                Verdict::Tunnel(i) => {
+                    if let Some(u) = u8::try_from(i).ok().and_then(UplinkId::new)
+                        && u != current
+                    {
+                        let _ = self.paft.set_uplink(id, u, false);
+                        self.counters.moved += 1;
+                        changed += 1;
+                        tracing::info!(flow = %id, app = %self.paft.by_id(id).map(|(_, e)| e.app().to_string()).unwrap_or_default(), from = %current, to = %u, "flow moved");
+                    }
+                }
+                Verdict::Block => {
+                    if let Some((_, e)) = self.paft.remove(id) {
+                        tracing::info!(flow = %id, app = %e.app(), "flow blocked: its policy forbids every uplink that is up");
+                        self.counters.flows_blocked += 1;
+                        self.hold(key, e.app().clone(), e.uid(), HoldReason::Blocked, now);
+                        changed += 1;
+                    }
+                }
+                // Nothing is up: keep the flow where it is; its packets fail to send (counted)
+                // until an uplink returns, and the connection survives a short outage.
+                Verdict::NoUplinkUp | Verdict::Bypass => {}
+            }
+        }
+        self.ids = ids;
+        self.keys.clear();
+        self.keys.extend(self.held.keys().copied());
+        let keys = std::mem::take(&mut self.keys);
+        for key in &keys {
+            let Some(h) = self.held.get(key) else {
+                continue;
+            };
+            let verdict = self
+                .policy
+                .decide(&identity(&h.app, h.uid), uplinks)
+                .verdict;
+            let target = match verdict {
+                Verdict::Tunnel(i) => Some(i),
+                Verdict::Bypass => uplinks.iter().position(|s| s.up),
+                Verdict::Block => {
+                    if let Some(h) = self.held.get_mut(key) {
+                        h.reason = HoldReason::Blocked;
+                    }
+                    None
+                }
+                Verdict::NoUplinkUp => None,
+            };
+            if let Some(i) = target
+                && let Some(h) = self.held.remove(key)
+            {
+                self.admit(*key, &h.app, h.uid, i, now);
+                changed += 1;
+            }
+        }
+        self.keys = keys;
+        changed
+    }
+
+    /// Timers: expires idle flows, gives up lookups older than [`PENDING_TIMEOUT`], forgets
+    /// held flows idle for [`HELD_IDLE`]. Call about once a second.
+    pub fn housekeeping(&mut self, now: Duration) {
+        self.expired.clear();
+        self.paft.expire(now, &mut self.expired);
+        for (key, e) in &self.expired {
+            let t = e.total();
+            tracing::debug!(flow = %e.id(), app = %e.app(), ?key, up = t.bytes[0], down = t.bytes[1], "flow expired");
+        }
+        self.keys.clear();
+        self.keys.extend(
+            self.pending
+                .iter()
+                .filter(|(_, p)| now.saturating_sub(p.since) > PENDING_TIMEOUT)
+                .map(|(k, _)| *k),
+        );
+        let keys = std::mem::take(&mut self.keys);
+        for k in &keys {
+            if let Some(p) = self.pending.remove(k) {
+                self.counters.pending_timeouts += 1;
+                self.recycle_all(p.packets);
+            }
+        }
+        self.keys = keys;
+        self.held
+            .retain(|_, h| now.saturating_sub(h.last_seen) <= HELD_IDLE);
+    }
+
+    /// What the table holds now, for the control socket and logs. `uplink_names` are the
+    /// config's, in path order.
+    pub fn snapshot(&self, uplink_names: &[String], now: Duration) -> FlowsSnapshot {
+        let name_of = |u: UplinkId| uplink_names.get(usize::from(u.get())).cloned();
+        let mut flows = Vec::with_capacity(self.paft.len() + self.held.len());
+        let mut apps: HashMap<(String, Option<u32>), AppInfo> = HashMap::new();
+        for (key, e) in self.paft.iter() {
+            let t = e.total();
+            let info = FlowInfo {
+                id: Some(e.id().0),
+                protocol: key.proto,
+                src: key.src,
+                sport: key.sport,
+                dst: key.dst,
+                dport: key.dport,
+                app: e.app().to_string(),
+                uid: e.uid(),
+                uplink: name_of(e.uplink()),
+                state: "tunnel",
+                pinned: e.pinned(),
+                packets_up: t.packets[0],
+                packets_down: t.packets[1],
+                bytes_up: t.bytes[0],
+                bytes_down: t.bytes[1],
+                idle_ms: now.saturating_sub(e.last_seen()).as_millis() as u64,
+            };
+            let a = apps
+                .entry((info.app.clone(), info.uid))
+                .or_insert_with(|| AppInfo::new(&info.app, info.uid));
+            a.flows += 1;
+            a.bytes_up += t.bytes[0];
+            a.bytes_down += t.bytes[1];
+            if let Some(u) = &info.uplink
+                && !a.uplinks.contains(u)
+            {
+                a.uplinks.push(u.clone());
+            }
+            flows.push(info);
+        }
+        for (key, h) in &self.held {
+            let info = FlowInfo {
+                id: None,
+                protocol: key.proto,
+                src: key.src,
+                sport: key.sport,
+                dst: key.dst,
+                dport: key.dport,
+                app: h.app.to_string(),
+                uid: h.uid,
+                uplink: None,
+                state: match h.reason {
+                    HoldReason::Blocked => "blocked",
+                    HoldReason::NoUplink => "no-uplink",
+                },
+                pinned: false,
+                packets_up: h.packets,
+                packets_down: 0,
+                bytes_up: 0,
+                bytes_down: 0,
+                idle_ms: now.saturating_sub(h.last_seen).as_millis() as u64,
+            };
+            let a = apps
+                .entry((info.app.clone(), info.uid))
+                .or_insert_with(|| AppInfo::new(&info.app, info.uid));
+            a.flows += 1;
+            a.blocked_flows += 1;
+            flows.push(info);
+        }
+        flows.sort_by_key(|f| f.id.unwrap_or(u64::MAX));
+        let mut apps: Vec<AppInfo> = apps.into_values().collect();
+        apps.sort_by(|a, b| (&a.name, a.uid).cmp(&(&b.name, b.uid)));
+        FlowsSnapshot {
+            flows,
+            apps,
+            pending: self.pending.len(),
+            counters: self.counters,
+        }
+    }
+}
+
+fn take_buf(pool: &mut Vec<Vec<u8>>, packet: &[u8]) -> Vec<u8> {
+    let mut b = pool.pop().unwrap_or_default();
+    b.clear();
+    b.extend_from_slice(packet);
+    b
+}
+
+/// One flow, as the control socket shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FlowInfo {
+    /// The PAFT id (`None` for blocked or held flows, which are not in the table).
+    pub id: Option<u64>,
+    /// IP protocol number.
+    pub protocol: u8,
+    /// Local address.
+    pub src: IpAddr,
+    /// Local port (ICMP: echo id).
+    pub sport: u16,
+    /// Remote address.
+    pub dst: IpAddr,
+    /// Remote port.
+    pub dport: u16,
+    /// Owning app (empty: unknown).
+    pub app: String,
+    /// Owning uid.
+    pub uid: Option<u32>,
+    /// The uplink carrying it.
+    pub uplink: Option<String>,
+    /// `tunnel`, `blocked` or `no-uplink`.
+    pub state: &'static str,
+    /// Pinned by the user.
+    pub pinned: bool,
+    /// Packets sent.
+    pub packets_up: u64,
+    /// Packets received.
+    pub packets_down: u64,
+    /// Bytes sent.
+    pub bytes_up: u64,
+    /// Bytes received.
+    pub bytes_down: u64,
+    /// Time since its last packet.
+    pub idle_ms: u64,
+}
+
+/// One app's flows, summed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AppInfo {
+    /// App name (empty: unknown).
+    pub name: String,
+    /// Its uid.
+    pub uid: Option<u32>,
+    /// Flows it has.
+    pub flows: usize,
+    /// Of which blocked or held.
+    pub blocked_flows: usize,
+    /// Bytes sent.
+    pub bytes_up: u64,
+    /// Bytes received.
+    pub bytes_down: u64,
+    /// Uplinks its flows use.
+    pub uplinks: Vec<String>,
+}
+
+impl AppInfo {
+    fn new(name: &str, uid: Option<u32>) -> AppInfo {
+        AppInfo {
+            name: name.to_owned(),
+            uid,
+            flows: 0,
+            blocked_flows: 0,
+            bytes_up: 0,
+            bytes_down: 0,
+            uplinks: Vec::new(),
+        }
+    }
+}
+
+/// The flow layer's state at one moment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FlowsSnapshot {
+    /// Every flow, by id (blocked and held ones last).
+    pub flows: Vec<FlowInfo>,
+    /// Every app with flows.
+    pub apps: Vec<AppInfo>,
+    /// Flows waiting for their owner.
+    pub pending: usize,
+    /// The counters.
+    pub counters: FlowCounters,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::appid::Source;
+
+    const POLICY: &str = r#"version = 1
+[[rule]]
+app = "com.example.video"
+uplinks = ["wifi"]
+[[rule]]
+app = "com.example.store"
+uplinks = ["cell"]
+[[rule]]
+uid = 4242
+action = "bypass"
+"#;
+
+    fn flows() -> Flows {
+        Flows::new(Policy::parse(POLICY, "policy.toml", &["wifi", "cell"]).unwrap())
+    }
+
+    fn udp(sport: u16, dst: [u8; 4]) -> Vec<u8> {
+        let mut p = vec![0u8; 28];
+        p[0] = 0x45;
+        p[2..4].copy_from_slice(&28u16.to_be_bytes());
+        p[9] = 17;
+        p[12..16].copy_from_slice(&[10, 77, 0, 2]);
+        p[16..20].copy_from_slice(&dst);
+        p[20..22].copy_from_slice(&sport.to_be_bytes());
+        p[22..24].copy_from_slice(&53u16.to_be_bytes());
+        p[24..26].copy_from_slice(&8u16.to_be_bytes());
+        p
+    }
+
+    fn owner(name: &str) -> Owner {
+        Owner {
+            name: Some(name.into()),
+            uid: Some(0),
+            pid: Some(1),
+            source: Source::Process,
+        }
+    }
+
+    const BOTH_UP: [UplinkStatus; 2] = [
+        UplinkStatus {
+            up: true,
+            rtt: None,
+        },
+        UplinkStatus {
+            up: true,
+            rtt: None,
+        },
+    ];
+    const T: Duration = Duration::from_secs(10);
+
+    #[test]
+    fn a_new_flow_waits_for_its_owner_then_goes_where_the_policy_says() {
+        let mut f = flows();
+        let p = udp(1000, [192, 0, 2, 2]);
+        let TunAction::Queued { key, new: true } = f.on_tun_packet(&p, T) else {
+            panic!("first packet must be queued as new");
+        };
+        assert_eq!(
+            f.on_tun_packet(&p, T),
+            TunAction::Queued { key, new: false }
+        );
+        let mut out = Vec::new();
+        let o = f.classified(key, &owner("com.example.store"), &BOTH_UP, T, &mut out);
+        assert_eq!(o, Outcome::Tunnel(PathId(1)));
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0], p);
+        f.recycle(&mut out);
+        // Known now: straight to its path, and the queued packets were counted.
+        assert_eq!(f.on_tun_packet(&p, T), TunAction::Send(PathId(1)));
+        let e = f.paft().lookup(&key).unwrap();
+        assert_eq!(e.app().as_str(), "com.example.store");
+        assert_eq!(e.total().packets[0], 3);
+    }
+
+    #[test]
+    fn the_pending_queue_is_bounded_per_flow_and_in_flows() {
+        let mut f = flows();
+        let p = udp(1000, [192, 0, 2, 2]);
+        for _ in 0..MAX_PENDING_PACKETS {
+            assert!(matches!(f.on_tun_packet(&p, T), TunAction::Queued { .. }));
+        }
+        assert_eq!(f.on_tun_packet(&p, T), TunAction::Drop);
+        assert_eq!(f.counters().pending_overflow, 1);
+        for port in 1..MAX_PENDING_FLOWS as u16 {
+            assert!(matches!(
+                f.on_tun_packet(&udp(1000 + port, [192, 0, 2, 2]), T),
+                TunAction::Queued { new: true, .. }
+            ));
+        }
+        assert_eq!(f.pending_len(), MAX_PENDING_FLOWS);
+        assert_eq!(f.on_tun_packet(&udp(9, [192, 0, 2, 2]), T), TunAction::Drop);
+        assert_eq!(f.counters().pending_flows_full, 1);
+        // Lookups that never answer are given up, freeing the queue.
+        f.housekeeping(T + PENDING_TIMEOUT + Duration::from_secs(1));
+        assert_eq!(f.pending_len(), 0);
+        assert_eq!(f.counters().pending_timeouts, MAX_PENDING_FLOWS as u64);
+    }
+
+    #[test]
+    fn a_flow_whose_only_uplink_is_down_is_blocked_and_reset_never_sent_elsewhere() {
+        let mut f = flows();
+        let p = udp(1000, [192, 0, 2, 2]);
+        let TunAction::Queued { key, .. } = f.on_tun_packet(&p, T) else {
+            panic!()
+        };
+        let cell_down = [
+            UplinkStatus {
+                up: true,
+                rtt: None,
+            },
+            UplinkStatus::default(),
+        ];
+        let mut out = Vec::new();
+        let o = f.classified(key, &owner("com.example.store"), &cell_down, T, &mut out);
+        assert_eq!(o, Outcome::Blocked);
+        assert_eq!(f.on_tun_packet(&p, T), TunAction::Reset);
+        assert_eq!(f.counters().blocked_packets, 1);
+        // Cell comes back: the flow is let through on cell.
+        assert_eq!(f.redecide(&BOTH_UP, T), 1);
+        assert_eq!(f.on_tun_packet(&p, T), TunAction::Send(PathId(1)));
+    }
+
+    #[test]
+    fn flows_move_when_their_uplink_goes_down_or_are_blocked_when_nothing_allowed_is_up() {
+        let mut f = flows();
+        let mut out = Vec::new();
+        let unknown = udp(2000, [192, 0, 2, 2]);
+        let video = udp(2001, [192, 0, 2, 2]);
+        for (p, who) in [
+            (&unknown, Owner::unknown()),
+            (&video, owner("com.example.video")),
+        ] {
+            let TunAction::Queued { key, .. } = f.on_tun_packet(p, T) else {
+                panic!()
+            };
+            f.classified(key, &who, &BOTH_UP, T, &mut out);
+        }
+        assert_eq!(f.on_tun_packet(&unknown, T), TunAction::Send(PathId(0)));
+        let wifi_down = [
+            UplinkStatus::default(),
+            UplinkStatus {
+                up: true,
+                rtt: None,
+            },
+        ];
+        assert_eq!(f.redecide(&wifi_down, T), 2);
+        assert_eq!(f.on_tun_packet(&unknown, T), TunAction::Send(PathId(1)));
+        assert_eq!(f.on_tun_packet(&video, T), TunAction::Reset);
+        let snap = f.snapshot(&["wifi".into(), "cell".into()], T);
+        assert_eq!(snap.flows.len(), 2);
+        let v = snap
+            .apps
+            .iter()
+            .find(|a| a.name == "com.example.video")
+            .unwrap();
+        assert_eq!(v.blocked_flows, 1);
+    }
+
+    #[test]
+    fn multicast_broadcast_and_garbage_never_enter_the_tunnel() {
+        let mut f = flows();
+        assert_eq!(
+            f.on_tun_packet(&udp(1, [224, 0, 0, 251]), T),
+            TunAction::Drop
+        );
+        assert_eq!(
+            f.on_tun_packet(&udp(1, [255, 255, 255, 255]), T),
+            TunAction::Drop
+        );
+        assert_eq!(f.counters().never_tunnelled, 2);
+        assert_eq!(f.on_tun_packet(&[0x45, 1, 2], T), TunAction::Drop);
+        assert_eq!(f.counters().unparsable, 1);
+        assert_eq!(f.pending_len(), 0);
+    }
+
+    #[test]
+    fn downlink_packets_count_on_the_path_they_came_on() {
+        let mut f = flows();
+        let p = udp(3000, [192, 0, 2, 2]);
+        let TunAction::Queued { key, .. } = f.on_tun_packet(&p, T) else {
+            panic!()
+        };
+        let mut out = Vec::new();
+        f.classified(key, &owner("com.example.video"), &BOTH_UP, T, &mut out);
+        let mut reply = p.clone();
+        reply[12..16].copy_from_slice(&[192, 0, 2, 2]);
+        reply[16..20].copy_from_slice(&[10, 77, 0, 2]);
+        reply[20..22].copy_from_slice(&53u16.to_be_bytes());
+        reply[22..24].copy_from_slice(&3000u16.to_be_bytes());
+        f.on_downlink(&reply, PathId(1), T);
+        let e = f.paft().lookup(&key).unwrap();
+        assert_eq!(e.counters(UplinkId::new(1).unwrap()).packets[1], 1);
+        assert_eq!(e.counters(UplinkId::new(0).unwrap()).packets[0], 1);
+    }
+}
