@@ -59,8 +59,16 @@ fn curl_downloads_a_big_file_through_the_tunnel_and_the_ch_sees_the_anchor() {
 
     // The bytes came in through the TUN, and under it through the wifi uplink (path 0, the
     // first uplink, carries traffic while it is up), encrypted: a little more than the file.
-    let tun = lab.mh().link_counters(MH_TUN).expect("counters").since(&tun_before);
-    let wifi = lab.mh().link_counters(MH_WIFI_IF).expect("counters").since(&wifi_before);
+    let tun = lab
+        .mh()
+        .link_counters(MH_TUN)
+        .expect("counters")
+        .since(&tun_before);
+    let wifi = lab
+        .mh()
+        .link_counters(MH_WIFI_IF)
+        .expect("counters")
+        .since(&wifi_before);
     assert!(tun.rx_bytes >= BIG_FILE_SIZE as u64, "tun rx {tun:?}");
     assert!(wifi.rx_bytes >= BIG_FILE_SIZE as u64, "wifi rx {wifi:?}");
     assert!(upmt.mh.is_running() && upmt.an.is_running());
@@ -159,7 +167,9 @@ fn hostile_datagrams_are_dropped_and_counted_and_the_session_survives() {
     let truncated = vec![0x13, 0, 0]; // a data packet's first bytes, cut short
     let forged = {
         // A data packet with a well-formed header, a made-up session and a bad tag.
-        let mut p = vec![0x13, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef, 0, 0, 0, 0, 0, 0, 0, 1];
+        let mut p = vec![
+            0x13, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef, 0, 0, 0, 0, 0, 0, 0, 1,
+        ];
         p.extend_from_slice(&[0x55; 64]);
         p
     };
@@ -169,9 +179,11 @@ fn hostile_datagrams_are_dropped_and_counted_and_the_session_survives() {
     let datagrams = vec![garbage, truncated, forged, unknown_init];
     send_from_inet(&lab, anchor, &datagrams);
 
-    upmt_tests::wait_for("the anchor to count the drops", Duration::from_secs(5), || {
-        upmt.an_metric("upmt_drops_total").unwrap_or(0) >= drops_before + 4
-    })
+    upmt_tests::wait_for(
+        "the anchor to count the drops",
+        Duration::from_secs(5),
+        || upmt.an_metric("upmt_drops_total").unwrap_or(0) >= drops_before + 4,
+    )
     .unwrap_or_else(|e| panic!("{e}\n{}", upmt.an_metrics().unwrap_or_default()));
     let after = upmt.an_metrics().expect("metrics");
     assert!(
@@ -198,7 +210,14 @@ fn the_session_starts_on_cell_when_wifi_is_down() {
     let cell_before = lab.mh().link_counters(MH_CELL_IF).expect("counters");
     let sha = download(&lab, Family::V4, "mid.bin");
     assert_eq!(Some(sha.as_str()), http.sha256("mid.bin"));
-    let cell = lab.mh().link_counters(MH_CELL_IF).expect("counters").since(&cell_before);
-    assert!(cell.rx_bytes as usize >= upmt_tests::MID_FILE_SIZE, "cell rx {cell:?}");
+    let cell = lab
+        .mh()
+        .link_counters(MH_CELL_IF)
+        .expect("counters")
+        .since(&cell_before);
+    assert!(
+        cell.rx_bytes as usize >= upmt_tests::MID_FILE_SIZE,
+        "cell rx {cell:?}"
+    );
     assert!(upmt.mh.is_running());
 }

@@ -1,13 +1,16 @@
 //! `upmt-lab`: builds the upmt test network in network namespaces for a person to explore
-//! (`up`), or runs a scripted demonstration through it (`demo`). Needs root. It never touches
-//! the root namespace, and everything it built is removed when it exits.
+//! (`up`), runs the demonstration through it (`demo`), or benchmarks upmt in it (`bench-*`).
+//! Needs root. It never touches the root namespace, and everything it built is removed when it
+//! exits.
+
+mod bench;
+mod demo;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use upmt_tests::topology::{MH_CELL_IF, MH_WIFI_IF};
 use upmt_tests::{Family, Lab, Role};
 
 #[derive(Parser)]
@@ -29,6 +32,12 @@ enum Command {
         /// Keep the lab up after the demo until Ctrl-C.
         #[arg(long)]
         keep: bool,
+    },
+    /// Print iperf3 TCP throughput of the direct path and through upmt, and their ratio.
+    BenchThroughput {
+        /// Seconds per iperf3 run.
+        #[arg(long, default_value_t = 5)]
+        seconds: u32,
     },
 }
 
@@ -57,11 +66,15 @@ fn main() -> Result<()> {
         Command::Demo { keep } => {
             let lab = Lab::new("upmt-lab-demo").context("building the lab")?;
             print_lab(&lab);
-            run_demo(&lab)?;
+            demo::run(&lab)?;
             if keep {
                 println!("\nPress Ctrl-C to tear the lab down.");
                 wait_for_stop();
             }
+        }
+        Command::BenchThroughput { seconds } => {
+            let lab = Lab::new("upmt-lab-bench").context("building the lab")?;
+            bench::throughput(&lab, seconds)?;
         }
     }
     Ok(())
@@ -77,64 +90,6 @@ fn print_lab(lab: &Lab) {
         lab.ns(Role::Mh),
         lab.dir().join("logs").display()
     );
-}
-
-// ============================================================================================
-// DEMO — extend here. For now it shows the direct path (no upmt yet): the MH downloads from the
-// CH over each uplink; we print the bytes, the interface that carried them (counters) and the
-// address the CH saw (the uplink's NAT). Going through upmt means starting `upmt-an` on the AN
-// and `upmt-mh` on the MH (`upmt_tests::bin_path`, `Host::spawn`) and routing the app into the
-// tunnel instead of binding it to an interface.
-// ============================================================================================
-fn run_demo(lab: &Lab) -> Result<()> {
-    let http = lab
-        .start_http_server()
-        .context("starting the CH's HTTP server")?;
-    let url = http.url(Family::V4, "big.bin");
-    let want = http
-        .sha256("big.bin")
-        .context("the HTTP server serves big.bin")?
-        .to_owned();
-    let mh = lab.mh();
-    println!("\n== direct path, no upmt: the MH downloads {url} over each uplink ==");
-    for uplink in [MH_WIFI_IF, MH_CELL_IF] {
-        let before_wifi = mh.link_counters(MH_WIFI_IF)?;
-        let before_cell = mh.link_counters(MH_CELL_IF)?;
-        let started = std::time::Instant::now();
-        let out = mh
-            .command(&[
-                "curl",
-                "-sS",
-                "--fail",
-                "--interface",
-                uplink,
-                "-o",
-                "-",
-                &url,
-            ])
-            .timeout(Duration::from_secs(60))
-            .run()
-            .with_context(|| format!("downloading over {uplink}"))?;
-        let elapsed = started.elapsed();
-        let got = upmt_tests::sha256_bytes(&out.stdout);
-        let wifi = mh.link_counters(MH_WIFI_IF)?.since(&before_wifi);
-        let cell = mh.link_counters(MH_CELL_IF)?.since(&before_cell);
-        let seen = lab.whoami_via(Some(uplink), Family::V4)?;
-        println!(
-            "over {uplink:<4}: {} bytes in {:.2?}, sha256 {}",
-            out.stdout.len(),
-            elapsed,
-            if got == want { "ok" } else { "MISMATCH" }
-        );
-        println!(
-            "           received on wifi {} B, on cell {} B; the CH saw {seen}",
-            wifi.rx_bytes, cell.rx_bytes
-        );
-        if got != want {
-            bail!("download over {uplink} is corrupt: sha256 {got}, expected {want}");
-        }
-    }
-    Ok(())
 }
 
 /// Set by the SIGINT/SIGTERM handler.
