@@ -11,6 +11,7 @@
 //! loop publishes [`Event`](proto::Event)s on. [`channel`] makes both ends.
 
 pub mod client;
+pub mod describe;
 pub mod proto;
 pub mod server;
 
