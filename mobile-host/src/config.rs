@@ -3,7 +3,8 @@
 //!
 //! Parsing is strict (`deny_unknown_fields`) so a typo is an error, not a silently ignored line.
 //! Every error names the file, the line and column, and what was expected. This module only
-//! reads files (the config and an optional `private_key_file`); it never touches the network.
+//! reads files (the config, an optional `private_key_file` and the policy file it names); it
+//! never touches the network.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -46,6 +47,9 @@ pub struct Config {
     pub rule_priority: u32,
     /// Uplinks in file order; uplink `i` is path `i`.
     pub uplinks: Vec<UplinkConfig>,
+    /// The per-application policy file (resolved against the config's directory); `None`:
+    /// everything is tunnelled over the first uplink that is up, in config order.
+    pub policy: Option<PathBuf>,
 }
 
 /// One physical uplink.
@@ -103,6 +107,7 @@ struct RawConfig {
     fwmark: Option<Spanned<u32>>,
     table: Option<Spanned<u32>>,
     rule_priority: Option<Spanned<u32>>,
+    policy: Option<Spanned<String>>,
     #[serde(default)]
     uplink: Vec<RawUplink>,
 }
@@ -215,14 +220,26 @@ impl Config {
         };
         let rule_priority = match raw.rule_priority {
             // P - 1 must exist and must not be 0 (the kernel's `lookup local` rule).
-            Some(p) if *p.get_ref() < 2 || *p.get_ref() > 32765 => {
+            // P - 2 holds the bypass (uid range) rules.
+            Some(p) if *p.get_ref() < 3 || *p.get_ref() > 32765 => {
                 return Err(at(
                     p.span(),
-                    "rule_priority must be between 2 and 32765 (it and rule_priority - 1 must run before the main table's rule)".into(),
+                    "rule_priority must be between 3 and 32765 (it, rule_priority - 1 and the bypass rules at rule_priority - 2 must run before the main table's rule)".into(),
                 ));
             }
             Some(p) => p.into_inner(),
             None => DEFAULT_RULE_PRIORITY,
+        };
+
+        let policy = match &raw.policy {
+            Some(p) if p.get_ref().trim().is_empty() => {
+                return Err(at(
+                    p.span(),
+                    "empty policy path: expected a file name, e.g. \"policy.toml\"".into(),
+                ));
+            }
+            Some(p) => Some(path.parent().unwrap_or(Path::new(".")).join(p.get_ref())),
+            None => None,
         };
 
         if raw.uplink.is_empty() {
@@ -289,8 +306,44 @@ impl Config {
             table,
             rule_priority,
             uplinks,
+            policy,
         })
     }
+
+    /// The uplink names in path order, as the policy refers to them.
+    pub fn uplink_names(&self) -> Vec<&str> {
+        self.uplinks.iter().map(|u| u.name.as_str()).collect()
+    }
+
+    /// Reads and validates the policy file, or the built-in "tunnel everything" policy when
+    /// the config names none.
+    pub fn load_policy(&self) -> Result<upmt_policy::Policy, PolicyLoadError> {
+        let names = self.uplink_names();
+        let Some(path) = &self.policy else {
+            return Ok(upmt_policy::Policy::tunnel_everything(&names));
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| PolicyLoadError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        upmt_policy::Policy::parse(&text, &path.display().to_string(), &names)
+            .map_err(PolicyLoadError::Invalid)
+    }
+}
+
+/// What went wrong loading the policy file.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyLoadError {
+    /// The file could not be read.
+    #[error("cannot read policy file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not a valid policy (the message names file, line and column).
+    #[error("invalid policy")]
+    Invalid(#[source] upmt_policy::PolicyError),
 }
 
 /// Decodes a standard-base64 32-byte key (the `wg` format).
@@ -410,6 +463,42 @@ mod tests {
             ),
             ("cell", "rmnet_data0", 1)
         );
+    }
+
+    #[test]
+    fn a_relative_policy_path_is_resolved_next_to_the_config_and_loaded() {
+        let dir = std::env::temp_dir().join(format!("upmt-cfg-policy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cfg = dir.join("mh.toml");
+        let text = format!("policy = \"policy.toml\"\n{}", good());
+        let c = Config::parse(&text, &cfg).expect("valid config");
+        assert_eq!(c.policy.as_deref(), Some(dir.join("policy.toml").as_path()));
+        assert!(matches!(c.load_policy(), Err(PolicyLoadError::Read { .. })));
+        std::fs::write(
+            dir.join("policy.toml"),
+            "version = 1\n[[rule]]\napp = \"x\"\nuplinks = [\"lte\"]\n",
+        )
+        .unwrap();
+        let e = c.load_policy().unwrap_err();
+        let shown = crate::event_loop::display_chain(&e);
+        assert!(shown.contains("policy.toml:4:"), "{shown}");
+        assert!(shown.contains("unknown uplink \"lte\""), "{shown}");
+        std::fs::write(dir.join("policy.toml"), "version = 1\n").unwrap();
+        assert!(c.load_policy().is_ok());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn without_a_policy_everything_is_tunnelled_over_the_first_uplink_up() {
+        let c = parse(&good()).unwrap();
+        assert_eq!(c.policy, None);
+        let p = c.load_policy().unwrap();
+        let up = upmt_policy::UplinkStatus {
+            up: true,
+            rtt: None,
+        };
+        let d = p.decide(&upmt_policy::AppIdentity::default(), &[up, up]);
+        assert_eq!(d.verdict, upmt_policy::Verdict::Tunnel(0));
     }
 
     #[test]

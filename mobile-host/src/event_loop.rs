@@ -11,16 +11,24 @@
 //!    `poll_event` (the TUN and routing come up on `Connected`), re-arm the timer.
 //!
 //! Uplinks whose interface is missing or down are reported down to the core and re-checked every
-//! [`RECHECK_INTERVAL`]. Path choice for TUN traffic goes through [`Daemon::choose_path`], the
-//! seam the per-application policy will use. This module never parses protocol messages.
+//! [`RECHECK_INTERVAL`]. Path choice for TUN traffic is per flow ([`crate::flows`]): a known
+//! flow's packets go on its uplink; a new flow's first packets wait while the
+//! [`crate::appid`] worker thread finds its app (its answers are one more wake source), then the
+//! policy decides. Flows are decided again when an uplink comes or goes and when the policy is
+//! reloaded (SIGHUP, or [`Daemon::reload_policy`]). This module never parses protocol messages.
 
 use std::future::{Future, poll_fn};
 use std::io;
 use std::task::Poll;
 use std::time::Duration;
 
-use crate::config::{Config, UplinkConfig};
+use serde::Serialize;
+use upmt_policy::{Policy, Route, UplinkStatus};
+
+use crate::appid::{self, Worker};
+use crate::config::{Config, PolicyLoadError, UplinkConfig};
 use crate::core::{self, Client, Event, HEADER_LEN, Instant, PathId, TAG_LEN};
+use crate::flows::{Flows, FlowsSnapshot, Outcome, TunAction};
 use crate::routing::{Netlink, RoutingError, RoutingKey, describe_rule};
 use crate::tun::{Tun, TunError};
 use crate::uplink::{self, LinkState};
@@ -31,6 +39,8 @@ pub const BATCH: usize = 64;
 pub const RECHECK_INTERVAL: Duration = Duration::from_secs(3);
 /// Largest datagram or packet handled: a UDP payload's maximum, so GRO/GSO can come later.
 const MAX_PACKET: usize = 65_535;
+/// How often flows expire and stalled lookups are given up.
+pub const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A fatal error of the daemon.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +51,9 @@ pub enum DaemonError {
     /// The TUN could not be brought up.
     #[error("TUN setup failed")]
     Tun(#[from] TunError),
+    /// The policy file named by the config is missing or invalid.
+    #[error("cannot load the policy")]
+    Policy(#[from] PolicyLoadError),
     /// Reading the TUN failed in a way that is not a single bad packet.
     #[error("reading TUN {name} failed")]
     TunRead {
@@ -61,6 +74,8 @@ pub struct DriverCounters {
     pub recv_errors: u64,
     /// Inner packets the TUN refused, or that arrived before the TUN existed.
     pub tun_write_errors: u64,
+    /// TCP resets written into the TUN for blocked flows.
+    pub resets_sent: u64,
 }
 
 struct Uplink {
@@ -87,14 +102,59 @@ pub struct Daemon {
     /// Where the uplink readiness scan starts, rotated for fairness.
     next_uplink: usize,
     counters: DriverCounters,
+    flows: Flows,
+    /// The app lookup thread; `None` when sock_diag is unavailable (every owner unknown).
+    worker: Option<Worker>,
+    /// The uplinks as the policy sees them, refreshed before each decision.
+    statuses: Vec<UplinkStatus>,
+    uplinks_changed: bool,
+    /// Queued packets of a flow just classified (pooled buffers, returned to the flow layer).
+    released: Vec<Vec<u8>>,
+    rst_buf: Box<[u8]>,
+    bypass_uids: Vec<u32>,
 }
 
 enum Wake {
     Shutdown,
     Recheck,
+    Housekeeping,
+    Hangup,
     Timer,
     Tun,
     Uplink(usize),
+    Answer(appid::Answer),
+}
+
+/// One tunnel (uplink) as the control socket shows it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TunnelInfo {
+    /// Uplink name.
+    pub name: String,
+    /// Its interface.
+    pub interface: String,
+    /// The protocol path id.
+    pub path: u8,
+    /// Has a socket (interface up).
+    pub available: bool,
+    /// The core reports the path up.
+    pub up: bool,
+    /// Smoothed RTT.
+    pub rtt_ms: Option<f64>,
+    /// Smoothed probe loss, 0..=1.
+    pub loss: Option<f32>,
+    /// Datagrams sent.
+    pub tx_packets: u64,
+    /// Authenticated datagrams received.
+    pub rx_packets: u64,
+}
+
+/// The daemon's state at one moment: tunnels, flows, apps, counters.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Snapshot {
+    /// Every uplink, in config order.
+    pub tunnels: Vec<TunnelInfo>,
+    /// Flows and apps.
+    pub flows: FlowsSnapshot,
 }
 
 impl Daemon {
@@ -114,6 +174,16 @@ impl Daemon {
                 "removed routing left behind by a previous run"
             );
         }
+        let policy = config.load_policy()?;
+        tracing::info!(path = ?config.policy, rules = policy.rules().len(), "policy loaded");
+        let worker = match Worker::spawn(appid::ResolverConfig::default()) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(error = %display_chain(&e), "app lookup unavailable: every flow gets the default rule");
+                None
+            }
+        };
+        let statuses = vec![UplinkStatus::default(); config.uplinks.len()];
         let client = core::client(&config, core::now());
         let uplinks = config
             .uplinks
@@ -138,7 +208,103 @@ impl Daemon {
             tx_buf: vec![0; MAX_PACKET].into_boxed_slice(),
             next_uplink: 0,
             counters: DriverCounters::default(),
+            statuses,
+            flows: Flows::new(policy),
+            worker,
+            uplinks_changed: false,
+            released: Vec::with_capacity(crate::flows::MAX_PENDING_PACKETS),
+            rst_buf: vec![0; 128].into_boxed_slice(),
+            bypass_uids: Vec::new(),
         })
+    }
+
+    /// Reads the policy file again. On success the new policy applies to new and existing
+    /// flows (returns how many flows changed) and the bypass rules are redone; on error the old
+    /// policy stays and the error (file:line:column) is returned.
+    pub async fn reload_policy(&mut self) -> Result<usize, PolicyLoadError> {
+        let policy = self.config.load_policy()?;
+        let rules = policy.rules().len();
+        self.flows.set_policy(policy);
+        self.refresh_statuses();
+        let changed = self
+            .flows
+            .redecide(&self.statuses, core::now().as_duration());
+        tracing::info!(rules, flows_changed = changed, "policy reloaded");
+        if self.routing_installed {
+            self.install_bypass().await;
+        }
+        Ok(changed)
+    }
+
+    /// The flow layer (read only), for queries.
+    pub fn flows(&self) -> &Flows {
+        &self.flows
+    }
+
+    /// Tunnels, flows and apps now.
+    pub fn snapshot(&self) -> Snapshot {
+        let names: Vec<String> = self.uplinks.iter().map(|u| u.config.name.clone()).collect();
+        let tunnels = self
+            .uplinks
+            .iter()
+            .map(|u| {
+                let stats = self.client.path_stats(u.path);
+                TunnelInfo {
+                    name: u.config.name.clone(),
+                    interface: u.config.interface.clone(),
+                    path: u.path.0,
+                    available: u.socket.is_some(),
+                    up: u.live,
+                    rtt_ms: stats.and_then(|s| s.rtt).map(|r| r.as_secs_f64() * 1e3),
+                    loss: stats.map(|s| s.loss),
+                    tx_packets: stats.map_or(0, |s| s.tx_packets),
+                    rx_packets: stats.map_or(0, |s| s.rx_packets),
+                }
+            })
+            .collect();
+        Snapshot {
+            tunnels,
+            flows: self.flows.snapshot(&names, core::now().as_duration()),
+        }
+    }
+
+    /// The uids whose traffic bypasses the tunnel: `uid = N` bypass rules, and bypass rules by
+    /// app name whose uid Android's packages.list gives.
+    fn bypass_uids(policy: &Policy) -> Vec<u32> {
+        let packages = appid::android::Packages::at(appid::android::PACKAGES_LIST);
+        let mut uids: Vec<u32> = policy
+            .rules()
+            .iter()
+            .filter(|r| r.route == Route::Bypass)
+            .filter_map(|r| match &r.matcher {
+                upmt_policy::Matcher::Uid(u) => Some(*u),
+                upmt_policy::Matcher::App(name) => packages.uid_of(name),
+                upmt_policy::Matcher::Glob(..) => None,
+            })
+            .collect();
+        uids.sort_unstable();
+        uids.dedup();
+        uids
+    }
+
+    async fn install_bypass(&mut self) {
+        let uids = Self::bypass_uids(self.flows.policy());
+        match self.netlink.install_bypass(&self.key, &uids).await {
+            Ok(n) => {
+                if !uids.is_empty() || !self.bypass_uids.is_empty() {
+                    tracing::info!(?uids, rules = n, "bypass rules installed");
+                }
+                self.bypass_uids = uids;
+            }
+            Err(e) => tracing::warn!(error = %display_chain(&e), "bypass rules not installed"),
+        }
+    }
+
+    fn refresh_statuses(&mut self) {
+        for (s, u) in self.statuses.iter_mut().zip(&self.uplinks) {
+            s.up = u.live && u.socket.is_some();
+            s.rtt = self.client.path_stats(u.path).and_then(|p| p.rtt);
+        }
     }
 
     /// The driver's own drop counters.
@@ -157,6 +323,16 @@ impl Daemon {
         tokio::pin!(shutdown);
         let mut recheck = tokio::time::interval(RECHECK_INTERVAL);
         recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut housekeeping = tokio::time::interval(HOUSEKEEPING_INTERVAL);
+        housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "no SIGHUP handler: reload the policy through the control socket");
+                None
+            }
+        };
         loop {
             let before = core::now();
             let deadline = self.client.poll_timeout().map(|(at, _why)| at);
@@ -176,9 +352,24 @@ impl Daemon {
                 let uplinks = &self.uplinks;
                 let start = self.next_uplink;
                 let uplink_ready = poll_fn(|cx| poll_uplinks(uplinks, start, cx));
+                let answer = async {
+                    match &mut self.worker {
+                        Some(w) => w.recv().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                let hup = async {
+                    match &mut hangup {
+                        Some(h) => h.recv().await,
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
                     () = &mut shutdown => Wake::Shutdown,
                     _ = recheck.tick() => Wake::Recheck,
+                    _ = housekeeping.tick() => Wake::Housekeeping,
+                    Some(()) = hup => Wake::Hangup,
+                    Some(a) = answer => Wake::Answer(a),
                     () = timer => Wake::Timer,
                     // An error here resurfaces from try_recv, where it is handled.
                     _ = tun_ready => Wake::Tun,
@@ -192,6 +383,24 @@ impl Daemon {
                     return Ok(());
                 }
                 Wake::Recheck => self.recheck_uplinks(now),
+                Wake::Housekeeping => self.flows.housekeeping(now.as_duration()),
+                Wake::Hangup => {
+                    tracing::info!("SIGHUP: reloading the policy");
+                    if let Err(e) = self.reload_policy().await {
+                        tracing::error!(error = %display_chain(&e), "policy reload refused; the old policy stays");
+                    }
+                }
+                Wake::Answer(a) => {
+                    self.classified(a, now);
+                    // Answers come in bursts (a browser opening many connections): take the
+                    // ones already there, bounded like any batch.
+                    for _ in 1..BATCH {
+                        let Some(a) = self.worker.as_mut().and_then(Worker::try_recv) else {
+                            break;
+                        };
+                        self.classified(a, now);
+                    }
+                }
                 Wake::Timer => {}
                 Wake::Tun => self.read_tun(now)?,
                 Wake::Uplink(i) => {
@@ -205,16 +414,81 @@ impl Daemon {
                 self.client.handle_timeout(now);
             }
             self.drain(now).await?;
+            if std::mem::take(&mut self.uplinks_changed) {
+                self.refresh_statuses();
+                let changed = self.flows.redecide(&self.statuses, now.as_duration());
+                if changed > 0 {
+                    tracing::info!(
+                        flows = changed,
+                        "flows decided again after an uplink change"
+                    );
+                }
+            }
         }
     }
 
-    /// The path for a packet read from the TUN: for now the first uplink (config order) that
-    /// the core reports up. The per-application policy plugs in here.
-    pub fn choose_path(&self, _packet: &[u8]) -> Option<PathId> {
-        self.uplinks
-            .iter()
-            .find(|u| u.live && u.socket.is_some())
-            .map(|u| u.path)
+    /// A flow's owner is known: decide, then send (or reset) the packets that waited for it.
+    fn classified(&mut self, answer: appid::Answer, now: Instant) {
+        self.refresh_statuses();
+        let mut released = std::mem::take(&mut self.released);
+        let outcome = self.flows.classified(
+            answer.key,
+            &answer.owner,
+            &self.statuses,
+            now.as_duration(),
+            &mut released,
+        );
+        tracing::trace!(key = ?answer.key, took_us = answer.took.as_micros() as u64, ?outcome, "classified");
+        for packet in &released {
+            match outcome {
+                Outcome::Tunnel(path) => self.send_packet(path, packet, now),
+                Outcome::Blocked => self.reset(packet),
+                Outcome::Held | Outcome::Stale => {}
+            }
+        }
+        self.flows.recycle(&mut released);
+        self.released = released;
+    }
+
+    /// Encapsulates one queued packet on `path` and sends it.
+    fn send_packet(&mut self, path: PathId, packet: &[u8], now: Instant) {
+        let n = packet.len();
+        let Some(slot) = self.tun_buf.get_mut(HEADER_LEN..HEADER_LEN + n) else {
+            return;
+        };
+        slot.copy_from_slice(packet);
+        self.encapsulate_and_send(path, n, now);
+    }
+
+    /// Encapsulates the packet at `tun_buf[HEADER_LEN..HEADER_LEN + n]` on `path` and sends it.
+    fn encapsulate_and_send(&mut self, path: PathId, n: usize, now: Instant) {
+        if self
+            .uplinks
+            .get(usize::from(path.0))
+            .is_none_or(|u| u.socket.is_none())
+        {
+            self.counters.tun_no_path += 1;
+            return;
+        }
+        match self.client.encapsulate(path, &mut self.tun_buf, n, now) {
+            Ok(len) => {
+                if !send_on(&self.uplinks, path, &self.tun_buf[..len]) {
+                    self.counters.send_errors += 1;
+                }
+            }
+            // The core counted it (no session yet, too big, ...).
+            Err(reason) => tracing::debug!(reason = reason.as_str(), "TUN packet dropped"),
+        }
+    }
+
+    /// Answers a TCP segment of a blocked flow with a reset written into the TUN.
+    fn reset(&mut self, packet: &[u8]) {
+        let Some(tun) = &self.tun else { return };
+        if let Some(n) = crate::rst::tcp_reset(packet, &mut self.rst_buf)
+            && tun.device.try_send(&self.rst_buf[..n]).is_ok()
+        {
+            self.counters.resets_sent += 1;
+        }
     }
 
     /// Opens sockets for uplinks whose interface came up, closes those whose interface went away,
@@ -239,6 +513,7 @@ impl Daemon {
                     // A new socket later picks the interface's new source address.
                     u.socket = None;
                     u.live = false;
+                    self.uplinks_changed = true;
                     self.client.handle_path_down(u.path, now);
                 }
                 (None, LinkState::Missing | LinkState::Down) => {
@@ -269,19 +544,38 @@ impl Daemon {
             if n == 0 {
                 continue;
             }
-            let Some(path) = self.choose_path(&self.tun_buf[HEADER_LEN..HEADER_LEN + n]) else {
-                self.counters.tun_no_path += 1;
-                continue;
-            };
-            match self.client.encapsulate(path, &mut self.tun_buf, n, now) {
-                Ok(len) => {
-                    let sent = send_on(&self.uplinks, path, &self.tun_buf[..len]);
-                    if !sent {
-                        self.counters.send_errors += 1;
+            let action = self
+                .flows
+                .on_tun_packet(&self.tun_buf[HEADER_LEN..HEADER_LEN + n], now.as_duration());
+            match action {
+                TunAction::Send(path) => self.encapsulate_and_send(path, n, now),
+                TunAction::Queued { key, new: true } => match &self.worker {
+                    Some(w) => {
+                        if !w.request(key) {
+                            self.flows.lookup_refused(&key);
+                        }
+                    }
+                    // No lookup possible: decide at once with an unknown owner.
+                    None => self.classified(
+                        appid::Answer {
+                            key,
+                            owner: appid::Owner::unknown(),
+                            took: Duration::ZERO,
+                        },
+                        now,
+                    ),
+                },
+                TunAction::Queued { new: false, .. } | TunAction::Drop => {}
+                TunAction::Reset => {
+                    let Some(tun) = &self.tun else { continue };
+                    if let Some(len) = crate::rst::tcp_reset(
+                        &self.tun_buf[HEADER_LEN..HEADER_LEN + n],
+                        &mut self.rst_buf,
+                    ) && tun.device.try_send(&self.rst_buf[..len]).is_ok()
+                    {
+                        self.counters.resets_sent += 1;
                     }
                 }
-                // The core counted it (no session yet, too big, ...).
-                Err(reason) => tracing::debug!(reason = reason.as_str(), "TUN packet dropped"),
             }
         }
         Ok(())
@@ -313,7 +607,10 @@ impl Daemon {
             {
                 Ok(Some(range)) => {
                     let written = match (&self.tun, self.rx_buf.get(range)) {
-                        (Some(tun), Some(packet)) => tun.device.try_send(packet).is_ok(),
+                        (Some(tun), Some(packet)) => {
+                            self.flows.on_downlink(packet, path, now.as_duration());
+                            tun.device.try_send(packet).is_ok()
+                        }
                         _ => false,
                     };
                     if !written {
@@ -341,6 +638,9 @@ impl Daemon {
             let Some(event) = self.client.poll_event() else {
                 return Ok(());
             };
+            if matches!(event, Event::PathUp(_) | Event::PathDown(_)) {
+                self.uplinks_changed = true;
+            }
             self.handle_event(event).await?;
         }
     }
@@ -398,6 +698,7 @@ impl Daemon {
             .install(&self.key, tun.index, addressing.ipv6.is_some())
             .await?;
         self.routing_installed = true;
+        self.install_bypass().await;
         for family in [rtnetlink::IpVersion::V4, rtnetlink::IpVersion::V6] {
             for rule in self.netlink.rules(family).await.unwrap_or_default() {
                 if crate::routing::is_our_rule(&rule, &self.key) {

@@ -13,6 +13,10 @@
 //!                                    a physical uplink, so it fails fast instead)
 //! ```
 //!
+//! Apps whose policy says `bypass` and whose uid is known get, per uid `U`, at `P-2`:
+//! `uidrange U-U lookup main` (both families), so their traffic goes straight out a physical
+//! interface and never reaches the TUN (see [`Netlink::install_bypass`]).
+//!
 //! The daemon's sockets carry mark `M`, skip rule `P`, and use the main table; they are also bound
 //! to their uplink's device, so they can never loop into the TUN. Both families get both rules.
 //!
@@ -31,7 +35,9 @@ use rtnetlink::packet_route::link::LinkAttribute;
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteType,
 };
-use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleFlags, RuleMessage};
+use rtnetlink::packet_route::rule::{
+    RuleAction, RuleAttribute, RuleFlags, RuleMessage, RuleUidRange,
+};
 use rtnetlink::{Handle, IpVersion, LinkUnspec, RouteMessageBuilder};
 
 /// The kernel's main table.
@@ -124,10 +130,14 @@ pub fn rule_priority(rule: &RuleMessage) -> u32 {
         .unwrap_or(0)
 }
 
-/// Whether `rule` is one of the two rules the scheme installs for `key`.
+/// Whether `rule` is one of the rules the scheme installs for `key` (the two TUN rules and
+/// the bypass rules).
 pub fn is_our_rule(rule: &RuleMessage, key: &RoutingKey) -> bool {
     let prio = rule_priority(rule);
     let has = |want: &RuleAttribute| rule.attributes.iter().any(|a| a == want);
+    if prio + 2 == key.priority {
+        return is_bypass_rule(rule);
+    }
     if prio == key.priority {
         rule_table(rule) == key.table
             && has(&RuleAttribute::FwMark(key.fwmark))
@@ -137,6 +147,15 @@ pub fn is_our_rule(rule: &RuleMessage, key: &RoutingKey) -> bool {
     } else {
         false
     }
+}
+
+/// Whether `rule` is a bypass rule: `uidrange U-U lookup main`.
+fn is_bypass_rule(rule: &RuleMessage) -> bool {
+    rule_table(rule) == MAIN_TABLE
+        && rule
+            .attributes
+            .iter()
+            .any(|a| matches!(a, RuleAttribute::UidRange(_)))
 }
 
 /// An rtnetlink connection, driven by a task on the current tokio runtime.
@@ -340,6 +359,64 @@ impl Netlink {
         Ok(())
     }
 
+    /// Replaces the bypass rules of `key` by one `uidrange U-U lookup main` per uid in
+    /// `uids`, at priority `key.priority - 2`, for both families (IPv6 skipped when the kernel
+    /// has none). Returns how many rules it added.
+    pub async fn install_bypass(
+        &self,
+        key: &RoutingKey,
+        uids: &[u32],
+    ) -> Result<usize, RoutingError> {
+        let prio = key.priority.saturating_sub(2);
+        for family in [IpVersion::V4, IpVersion::V6] {
+            for rule in self.rules(family).await? {
+                if rule_priority(&rule) == prio && is_bypass_rule(&rule) {
+                    match self.handle.rule().del(rule).execute().await.map_err(to_io) {
+                        Ok(()) => {}
+                        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                        Err(source) => {
+                            return Err(RoutingError::Request {
+                                what: "deleting a bypass rule".into(),
+                                source,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        let mut added = 0;
+        for &uid in uids {
+            for family in [IpVersion::V4, IpVersion::V6] {
+                let mut add = self
+                    .rule_add(&family)
+                    .table_id(MAIN_TABLE)
+                    .priority(prio)
+                    .action(RuleAction::ToTable);
+                add.message_mut()
+                    .attributes
+                    .push(RuleAttribute::UidRange(RuleUidRange {
+                        start: uid,
+                        end: uid,
+                    }));
+                match add.execute().await.map_err(to_io) {
+                    Ok(()) => added += 1,
+                    Err(e)
+                        if family == IpVersion::V6
+                            && e.raw_os_error() == Some(libc::EAFNOSUPPORT) => {}
+                    Err(source) => {
+                        return Err(RoutingError::Request {
+                            what: format!(
+                                "adding the bypass rule `uidrange {uid}-{uid} lookup main`"
+                            ),
+                            source,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(added)
+    }
+
     fn rule_add(&self, family: &IpVersion) -> rtnetlink::RuleAddRequest {
         let add = self.handle.rule().add();
         // The typed builders only differ in their address methods, which are not used here.
@@ -452,6 +529,7 @@ pub fn describe_rule(rule: &RuleMessage) -> String {
     for a in &rule.attributes {
         match a {
             RuleAttribute::FwMark(m) => s.push_str(&format!(" fwmark {m:#x}")),
+            RuleAttribute::UidRange(r) => s.push_str(&format!(" uidrange {}-{}", r.start, r.end)),
             // The kernel reports u32::MAX (-1) for "not set".
             RuleAttribute::SuppressPrefixLen(p) if *p != u32::MAX => {
                 s.push_str(&format!(" suppress_prefixlength {p}"))
