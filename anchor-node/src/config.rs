@@ -5,7 +5,7 @@
 //! touches no file other than the config and the private key file it names.
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
@@ -42,6 +42,10 @@ pub struct Config {
     pub egress: String,
     pub mtu: u16,
     pub metrics: Option<SocketAddr>,
+    /// Resolver that DNS arriving through the tunnel (udp/tcp port 53) is redirected to.
+    pub dns: Option<IpAddr>,
+    /// A path silent this long is skipped for downlink (the core's `path_stale_after`).
+    pub path_stale_after: std::time::Duration,
     pub peers: Vec<Peer>,
 }
 
@@ -87,6 +91,8 @@ struct RawConfig {
     egress: Spanned<String>,
     mtu: Option<Spanned<u16>>,
     metrics: Option<Spanned<String>>,
+    dns: Option<Spanned<String>>,
+    path_stale_after_ms: Option<Spanned<u64>>,
     #[serde(default)]
     peer: Vec<RawPeer>,
 }
@@ -236,6 +242,38 @@ impl Validator<'_> {
             })?),
         };
 
+        let dns = match &raw.dns {
+            None => None,
+            Some(d) => Some(
+                d.get_ref()
+                    .parse::<IpAddr>()
+                    .ok()
+                    .filter(|a| !a.is_unspecified() && !a.is_loopback() && !a.is_multicast())
+                    .ok_or_else(|| {
+                        self.err(
+                            d.span(),
+                            format!(
+                                "expected the IP address of a DNS resolver like \"9.9.9.9\" (not loopback: the kernel does not route redirected packets there), got {:?}",
+                                d.get_ref()
+                            ),
+                        )
+                    })?,
+            ),
+        };
+        let path_stale_after = match &raw.path_stale_after_ms {
+            None => upmt_proto::anchor::DEFAULT_PATH_STALE_AFTER,
+            Some(ms) => {
+                let v = *ms.get_ref();
+                if !(50..=60_000).contains(&v) {
+                    return Err(self.err(
+                        ms.span(),
+                        format!("expected path_stale_after_ms between 50 and 60000, got {v}"),
+                    ));
+                }
+                std::time::Duration::from_millis(v)
+            }
+        };
+
         let anchor4 = first_host4(subnet);
         let anchor6 = subnet6.map(first_host6);
         let mut peers = Vec::with_capacity(raw.peer.len());
@@ -339,6 +377,8 @@ impl Validator<'_> {
             egress,
             mtu,
             metrics,
+            dns,
+            path_stale_after,
             peers,
         })
     }
@@ -638,6 +678,41 @@ address = "10.77.0.3"
         let (line, col, msg) = err_of(&text);
         assert_eq!((line, col), (7, 7));
         assert!(msg.contains("between 1280 and 9000"), "{msg}");
+    }
+
+    #[test]
+    fn a_dns_resolver_and_a_stale_time_are_read_and_defaulted() {
+        let c = parse(Path::new("an.toml"), &good()).unwrap();
+        assert_eq!(c.dns, None);
+        assert_eq!(
+            c.path_stale_after,
+            upmt_proto::anchor::DEFAULT_PATH_STALE_AFTER
+        );
+        let text = good().replace(
+            "egress = \"eth0\"",
+            "egress = \"eth0\"\ndns = \"9.9.9.9\"\npath_stale_after_ms = 800",
+        );
+        let c = parse(Path::new("an.toml"), &text).unwrap();
+        assert_eq!(c.dns, Some("9.9.9.9".parse().unwrap()));
+        assert_eq!(c.path_stale_after, std::time::Duration::from_millis(800));
+    }
+
+    #[test]
+    fn a_loopback_or_malformed_dns_resolver_is_refused_at_its_position() {
+        for bad in ["127.0.0.53", "dns.example", "0.0.0.0"] {
+            let text = good().replace(
+                "egress = \"eth0\"",
+                &format!("egress = \"eth0\"\ndns = \"{bad}\""),
+            );
+            let (line, col, msg) = err_of(&text);
+            assert_eq!((line, col), (7, 7), "{bad}");
+            assert!(msg.contains("DNS resolver"), "{msg}");
+        }
+        let text = good().replace(
+            "egress = \"eth0\"",
+            "egress = \"eth0\"\npath_stale_after_ms = 5",
+        );
+        assert!(err_of(&text).2.contains("between 50 and 60000"));
     }
 
     #[test]

@@ -21,10 +21,10 @@ use tokio::sync::mpsc;
 use tun_rs::AsyncDevice;
 use upmt_proto::anchor::{Anchor, Event};
 use upmt_proto::time::Instant;
-use upmt_proto::{HEADER_LEN, TAG_LEN};
+use upmt_proto::{DropReason, HEADER_LEN, TAG_LEN};
 
 use crate::clock;
-use crate::metrics::{self, PeerSnapshot, Snapshot};
+use crate::metrics::{self, CoreStats, PeerSnapshot, Snapshot};
 
 /// Inputs handled per readiness event before the loop looks at other sources again.
 pub const BATCH: usize = 64;
@@ -34,6 +34,10 @@ const MAX_PACKET: usize = 65_535;
 
 /// How often the counters are logged at debug level without SIGUSR1.
 const STATS_EVERY: Duration = Duration::from_secs(60);
+
+/// At most one warning per this interval when a bound is reached (a flood would otherwise turn
+/// into a log flood).
+const BOUND_WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// Why the loop stopped on its own.
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +84,53 @@ pub struct EventLoop {
     tx: Box<[u8]>,
     counters: DriverCounters,
     scrapes: Option<mpsc::Receiver<metrics::Request>>,
+    bounds: BoundWatch,
+}
+
+/// The bound-related counters as of the last warning, to warn about what grew since.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Bounds {
+    rate_limit_table_full: u64,
+    queue_overflows: u64,
+    event_overflows: u64,
+    queue_full_drops: u64,
+    cookies_sent: u64,
+    rate_limited: u64,
+}
+
+/// Rate-limits the "bound reached" warning to one per [`BOUND_WARN_EVERY`].
+#[derive(Debug)]
+struct BoundWatch {
+    warned: Bounds,
+    next_check: Option<tokio::time::Instant>,
+}
+
+impl BoundWatch {
+    fn new() -> Self {
+        BoundWatch {
+            warned: Bounds::default(),
+            next_check: None,
+        }
+    }
+
+    /// Returns the counters' growth since the last warning when it is time to warn and some
+    /// bound was reached (or the anchor went into cookie mode); remembers them as warned.
+    fn check(&mut self, now: Bounds, tnow: tokio::time::Instant) -> Option<Bounds> {
+        if self.next_check.is_some_and(|at| tnow < at) || now == self.warned {
+            return None;
+        }
+        let d = Bounds {
+            rate_limit_table_full: now.rate_limit_table_full - self.warned.rate_limit_table_full,
+            queue_overflows: now.queue_overflows - self.warned.queue_overflows,
+            event_overflows: now.event_overflows - self.warned.event_overflows,
+            queue_full_drops: now.queue_full_drops - self.warned.queue_full_drops,
+            cookies_sent: now.cookies_sent - self.warned.cookies_sent,
+            rate_limited: now.rate_limited - self.warned.rate_limited,
+        };
+        self.warned = now;
+        self.next_check = Some(tnow + BOUND_WARN_EVERY);
+        Some(d)
+    }
 }
 
 impl EventLoop {
@@ -100,6 +151,7 @@ impl EventLoop {
             tx: vec![0; MAX_PACKET].into_boxed_slice(),
             counters: DriverCounters::default(),
             scrapes,
+            bounds: BoundWatch::new(),
         }
     }
 
@@ -151,6 +203,43 @@ impl EventLoop {
             }
             self.flush(now);
             self.arm(&mut timer, &mut timer_armed, &mut timer_reason, now, tnow);
+            self.warn_on_bounds(tnow);
+        }
+    }
+
+    /// Warns (at most once per [`BOUND_WARN_EVERY`]) when a memory or queue bound was reached
+    /// or the handshake defences kicked in: these are expected under a flood and are counted,
+    /// but an operator should see them without scraping.
+    fn warn_on_bounds(&mut self, tnow: tokio::time::Instant) {
+        let stats = self.anchor.stats();
+        let drops = self.anchor.drops();
+        let now = Bounds {
+            rate_limit_table_full: stats.rate_limit_table_full,
+            queue_overflows: stats.queue_overflows,
+            event_overflows: stats.event_overflows,
+            queue_full_drops: drops.get(DropReason::QueueFull),
+            cookies_sent: stats.cookies_sent,
+            rate_limited: drops.get(DropReason::RateLimited),
+        };
+        if let Some(d) = self.bounds.check(now, tnow) {
+            if d.rate_limit_table_full + d.queue_overflows + d.event_overflows + d.queue_full_drops
+                > 0
+            {
+                tracing::warn!(
+                    rate_limit_table_full = d.rate_limit_table_full,
+                    queue_overflows = d.queue_overflows,
+                    event_overflows = d.event_overflows,
+                    queue_full_drops = d.queue_full_drops,
+                    "a bound was reached: work was refused and counted (see metrics)"
+                );
+            }
+            if d.cookies_sent + d.rate_limited > 0 {
+                tracing::warn!(
+                    cookies_sent = d.cookies_sent,
+                    rate_limited = d.rate_limited,
+                    "handshake load: answering inits with cookies and rate limiting sources"
+                );
+            }
         }
     }
 
@@ -244,6 +333,21 @@ impl EventLoop {
                     path,
                     endpoint,
                 } => tracing::info!(%peer, %path, %endpoint, "path endpoint changed"),
+                Event::PathStatusChanged { peer, path, down } => {
+                    if down {
+                        tracing::info!(%peer, %path, "peer says path down; its flows move to a live path");
+                    } else {
+                        tracing::info!(%peer, %path, "peer says path up again");
+                    }
+                }
+                Event::FlowMoved { peer, flow, path } => tracing::info!(
+                    %peer,
+                    %path,
+                    protocol = flow.protocol,
+                    remote = %std::net::SocketAddr::new(flow.remote, flow.remote_port),
+                    local_port = flow.local_port,
+                    "peer moved a flow"
+                ),
             }
         }
     }
@@ -301,6 +405,7 @@ impl EventLoop {
             tun_rx_packets: self.counters.tun_rx,
             tun_tx_packets: self.counters.tun_tx,
             io_errors: self.counters.io_errors,
+            core: CoreStats::from_core(self.anchor.stats(), self.anchor.rate_limited_sources()),
         }
     }
 }
@@ -323,5 +428,38 @@ async fn next_scrape(
     match scrapes {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bound_warning_comes_at_most_once_per_interval_with_the_growth_since_the_last() {
+        let mut watch = BoundWatch::new();
+        let t0 = tokio::time::Instant::now();
+        assert_eq!(watch.check(Bounds::default(), t0), None, "nothing grew");
+        let first = Bounds {
+            queue_overflows: 3,
+            ..Bounds::default()
+        };
+        assert_eq!(watch.check(first, t0), Some(first));
+        let second = Bounds {
+            queue_overflows: 10,
+            rate_limit_table_full: 1,
+            ..Bounds::default()
+        };
+        assert_eq!(watch.check(second, t0 + Duration::from_secs(1)), None);
+        let grown = watch
+            .check(second, t0 + BOUND_WARN_EVERY)
+            .expect("a warning after the interval");
+        assert_eq!(grown.queue_overflows, 7);
+        assert_eq!(grown.rate_limit_table_full, 1);
+        assert_eq!(
+            watch.check(second, t0 + BOUND_WARN_EVERY * 3),
+            None,
+            "nothing grew since"
+        );
     }
 }

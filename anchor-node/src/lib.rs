@@ -38,5 +38,6 @@ pub fn anchor_config(config: &config::Config) -> AnchorConfig {
         core.prefix6 = net6.prefix_len();
     }
     core.mtu = config.mtu;
+    core.path_stale_after = config.path_stale_after;
     core
 }

@@ -37,6 +37,79 @@ pub struct Snapshot {
     pub tun_rx_packets: u64,
     pub tun_tx_packets: u64,
     pub io_errors: u64,
+    /// The core's flood-defence, path-validation and queue-bound counters (not drops).
+    pub core: CoreStats,
+}
+
+/// The core's `AnchorStats` plus the limiter's table size, copied out for rendering.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CoreStats {
+    pub dh_operations: u64,
+    pub cookies_sent: u64,
+    pub rate_limit_table_full: u64,
+    pub challenges_sent: u64,
+    pub paths_validated: u64,
+    pub queue_overflows: u64,
+    pub event_overflows: u64,
+    /// Gauge: source IPs the per-IP handshake limiter tracks now.
+    pub rate_limited_sources: u64,
+}
+
+impl CoreStats {
+    /// Copies the core's counters.
+    pub fn from_core(stats: &upmt_proto::anchor::AnchorStats, rate_limited_sources: usize) -> Self {
+        CoreStats {
+            dh_operations: stats.dh_operations,
+            cookies_sent: stats.cookies_sent,
+            rate_limit_table_full: stats.rate_limit_table_full,
+            challenges_sent: stats.challenges_sent,
+            paths_validated: stats.paths_validated,
+            queue_overflows: stats.queue_overflows,
+            event_overflows: stats.event_overflows,
+            rate_limited_sources: rate_limited_sources as u64,
+        }
+    }
+
+    /// The counters as (metric name, help, value); the names are also the log line's keys.
+    pub fn counters(&self) -> [(&'static str, &'static str, u64); 7] {
+        [
+            (
+                "dh_operations",
+                "Handshake inits that reached the Diffie-Hellman stage.",
+                self.dh_operations,
+            ),
+            (
+                "cookies_sent",
+                "Cookie replies sent to inits that came under load without a valid mac2.",
+                self.cookies_sent,
+            ),
+            (
+                "rate_limit_table_full",
+                "Inits refused because the per-source-IP limiter table was full (a bound reached).",
+                self.rate_limit_table_full,
+            ),
+            (
+                "challenges_sent",
+                "Path challenges sent to unvalidated source addresses.",
+                self.challenges_sent,
+            ),
+            (
+                "paths_validated",
+                "Paths moved to a newly validated address.",
+                self.paths_validated,
+            ),
+            (
+                "queue_overflows",
+                "Datagrams not answered because the core's transmit queue was full (a bound reached).",
+                self.queue_overflows,
+            ),
+            (
+                "event_overflows",
+                "Core events lost because the event queue was full (a bound reached).",
+                self.event_overflows,
+            ),
+        ]
+    }
 }
 
 impl Snapshot {
@@ -124,6 +197,19 @@ impl Snapshot {
                 "# HELP {metric} {help}\n# TYPE {metric} counter\n{metric} {v}"
             );
         }
+        for (name, help, v) in self.core.counters() {
+            let _ = writeln!(
+                out,
+                "# HELP upmt_core_{name}_total {help}\n# TYPE upmt_core_{name}_total counter\n\
+                 upmt_core_{name}_total {v}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP upmt_core_rate_limited_sources Source IPs the handshake limiter tracks now.\n\
+             # TYPE upmt_core_rate_limited_sources gauge\nupmt_core_rate_limited_sources {}",
+            self.core.rate_limited_sources
+        );
         out
     }
 
@@ -152,6 +238,21 @@ impl Snapshot {
                 drops.join(" ")
             }
         );
+        let core: Vec<String> = self
+            .core
+            .counters()
+            .iter()
+            .filter(|(_, _, n)| *n > 0)
+            .map(|(name, _, n)| format!("{name}={n}"))
+            .collect();
+        if !core.is_empty() || self.core.rate_limited_sources > 0 {
+            let _ = write!(
+                out,
+                "; core: {} limiter_sources={}",
+                core.join(" "),
+                self.core.rate_limited_sources
+            );
+        }
         for p in &self.peers {
             let _ = write!(
                 out,
@@ -275,6 +376,12 @@ mod tests {
                 tx_packets: 1,
             }],
             udp_rx_datagrams: 7,
+            core: CoreStats {
+                dh_operations: 5,
+                cookies_sent: 9,
+                rate_limited_sources: 3,
+                ..CoreStats::default()
+            },
             ..Snapshot::default()
         }
     }
@@ -320,6 +427,30 @@ mod tests {
                 .parse::<u64>()
                 .unwrap_or_else(|_| panic!("not a number: {line}"));
         }
+    }
+
+    #[test]
+    fn core_stats_are_rendered_as_counters_and_the_limiter_as_a_gauge() {
+        let text = sample().render();
+        assert!(text.contains("upmt_core_dh_operations_total 5\n"), "{text}");
+        assert!(text.contains("upmt_core_cookies_sent_total 9\n"), "{text}");
+        assert!(
+            text.contains("upmt_core_rate_limit_table_full_total 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE upmt_core_queue_overflows_total counter\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("upmt_core_rate_limited_sources 3\n"),
+            "{text}"
+        );
+        let s = sample().summary();
+        assert!(
+            s.contains("core: dh_operations=5 cookies_sent=9 limiter_sources=3"),
+            "{s}"
+        );
     }
 
     #[test]

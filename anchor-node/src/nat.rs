@@ -1,12 +1,16 @@
 //! Kernel setup around the TUN: IP forwarding and the anchor's own nftables table.
 //!
 //! The table `inet upmt_<tun>` masquerades the virtual subnets out of the egress interface and
-//! clamps TCP MSS to the route MTU. It is installed atomically with `nft -f -` and removed at
+//! clamps TCP MSS to the route MTU, and, when a resolver is configured, redirects DNS (udp and tcp
+//! port 53) arriving from the TUN to it, so name resolution does not depend on whichever resolver
+//! the mobile host's current access network handed out. It is installed atomically with `nft -f -` and removed at
 //! exit; nothing outside that one table is ever touched.
 
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+
+use std::net::IpAddr;
 
 use ipnet::{Ipv4Net, Ipv6Net};
 
@@ -34,6 +38,8 @@ pub struct NatSpec {
     pub egress: String,
     pub subnet: Ipv4Net,
     pub subnet6: Option<Ipv6Net>,
+    /// Resolver for tunnelled DNS (only queries of its address family are redirected).
+    pub dns: Option<IpAddr>,
 }
 
 impl NatSpec {
@@ -60,10 +66,27 @@ impl NatSpec {
                 "\t\toifname \"{egress}\" ip6 saddr {net6} masquerade\n"
             ));
         }
+        let dns = match self.dns {
+            None => String::new(),
+            Some(ip) => {
+                let (family, addr) = match ip {
+                    IpAddr::V4(a) => ("ipv4", format!("ip to {a}")),
+                    IpAddr::V6(a) => ("ipv6", format!("ip6 to [{a}]")),
+                };
+                format!(
+                    "\tchain prerouting {{\n\
+                     \t\ttype nat hook prerouting priority dstnat; policy accept;\n\
+                     \t\t# Tunnelled DNS goes to the configured resolver, whatever the host asked.\n\
+                     \t\tiifname \"{tun}\" meta nfproto {family} meta l4proto {{ tcp, udp }} th dport 53 dnat {addr}\n\
+                     \t}}\n"
+                )
+            }
+        };
         format!(
             "table inet {table}\n\
              delete table inet {table}\n\
              table inet {table} {{\n\
+             {dns}\
              \tchain postrouting {{\n\
              \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
              {masq}\
@@ -188,7 +211,24 @@ mod tests {
             egress: "eth0".into(),
             subnet: "10.77.0.0/24".parse().unwrap(),
             subnet6: v6.then(|| "fd77::/64".parse().unwrap()),
+            dns: None,
         }
+    }
+
+    #[test]
+    fn dns_redirect_rules_appear_only_with_a_resolver_and_match_its_family() {
+        assert!(!spec(false).ruleset().contains("dport 53"));
+        let mut s = spec(true);
+        s.dns = Some("192.0.2.53".parse().unwrap());
+        let r = s.ruleset();
+        assert!(r.contains("type nat hook prerouting priority dstnat"));
+        assert!(r.contains(
+            "iifname \"upmt0\" meta nfproto ipv4 meta l4proto { tcp, udp } th dport 53 dnat ip to 192.0.2.53"
+        ));
+        s.dns = Some("2001:db8::53".parse().unwrap());
+        assert!(s.ruleset().contains(
+            "meta nfproto ipv6 meta l4proto { tcp, udp } th dport 53 dnat ip6 to [2001:db8::53]"
+        ));
     }
 
     #[test]

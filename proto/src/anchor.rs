@@ -28,6 +28,18 @@
 //! i.e. one on the path, against which no validation helps; even then the client's next packet
 //! from its real address is challenged and moves the path back within a round trip.
 //!
+//! # Downlink path choice and handover
+//! A flow's downlink goes over the path it was last *told* (an acked `FlowMove` from the client)
+//! or last *seen* on (authenticated uplink data), whichever came last. A path is skipped when it
+//! is not usable: the client said it is down (`PathStatus`, acked and retransmitted by the
+//! client, applied only when newer than the last status for that path), or it delivered no
+//! authenticated packet from its validated endpoint for [`AnchorConfig::path_stale_after`] (the
+//! client probes active paths several times within that time, so only a dead or blackholed path
+//! goes stale). A flow whose path is not usable goes over the freshest usable path; when none is
+//! usable, over its own path if the client did not say it is down, else any validated one.
+//! Without this, a download whose uplink ACKs are all out would keep being sent to a dead
+//! Wi-Fi endpoint, since nothing else would tell the anchor.
+//!
 //! # Handshake floods
 //! See [`crate::cookie`]'s constants: mac1 is checked first (one BLAKE2s); when the handshake
 //! bucket is empty the anchor is under load and answers inits without a valid mac2 with a
@@ -126,7 +138,13 @@ pub struct AnchorConfig {
     pub mtu: u16,
     /// A session with no authenticated traffic for this long is forgotten (default 180 s).
     pub session_timeout: Duration,
+    /// A path with no authenticated packet for this long is skipped for downlink while a
+    /// fresher one exists (default 500 ms: 2.5 times the client's default active probe interval).
+    pub path_stale_after: Duration,
 }
+
+/// Default [`AnchorConfig::path_stale_after`].
+pub const DEFAULT_PATH_STALE_AFTER: Duration = Duration::from_millis(500);
 
 impl AnchorConfig {
     /// A config with defaults: /24, /64, `DEFAULT_MTU`, 180 s.
@@ -138,6 +156,7 @@ impl AnchorConfig {
             prefix6: 64,
             mtu: DEFAULT_MTU,
             session_timeout: Duration::from_secs(180),
+            path_stale_after: DEFAULT_PATH_STALE_AFTER,
         }
     }
 }
@@ -170,6 +189,24 @@ pub enum Event {
         /// The new source address.
         endpoint: SocketAddr,
     },
+    /// The peer signalled that a path went down or came back (applied, not a duplicate).
+    PathStatusChanged {
+        /// Which peer.
+        peer: PeerId,
+        /// Which of its paths.
+        path: PathId,
+        /// Whether it is down now.
+        down: bool,
+    },
+    /// The peer moved a flow to a path by an explicit signal (applied, not a duplicate).
+    FlowMoved {
+        /// Which peer.
+        peer: PeerId,
+        /// The flow.
+        flow: FlowKey,
+        /// Its new path.
+        path: PathId,
+    },
 }
 
 /// Status of one peer, for the CLI and metrics.
@@ -195,39 +232,51 @@ pub struct PeerStatus {
     pub last_rx: Option<Instant>,
 }
 
-/// A flow as seen from the mobile host: protocol, remote address and port, local port.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-struct FlowKey {
-    protocol: u8,
-    remote: IpAddr,
-    remote_port: u16,
-    local_port: u16,
-}
+pub use crate::control::FlowKey;
 
-/// Flow -> the path it last came up on, bounded, oldest inserted evicted first.
+/// Flow -> the path it last came up on or was moved to, with the sequence number of the last
+/// explicit move (0: none), bounded, oldest inserted evicted first.
 #[derive(Default)]
 struct FlowTable {
-    map: HashMap<FlowKey, PathId>,
+    map: HashMap<FlowKey, (PathId, u64)>,
     order: VecDeque<FlowKey>,
 }
 
 impl FlowTable {
+    /// Learns `path` from uplink data.
     fn record(&mut self, key: FlowKey, path: PathId) {
         if let Some(p) = self.map.get_mut(&key) {
-            *p = path;
+            p.0 = path;
             return;
         }
+        self.insert(key, (path, 0));
+    }
+
+    /// Applies an explicit move; false when an equal or newer move was already applied.
+    fn apply_move(&mut self, key: FlowKey, path: PathId, seq: u64) -> bool {
+        if let Some(p) = self.map.get_mut(&key) {
+            if seq <= p.1 {
+                return false;
+            }
+            *p = (path, seq);
+            return true;
+        }
+        self.insert(key, (path, seq));
+        true
+    }
+
+    fn insert(&mut self, key: FlowKey, value: (PathId, u64)) {
         if self.map.len() >= MAX_FLOWS_PER_PEER
             && let Some(old) = self.order.pop_front()
         {
             self.map.remove(&old);
         }
-        self.map.insert(key, path);
+        self.map.insert(key, value);
         self.order.push_back(key);
     }
 
     fn get(&self, key: &FlowKey) -> Option<PathId> {
-        self.map.get(key).copied()
+        self.map.get(key).map(|v| v.0)
     }
 
     fn clear(&mut self) {
@@ -248,6 +297,34 @@ struct PathEntry {
     /// The validated address downlink goes to, if any.
     endpoint: Option<SocketAddr>,
     challenge: Option<Challenge>,
+    /// The last authenticated packet from the validated endpoint.
+    last_rx: Option<Instant>,
+    /// The client said this path is down.
+    down: bool,
+    /// Sequence number of the last applied `PathStatus` (0: none).
+    status_seq: u64,
+}
+
+impl PathEntry {
+    fn new(id: PathId) -> Self {
+        PathEntry {
+            id,
+            endpoint: None,
+            challenge: None,
+            last_rx: None,
+            down: false,
+            status_seq: 0,
+        }
+    }
+
+    /// Validated, not said to be down, and heard from within `stale`.
+    fn fresh(&self, now: Instant, stale: Duration) -> bool {
+        self.endpoint.is_some()
+            && !self.down
+            && self
+                .last_rx
+                .is_some_and(|t| now.saturating_duration_since(t) < stale)
+    }
 }
 
 /// What an authenticated packet means for its path.
@@ -302,11 +379,7 @@ impl Peer {
         let i = match self.paths.iter().position(|p| p.id == path) {
             Some(i) => i,
             None => {
-                self.paths.push(PathEntry {
-                    id: path,
-                    endpoint: None,
-                    challenge: None,
-                });
+                self.paths.push(PathEntry::new(path));
                 self.paths.len() - 1
             }
         };
@@ -681,9 +754,80 @@ impl Anchor {
         }
         if peer.endpoint(path) == Some(from) {
             peer.last_path = Some(path);
+            if let Some(e) = peer.paths.iter_mut().find(|e| e.id == path) {
+                e.last_rx = Some(now);
+            }
         }
         if let Some(control) = control {
             match control? {
+                ControlMessage::PathStatus {
+                    seq,
+                    path: target,
+                    down,
+                } => {
+                    let entry = match peer.paths.iter().position(|e| e.id == target) {
+                        Some(i) => &mut peer.paths[i],
+                        None => {
+                            peer.paths.push(PathEntry::new(target));
+                            let last = peer.paths.len() - 1;
+                            &mut peer.paths[last]
+                        }
+                    };
+                    if seq > entry.status_seq {
+                        entry.status_seq = seq;
+                        if entry.down != down {
+                            entry.down = down;
+                            push_event(
+                                &mut self.events,
+                                &mut self.stats,
+                                Event::PathStatusChanged {
+                                    peer: id,
+                                    path: target,
+                                    down,
+                                },
+                            );
+                        }
+                    }
+                    // Acked to the source even before validation, like a probe: the ack is
+                    // smaller than the signal, so no amplification.
+                    push_transmit(
+                        &mut self.queue,
+                        &mut self.stats,
+                        Queued::Control {
+                            peer: id,
+                            path,
+                            dst: from,
+                            msg: ControlMessage::SignalAck { seq },
+                        },
+                    )?;
+                }
+                ControlMessage::FlowMove {
+                    seq,
+                    path: target,
+                    flow,
+                } => {
+                    if peer.flows.apply_move(flow, target, seq) {
+                        push_event(
+                            &mut self.events,
+                            &mut self.stats,
+                            Event::FlowMoved {
+                                peer: id,
+                                flow,
+                                path: target,
+                            },
+                        );
+                    }
+                    push_transmit(
+                        &mut self.queue,
+                        &mut self.stats,
+                        Queued::Control {
+                            peer: id,
+                            path,
+                            dst: from,
+                            msg: ControlMessage::SignalAck { seq },
+                        },
+                    )?;
+                }
                 // Echoed to the source even before it is validated: one ack per authenticated,
                 // non-replayed probe of the same size is no amplification, and it lets the
                 // client measure a path that just rebound.
@@ -703,7 +847,8 @@ impl Anchor {
                 // The anchor never challenges through the client; responses were used above.
                 ControlMessage::ProbeAck { .. }
                 | ControlMessage::PathChallenge { .. }
-                | ControlMessage::PathResponse { .. } => {}
+                | ControlMessage::PathResponse { .. }
+                | ControlMessage::SignalAck { .. } => {}
             }
             return Ok(None);
         }
@@ -728,23 +873,27 @@ impl Anchor {
     }
 
     /// `buf[HEADER_LEN..HEADER_LEN + len]` holds an inner packet read from the TUN; its
-    /// destination picks the peer; the downlink path is the one the flow last came up on, else
-    /// the path that most recently carried authenticated traffic from that peer.
+    /// destination picks the peer; the downlink path is the one the flow last came up on or was
+    /// moved to, unless that path is down or stale (see the module docs), else the freshest path.
     pub fn encapsulate(
         &mut self,
         buf: &mut [u8],
         len: usize,
         now: Instant,
     ) -> Result<Transmit, DropReason> {
-        let _ = now;
-        let r = self.encapsulate_inner(buf, len);
+        let r = self.encapsulate_inner(buf, len, now);
         if let Err(reason) = r {
             self.drops.add(reason);
         }
         r
     }
 
-    fn encapsulate_inner(&mut self, buf: &mut [u8], len: usize) -> Result<Transmit, DropReason> {
+    fn encapsulate_inner(
+        &mut self,
+        buf: &mut [u8],
+        len: usize,
+        now: Instant,
+    ) -> Result<Transmit, DropReason> {
         let end = HEADER_LEN.checked_add(len).ok_or(DropReason::TooBig)?;
         if end.checked_add(TAG_LEN).is_none_or(|n| n > buf.len()) {
             return Err(DropReason::TooBig);
@@ -758,18 +907,35 @@ impl Anchor {
             remote_port: info.src_port,
             local_port: info.dst_port,
         };
-        // Only validated endpoints: the flow's path, else the latest validated one, else any.
-        let pick = |p: PathId| peer.endpoint(p).map(|a| (p, a));
-        let (path, dst) = peer
-            .flows
-            .get(&flow)
-            .and_then(pick)
-            .or_else(|| peer.last_path.and_then(pick))
+        // Only validated endpoints. Fresh first: the flow's path, else the freshest one; then,
+        // when nothing is fresh, the flow's or the latest path unless said down; then any.
+        let stale = self.config.path_stale_after;
+        let wanted = peer.flows.get(&flow).or(peer.last_path);
+        let entry = |p: PathId| peer.paths.iter().find(|e| e.id == p);
+        let chosen = wanted
+            .and_then(entry)
+            .filter(|e| e.fresh(now, stale))
             .or_else(|| {
                 peer.paths
                     .iter()
-                    .find_map(|e| e.endpoint.map(|a| (e.id, a)))
+                    .filter(|e| e.fresh(now, stale))
+                    .max_by_key(|e| e.last_rx)
             })
+            .or_else(|| {
+                [peer.flows.get(&flow), peer.last_path]
+                    .into_iter()
+                    .flatten()
+                    .filter_map(entry)
+                    .find(|e| e.endpoint.is_some() && !e.down)
+            })
+            .or_else(|| {
+                peer.paths
+                    .iter()
+                    .filter(|e| e.endpoint.is_some())
+                    .min_by_key(|e| e.down)
+            });
+        let (path, dst) = chosen
+            .and_then(|e| Some((e.id, e.endpoint?)))
             .ok_or(DropReason::NoSession)?;
         let keys = peer.current.as_mut().ok_or(DropReason::NoSession)?;
         let n = keys.seal(Kind::Data, path, buf, len)?;

@@ -4,14 +4,41 @@
 //! `handle_path_up` / `handle_path_down`. The client handshakes on the first declared path and,
 //! when no answer comes within `handshake_retry`, tries again with a fresh handshake on the next
 //! path. Once connected, any path carries data (`encapsulate` takes the path the driver's policy
-//! chose) and every declared path is probed every `probe_interval`: the answers give the path's
-//! RTT and loss and keep it Up; a path with no authenticated packet for `path_timeout` is Down.
+//! chose) and every declared path is probed: the answers give the path's RTT and loss and keep it
+//! Up.
 //!
-//! Session lifetime: after `rekey_after` a new handshake runs while the old keys keep working;
-//! the old receive key is kept after the switch for packets still in flight. When no
-//! authenticated packet arrives on any path for `path_timeout` (the anchor restarted and forgot
-//! us, or every uplink is blackholed), the client reports `Disconnected` and handshakes again,
-//! still sending on the old keys meanwhile so that a mere blip loses nothing.
+//! # Probing and liveness
+//! Probe timing balances detection time against a phone's battery:
+//! - *active* (data sent or received within `active_window`, default 5 s): every path is probed
+//!   every `probe_interval` (default 200 ms);
+//! - *idle*: one probe per `keepalive` (default 25 s), just often enough to keep NAT bindings;
+//! - a path with a probe outstanding is probed every `probe_interval` until answered, and a Down
+//!   path every `down_probe_interval` (default 1 s), to see it come back.
+//!
+//! A path is Down when a probe sent on it stays without any authenticated answer on that path
+//! for `path_timeout` (default 700 ms, about three active probes): a blackholed path is found
+//! within `probe_interval + path_timeout` (<= 0.9 s) while active, and within one keepalive plus
+//! `path_timeout` when idle. A link the driver reports gone (`handle_path_down`) is Down at once.
+//!
+//! # Signalling the anchor
+//! The anchor learns each move at once: when a path goes Down (timeout or the driver) the client
+//! sends `PathStatus { down }` on a live path, and `PathStatus { up }` when it answers again;
+//! [`Client::move_flows`] sends one `FlowMove` per flow, on the flow's new path. Each signal is
+//! resent every `signal_retry` (doubling, at most 2 s, rotating over the usable paths) until
+//! the anchor's `SignalAck` for its sequence number arrives. Sequence numbers grow with the
+//! unix clock, so a restarted client's signals are still newer than its old ones.
+//!
+//! # Hold-down
+//! [`Client::path_usable`] says whether the driver should put traffic on a path: a path that
+//! came back Up is usable only after staying Up for `hold_down` (default 3 s) while another
+//! path has been Up that long, so a flapping preferred link does not drag flows back and forth.
+//!
+//! # Session lifetime
+//! After `rekey_after` a new handshake runs while the old keys keep working; the old receive key
+//! is kept after the switch for packets still in flight. When every path is Down and nothing
+//! authenticated arrived for `path_timeout` (the anchor restarted and forgot us, or every uplink
+//! is blackholed), the client reports `Disconnected` and handshakes again, still sending on the
+//! old keys meanwhile so that a mere blip loses nothing.
 //!
 //! Path validation: the anchor answers a packet from an address it has not validated for that
 //! path with a `PathChallenge`; the client echoes it at once in a `PathResponse` on the same
@@ -28,6 +55,7 @@
 //! Never does IO or reads a clock; never allocates per packet (the queues are allocated once at
 //! their bound).
 
+pub use crate::control::FlowKey;
 use crate::control::{CHALLENGE_LEN, ControlMessage};
 use crate::cookie::{COOKIE_ROTATION, cookie_key, mac2, open_reply};
 use crate::crypto::{Keypair, random_index};
@@ -48,6 +76,10 @@ use std::collections::VecDeque;
 pub const MAX_QUEUED_TRANSMITS: usize = 256;
 /// Events waiting for `poll_event`.
 pub const MAX_EVENTS: usize = 256;
+/// Signals (path status, flow moves) waiting for their ack; past it the oldest is given up.
+pub const MAX_PENDING_SIGNALS: usize = 128;
+/// The longest wait between two sends of an unacknowledged signal.
+const MAX_SIGNAL_RETRY: Duration = Duration::from_secs(2);
 /// A cookie is used for this long after it arrived: a margin under the anchor's rotation.
 const COOKIE_LIFETIME: Duration = COOKIE_ROTATION.saturating_sub(Duration::from_secs(5));
 
@@ -58,14 +90,21 @@ pub struct ClientConfig {
     pub static_secret: StaticSecret,
     /// The anchor's identity.
     pub anchor_public: PublicKey,
-    /// Intended probe interval on an idle path (default 25 s). Not used yet: this version probes
-    /// every declared path every `probe_interval`, idle or not, which keeps NAT mappings alive
-    /// and detects an anchor restart within `path_timeout`.
+    /// Probe interval on an Up path while idle: keeps NAT bindings (default 25 s).
     pub keepalive: Duration,
-    /// Probe interval on every declared path once connected (default 1 s).
+    /// Probe interval on every path while active, and while a probe is unanswered
+    /// (default 200 ms).
     pub probe_interval: Duration,
-    /// A path with no authenticated packet received for this long is Down (default 3 s).
+    /// Probe interval on a Down path (default 1 s).
+    pub down_probe_interval: Duration,
+    /// Data sent or received within this long makes the session active (default 5 s).
+    pub active_window: Duration,
+    /// A path whose probe got no authenticated answer for this long is Down (default 700 ms).
     pub path_timeout: Duration,
+    /// A path that came back Up is usable after this long Up (default 3 s).
+    pub hold_down: Duration,
+    /// First resend of an unacknowledged signal (default 150 ms, then doubling).
+    pub signal_retry: Duration,
     /// Time before a handshake init is resent, on the next path (default 1 s).
     pub handshake_retry: Duration,
     /// Age of a session after which a new handshake starts (default 120 s).
@@ -79,8 +118,12 @@ impl ClientConfig {
             static_secret,
             anchor_public,
             keepalive: Duration::from_secs(25),
-            probe_interval: Duration::from_secs(1),
-            path_timeout: Duration::from_secs(3),
+            probe_interval: Duration::from_millis(200),
+            down_probe_interval: Duration::from_secs(1),
+            active_window: Duration::from_secs(5),
+            path_timeout: Duration::from_millis(700),
+            hold_down: Duration::from_secs(3),
+            signal_retry: Duration::from_millis(150),
             handshake_retry: Duration::from_secs(1),
             rekey_after: Duration::from_secs(120),
         }
@@ -90,9 +133,9 @@ impl ClientConfig {
 /// Liveness of a path as the probes see it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum PathState {
-    /// An authenticated packet arrived on it within `path_timeout`.
+    /// Its probes are answered.
     Up,
-    /// Nothing authenticated arrived for `path_timeout`, or nothing yet.
+    /// A probe went unanswered for `path_timeout`, or nothing arrived on it yet.
     Down,
 }
 
@@ -131,6 +174,10 @@ pub enum Event {
 struct Path {
     id: PathId,
     state: PathState,
+    /// When it last became Up.
+    up_since: Option<Instant>,
+    /// When the oldest probe not followed by any authenticated packet on this path was sent.
+    unanswered_since: Option<Instant>,
     last_rx: Option<Instant>,
     next_probe: Instant,
     next_seq: u32,
@@ -147,6 +194,8 @@ impl Path {
         Path {
             id,
             state: PathState::Down,
+            up_since: None,
+            unanswered_since: None,
             last_rx: None,
             next_probe: now,
             next_seq: 0,
@@ -212,6 +261,38 @@ enum Queued {
         path: PathId,
         data: [u8; CHALLENGE_LEN],
     },
+    /// The pending signal with this sequence number (skipped if acked meanwhile).
+    Signal(u64),
+}
+
+/// What a signal says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SignalBody {
+    PathStatus { path: PathId, down: bool },
+    FlowMove { path: PathId, flow: FlowKey },
+}
+
+/// A signal waiting for its ack.
+#[derive(Clone, Copy, Debug)]
+struct Signal {
+    seq: u64,
+    body: SignalBody,
+    next_send: Instant,
+    retry: Duration,
+    sends: u32,
+}
+
+impl SignalBody {
+    /// Whether `self`, sent later, makes `older` pointless.
+    fn supersedes(&self, older: &SignalBody) -> bool {
+        match (self, older) {
+            (SignalBody::PathStatus { path: a, .. }, SignalBody::PathStatus { path: b, .. }) => {
+                a == b
+            }
+            (SignalBody::FlowMove { flow: a, .. }, SignalBody::FlowMove { flow: b, .. }) => a == b,
+            _ => false,
+        }
+    }
 }
 
 /// The mobile host's protocol core. See the crate docs for the calling order.
@@ -237,6 +318,25 @@ pub struct Client {
     queue: VecDeque<Queued>,
     events: VecDeque<Event>,
     drops: DropCounters,
+    /// Signals not acked yet, oldest first.
+    signals: VecDeque<Signal>,
+    last_signal_seq: u64,
+    /// The last data packet sent or received.
+    last_activity: Option<Instant>,
+    signal_stats: SignalStats,
+}
+
+/// Counters of the client's signalling.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SignalStats {
+    /// Signals created.
+    pub created: u64,
+    /// Signal datagrams sent (first sends and resends).
+    pub sent: u64,
+    /// Signals acked.
+    pub acked: u64,
+    /// Signals given up because the pending list was full.
+    pub abandoned: u64,
 }
 
 impl Client {
@@ -263,6 +363,10 @@ impl Client {
             queue: VecDeque::with_capacity(MAX_QUEUED_TRANSMITS),
             events: VecDeque::with_capacity(MAX_EVENTS),
             drops: DropCounters::default(),
+            signals: VecDeque::with_capacity(MAX_PENDING_SIGNALS),
+            last_signal_seq: 0,
+            last_activity: None,
+            signal_stats: SignalStats::default(),
         }
     }
 
@@ -284,6 +388,7 @@ impl Client {
         let p = self.paths.remove(i);
         if p.state == PathState::Up {
             self.push_event(Event::PathDown(path));
+            self.signal(SignalBody::PathStatus { path, down: true }, now);
         }
         if let Some(pending) = &self.pending
             && pending.path == path
@@ -340,6 +445,7 @@ impl Client {
                     if !matches!(plain.first().map(|b| b >> 4), Some(4 | 6)) {
                         return Err(DropReason::NotIp);
                     }
+                    self.note_activity(now);
                     return Ok(Some(range));
                 }
                 match ControlMessage::parse(plain)? {
@@ -358,8 +464,16 @@ impl Client {
                     ControlMessage::PathChallenge { data } => {
                         self.push_transmit(Queued::PathResponse { path, data })?;
                     }
-                    // The client never challenges.
-                    ControlMessage::PathResponse { .. } => {}
+                    ControlMessage::SignalAck { seq } => {
+                        if let Some(i) = self.signals.iter().position(|s| s.seq == seq) {
+                            self.signals.remove(i);
+                            self.signal_stats.acked += 1;
+                        }
+                    }
+                    // The client never challenges and is never signalled.
+                    ControlMessage::PathResponse { .. }
+                    | ControlMessage::PathStatus { .. }
+                    | ControlMessage::FlowMove { .. } => {}
                 }
                 Ok(None)
             }
@@ -447,12 +561,135 @@ impl Client {
         self.last_rx = Some(now);
         if let Some(p) = self.path_mut(path) {
             p.last_rx = Some(now);
+            p.unanswered_since = None;
             p.rx_packets += 1;
             if p.state == PathState::Down {
                 p.state = PathState::Up;
+                p.up_since = Some(now);
                 self.push_event(Event::PathUp(path));
+                self.signal(SignalBody::PathStatus { path, down: false }, now);
             }
         }
+    }
+
+    /// Data went through: probe every path at the active pace from now on.
+    fn note_activity(&mut self, now: Instant) {
+        let was_active = self
+            .last_activity
+            .is_some_and(|t| now.saturating_duration_since(t) < self.config.active_window);
+        self.last_activity = Some(now);
+        if !was_active {
+            let soon = now + self.config.probe_interval;
+            for p in &mut self.paths {
+                p.next_probe = p.next_probe.min(soon);
+            }
+        }
+    }
+
+    fn is_active(&self, now: Instant) -> bool {
+        self.last_activity
+            .is_some_and(|t| now.saturating_duration_since(t) < self.config.active_window)
+    }
+
+    /// Queues a reliable signal, replacing a pending one it makes pointless.
+    fn signal(&mut self, body: SignalBody, now: Instant) {
+        let elapsed = u64::try_from((now - self.created).as_micros()).unwrap_or(u64::MAX);
+        let seq = (self.unix_nanos_at_created / 1000)
+            .saturating_add(elapsed)
+            .max(self.last_signal_seq.saturating_add(1));
+        self.last_signal_seq = seq;
+        self.signals.retain(|s| !body.supersedes(&s.body));
+        if self.signals.len() >= MAX_PENDING_SIGNALS {
+            self.signals.pop_front();
+            self.signal_stats.abandoned += 1;
+        }
+        self.signals.push_back(Signal {
+            seq,
+            body,
+            next_send: now,
+            retry: self.config.signal_retry,
+            sends: 0,
+        });
+        self.signal_stats.created += 1;
+        self.send_due_signals(now);
+    }
+
+    /// Queues every signal whose send time came, and schedules its resend.
+    fn send_due_signals(&mut self, now: Instant) {
+        if self.current.is_none() {
+            return;
+        }
+        for i in 0..self.signals.len() {
+            let s = &mut self.signals[i];
+            if s.next_send > now {
+                continue;
+            }
+            s.next_send = now + s.retry;
+            s.retry = (s.retry * 2).min(MAX_SIGNAL_RETRY);
+            let seq = s.seq;
+            // A full queue only delays this send to the next retry.
+            let _ = self.push_transmit(Queued::Signal(seq));
+        }
+    }
+
+    /// Moves flows to `path`: the anchor sends their downlink there once it has the (acked,
+    /// retransmitted) signal. The driver still chooses the uplink path of each packet.
+    pub fn move_flows(&mut self, flows: &[FlowKey], path: PathId, now: Instant) {
+        for flow in flows {
+            self.signal(SignalBody::FlowMove { path, flow: *flow }, now);
+        }
+    }
+
+    /// Whether the driver should put traffic on `path` now: it is Up, and it has been Up for
+    /// `hold_down` unless no other path has (see the module docs).
+    pub fn path_usable(&self, path: PathId, now: Instant) -> bool {
+        let settled = |p: &Path| {
+            p.state == PathState::Up
+                && p.up_since
+                    .is_some_and(|t| now.saturating_duration_since(t) >= self.config.hold_down)
+        };
+        let Some(p) = self.path(path) else {
+            return false;
+        };
+        p.state == PathState::Up
+            && (settled(p) || !self.paths.iter().any(|o| o.id != path && settled(o)))
+    }
+
+    /// Signals not acked yet.
+    pub fn pending_signals(&self) -> usize {
+        self.signals.len()
+    }
+
+    /// Counters of the signalling.
+    pub fn signal_stats(&self) -> SignalStats {
+        self.signal_stats
+    }
+
+    /// The path a signal goes on: the wanted one when Up, else one of the Up paths (rotating
+    /// with `sends`, so a path that silently died is not the only one tried), else any.
+    fn signal_path(&self, body: &SignalBody, sends: u32) -> Option<PathId> {
+        let (wanted, avoid) = match *body {
+            SignalBody::PathStatus { path, down: true } => (None, Some(path)),
+            SignalBody::PathStatus { path, down: false } => (Some(path), None),
+            SignalBody::FlowMove { path, .. } => (Some(path), None),
+        };
+        if let Some(w) = wanted
+            && self.path(w).is_some_and(|p| p.state == PathState::Up)
+            && sends.is_multiple_of(2)
+        {
+            return Some(w);
+        }
+        let candidates = || {
+            self.paths
+                .iter()
+                .filter(move |p| Some(p.id) != avoid && p.state == PathState::Up)
+        };
+        let n = candidates().count();
+        if n > 0 {
+            return candidates().nth(sends as usize % n).map(|p| p.id);
+        }
+        let n = self.paths.len();
+        (n > 0).then(|| self.paths[sends as usize % n].id)
     }
 
     /// `buf[HEADER_LEN..HEADER_LEN + len]` holds an inner IP packet and `buf` has at least
@@ -464,13 +701,13 @@ impl Client {
         len: usize,
         now: Instant,
     ) -> Result<usize, DropReason> {
-        let _ = now;
         let r = self.encapsulate_inner(path, buf, len);
         match r {
             Ok(_) => {
                 if let Some(p) = self.path_mut(path) {
                     p.tx_packets += 1;
                 }
+                self.note_activity(now);
             }
             Err(reason) => self.drops.add(reason),
         }
@@ -532,6 +769,22 @@ impl Client {
                 (path, ControlMessage::ProbeAck { seq, echo_us })
             }
             Queued::PathResponse { path, data } => (path, ControlMessage::PathResponse { data }),
+            Queued::Signal(seq) => {
+                let i = self.signals.iter().position(|s| s.seq == seq)?;
+                let s = self.signals[i];
+                let path = self.signal_path(&s.body, s.sends)?;
+                self.signals[i].sends += 1;
+                self.signal_stats.sent += 1;
+                let msg = match s.body {
+                    SignalBody::PathStatus { path, down } => {
+                        ControlMessage::PathStatus { seq, path, down }
+                    }
+                    SignalBody::FlowMove { path, flow } => {
+                        ControlMessage::FlowMove { seq, path, flow }
+                    }
+                };
+                (path, msg)
+            }
         };
         let keys = self.current.as_mut()?;
         let body = buf.get_mut(HEADER_LEN..HEADER_LEN + msg.buffer_len() + TAG_LEN)?;
@@ -562,19 +815,26 @@ impl Client {
             if self.pending.is_none() {
                 consider(keys.created + self.config.rekey_after, "rekey");
                 if let Some(rx) = self.last_rx
-                    && !self.paths.is_empty()
+                    && self.all_paths_down()
                 {
                     consider(rx + self.config.path_timeout, "session silent");
                 }
             }
             for p in &self.paths {
                 consider(p.next_probe, "probe");
-                if let (PathState::Up, Some(rx)) = (p.state, p.last_rx) {
-                    consider(rx + self.config.path_timeout, "path timeout");
+                if let (PathState::Up, Some(t)) = (p.state, p.unanswered_since) {
+                    consider(t + self.config.path_timeout, "path timeout");
                 }
+            }
+            if let Some(t) = self.signals.iter().map(|s| s.next_send).min() {
+                consider(t, "signal retry");
             }
         }
         best
+    }
+
+    fn all_paths_down(&self) -> bool {
+        !self.paths.is_empty() && self.paths.iter().all(|p| p.state == PathState::Down)
     }
 
     /// Runs the timers due at `now`.
@@ -582,12 +842,20 @@ impl Client {
         let path_timeout = self.config.path_timeout;
         for i in 0..self.paths.len() {
             let p = &mut self.paths[i];
-            if let (PathState::Up, Some(rx)) = (p.state, p.last_rx)
-                && now >= rx + path_timeout
+            if let (PathState::Up, Some(t)) = (p.state, p.unanswered_since)
+                && now >= t + path_timeout
             {
                 p.state = PathState::Down;
+                p.up_since = None;
                 let id = p.id;
                 self.push_event(Event::PathDown(id));
+                self.signal(
+                    SignalBody::PathStatus {
+                        path: id,
+                        down: true,
+                    },
+                    now,
+                );
             }
         }
         if let Some(p) = &self.pending
@@ -600,8 +868,9 @@ impl Client {
         if self.pending.is_none()
             && let Some(keys) = &self.current
         {
-            let silent = self.last_rx.is_some_and(|rx| now >= rx + path_timeout);
-            if silent && !self.paths.is_empty() {
+            let silent =
+                self.all_paths_down() && self.last_rx.is_some_and(|rx| now >= rx + path_timeout);
+            if silent {
                 if self.connected {
                     self.connected = false;
                     self.push_event(Event::Disconnected);
@@ -612,14 +881,28 @@ impl Client {
             }
         }
         if self.current.is_some() {
-            let interval = self.config.probe_interval;
+            let active = self.is_active(now);
             for i in 0..self.paths.len() {
-                if now >= self.paths[i].next_probe {
-                    self.paths[i].next_probe = now + interval;
-                    let id = self.paths[i].id;
-                    let _ = self.push_transmit(Queued::Probe(id));
+                let p = &mut self.paths[i];
+                if now < p.next_probe {
+                    continue;
                 }
+                let outstanding = p.unanswered_since.is_some();
+                if !outstanding {
+                    p.unanswered_since = Some(now);
+                }
+                // Unanswered probes are repeated at the fast pace: one lost keepalive is not a
+                // dead path, three unanswered probes are.
+                let interval = match p.state {
+                    PathState::Down => self.config.down_probe_interval,
+                    PathState::Up if active || outstanding => self.config.probe_interval,
+                    PathState::Up => self.config.keepalive,
+                };
+                p.next_probe = now + interval;
+                let id = p.id;
+                let _ = self.push_transmit(Queued::Probe(id));
             }
+            self.send_due_signals(now);
         }
     }
 

@@ -3,8 +3,16 @@
 //! Layout: `type u8` then the fields, big-endian. Only parsing and emitting live here; the
 //! cores decide when to send them. Unknown types decode to `Err(UnknownControl)` so that a newer
 //! peer's messages are dropped and counted, not misread.
+//!
+//! Signalling (`PathStatus`, `FlowMove`) is reliable: the client numbers each message with a
+//! sequence number that only grows, also across client restarts (it is derived from the unix
+//! clock), resends it until a `SignalAck` with that number comes back, and the anchor applies a
+//! message only when it is newer than what it already applied to the same path or flow, so
+//! duplicates and reordering are harmless. The anchor acks every authenticated signal, applied
+//! or not, since the first ack may have been lost.
 
-use crate::DropReason;
+use crate::{DropReason, PathId};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Type byte of [`ControlMessage::Probe`].
 pub const TYPE_PROBE: u8 = 1;
@@ -18,8 +26,34 @@ pub const TYPE_PATH_RESPONSE: u8 = 4;
 /// Length of the unpredictable payload of a path challenge.
 pub const CHALLENGE_LEN: usize = 8;
 
-/// The longest control message this version emits.
-pub const MAX_LEN: usize = 13;
+/// Type byte of [`ControlMessage::PathStatus`].
+pub const TYPE_PATH_STATUS: u8 = 5;
+/// Type byte of [`ControlMessage::FlowMove`].
+pub const TYPE_FLOW_MOVE: u8 = 6;
+/// Type byte of [`ControlMessage::SignalAck`].
+pub const TYPE_SIGNAL_ACK: u8 = 7;
+
+/// The longest control message this version emits (a `FlowMove`).
+pub const MAX_LEN: usize = FLOW_MOVE_LEN;
+const PATH_STATUS_LEN: usize = 1 + 8 + 1 + 1;
+/// `type`, `seq u64`, `path u8`, `protocol u8`, `local_port u16`, `remote_port u16`,
+/// `family u8` (4 or 6), `remote [u8; 16]` (IPv4 in the first 4 bytes, the rest zero).
+const FLOW_MOVE_LEN: usize = 1 + 8 + 1 + 1 + 2 + 2 + 1 + 16;
+const SIGNAL_ACK_LEN: usize = 1 + 8;
+
+/// A flow as the anchor sees it on the mobile host's side: protocol, the remote address and
+/// port, and the mobile host's local port (its virtual address is implied by the session).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    /// IP protocol number (6 TCP, 17 UDP, ...).
+    pub protocol: u8,
+    /// The correspondent's address.
+    pub remote: IpAddr,
+    /// The correspondent's port (0 for protocols without ports).
+    pub remote_port: u16,
+    /// The mobile host's port (0 for protocols without ports).
+    pub local_port: u16,
+}
 
 /// One control message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -49,6 +83,41 @@ pub enum ControlMessage {
         /// The challenge's bytes.
         data: [u8; CHALLENGE_LEN],
     },
+    /// Client to anchor: a path went down (do not send on it) or came back.
+    PathStatus {
+        /// Signalling sequence number (see the module docs).
+        seq: u64,
+        /// The path concerned (not necessarily the one the message travels on).
+        path: PathId,
+        /// True: the path is gone; false: usable again.
+        down: bool,
+    },
+    /// Client to anchor: send this flow's downlink on `path` from now on.
+    FlowMove {
+        /// Signalling sequence number (see the module docs).
+        seq: u64,
+        /// The flow's new path.
+        path: PathId,
+        /// The flow.
+        flow: FlowKey,
+    },
+    /// Anchor to client: the signal numbered `seq` arrived.
+    SignalAck {
+        /// The acknowledged sequence number.
+        seq: u64,
+    },
+}
+
+fn u64_at(b: &[u8], at: usize) -> Result<u64, DropReason> {
+    let mut t = [0u8; 8];
+    t.copy_from_slice(b.get(at..at + 8).ok_or(DropReason::Truncated)?);
+    Ok(u64::from_be_bytes(t))
+}
+
+fn u16_at(b: &[u8], at: usize) -> Result<u16, DropReason> {
+    let mut t = [0u8; 2];
+    t.copy_from_slice(b.get(at..at + 2).ok_or(DropReason::Truncated)?);
+    Ok(u16::from_be_bytes(t))
 }
 
 impl ControlMessage {
@@ -59,6 +128,9 @@ impl ControlMessage {
             ControlMessage::PathChallenge { .. } | ControlMessage::PathResponse { .. } => {
                 1 + CHALLENGE_LEN
             }
+            ControlMessage::PathStatus { .. } => PATH_STATUS_LEN,
+            ControlMessage::FlowMove { .. } => FLOW_MOVE_LEN,
+            ControlMessage::SignalAck { .. } => SIGNAL_ACK_LEN,
         }
     }
 
@@ -90,6 +162,40 @@ impl ControlMessage {
                     ControlMessage::PathResponse { data }
                 })
             }
+            TYPE_PATH_STATUS => {
+                let seq = u64_at(b, 1)?;
+                let (&path, &down) = b.get(9).zip(b.get(10)).ok_or(DropReason::Truncated)?;
+                Ok(ControlMessage::PathStatus {
+                    seq,
+                    path: PathId(path),
+                    down: down != 0,
+                })
+            }
+            TYPE_FLOW_MOVE => {
+                let b = b.get(..FLOW_MOVE_LEN).ok_or(DropReason::Truncated)?;
+                let seq = u64_at(b, 1)?;
+                let (path, protocol) = (b[9], b[10]);
+                let local_port = u16_at(b, 11)?;
+                let remote_port = u16_at(b, 13)?;
+                let mut a = [0u8; 16];
+                a.copy_from_slice(&b[16..32]);
+                let remote = match b[15] {
+                    4 => IpAddr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3])),
+                    6 => IpAddr::V6(Ipv6Addr::from(a)),
+                    _ => return Err(DropReason::UnknownControl),
+                };
+                Ok(ControlMessage::FlowMove {
+                    seq,
+                    path: PathId(path),
+                    flow: FlowKey {
+                        protocol,
+                        remote,
+                        remote_port,
+                        local_port,
+                    },
+                })
+            }
+            TYPE_SIGNAL_ACK => Ok(ControlMessage::SignalAck { seq: u64_at(b, 1)? }),
             _ => Err(DropReason::UnknownControl),
         }
     }
@@ -99,6 +205,38 @@ impl ControlMessage {
         let len = self.buffer_len();
         let b = b.get_mut(..len).ok_or(DropReason::TooBig)?;
         let (ty, seq, us) = match *self {
+            ControlMessage::PathStatus { seq, path, down } => {
+                b[0] = TYPE_PATH_STATUS;
+                b[1..9].copy_from_slice(&seq.to_be_bytes());
+                b[9] = path.0;
+                b[10] = u8::from(down);
+                return Ok(len);
+            }
+            ControlMessage::FlowMove { seq, path, flow } => {
+                b[0] = TYPE_FLOW_MOVE;
+                b[1..9].copy_from_slice(&seq.to_be_bytes());
+                b[9] = path.0;
+                b[10] = flow.protocol;
+                b[11..13].copy_from_slice(&flow.local_port.to_be_bytes());
+                b[13..15].copy_from_slice(&flow.remote_port.to_be_bytes());
+                b[16..32].fill(0);
+                match flow.remote {
+                    IpAddr::V4(a) => {
+                        b[15] = 4;
+                        b[16..20].copy_from_slice(&a.octets());
+                    }
+                    IpAddr::V6(a) => {
+                        b[15] = 6;
+                        b[16..32].copy_from_slice(&a.octets());
+                    }
+                }
+                return Ok(len);
+            }
+            ControlMessage::SignalAck { seq } => {
+                b[0] = TYPE_SIGNAL_ACK;
+                b[1..9].copy_from_slice(&seq.to_be_bytes());
+                return Ok(len);
+            }
             ControlMessage::Probe { seq, sent_us } => (TYPE_PROBE, seq, sent_us),
             ControlMessage::ProbeAck { seq, echo_us } => (TYPE_PROBE_ACK, seq, echo_us),
             ControlMessage::PathChallenge { data } | ControlMessage::PathResponse { data } => {
@@ -124,6 +262,31 @@ mod tests {
     use proptest::prelude::*;
 
     #[test]
+    fn a_flow_move_with_an_unknown_address_family_is_refused() {
+        let m = ControlMessage::FlowMove {
+            seq: 7,
+            path: PathId(1),
+            flow: FlowKey {
+                protocol: 6,
+                remote: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
+                remote_port: 443,
+                local_port: 40000,
+            },
+        };
+        let mut b = [0u8; MAX_LEN];
+        let n = m.emit(&mut b).unwrap();
+        assert_eq!(
+            ControlMessage::parse(&b[..n - 1]),
+            Err(DropReason::Truncated)
+        );
+        b[15] = 5;
+        assert_eq!(
+            ControlMessage::parse(&b[..n]),
+            Err(DropReason::UnknownControl)
+        );
+    }
+
+    #[test]
     fn unknown_type_is_reported_as_unknown_control() {
         assert_eq!(
             ControlMessage::parse(&[9, 0, 0]),
@@ -144,6 +307,39 @@ mod tests {
                 .prop_map(|(seq, echo_us)| ControlMessage::ProbeAck { seq, echo_us }),
             any::<[u8; CHALLENGE_LEN]>().prop_map(|data| ControlMessage::PathChallenge { data }),
             any::<[u8; CHALLENGE_LEN]>().prop_map(|data| ControlMessage::PathResponse { data }),
+            (any::<u64>(), any::<u8>(), any::<bool>()).prop_map(|(seq, p, down)| {
+                ControlMessage::PathStatus {
+                    seq,
+                    path: PathId(p),
+                    down,
+                }
+            }),
+            (
+                any::<u64>(),
+                any::<u8>(),
+                any::<u8>(),
+                any::<u16>(),
+                any::<u16>(),
+                any::<bool>(),
+                any::<[u8; 16]>()
+            )
+                .prop_map(|(seq, p, protocol, lp, rp, v6, a)| {
+                    ControlMessage::FlowMove {
+                        seq,
+                        path: PathId(p),
+                        flow: FlowKey {
+                            protocol,
+                            remote: if v6 {
+                                IpAddr::V6(Ipv6Addr::from(a))
+                            } else {
+                                IpAddr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3]))
+                            },
+                            remote_port: rp,
+                            local_port: lp,
+                        },
+                    }
+                }),
+            any::<u64>().prop_map(|seq| ControlMessage::SignalAck { seq }),
         ]
     }
 

@@ -256,8 +256,9 @@ fn an_unknown_flow_goes_down_the_path_that_last_carried_traffic() {
 }
 
 #[test]
-fn a_silent_path_is_marked_down_and_comes_back_up() {
-    let mut pair = connected_pair(&[10, 30]);
+fn a_silent_idle_path_is_marked_down_within_a_keepalive_and_comes_back_up() {
+    let mut pair = Pair::new(&[10, 30], |c| c.keepalive = Duration::from_secs(2));
+    pair.run_for(Duration::from_secs(1));
     pair.run_for(Duration::from_secs(2));
     assert_eq!(pair.client.path_stats(P1).unwrap().state, PathState::Up);
     pair.links[1].blackholed = true;
@@ -330,7 +331,9 @@ fn anchor_restart_makes_the_client_rehandshake_and_traffic_resumes() {
 
 #[test]
 fn an_idle_session_expires_at_the_anchor() {
-    let mut pair = connected_pair(&[10]);
+    // Keepalives more often than the anchor's (shortened) session timeout.
+    let mut pair = Pair::new(&[10], |c| c.keepalive = Duration::from_secs(2));
+    pair.run_for(Duration::from_secs(1));
     let mut cfg = anchor_config(&pair.an_secret, &pair.mh_secret);
     cfg.session_timeout = Duration::from_secs(5);
     pair.anchor = Anchor::new(cfg, pair.now);

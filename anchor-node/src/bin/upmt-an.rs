@@ -150,7 +150,11 @@ async fn serve(config: Config, nft: PathBuf) -> Result<()> {
         egress: config.egress.clone(),
         subnet: config.subnet,
         subnet6: config.subnet6,
+        dns: config.dns,
     };
+    if let Some(dns) = config.dns {
+        tracing::info!(%dns, "tunnelled DNS is redirected to this resolver");
+    }
     if nat::NatGuard::exists(&nft, &spec.table())? {
         tracing::warn!(table = %spec.table(), "replacing a stale nftables table from an earlier run");
     }
