@@ -39,8 +39,12 @@ pub struct DeployOptions {
     pub mh_extra: String,
     /// Extra lines appended to the AN's config (before its `[[peer]]` table).
     pub an_extra: String,
+    /// More `[[peer]]` tables appended after the AN's own (e.g. a load generator's peer).
+    pub an_extra_peers: String,
     /// `RUST_LOG` for both daemons.
     pub log: String,
+    /// A policy file for the MH, written as `policy.toml` next to its config and named by it.
+    pub mh_policy: Option<String>,
 }
 
 impl Default for DeployOptions {
@@ -52,7 +56,9 @@ impl Default for DeployOptions {
             ],
             mh_extra: String::new(),
             an_extra: String::new(),
+            an_extra_peers: String::new(),
             log: "info,upmt=debug".to_owned(),
+            mh_policy: None,
         }
     }
 }
@@ -89,11 +95,16 @@ impl<'a> Deployment<'a> {
              subnet = \"10.77.0.0/24\"\nsubnet6 = \"fd77::/64\"\negress = \"eth0\"\n\
              metrics = \"{AN_METRICS}\"\n{}\n\
              [[peer]]\nname = \"phone\"\npublic_key = \"{}\"\naddress = \"{MH_VIRTUAL_V4}\"\n\
-             address6 = \"fd77::2\"\n",
+             address6 = \"fd77::2\"\n{}",
             options.an_extra,
             mh_secret.public_key(),
+            options.an_extra_peers,
         );
         let mut mh_toml = String::new();
+        if let Some(policy) = &options.mh_policy {
+            write_private(&dir.join("policy.toml"), policy)?;
+            mh_toml.push_str("policy = \"policy.toml\"\n");
+        }
         let _ = write!(
             mh_toml,
             "anchor = \"{AN_V4}:{AN_PORT}\"\nanchor_public_key = \"{}\"\nprivate_key = \"{mh_secret}\"\n\
@@ -183,6 +194,44 @@ impl<'a> Deployment<'a> {
                 self.mh.log()
             )));
         }
+        Ok(())
+    }
+
+    /// Stops `upmt-an` with SIGTERM (it removes its nft table and TUN) and starts a new one with
+    /// the same config, as an operator restarting the daemon would; returns once the new one
+    /// has its TUN. The kernel's conntrack/NAT state is not touched. The old process's log
+    /// stays in the lab's log directory.
+    pub fn restart_an(&mut self, log: &str) -> Result<()> {
+        let lab = self.lab;
+        self.an.signal(libc::SIGTERM);
+        if self.an.wait_with_timeout(Duration::from_secs(10)).is_none() {
+            return Err(LabError::Deploy(format!(
+                "upmt-an did not stop on SIGTERM
+{}",
+                self.an.log()
+            )));
+        }
+        let an = lab
+            .an()
+            .command(&[
+                bin_path("upmt-an")?.as_os_str(),
+                "run".as_ref(),
+                "--config".as_ref(),
+                self.an_config.as_os_str(),
+            ])
+            .env("RUST_LOG", log)
+            .label("upmt-an-restarted")
+            .spawn()?;
+        wait_for("the restarted upmt-an's TUN", Duration::from_secs(10), || {
+            lab.an().run(&["ip", "link", "show", "dev", AN_TUN]).is_ok() || !an.is_running()
+        })?;
+        if !an.is_running() {
+            return Err(LabError::Deploy(format!(
+                "the restarted upmt-an exited at start:\n{}",
+                an.log()
+            )));
+        }
+        self.an = an;
         Ok(())
     }
 

@@ -1,0 +1,202 @@
+//! Benchmark: new-flow classification latency (sock_diag + /proc lookup) on a busy machine.
+//!
+//! Run as root: `cargo run --release -p upmt-mobile-host --example classify_bench [PROCS]
+//! [SOCKETS] [FLOWS]` (defaults 1000, 10, 300). It makes a throwaway network namespace, moves
+//! itself in (single-threaded, before any thread exists), forks PROCS sleeping children with
+//! SOCKETS UDP sockets each (they die with the benchmark: PR_SET_PDEATHSIG, and are killed and
+//! reaped at the end), then FLOWS times asks a random child, through a shared pipe, to open one
+//! more socket (a fresh flow of a long-running app) and times the owner lookup of that
+//! flow, as the daemon's worker does it with warm caches. Prints p50/p90/p99/max; asserts
+//! nothing about time, only that every lookup found the right process.
+
+use std::io::{Read as _, Write as _};
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::{AsRawFd as _, FromRawFd as _};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use upmt_mobile_host::appid::{Resolver, ResolverConfig, Source};
+use upmt_paft::{FlowKey, proto};
+
+struct Netns(String);
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+fn udp_socket(connect_to: Option<u16>) -> Option<(i32, u16)> {
+    // SAFETY: plain socket calls on a fresh descriptor; the sockaddr is fully initialised.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+        if fd < 0 {
+            return None;
+        }
+        let mut a: libc::sockaddr_in = std::mem::zeroed();
+        a.sin_family = libc::AF_INET as libc::sa_family_t;
+        a.sin_addr.s_addr = u32::from(Ipv4Addr::LOCALHOST).to_be();
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        if libc::bind(fd, (&raw const a).cast(), len) != 0 {
+            return None;
+        }
+        if let Some(port) = connect_to {
+            a.sin_addr.s_addr = u32::from(Ipv4Addr::new(127, 0, 0, 2)).to_be();
+            a.sin_port = port.to_be();
+            libc::connect(fd, (&raw const a).cast(), len);
+        }
+        let mut got: libc::sockaddr_in = std::mem::zeroed();
+        let mut l = len;
+        libc::getsockname(fd, (&raw mut got).cast(), &mut l);
+        Some((fd, u16::from_be(got.sin_port)))
+    }
+}
+
+/// The child: SOCKETS idle sockets, then on each request byte one more connected socket,
+/// answered as (pid, port). Never returns.
+fn child(sockets: usize, requests: i32, answers: i32) -> ! {
+    // SAFETY: async-signal-safe calls only (the parent is single-threaded at fork anyway).
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        for _ in 0..sockets {
+            udp_socket(None);
+        }
+        let pid = libc::getpid() as u32;
+        let mut b = [0u8; 1];
+        loop {
+            if libc::read(requests, b.as_mut_ptr().cast(), 1) != 1 {
+                libc::_exit(0);
+            }
+            let port = udp_socket(Some(9)).map_or(0, |(_, p)| p);
+            let mut msg = [0u8; 8];
+            msg[..4].copy_from_slice(&pid.to_ne_bytes());
+            msg[4..6].copy_from_slice(&port.to_ne_bytes());
+            libc::write(answers, msg.as_ptr().cast(), msg.len());
+        }
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn main() {
+    let arg = |i: usize, d: usize| {
+        std::env::args()
+            .nth(i)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(d)
+    };
+    let (procs, sockets, flows) = (arg(1, 1000).min(4000), arg(2, 10).min(50), arg(3, 300));
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("classify_bench needs root (network namespace, /proc of every process)");
+        std::process::exit(2);
+    }
+    let ns = Netns(format!("upmt-bench-{}", std::process::id()));
+    assert!(
+        Command::new("ip")
+            .args(["netns", "add", &ns.0])
+            .status()
+            .expect("ip")
+            .success()
+    );
+    assert!(
+        Command::new("ip")
+            .args(["-n", &ns.0, "link", "set", "lo", "up"])
+            .status()
+            .expect("ip")
+            .success()
+    );
+    let f = std::fs::File::open(format!("/run/netns/{}", ns.0)).expect("netns");
+    // SAFETY: a valid netns fd; this program has a single thread here.
+    assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+    // SAFETY: rlimit struct fully initialised.
+    unsafe {
+        let lim = libc::rlimit {
+            rlim_cur: 65_536,
+            rlim_max: 65_536,
+        };
+        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+    }
+
+    let mut req = [0i32; 2];
+    let mut ans = [0i32; 2];
+    // SAFETY: valid arrays of two fds.
+    unsafe {
+        assert_eq!(libc::pipe(req.as_mut_ptr()), 0);
+        assert_eq!(libc::pipe(ans.as_mut_ptr()), 0);
+    }
+    let mut children = Vec::with_capacity(procs);
+    let started = Instant::now();
+    for _ in 0..procs {
+        // SAFETY: single-threaded; the child only makes async-signal-safe calls.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            child(sockets, req[0], ans[1]);
+        }
+        assert!(pid > 0, "fork failed after {} children", children.len());
+        children.push(pid);
+    }
+    // Let the children open their sockets.
+    std::thread::sleep(Duration::from_millis(500));
+    println!(
+        "{procs} processes with {sockets} sockets each forked in {:?}",
+        started.elapsed()
+    );
+
+    // SAFETY: the fds are ours; File takes ownership of one end each.
+    let mut requests = unsafe { std::fs::File::from_raw_fd(req[1]) };
+    let mut answers = unsafe { std::fs::File::from_raw_fd(ans[0]) };
+    let mut resolver = Resolver::new(&ResolverConfig::default()).expect("sock_diag");
+    let mut times = Vec::with_capacity(flows);
+    let mut wrong = 0;
+    // The first lookup fills the caches with every process (as a daemon's first flows do).
+    for i in 0..=flows {
+        requests.write_all(&[1]).expect("request");
+        let mut msg = [0u8; 8];
+        answers.read_exact(&mut msg).expect("answer");
+        let pid = u32::from_ne_bytes([msg[0], msg[1], msg[2], msg[3]]);
+        let port = u16::from_ne_bytes([msg[4], msg[5]]);
+        let key = FlowKey {
+            proto: proto::UDP,
+            src: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            dst: IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)),
+            sport: port,
+            dport: 9,
+        };
+        let t = Instant::now();
+        let owner = resolver.lookup(&key);
+        let took = t.elapsed();
+        if owner.pid != Some(pid) || owner.source != Source::Process {
+            wrong += 1;
+        }
+        if i > 0 {
+            times.push(took);
+        } else {
+            println!("first lookup (cold caches): {took:?}");
+        }
+    }
+    times.sort_unstable();
+    let stats = resolver.proc_stats();
+    println!(
+        "new-flow owner lookup over {flows} fresh flows: p50 {:?}  p90 {:?}  p99 {:?}  max {:?}",
+        percentile(&times, 0.5),
+        percentile(&times, 0.9),
+        percentile(&times, 0.99),
+        times.last().copied().unwrap_or_default()
+    );
+    println!(
+        "cache: {} hits, {} recent-owner hits, {} full scans, {} invalidated; wrong owners: {wrong}",
+        stats.cache_hits, stats.recent_hits, stats.full_scans, stats.invalidated
+    );
+    for pid in children {
+        // SAFETY: our own children, by pid.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+            libc::waitpid(pid, std::ptr::null_mut(), 0);
+        }
+    }
+    assert_eq!(wrong, 0, "some lookups named the wrong process");
+}

@@ -1,0 +1,207 @@
+//! End to end, per application: real `upmt-an` and `upmt-mh` in the lab, with a policy, and
+//! real programs started under chosen app names (`exec -a com.example.video curl ...`). The
+//! interface counters of the MH's two uplinks prove which tunnel carried each app's bytes;
+//! sha256 proves the bytes. Needs root; each test builds its own lab.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use upmt_tests::topology::{MH_CELL_IF, MH_WIFI_IF, RWIFI_WAN_V4};
+use upmt_tests::{
+    BIG_FILE_SIZE, DeployOptions, Deployment, Family, Lab, LinkCounters, sha256_file,
+};
+
+const POLICY: &str = r#"version = 1
+
+[[rule]]
+app = "com.example.video"
+uplinks = ["wifi"]
+
+[[rule]]
+app = "com.example.store"
+uplinks = ["cell"]
+
+[[rule]]
+uid = 4242
+action = "bypass"
+
+[default]
+uplinks = ["wifi"]
+when_none = "any"
+"#;
+
+fn lab(name: &str) -> Lab {
+    Lab::new(name).unwrap_or_else(|e| panic!("building the lab for {name}: {e}"))
+}
+
+fn deploy(lab: &Lab) -> Deployment<'_> {
+    let options = DeployOptions {
+        mh_policy: Some(POLICY.to_owned()),
+        ..DeployOptions::default()
+    };
+    Deployment::start(lab, &options).unwrap_or_else(|e| panic!("deploying upmt: {e}"))
+}
+
+fn counters(lab: &Lab) -> (LinkCounters, LinkCounters) {
+    (
+        lab.mh().link_counters(MH_WIFI_IF).expect("wifi counters"),
+        lab.mh().link_counters(MH_CELL_IF).expect("cell counters"),
+    )
+}
+
+#[test]
+fn two_apps_download_at_once_one_over_wifi_and_one_over_cell() {
+    let lab = lab("perapp_split");
+    let upmt = deploy(&lab);
+    let http = lab.start_http_server().expect("http server");
+    let url = http.url(Family::V4, "big.bin");
+    let (wifi0, cell0) = counters(&lab);
+
+    let mut running = Vec::new();
+    for app in ["com.example.video", "com.example.store"] {
+        let out = lab.dir().join(format!("{app}.bin"));
+        let proc = lab
+            .mh()
+            .command(&[
+                "curl",
+                "-sS",
+                "--fail",
+                "--max-time",
+                "120",
+                "-o",
+                out.to_str().expect("utf-8 path"),
+                &url,
+            ])
+            .argv0(app)
+            .label(app)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {app}: {e}"));
+        running.push((app, proc, out));
+    }
+    for (app, proc, out) in &running {
+        proc.wait_success(Duration::from_secs(130))
+            .unwrap_or_else(|e| panic!("{app}: {e}\n{}\n{}", proc.log(), upmt.logs()));
+        let sha = sha256_file(out).expect("sha256");
+        assert_eq!(
+            Some(sha.as_str()),
+            http.sha256("big.bin"),
+            "{app}'s download"
+        );
+    }
+    let (wifi1, cell1) = counters(&lab);
+    let wifi = wifi1.since(&wifi0);
+    let cell = cell1.since(&cell0);
+    let size = BIG_FILE_SIZE as u64;
+    // Each uplink carried one download (a little more, encrypted), not two.
+    assert!(
+        wifi.rx_bytes >= size && wifi.rx_bytes < size * 3 / 2,
+        "wifi rx {wifi:?}\n{}",
+        upmt.logs()
+    );
+    assert!(
+        cell.rx_bytes >= size && cell.rx_bytes < size * 3 / 2,
+        "cell rx {cell:?}\n{}",
+        upmt.logs()
+    );
+    let log = upmt.mh.log();
+    assert!(
+        log.contains("com.example.video"),
+        "the MH logged the video app's flow"
+    );
+    assert!(upmt.mh.is_running() && upmt.an.is_running());
+}
+
+#[test]
+fn a_bypass_app_reaches_the_ch_directly_and_others_through_the_anchor() {
+    let lab = lab("perapp_bypass");
+    let upmt = deploy(&lab);
+    let http = lab.start_http_server().expect("http server");
+    let url = http.url(Family::V4, "whoami");
+    let whoami = |prefix: &[&str]| -> IpAddr {
+        let mut args: Vec<&str> = prefix.to_vec();
+        args.extend(["curl", "-sS", "--fail", "--max-time", "10", &url]);
+        let body = lab
+            .mh()
+            .run_stdout(&args)
+            .unwrap_or_else(|e| panic!("whoami {prefix:?}: {e}\n{}", upmt.logs()));
+        body.trim().parse().expect("an address")
+    };
+    let bypass = whoami(&[
+        "setpriv",
+        "--reuid",
+        "4242",
+        "--regid",
+        "4242",
+        "--clear-groups",
+    ]);
+    assert_eq!(bypass, IpAddr::V4(RWIFI_WAN_V4), "{}", upmt.logs());
+    let tunnelled = whoami(&[]);
+    assert_eq!(
+        tunnelled,
+        IpAddr::V4(upmt_tests::topology::AN_V4),
+        "{}",
+        upmt.logs()
+    );
+}
+
+#[test]
+fn an_app_whose_only_uplink_is_down_gets_no_connection_and_leaks_nothing() {
+    let lab = lab("perapp_block");
+    let upmt = deploy(&lab);
+    let http = lab.start_http_server().expect("http server");
+    let url = http.url(Family::V4, "mid.bin");
+    lab.mh().set_link(MH_CELL_IF, false).expect("cell down");
+    // Let the daemon see the uplink go (link re-check every few seconds, path timeout).
+    upmt_tests::wait_for(
+        "the MH to report cell lost",
+        Duration::from_secs(15),
+        || upmt.mh.log().contains("uplink lost") || upmt.mh.log().contains("path down"),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", upmt.logs()));
+
+    let attempt = |app: &str| {
+        let before = lab.mh().link_counters(MH_WIFI_IF).expect("counters");
+        let out = lab
+            .mh()
+            .command(&[
+                "curl",
+                "-sS",
+                "--fail",
+                "--connect-timeout",
+                "5",
+                "--max-time",
+                "10",
+                "-o",
+                "/dev/null",
+                &url,
+            ])
+            .argv0(app)
+            .timeout(Duration::from_secs(20))
+            .run_unchecked()
+            .expect("run curl");
+        let used = lab
+            .mh()
+            .link_counters(MH_WIFI_IF)
+            .expect("counters")
+            .since(&before);
+        (out.status.success(), used)
+    };
+    // The control: an app allowed on wifi downloads there.
+    let (ok, control) = attempt("com.example.video");
+    assert!(ok, "the control app must download\n{}", upmt.logs());
+    assert!(control.rx_bytes > 1_000_000, "control {control:?}");
+
+    let (ok, used) = attempt("com.example.store");
+    assert!(!ok, "the store app must get no connection\n{}", upmt.logs());
+    // Tunnel keepalives and probes only: far less than any of its bytes would take.
+    assert!(
+        used.tx_bytes < 2_000 && used.rx_bytes < 2_000,
+        "wifi carried {used:?} while the blocked app tried\n{}",
+        upmt.logs()
+    );
+    let log = upmt.mh.log();
+    assert!(
+        log.contains("flow blocked"),
+        "the MH logged the block\n{log}"
+    );
+}
