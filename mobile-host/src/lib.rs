@@ -15,6 +15,7 @@ pub mod control;
 pub mod core;
 pub mod event_loop;
 pub mod flows;
+pub mod linkwatch;
 pub mod routing;
 pub mod rst;
 pub mod sys;
