@@ -50,6 +50,10 @@ pub struct Config {
     /// The per-application policy file (resolved against the config's directory); `None`:
     /// everything is tunnelled over the first uplink that is up, in config order.
     pub policy: Option<PathBuf>,
+    /// The control socket `upmt` talks to (resolved against the config's directory).
+    pub control_socket: PathBuf,
+    /// A group whose members may use the control socket besides root.
+    pub control_group: Option<String>,
 }
 
 /// One physical uplink.
@@ -108,6 +112,8 @@ struct RawConfig {
     table: Option<Spanned<u32>>,
     rule_priority: Option<Spanned<u32>>,
     policy: Option<Spanned<String>>,
+    control_socket: Option<Spanned<String>>,
+    control_group: Option<Spanned<String>>,
     #[serde(default)]
     uplink: Vec<RawUplink>,
 }
@@ -242,6 +248,27 @@ impl Config {
             None => None,
         };
 
+        let control_socket = match &raw.control_socket {
+            Some(p) if p.get_ref().trim().is_empty() => {
+                return Err(at(
+                    p.span(),
+                    "empty control_socket: expected a path, e.g. \"/run/upmt/mh.sock\"".into(),
+                ));
+            }
+            Some(p) => path.parent().unwrap_or(Path::new(".")).join(p.get_ref()),
+            None => PathBuf::from(crate::control::DEFAULT_SOCKET),
+        };
+        let control_group = match &raw.control_group {
+            Some(g) if g.get_ref().trim().is_empty() => {
+                return Err(at(
+                    g.span(),
+                    "empty control_group: expected a group name, e.g. \"upmt\"".into(),
+                ));
+            }
+            Some(g) => Some(g.get_ref().clone()),
+            None => None,
+        };
+
         if raw.uplink.is_empty() {
             return Err(at(
                 0..0,
@@ -307,6 +334,8 @@ impl Config {
             rule_priority,
             uplinks,
             policy,
+            control_socket,
+            control_group,
         })
     }
 
@@ -414,6 +443,21 @@ mod tests {
              tun = \"upmt0\"\n[[uplink]]\nname = \"wifi\"\ninterface = \"wlan0\"\n\
              [[uplink]]\nname = \"cell\"\ninterface = \"rmnet_data0\"\n"
         )
+    }
+
+    #[test]
+    fn the_control_socket_defaults_to_run_upmt_and_a_relative_one_sits_next_to_the_config() {
+        let c = parse(&good()).unwrap();
+        assert_eq!(c.control_socket, Path::new("/run/upmt/mh.sock"));
+        assert_eq!(c.control_group, None);
+        let c = parse(&format!(
+            "control_socket = \"mh.sock\"\ncontrol_group = \"upmt\"\n{}",
+            good()
+        ))
+        .unwrap();
+        assert_eq!(c.control_socket, Path::new("/etc/upmt/mh.sock"));
+        assert_eq!(c.control_group.as_deref(), Some("upmt"));
+        assert!(parse(&format!("control_socket = \"\"\n{}", good())).is_err());
     }
 
     fn parse(text: &str) -> Result<Config, ConfigError> {

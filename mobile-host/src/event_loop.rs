@@ -25,8 +25,12 @@ use std::time::Duration;
 use serde::Serialize;
 use upmt_policy::{Policy, Route, UplinkStatus};
 
+mod control;
+
 use crate::appid::{self, Worker};
 use crate::config::{Config, PolicyLoadError, UplinkConfig};
+use crate::control::proto::Event as ControlEvent;
+use crate::control::{ControlRequest, LoopEnd};
 use crate::core::{self, Client, Event, HEADER_LEN, Instant, PathId, TAG_LEN};
 use crate::flows::{Flows, FlowsSnapshot, Outcome, TunAction};
 use crate::routing::{Netlink, RoutingError, RoutingKey, describe_rule};
@@ -112,6 +116,8 @@ pub struct Daemon {
     released: Vec<Vec<u8>>,
     rst_buf: Box<[u8]>,
     bypass_uids: Vec<u32>,
+    /// The control socket's requests and watchers (see the `control` child module).
+    control: Option<LoopEnd>,
 }
 
 enum Wake {
@@ -123,6 +129,7 @@ enum Wake {
     Tun,
     Uplink(usize),
     Answer(appid::Answer),
+    Control(ControlRequest),
 }
 
 /// One tunnel (uplink) as the control socket shows it.
@@ -215,6 +222,7 @@ impl Daemon {
             released: Vec::with_capacity(crate::flows::MAX_PENDING_PACKETS),
             rst_buf: vec![0; 128].into_boxed_slice(),
             bypass_uids: Vec::new(),
+            control: None,
         })
     }
 
@@ -358,6 +366,7 @@ impl Daemon {
                         None => std::future::pending().await,
                     }
                 };
+                let control = Self::next_control(&mut self.control);
                 let hup = async {
                     match &mut hangup {
                         Some(h) => h.recv().await,
@@ -370,6 +379,7 @@ impl Daemon {
                     _ = housekeeping.tick() => Wake::Housekeeping,
                     Some(()) = hup => Wake::Hangup,
                     Some(a) = answer => Wake::Answer(a),
+                    r = control => Wake::Control(r),
                     () = timer => Wake::Timer,
                     // An error here resurfaces from try_recv, where it is handled.
                     _ = tun_ready => Wake::Tun,
@@ -386,8 +396,8 @@ impl Daemon {
                 Wake::Housekeeping => self.flows.housekeeping(now.as_duration()),
                 Wake::Hangup => {
                     tracing::info!("SIGHUP: reloading the policy");
-                    if let Err(e) = self.reload_policy().await {
-                        tracing::error!(error = %display_chain(&e), "policy reload refused; the old policy stays");
+                    if let Err(e) = self.reload_and_publish().await {
+                        tracing::error!(error = %e.message, "policy reload refused; the old policy stays");
                     }
                 }
                 Wake::Answer(a) => {
@@ -401,6 +411,7 @@ impl Daemon {
                         self.classified(a, now);
                     }
                 }
+                Wake::Control(r) => self.answer_control(r, now).await,
                 Wake::Timer => {}
                 Wake::Tun => self.read_tun(now)?,
                 Wake::Uplink(i) => {
@@ -416,7 +427,9 @@ impl Daemon {
             self.drain(now).await?;
             if std::mem::take(&mut self.uplinks_changed) {
                 self.refresh_statuses();
+                let before = self.before_redecide();
                 let changed = self.flows.redecide(&self.statuses, now.as_duration());
+                self.after_redecide(before);
                 if changed > 0 {
                     tracing::info!(
                         flows = changed,
@@ -648,6 +661,7 @@ impl Daemon {
     async fn handle_event(&mut self, event: Event) -> Result<(), DaemonError> {
         match event {
             Event::Connected(params) => {
+                self.publish([ControlEvent::SessionUp]);
                 tracing::info!(
                     virtual_ipv4 = %format_args!("{}/{}", params.virtual_ipv4, params.prefix4),
                     virtual_ipv6 = ?params.virtual_ipv6,
@@ -659,17 +673,22 @@ impl Daemon {
             Event::Disconnected => {
                 // TUN and routes stay: traffic is dropped rather than leaked while re-handshaking.
                 tracing::warn!("session lost; handshaking again");
+                self.publish([ControlEvent::SessionDown]);
             }
             Event::PathUp(path) => {
                 if let Some(u) = self.uplinks.iter_mut().find(|u| u.path == path) {
                     u.live = true;
                     tracing::info!(%path, uplink = %u.config.name, "path up");
+                    let uplink = u.config.name.clone();
+                    self.publish([ControlEvent::TunnelUp { uplink }]);
                 }
             }
             Event::PathDown(path) => {
                 if let Some(u) = self.uplinks.iter_mut().find(|u| u.path == path) {
                     u.live = false;
                     tracing::warn!(%path, uplink = %u.config.name, "path down");
+                    let uplink = u.config.name.clone();
+                    self.publish([ControlEvent::TunnelDown { uplink }]);
                 }
             }
             Event::Rekeyed => tracing::info!("session rekeyed"),

@@ -168,6 +168,11 @@ impl Flows {
         &self.paft
     }
 
+    /// The flow table, for the control socket's moves (`upmt move` pins flows in it).
+    pub fn paft_mut(&mut self) -> &mut Paft {
+        &mut self.paft
+    }
+
     /// The counters.
     pub fn counters(&self) -> FlowCounters {
         self.counters

@@ -1,6 +1,7 @@
 //! `upmt-mh`: the upmt mobile-host daemon. `run` handshakes with the anchor, brings up the TUN
-//! and routes the host's traffic through it until SIGINT/SIGTERM, then restores routing;
-//! `check` validates a config file and exits.
+//! and routes the host's traffic through it until SIGINT/SIGTERM, then restores routing, and
+//! serves the control socket `upmt` talks to meanwhile; `check` validates a config file and
+//! exits.
 
 use std::path::PathBuf;
 
@@ -9,6 +10,7 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 use upmt_mobile_host::config::Config;
+use upmt_mobile_host::control::{self, server};
 use upmt_mobile_host::core::StaticSecret;
 use upmt_mobile_host::event_loop::Daemon;
 use upmt_mobile_host::{sys, uplink};
@@ -70,6 +72,14 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
         config.rule_priority - 1,
         config.rule_priority
     );
+    println!(
+        "control       {} ({})",
+        config.control_socket.display(),
+        config
+            .control_group
+            .as_deref()
+            .map_or_else(|| "root only".to_owned(), |g| format!("root and group {g}"))
+    );
     for u in &config.uplinks {
         println!(
             "uplink        path {} {} on {} ({:?} now)",
@@ -92,8 +102,26 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
-        let daemon = Daemon::new(config).await?;
-        daemon.run(shutdown_signal()?).await?;
+        // The control socket first: a second daemon must fail here, before it touches the
+        // running one's routing.
+        let access = match &config.control_group {
+            Some(group) => server::Access::with_group(group)?,
+            None => server::Access::root_only(),
+        };
+        let (listener, socket_file) = server::bind(&config.control_socket, &access)?;
+        tracing::info!(path = %socket_file.path().display(), group = ?config.control_group, "control socket ready");
+        let (handle, end) = control::channel();
+        let mut daemon = Daemon::new(config).await?;
+        daemon.attach_control(end);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = tokio::spawn(server::serve(listener, access, handle, async {
+            let _ = stopped.await;
+        }));
+        let result = daemon.run(shutdown_signal()?).await;
+        let _ = stop.send(());
+        let _ = serving.await;
+        drop(socket_file);
+        result?;
         anyhow::Ok(())
     })
 }

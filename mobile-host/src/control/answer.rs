@@ -295,6 +295,43 @@ pub fn unpin_on_uplink_down(
     ids
 }
 
+/// Where every flow is, to compare before and after a re-decision ([`placement_events`]).
+pub fn placements(paft: &Paft, out: &mut Vec<(FlowId, AppId, UplinkId)>) {
+    out.clear();
+    out.extend(
+        paft.iter()
+            .map(|(_, e)| (e.id(), e.app().clone(), e.uplink())),
+    );
+}
+
+/// The events a re-decision caused: flows that changed uplink ([`MoveReason::Policy`]) and
+/// flows that left the table while being re-decided (blocked by their policy). Scans the table:
+/// for uplink changes and reloads, never per packet.
+pub fn placement_events(
+    before: &[(FlowId, AppId, UplinkId)],
+    paft: &Paft,
+    names: &[String],
+    events: &mut Vec<Event>,
+) {
+    for (id, app, was) in before {
+        match paft.by_id(*id) {
+            Some((_, e)) if e.uplink() != *was => events.push(Event::FlowMoved {
+                flow: id.0,
+                app: app.to_string(),
+                from: uplink_name(names, *was),
+                to: uplink_name(names, e.uplink()).unwrap_or_default(),
+                reason: MoveReason::Policy,
+            }),
+            Some(_) => {}
+            None => events.push(Event::AppBlocked {
+                app: app.to_string(),
+                flow: id.0,
+                reason: "its policy allows none of the uplinks that are up".to_owned(),
+            }),
+        }
+    }
+}
+
 /// One tunnel's status from what the loop knows about it.
 pub fn tunnel(
     name: &str,
@@ -492,6 +529,22 @@ mod tests {
         assert_eq!(curl.uplinks, ["wifi", "cell"]);
         assert_eq!(curl.rule, "curl uid Some(1000)");
         assert_eq!(reply.apps[1].uplinks, ["wifi"]);
+    }
+
+    #[test]
+    fn a_redecision_reports_moved_and_blocked_flows() {
+        let (mut paft, ids) = table();
+        let mut before = Vec::new();
+        placements(&paft, &mut before);
+        paft.set_uplink(FlowId(ids[0]), up(1), false).unwrap();
+        paft.remove(FlowId(ids[2]));
+        let mut events = Vec::new();
+        placement_events(&before, &paft, &names(), &mut events);
+        assert_eq!(events.len(), 2, "{events:?}");
+        assert!(
+            matches!(&events[0], Event::FlowMoved { flow, reason: MoveReason::Policy, to, .. } if *flow == ids[0] && to == "cell")
+        );
+        assert!(matches!(&events[1], Event::AppBlocked { app, .. } if app == "ssh"));
     }
 
     #[test]
