@@ -130,6 +130,7 @@ enum Wake {
     Uplink(usize),
     Answer(appid::Answer),
     Control(ControlRequest),
+    Link(crate::linkwatch::LinkEvent),
 }
 
 /// One tunnel (uplink) as the control socket shows it.
@@ -310,7 +311,8 @@ impl Daemon {
 
     fn refresh_statuses(&mut self) {
         for (s, u) in self.statuses.iter_mut().zip(&self.uplinks) {
-            s.up = u.live && u.socket.is_some();
+            // The core's hold-down keeps a returning uplink out until it proved stable.
+            s.up = u.live && u.socket.is_some() && self.client.path_usable(u.path, core::now());
             s.rtt = self.client.path_stats(u.path).and_then(|p| p.rtt);
         }
     }
@@ -333,6 +335,11 @@ impl Daemon {
         recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut housekeeping = tokio::time::interval(HOUSEKEEPING_INTERVAL);
         housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Link changes from netlink re-check the uplinks at once; the RECHECK_INTERVAL poll
+        // stays as a safety net (and the only source if netlink is unavailable).
+        let mut links = crate::linkwatch::spawn()
+            .map_err(|e| tracing::warn!(error = %display_chain(&e), "no link events; uplinks are polled only"))
+            .ok();
         let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         {
             Ok(s) => Some(s),
@@ -367,6 +374,12 @@ impl Daemon {
                     }
                 };
                 let control = Self::next_control(&mut self.control);
+                let link = async {
+                    match &mut links {
+                        Some(l) => l.recv().await,
+                        None => std::future::pending().await,
+                    }
+                };
                 let hup = async {
                     match &mut hangup {
                         Some(h) => h.recv().await,
@@ -378,6 +391,7 @@ impl Daemon {
                     _ = recheck.tick() => Wake::Recheck,
                     _ = housekeeping.tick() => Wake::Housekeeping,
                     Some(()) = hup => Wake::Hangup,
+                    Some(e) = link => Wake::Link(e),
                     Some(a) = answer => Wake::Answer(a),
                     r = control => Wake::Control(r),
                     () = timer => Wake::Timer,
@@ -393,7 +407,34 @@ impl Daemon {
                     return Ok(());
                 }
                 Wake::Recheck => self.recheck_uplinks(now),
-                Wake::Housekeeping => self.flows.housekeeping(now.as_duration()),
+                Wake::Link(e) => {
+                    // An uplink whose link or address went away loses its socket at once (a
+                    // connected socket keeps a vanished source address); recheck reopens it.
+                    if e.is_loss() {
+                        tracing::info!(event = ?e, "link change");
+                        for u in &mut self.uplinks {
+                            if Some(u.config.interface.as_str()) == e.ifname()
+                                && u.socket.take().is_some()
+                            {
+                                tracing::warn!(uplink = %u.config.name, "uplink lost (netlink)");
+                                u.live = false;
+                                self.uplinks_changed = true;
+                                self.client.handle_path_down(u.path, now);
+                            }
+                        }
+                    }
+                    self.recheck_uplinks(now);
+                }
+                Wake::Housekeeping => {
+                    self.flows.housekeeping(now.as_duration());
+                    // A returning uplink's hold-down ends without an event of its own.
+                    let client = &self.client;
+                    if self.uplinks.iter().zip(&self.statuses).any(|(u, s)| {
+                        s.up != (u.live && u.socket.is_some() && client.path_usable(u.path, now))
+                    }) {
+                        self.uplinks_changed = true;
+                    }
+                }
                 Wake::Hangup => {
                     tracing::info!("SIGHUP: reloading the policy");
                     if let Err(e) = self.reload_and_publish().await {
