@@ -108,12 +108,35 @@ struct RawPeer {
 
 /// Reads and validates the config at `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    use std::io::Read as _;
+    let read_err = |source| ConfigError::Read {
         path: path.to_owned(),
         source,
-    })?;
+    };
+    // A config is a regular file of bounded size: `/dev/zero` or a FIFO must not be read
+    // forever, and a directory gets a clearer error than EISDIR.
+    let file = std::fs::File::open(path).map_err(read_err)?;
+    let meta = file.metadata().map_err(read_err)?;
+    if !meta.is_file() {
+        return Err(read_err(std::io::Error::other("not a regular file")));
+    }
+    let mut text = String::new();
+    file.take(MAX_CONFIG_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(read_err)?;
+    if text.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(read_err(std::io::Error::other(format!(
+            "larger than {MAX_CONFIG_BYTES} bytes"
+        ))));
+    }
     parse(path, &text)
 }
+
+/// The longest peer name (it lands in logs and metrics labels).
+pub const MAX_PEER_NAME: usize = 64;
+
+/// The largest config file read (room for tens of thousands of peers).
+pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
 
 /// Parses and validates `text` as if read from `path` (which names errors and anchors a
 /// relative `private_key_file`).
@@ -284,14 +307,16 @@ impl Validator<'_> {
         for p in &raw.peer {
             let name = p.name.get_ref().trim();
             if name.is_empty()
+                || name.len() > MAX_PEER_NAME
                 || name
                     .chars()
                     .any(|c| c.is_control() || c == '"' || c == '\\')
             {
                 return Err(self.err(
                     p.name.span(),
-                    "expected a non-empty peer name without quotes, backslashes or control characters"
-                        .into(),
+                    format!(
+                        "expected a non-empty peer name of at most {MAX_PEER_NAME} bytes without quotes, backslashes or control characters"
+                    ),
                 ));
             }
             if let Some(first) = names.insert(name.to_owned(), p.name.span()) {
