@@ -21,7 +21,7 @@ pub struct PolicyError {
 pub enum ErrorKind {
     /// TOML syntax, a wrong type, an unknown key or value: the parser's own words, which
     /// say what was expected (e.g. "unknown field `uplink`, expected one of ...").
-    #[error("{0}")]
+    #[error("{}", one_line(.0))]
     Toml(String),
     /// The file does not start by saying which format version it is.
     #[error("missing `version = 1`")]
@@ -30,7 +30,7 @@ pub enum ErrorKind {
     #[error("unsupported version {0}; expected version = 1")]
     UnsupportedVersion(i64),
     /// An uplink name the daemon's config does not define.
-    #[error("unknown uplink \"{name}\"; the config has: {known}")]
+    #[error("unknown uplink {name:?}; the config has: {known}")]
     UnknownUplink {
         /// The name in the policy.
         name: String,
@@ -38,7 +38,7 @@ pub enum ErrorKind {
         known: KnownUplinks,
     },
     /// The same uplink twice in one list.
-    #[error("uplink \"{0}\" is listed twice")]
+    #[error("uplink {0:?} is listed twice")]
     DuplicateUplink(String),
     /// `uplinks = []`.
     #[error(
@@ -57,7 +57,7 @@ pub enum ErrorKind {
     #[error("empty app name; expected a name or a glob")]
     EmptyApp,
     /// An `app` glob that does not compile.
-    #[error("invalid glob \"{pattern}\": {reason}")]
+    #[error("invalid glob {pattern:?}: {}", one_line(.reason))]
     BadGlob {
         /// The pattern as written.
         pattern: String,
@@ -80,6 +80,16 @@ pub enum ErrorKind {
     /// A strategy the format reserves but this build does not implement.
     #[error("strategy \"{0}\" is not supported yet; expected \"ordered\" or \"lowest-rtt\"")]
     StrategyNotSupported(&'static str),
+}
+
+/// `text` with line breaks escaped: names and values from the file (a string may hold "\n") are
+/// echoed in errors, which must stay one line.
+fn one_line(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.contains(['\n', '\r']) {
+        text.replace('\n', "\\n").replace('\r', "\\r").into()
+    } else {
+        text.into()
+    }
 }
 
 /// The config's uplink names, displayed comma separated (or "none").
