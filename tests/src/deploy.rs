@@ -222,9 +222,11 @@ impl<'a> Deployment<'a> {
             .env("RUST_LOG", log)
             .label("upmt-an-restarted")
             .spawn()?;
-        wait_for("the restarted upmt-an's TUN", Duration::from_secs(10), || {
-            lab.an().run(&["ip", "link", "show", "dev", AN_TUN]).is_ok() || !an.is_running()
-        })?;
+        wait_for(
+            "the restarted upmt-an's TUN",
+            Duration::from_secs(10),
+            || lab.an().run(&["ip", "link", "show", "dev", AN_TUN]).is_ok() || !an.is_running(),
+        )?;
         if !an.is_running() {
             return Err(LabError::Deploy(format!(
                 "the restarted upmt-an exited at start:\n{}",

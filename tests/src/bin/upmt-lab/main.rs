@@ -4,6 +4,7 @@
 //! exits.
 
 mod bench;
+mod bench_handover;
 mod demo;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -38,6 +39,13 @@ enum Command {
         /// Seconds per iperf3 run.
         #[arg(long, default_value_t = 5)]
         seconds: u32,
+    },
+    /// Print the receiver-side gap of a TCP download across a link cut, a blackhole and the
+    /// return of the preferred uplink (median and max over several runs).
+    BenchHandover {
+        /// Runs per event.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
     },
 }
 
@@ -75,6 +83,13 @@ fn main() -> Result<()> {
         Command::BenchThroughput { seconds } => {
             let lab = Lab::new("upmt-lab-bench").context("building the lab")?;
             bench::throughput(&lab, seconds)?;
+        }
+        Command::BenchHandover { runs } => {
+            if runs == 0 {
+                anyhow::bail!("--runs must be at least 1");
+            }
+            let lab = Lab::new("upmt-lab-bench-ho").context("building the lab")?;
+            bench_handover::run(&lab, runs)?;
         }
     }
     Ok(())
