@@ -105,6 +105,11 @@ impl<'a> Deployment<'a> {
             write_private(&dir.join("policy.toml"), policy)?;
             mh_toml.push_str("policy = \"policy.toml\"\n");
         }
+        // Each lab's MH gets its own control socket, so that tests running in parallel never
+        // meet at the default /run/upmt/mh.sock.
+        if !options.mh_extra.contains("control_socket") {
+            mh_toml.push_str("control_socket = \"mh.sock\"\n");
+        }
         let _ = write!(
             mh_toml,
             "anchor = \"{AN_V4}:{AN_PORT}\"\nanchor_public_key = \"{}\"\nprivate_key = \"{mh_secret}\"\n\
