@@ -6,6 +6,10 @@
 //! event loop ([`event_loop`]) that feeds the core packets and [`clock`] readings and sends what
 //! the core hands back. Counters are served by [`metrics`].
 //!
+//! It is restart-safe: the TUN is persistent and the nftables table stays at exit, so a restarted
+//! daemon finds the route and the kernel's NAT state as the last one left them and the mobile
+//! hosts' connections survive (see [`nat`] for what goes wrong otherwise).
+//!
 //! It never implements protocol logic (handshakes, crypto, replay, path choice live in the
 //! core) and never touches nftables state outside its own `inet upmt_<tun>` table.
 

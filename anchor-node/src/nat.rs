@@ -3,8 +3,15 @@
 //! The table `inet upmt_<tun>` masquerades the virtual subnets out of the egress interface and
 //! clamps TCP MSS to the route MTU, and, when a resolver is configured, redirects DNS (udp and tcp
 //! port 53) arriving from the TUN to it, so name resolution does not depend on whichever resolver
-//! the mobile host's current access network handed out. It is installed atomically with `nft -f -` and removed at
+//! the mobile host's current access network handed out. It is installed atomically with `nft -f -` and left in place at
 //! exit; nothing outside that one table is ever touched.
+//!
+//! Why it stays: removing the table unregisters the last NAT and conntrack hooks in the network
+//! namespace. Until a restarted daemon installs it again, a mobile host's established
+//! connections are then neither tracked nor translated: a server's next segment to the
+//! masqueraded port reaches this host's own TCP stack, which answers with a reset, and the
+//! connection is lost although its conntrack entry survives. Replacing the table at start
+//! happens in one nft transaction, so the hooks never go away then.
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -114,7 +121,8 @@ pub fn find_nft() -> Result<PathBuf, NatError> {
         .ok_or(NatError::NftMissing)
 }
 
-/// The installed table; dropping it removes the table.
+/// The installed table; dropping it removes the table, unless [`NatGuard::keep`] was called
+/// (what a clean exit does, so a restart keeps the NAT state working).
 pub struct NatGuard {
     nft: PathBuf,
     table: String,
@@ -141,6 +149,11 @@ impl NatGuard {
 
     pub fn table(&self) -> &str {
         &self.table
+    }
+
+    /// Leaves the table installed after this guard is gone (see the module docs for why).
+    pub fn keep(mut self) -> String {
+        std::mem::take(&mut self.table)
     }
 
     /// Removes the table now, reporting failure (drop does the same but can only log).

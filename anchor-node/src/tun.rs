@@ -1,6 +1,12 @@
 //! The anchor's TUN device, created and configured through tun-rs (ioctls and netlink, no
 //! shelling out to `ip`).
 //!
+//! The device is made persistent, so it outlives the daemon: across a restart the route to the
+//! virtual subnet stays in place, and packets the kernel forwards to a mobile host meanwhile are
+//! dropped at the readerless TUN instead of following the default route out of the egress (and
+//! leaking un-NATed, or being answered by this host's own stack with a reset). A restarted daemon
+//! attaches to the same device. Removing it is the operator's call (`ip link del <tun>`).
+//!
 //! Offload is deliberately off for now. tun-rs supports it on Linux (`offload(true)` sets
 //! IFF_VNET_HDR and enables TSO/USO): reads then go through `recv_multiple` into a batch of
 //! buffers after splitting a GSO super-packet, and writes through `send_multiple` with a
@@ -34,18 +40,28 @@ pub struct TunSpec {
     pub mtu: u16,
 }
 
-/// Creates the device with its addresses and MTU, and brings it up.
+/// Creates the device (or attaches to the persistent one an earlier run left) with its addresses
+/// and MTU, brings it up and makes it persistent.
 pub fn create(spec: &TunSpec) -> Result<AsyncDevice, TunError> {
-    let mut builder = DeviceBuilder::new()
+    let err = |source| TunError::Create {
+        name: spec.name.clone(),
+        source,
+    };
+    let device = DeviceBuilder::new()
         .name(&spec.name)
         .mtu(spec.mtu)
         .ipv4(spec.address, spec.prefix, None)
-        .enable(true);
+        .enable(true)
+        .build_async()
+        .map_err(err)?;
     if let Some((addr6, prefix6)) = spec.address6 {
-        builder = builder.ipv6(addr6, prefix6);
+        // Added after the build because an attached persistent device may already carry it,
+        // which is not an error here (the IPv4 address is set, not added, so it cannot clash).
+        match device.add_address_v6(addr6, prefix6) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(err(e)),
+            _ => {}
+        }
     }
-    builder.build_async().map_err(|source| TunError::Create {
-        name: spec.name.clone(),
-        source,
-    })
+    device.persist().map_err(err)?;
+    Ok(device)
 }

@@ -278,14 +278,14 @@ fn the_daemon_sets_up_its_tun_and_nat_receives_and_cleans_up_at_sigterm() {
         daemon.log()
     );
 
-    // SIGTERM: clean exit, table and TUN gone.
+    // SIGTERM: clean exit; the table and the TUN stay, so a restart keeps the NAT state.
     daemon.signal(libc::SIGTERM);
     let status = daemon.wait_exit(Duration::from_secs(10));
     assert!(status.success(), "exit {status}:\n{}", daemon.log());
-    let gone = ns.exec(&["nft", "list", "table", "inet", "upmt_upmtt0"]);
-    assert!(!gone.status.success(), "table still there after SIGTERM");
+    let kept = ns.exec(&["nft", "list", "table", "inet", "upmt_upmtt0"]);
+    assert!(kept.status.success(), "table removed at SIGTERM");
     let tun = ns.exec(&["ip", "link", "show", "dev", "upmtt0"]);
-    assert!(!tun.status.success(), "tun still there after SIGTERM");
+    assert!(tun.status.success(), "tun removed at SIGTERM");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -372,11 +372,14 @@ fn a_stale_table_from_a_crashed_run_is_replaced_at_start() {
 
     daemon.signal(libc::SIGINT);
     assert!(daemon.wait_exit(Duration::from_secs(10)).success());
-    assert!(
-        !ns.exec(&["nft", "list", "table", "inet", "upmt_upmtt0"])
-            .status
-            .success()
-    );
+    // A second run attaches to the persistent TUN (with its IPv6 address already there) and
+    // replaces the table it finds.
+    let mut again = Daemon::start(&ns, &config, dir.join("an2.log"));
+    again.wait_for_log("anchor node up");
+    let table = ns.exec_ok(&["nft", "list", "table", "inet", "upmt_upmtt0"]);
+    assert!(table.contains("masquerade"), "{table}");
+    again.signal(libc::SIGINT);
+    assert!(again.wait_exit(Duration::from_secs(10)).success());
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -202,9 +202,10 @@ impl<'a> Deployment<'a> {
         Ok(())
     }
 
-    /// Stops `upmt-an` with SIGTERM (it removes its nft table and TUN) and starts a new one with
+    /// Stops `upmt-an` with SIGTERM (it leaves its nft table and TUN) and starts a new one with
     /// the same config, as an operator restarting the daemon would; returns once the new one
-    /// has its TUN. The kernel's conntrack/NAT state is not touched. The old process's log
+    /// is up (its TUN persists across the restart, so that alone says nothing). The kernel's
+    /// conntrack/NAT state is not touched. The old process's log
     /// stays in the lab's log directory.
     pub fn restart_an(&mut self, log: &str) -> Result<()> {
         let lab = self.lab;
@@ -227,11 +228,9 @@ impl<'a> Deployment<'a> {
             .env("RUST_LOG", log)
             .label("upmt-an-restarted")
             .spawn()?;
-        wait_for(
-            "the restarted upmt-an's TUN",
-            Duration::from_secs(10),
-            || lab.an().run(&["ip", "link", "show", "dev", AN_TUN]).is_ok() || !an.is_running(),
-        )?;
+        wait_for("the restarted upmt-an", Duration::from_secs(10), || {
+            an.log().contains("anchor node up") || !an.is_running()
+        })?;
         if !an.is_running() {
             return Err(LabError::Deploy(format!(
                 "the restarted upmt-an exited at start:\n{}",

@@ -165,9 +165,10 @@ fn a_download_survives_a_nat_rebinding_on_the_wifi_router() {
     assert_survived("nat rebinding", &o, &upmt, false);
 }
 
+/// The anchor leaves its persistent TUN and its nft table in place at exit: with the table gone
+/// for the restart's ~50 ms, the server's next segment met no NAT hook and this host's own stack
+/// reset the connection (or, with the TUN gone too, it was routed back out un-NATed).
 #[test]
-#[ignore = "open: the MH re-handshakes within ~0.8 s, but the CH's connection does not survive \
-            (the anchor deletes and re-adds its nft table; the NAT binding seems lost)"]
 fn a_download_survives_a_restart_of_the_anchor_daemon() {
     let lab = lab("ho_anrestart");
     let mut upmt = deploy(&lab);

@@ -1,7 +1,9 @@
 //! `upmt-an`: the upmt anchor-node daemon and its key tools.
 //!
 //! `run` wires the library's pieces together in the order that gives the clearest error first
-//! (privilege, nft, config, socket, TUN, forwarding, NAT) and tears the NAT table down at exit.
+//! (privilege, nft, config, socket, TUN, forwarding, NAT). At exit it leaves the persistent TUN
+//! and the NAT table in place, so a restart (an upgrade, a crash and systemd's `Restart=`) keeps
+//! the mobile hosts' connections: the kernel's NAT state outlives the daemon.
 
 use std::io::Read as _;
 use std::path::PathBuf;
@@ -156,7 +158,8 @@ async fn serve(config: Config, nft: PathBuf) -> Result<()> {
         tracing::info!(%dns, "tunnelled DNS is redirected to this resolver");
     }
     if nat::NatGuard::exists(&nft, &spec.table())? {
-        tracing::warn!(table = %spec.table(), "replacing a stale nftables table from an earlier run");
+        // The normal case after a restart (the table is left in place at exit), so not a warning.
+        tracing::info!(table = %spec.table(), "replacing a stale nftables table from an earlier run");
     }
     let guard = nat::NatGuard::install(nft, &spec)?;
     tracing::info!(
@@ -177,11 +180,15 @@ async fn serve(config: Config, nft: PathBuf) -> Result<()> {
     let event_loop = EventLoop::new(anchor, udp, device, config.mtu, scrapes);
     let result = event_loop.run(shutdown).await;
 
-    // Remove the table whatever ended the loop; report both failures if both happen.
-    let removed = guard.remove();
+    // The table and the TUN stay whatever ended the loop: removing them would reset every
+    // connection still in flight through a restart (see nat's module docs).
+    let table = guard.keep();
     result.context("event loop stopped")?;
-    removed.context("cannot remove the nftables table")?;
-    tracing::info!("anchor node stopped");
+    tracing::info!(
+        %table,
+        tun = %config.tun,
+        "anchor node stopped; the TUN and the nftables table stay for the next run"
+    );
     Ok(())
 }
 
