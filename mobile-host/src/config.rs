@@ -10,6 +10,7 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use base64::Engine as _;
 use serde::Deserialize;
@@ -54,6 +55,33 @@ pub struct Config {
     pub control_socket: PathBuf,
     /// A group whose members may use the control socket besides root.
     pub control_group: Option<String>,
+    /// Probe timings of the core (the `[probe]` table).
+    pub probe: ProbeConfig,
+}
+
+/// How the core probes its paths (`[probe]`); each maps onto a `ClientConfig` field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProbeConfig {
+    /// Probe interval while the tunnel carried data recently (`probe_interval`).
+    pub active_interval: Duration,
+    /// One keepalive probe per this while idle, enough for NAT bindings (`keepalive`).
+    pub idle_keepalive: Duration,
+    /// A probe unanswered this long marks its path down (`path_timeout`).
+    pub path_timeout: Duration,
+    /// How long a returning preferred path must stay up before traffic moves back (`hold_down`).
+    pub hold_down: Duration,
+}
+
+impl Default for ProbeConfig {
+    /// The core's own defaults (a unit test holds them equal).
+    fn default() -> Self {
+        ProbeConfig {
+            active_interval: Duration::from_millis(200),
+            idle_keepalive: Duration::from_secs(25),
+            path_timeout: Duration::from_millis(700),
+            hold_down: Duration::from_secs(3),
+        }
+    }
 }
 
 /// One physical uplink.
@@ -114,8 +142,18 @@ struct RawConfig {
     policy: Option<Spanned<String>>,
     control_socket: Option<Spanned<String>>,
     control_group: Option<Spanned<String>>,
+    probe: Option<RawProbe>,
     #[serde(default)]
     uplink: Vec<RawUplink>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProbe {
+    active_interval_ms: Option<Spanned<u64>>,
+    idle_keepalive_s: Option<Spanned<u64>>,
+    path_timeout_ms: Option<Spanned<u64>>,
+    hold_down_ms: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -324,6 +362,33 @@ impl Config {
             });
         }
 
+        let mut probe = ProbeConfig::default();
+        if let Some(p) = raw.probe {
+            // Zero would make the core probe in a busy loop or give up on every path at once.
+            let positive = |v: Spanned<u64>, name: &str, unit: fn(u64) -> Duration| {
+                if *v.get_ref() == 0 {
+                    Err(at(
+                        v.span(),
+                        format!("invalid probe.{name}: must be at least 1"),
+                    ))
+                } else {
+                    Ok(unit(*v.get_ref()))
+                }
+            };
+            if let Some(v) = p.active_interval_ms {
+                probe.active_interval = positive(v, "active_interval_ms", Duration::from_millis)?;
+            }
+            if let Some(v) = p.idle_keepalive_s {
+                probe.idle_keepalive = positive(v, "idle_keepalive_s", Duration::from_secs)?;
+            }
+            if let Some(v) = p.path_timeout_ms {
+                probe.path_timeout = positive(v, "path_timeout_ms", Duration::from_millis)?;
+            }
+            if let Some(v) = p.hold_down_ms {
+                probe.hold_down = positive(v, "hold_down_ms", Duration::from_millis)?;
+            }
+        }
+
         Ok(Config {
             anchor,
             anchor_public_key,
@@ -336,6 +401,7 @@ impl Config {
             policy,
             control_socket,
             control_group,
+            probe,
         })
     }
 
@@ -588,6 +654,47 @@ mod tests {
         let (line, column, message) = invalid(&text);
         assert_eq!((line, column), (4, 1));
         assert!(message.contains("tunn"), "{message}");
+    }
+
+    #[test]
+    fn the_probe_table_defaults_to_the_cores_timings_and_overrides_each_one() {
+        assert_eq!(parse(&good()).unwrap().probe, ProbeConfig::default());
+        let c = parse(&format!(
+            "{}[probe]\nactive_interval_ms = 50\nidle_keepalive_s = 15\n\
+             path_timeout_ms = 300\nhold_down_ms = 1000\n",
+            good()
+        ))
+        .unwrap();
+        assert_eq!(
+            c.probe,
+            ProbeConfig {
+                active_interval: Duration::from_millis(50),
+                idle_keepalive: Duration::from_secs(15),
+                path_timeout: Duration::from_millis(300),
+                hold_down: Duration::from_secs(1),
+            }
+        );
+        let c = parse(&format!("{}[probe]\nhold_down_ms = 500\n", good())).unwrap();
+        assert_eq!(c.probe.hold_down, Duration::from_millis(500));
+        assert_eq!(c.probe.path_timeout, ProbeConfig::default().path_timeout);
+    }
+
+    #[test]
+    fn a_zero_probe_timing_is_refused_at_its_value() {
+        let (line, column, message) = invalid(&format!("{}[probe]\npath_timeout_ms = 0\n", good()));
+        assert_eq!((line, column), (12, 19));
+        assert!(message.contains("probe.path_timeout_ms"), "{message}");
+    }
+
+    #[test]
+    fn an_unknown_or_mistyped_probe_key_is_refused_with_its_line() {
+        let (line, _, message) = invalid(&format!("{}[probe]\ninterval_ms = 100\n", good()));
+        assert_eq!(line, 12);
+        assert!(message.contains("interval_ms"), "{message}");
+        let (line, _, _) = invalid(&format!("{}[probe]\nhold_down_ms = \"3s\"\n", good()));
+        assert_eq!(line, 12);
+        let (line, _, _) = invalid(&format!("{}[probe]\nhold_down_ms = -1\n", good()));
+        assert_eq!(line, 12);
     }
 
     #[test]

@@ -20,11 +20,20 @@ pub fn now() -> Instant {
 
 /// A client for `config`, created at `now`.
 pub fn client(config: &Config, now: Instant) -> Client {
-    let client_config = ClientConfig::new(
+    Client::new(client_config(config), now, crate::clock::unix_nanos())
+}
+
+/// The core's config for `config`: keys and the `[probe]` timings.
+pub fn client_config(config: &Config) -> ClientConfig {
+    let mut c = ClientConfig::new(
         StaticSecret::from_bytes(config.private_key),
         PublicKey::from_bytes(config.anchor_public_key),
     );
-    Client::new(client_config, now, crate::clock::unix_nanos())
+    c.probe_interval = config.probe.active_interval;
+    c.keepalive = config.probe.idle_keepalive;
+    c.path_timeout = config.probe.path_timeout;
+    c.hold_down = config.probe.hold_down;
+    c
 }
 
 /// How far `deadline` is from `now` (zero when already due).
@@ -46,6 +55,41 @@ pub fn tun_addressing(params: &SessionParams) -> TunAddressing {
 mod tests {
     use super::*;
     use std::net::{Ipv4Addr, Ipv6Addr};
+
+    const BASE: &str = "anchor = \"192.0.2.1:51900\"\n\
+        anchor_public_key = \"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\"\n\
+        private_key = \"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\"\n\
+        [[uplink]]\nname = \"wifi\"\ninterface = \"wlan0\"\n";
+
+    #[test]
+    fn without_a_probe_table_the_client_keeps_the_cores_default_timings() {
+        let config = Config::parse(BASE, std::path::Path::new("mh.toml")).expect("valid");
+        let ours = client_config(&config);
+        let core = ClientConfig::new(
+            StaticSecret::from_bytes([0; 32]),
+            PublicKey::from_bytes([0; 32]),
+        );
+        assert_eq!(ours.probe_interval, core.probe_interval);
+        assert_eq!(ours.keepalive, core.keepalive);
+        assert_eq!(ours.path_timeout, core.path_timeout);
+        assert_eq!(ours.hold_down, core.hold_down);
+    }
+
+    #[test]
+    fn the_probe_table_sets_the_matching_client_fields() {
+        let text = format!(
+            "{BASE}[probe]\nactive_interval_ms = 100\nidle_keepalive_s = 10\n\
+             path_timeout_ms = 400\nhold_down_ms = 1500\n"
+        );
+        let config = Config::parse(&text, std::path::Path::new("mh.toml")).expect("valid");
+        let c = client_config(&config);
+        assert_eq!(c.probe_interval, Duration::from_millis(100));
+        assert_eq!(c.keepalive, Duration::from_secs(10));
+        assert_eq!(c.path_timeout, Duration::from_millis(400));
+        assert_eq!(c.hold_down, Duration::from_millis(1500));
+        // Untouched fields stay the core's.
+        assert_eq!(c.down_probe_interval, Duration::from_secs(1));
+    }
 
     #[test]
     fn session_params_map_to_tun_addressing_with_the_session_mtu() {
