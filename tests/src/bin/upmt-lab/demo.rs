@@ -111,6 +111,7 @@ pub fn run(lab: &Lab) -> Result<()> {
         .wait_with_timeout(Duration::from_secs(5))
         .context("curl did not finish")?;
     let elapsed = t0.elapsed();
+    let size = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
     let sha = upmt_tests::sha256_file(&out)?;
     let want = http.sha256("big.bin").context("big.bin is served")?;
     let wifi = mh.link_counters(MH_WIFI_IF)?.since(&wifi0);
@@ -118,7 +119,7 @@ pub fn run(lab: &Lab) -> Result<()> {
     println!(
         "  done in {:.1?}: curl {status}, {} bytes, sha256 {}",
         elapsed,
-        last_size,
+        size,
         if sha == want { "ok" } else { "MISMATCH" }
     );
     println!(
