@@ -28,6 +28,15 @@ pub const DEFAULT_RULE_PRIORITY: u32 = 5550;
 pub const DEFAULT_TUN: &str = "upmt0";
 /// Linux interface names hold at most 15 bytes (IFNAMSIZ - 1).
 const IFNAME_MAX: usize = 15;
+/// The largest config or policy file read. Far above any real one; it only stops `/dev/zero`
+/// or a runaway file from being read into memory whole.
+pub const MAX_FILE_BYTES: u64 = 16 << 20;
+/// The longest uplink name (it lands in logs, the policy and `upmt status`).
+pub const MAX_UPLINK_NAME: usize = 64;
+/// How many characters of a user-supplied value an error message echoes.
+const SHOWN_CHARS: usize = 64;
+/// How many characters of the TOML parser's own message are kept (it may quote a value).
+const PARSER_MESSAGE_CHARS: usize = 240;
 
 /// A validated configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -166,7 +175,7 @@ struct RawUplink {
 impl Config {
     /// Reads and validates the file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = read_bounded(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
@@ -185,15 +194,17 @@ impl Config {
                 message,
             }
         };
-        let raw: RawConfig = toml::from_str(text)
-            .map_err(|e| at(e.span().unwrap_or(0..0), e.message().trim().to_owned()))?;
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let message = clip(e.message().trim(), PARSER_MESSAGE_CHARS);
+            at(e.span().unwrap_or(0..0), message)
+        })?;
 
         let anchor: SocketAddr = raw.anchor.get_ref().parse().map_err(|_| {
             at(
                 raw.anchor.span(),
                 format!(
-                    "invalid anchor {:?}: expected IPv4:port or [IPv6]:port, e.g. \"203.0.113.2:51900\"",
-                    raw.anchor.get_ref()
+                    "invalid anchor {}: expected IPv4:port or [IPv6]:port, e.g. \"203.0.113.2:51900\"",
+                    shown(raw.anchor.get_ref())
                 ),
             )
         })?;
@@ -325,6 +336,7 @@ impl Config {
         for (i, u) in raw.uplink.into_iter().enumerate() {
             let name = u.name.get_ref();
             if name.is_empty()
+                || name.len() > MAX_UPLINK_NAME
                 || !name
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
@@ -332,12 +344,16 @@ impl Config {
                 return Err(at(
                     u.name.span(),
                     format!(
-                        "invalid uplink name {name:?}: expected letters, digits, '-', '_' or '.'"
+                        "invalid uplink name {}: expected at most {MAX_UPLINK_NAME} letters, digits, '-', '_' or '.'",
+                        shown(name)
                     ),
                 ));
             }
             if !names.insert(name.clone()) {
-                return Err(at(u.name.span(), format!("duplicate uplink name {name:?}")));
+                return Err(at(
+                    u.name.span(),
+                    format!("duplicate uplink name {}", shown(name)),
+                ));
             }
             let interface = u.interface.get_ref();
             check_ifname(interface)
@@ -345,13 +361,13 @@ impl Config {
             if interface == &tun {
                 return Err(at(
                     u.interface.span(),
-                    format!("uplink interface {interface:?} is the TUN itself"),
+                    format!("uplink interface {} is the TUN itself", shown(interface)),
                 ));
             }
             if !interfaces.insert(interface.clone()) {
                 return Err(at(
                     u.interface.span(),
-                    format!("interface {interface:?} is used by two uplinks"),
+                    format!("interface {} is used by two uplinks", shown(interface)),
                 ));
             }
             uplinks.push(UplinkConfig {
@@ -417,7 +433,7 @@ impl Config {
         let Some(path) = &self.policy else {
             return Ok(upmt_policy::Policy::tunnel_everything(&names));
         };
-        let text = std::fs::read_to_string(path).map_err(|source| PolicyLoadError::Read {
+        let text = read_bounded(path).map_err(|source| PolicyLoadError::Read {
             path: path.clone(),
             source,
         })?;
@@ -456,7 +472,7 @@ fn read_key_file(config: &Path, key_file: &str) -> Result<[u8; 32], ConfigError>
     } else {
         key_path.to_owned()
     };
-    let text = std::fs::read_to_string(&key_path).map_err(|source| ConfigError::KeyFileRead {
+    let text = read_bounded(&key_path).map_err(|source| ConfigError::KeyFileRead {
         config: config.to_owned(),
         key_file: key_path.clone(),
         source,
@@ -470,7 +486,8 @@ fn check_ifname(name: &str) -> Result<(), String> {
     }
     if name.len() > IFNAME_MAX {
         return Err(format!(
-            "{name:?} is longer than {IFNAME_MAX} bytes, the kernel's limit"
+            "{} is longer than {IFNAME_MAX} bytes, the kernel's limit",
+            shown(name)
         ));
     }
     if name == "."
@@ -480,10 +497,52 @@ fn check_ifname(name: &str) -> Result<(), String> {
             .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
     {
         return Err(format!(
-            "{name:?} is not a valid interface name (no '/', ':', whitespace; not '.' or '..')"
+            "{} is not a valid interface name (no '/', ':', whitespace; not '.' or '..')",
+            shown(name)
         ));
     }
     Ok(())
+}
+
+/// Reads a regular file of at most [`MAX_FILE_BYTES`] as UTF-8 text. A FIFO, a device such as
+/// `/dev/zero` or a directory is refused before anything is read, so `check` cannot hang or
+/// exhaust memory on them.
+fn read_bounded(path: &Path) -> std::io::Result<String> {
+    use std::io::Read as _;
+    let file = std::fs::File::open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(std::io::Error::other(format!(
+            "larger than {MAX_FILE_BYTES} bytes"
+        )));
+    }
+    String::from_utf8(bytes).map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "stream did not contain valid UTF-8",
+        )
+    })
+}
+
+/// `value` quoted for an error message, cut to its first [`SHOWN_CHARS`] characters so a
+/// megabyte-long value gives a short line.
+fn shown(value: &str) -> String {
+    match value.char_indices().nth(SHOWN_CHARS) {
+        Some((cut, _)) => format!("{:?}…", &value[..cut]),
+        None => format!("{value:?}"),
+    }
+}
+
+/// `message` cut to its first `max` characters, with an ellipsis when something was cut.
+fn clip(message: &str, max: usize) -> String {
+    match message.char_indices().nth(max) {
+        Some((cut, _)) => format!("{}…", &message[..cut]),
+        None => message.to_owned(),
+    }
 }
 
 /// 1-based line and column (in characters) of byte `offset` in `text`.
@@ -528,6 +587,82 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, Path::new("/etc/upmt/mh.toml"))
+    }
+
+    #[test]
+    fn a_config_that_is_not_a_regular_file_is_refused_without_reading_it() {
+        for path in ["/dev/zero", "/tmp"] {
+            match Config::load(Path::new(path)) {
+                Err(ConfigError::Read { path: p, source }) => {
+                    assert_eq!(p, Path::new(path));
+                    assert_eq!(source.to_string(), "not a regular file");
+                }
+                other => panic!("{path}: expected a Read error, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_config_over_16_mib_is_refused_by_size() {
+        let path =
+            std::env::temp_dir().join(format!("upmt-mh-cfg-huge-{}.toml", std::process::id()));
+        let file = std::fs::File::create(&path).unwrap();
+        file.set_len(MAX_FILE_BYTES + 1).unwrap();
+        let result = Config::load(&path);
+        let _ = std::fs::remove_file(&path);
+        match result {
+            Err(ConfigError::Read { source, .. }) => {
+                assert!(source.to_string().contains("larger than"), "{source}");
+            }
+            other => panic!("expected a Read error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_policy_that_is_not_a_regular_file_is_refused_without_reading_it() {
+        let c = parse(&format!("policy = \"/dev/zero\"\n{}", good())).unwrap();
+        match c.load_policy() {
+            Err(PolicyLoadError::Read { path, source }) => {
+                assert_eq!(path, Path::new("/dev/zero"));
+                assert_eq!(source.to_string(), "not a regular file");
+            }
+            other => panic!("expected a Read error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_huge_value_is_echoed_cut_to_64_characters() {
+        let huge = "x".repeat(1 << 20);
+        for text in [
+            good().replace("wlan0", &huge),
+            good().replace("\"wifi\"", &format!("\"{huge}\"")),
+            good().replace("203.0.113.2:51900", &huge),
+            good()
+                .replace("table = ", "")
+                .replace("tun = ", &format!("table = \"{huge}\"\ntun = ")),
+        ] {
+            let message = parse(&text).unwrap_err().to_string();
+            assert!(
+                message.len() < 400,
+                "{} bytes: {:.400}",
+                message.len(),
+                message
+            );
+        }
+        let (_, _, message) = invalid(&good().replace("wlan0", &huge));
+        assert!(
+            message.contains(&format!("\"{}\"…", "x".repeat(64))),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn an_uplink_name_over_64_bytes_is_refused() {
+        let (line, _, message) =
+            invalid(&good().replace("\"wifi\"", &format!("\"{}\"", "w".repeat(65))));
+        assert_eq!(line, 6);
+        assert!(message.contains("at most 64"), "{message}");
+        assert!(parse(&good().replace("\"wifi\"", &format!("\"{}\"", "w".repeat(64)))).is_ok());
     }
 
     /// The error's (line, column, message), or a panic naming what parsed instead.

@@ -2,10 +2,10 @@
 //! huge values, binary garbage. Each is refused with a non-zero status and one short line that
 //! names the file and, where the text has a position, its line and column. Needs no privileges.
 //!
-//! Not covered here because `upmt-mh` does not handle them yet: a huge value echoed in the
-//! error (a 10 MB interface name gives a 10 MB line), a config that is not a regular file
-//! (`/dev/zero` is read until memory runs out), and the policy file (`check` does not load it;
-//! `policy/tests/fuzz_corpus.rs` covers the parser).
+//! A 10 MB interface name is echoed cut to 64 characters, and a config that is not a regular
+//! file (`/dev/zero`, a directory) is refused before it is read. Not covered here: the policy
+//! file (`check` does not load it; the config module's unit tests cover its size and file-type
+//! checks and `policy/tests/fuzz_corpus.rs` covers the parser).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -49,6 +49,21 @@ fn cases() -> Vec<(&'static str, Vec<u8>, &'static str)> {
             good.replace("fwmark = 0x5550", "fwmark = 0x10000000000")
                 .into_bytes(),
             "",
+        ),
+        (
+            "a 10 MB interface name",
+            good.replace("\"wlan0\"", &format!("\"{}\"", "e".repeat(10 << 20)))
+                .into_bytes(),
+            "invalid interface: \"eeee",
+        ),
+        (
+            "a 10 MB string where a number belongs",
+            good.replace(
+                "table = 5550",
+                &format!("table = \"{}\"", "m".repeat(10 << 20)),
+            )
+            .into_bytes(),
+            "invalid type: string",
         ),
         (
             "binary garbage",
@@ -160,4 +175,27 @@ fn a_missing_config_is_refused_with_one_line_naming_it() {
         Duration::from_secs(20),
     );
     assert_refused("missing file", &path, &out, "", false);
+}
+
+#[test]
+fn a_config_that_is_not_a_regular_file_is_refused_at_once_with_one_line() {
+    for path in [Path::new("/dev/zero"), &dir()] {
+        let started = std::time::Instant::now();
+        let out = run_with_timeout(
+            Command::new(BIN).args(["check", "--config"]).arg(path),
+            Duration::from_secs(20),
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{path:?} took {:?}",
+            started.elapsed()
+        );
+        assert_refused(
+            &format!("{path:?}"),
+            path,
+            &out,
+            "not a regular file",
+            false,
+        );
+    }
 }
