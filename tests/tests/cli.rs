@@ -242,6 +242,11 @@ fn a_download_moved_from_wifi_to_cell_finishes_intact_in_the_same_connection() {
         .expect("the moved flow is still there");
     assert_eq!(after["uplink"], "cell", "{after}");
     assert_eq!(after["pinned"], true, "{after}");
+    // The anchor learned the move from the MH's explicit, acked signal (not only from ACKs).
+    upmt_tests::wait_for("the anchor to log the move", Duration::from_secs(5), || {
+        s.upmt.an.log().contains("peer moved a flow")
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", s.upmt.logs()));
 
     // curl exits 0 only if its one connection delivered the whole file.
     curl.wait_success(Duration::from_secs(60))

@@ -48,13 +48,37 @@ impl Daemon {
         let _ = request.reply.send(response);
     }
 
-    /// Publishes events to watchers; a no-op without watchers or a control socket.
-    pub(super) fn publish(&self, events: impl IntoIterator<Item = ControlEvent>) {
-        if let Some(end) = &self.control {
-            for e in events {
+    /// Publishes events to watchers (a no-op without watchers or a control socket), and tells
+    /// the anchor about every flow that moved.
+    pub(super) fn publish(&mut self, events: impl IntoIterator<Item = ControlEvent>) {
+        let now = crate::core::now();
+        for e in events {
+            if let ControlEvent::FlowMoved { flow, .. } = &e {
+                self.signal_move(FlowId(*flow), now);
+            }
+            if let Some(end) = &self.control {
                 end.publish(e);
             }
         }
+    }
+
+    /// Signals a moved flow's new path to the anchor (acked and retransmitted by the core), so
+    /// its downlink follows at once instead of after the flow's next uplink packet: a download
+    /// may send nothing upstream for a while.
+    fn signal_move(&mut self, id: FlowId, now: Instant) {
+        let Some((key, entry)) = self.flows.paft().by_id(id) else {
+            return;
+        };
+        // The PAFT keys flows in the direction of their first packet, which on the mobile host
+        // leaves through the TUN: the source is ours, the destination is the correspondent.
+        let flow = upmt_proto::control::FlowKey {
+            protocol: key.proto,
+            remote: key.dst,
+            remote_port: key.dport,
+            local_port: key.sport,
+        };
+        let path = upmt_proto::PathId(entry.uplink().get());
+        self.client.move_flows(&[flow], path, now);
     }
 
     /// Call before the flows are decided again: unpins flows pinned to an uplink that is no
@@ -77,7 +101,7 @@ impl Daemon {
     }
 
     /// Call after the flows were decided again: publishes the moves and blocks it caused.
-    pub(super) fn after_redecide(&self, before: Option<Placements>) {
+    pub(super) fn after_redecide(&mut self, before: Option<Placements>) {
         let Some(before) = before else { return };
         let mut events = Vec::new();
         answer::placement_events(
