@@ -458,6 +458,41 @@ pub async fn read_frame<T: serde::de::DeserializeOwned>(
     }
 }
 
+/// The fuzz entry point for `mobile-host/fuzz` target `control_frame` and the corpus replay
+/// test: `bytes` is read as a stream of length-prefixed frames, and each frame body (and, so
+/// the fuzzer need not learn the prefix, `bytes` itself) goes through the daemon's request
+/// parser and the CLI's response parser. Panics only on a real bug: a panic in a decoder, or a
+/// request that does not survive encoding and decoding again unchanged.
+#[doc(hidden)]
+pub fn fuzz_decode(bytes: &[u8]) {
+    fuzz_body(bytes);
+    let mut stream = bytes;
+    // Each frame consumes at least its 4-byte header, so this ends with the input.
+    while let Ok(Some(body)) = futures::executor::block_on(read_frame_bytes(&mut stream)) {
+        fuzz_body(&body);
+    }
+}
+
+fn fuzz_body(body: &[u8]) {
+    if let Ok(request) = super::server::parse_request(body) {
+        let frame = encode(&RequestFrame::from(request.clone()))
+            .unwrap_or_else(|e| panic!("a parsed request does not encode: {e}"));
+        let mut rest = frame.as_slice();
+        let again: Option<RequestFrame> = futures::executor::block_on(read_frame(&mut rest))
+            .unwrap_or_else(|e| panic!("an encoded request does not decode: {e}"));
+        let _ = request.name();
+        assert_eq!(again.map(|f| f.request), Some(request));
+    }
+    if let Ok(frame) = serde_json::from_slice::<ResponseFrame>(body) {
+        // A body of at most MAX_FRAME bytes may re-encode larger (escapes), so only
+        // "too large" is an acceptable failure.
+        match encode(&frame) {
+            Ok(_) | Err(FrameError::TooLarge { .. }) => {}
+            Err(e) => panic!("a parsed response does not encode: {e}"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -344,7 +344,7 @@ async fn connection<H: Handler>(
 }
 
 /// Decodes a request frame, or the error response that refuses it.
-fn parse_request(body: &[u8]) -> Result<Request, Response> {
+pub(crate) fn parse_request(body: &[u8]) -> Result<Request, Response> {
     let frame: LooseFrame = serde_json::from_slice(body).map_err(|e| {
         Response::error(
             ErrorKind::BadRequest,
