@@ -205,3 +205,85 @@ fn an_app_whose_only_uplink_is_down_gets_no_connection_and_leaks_nothing() {
         "the MH logged the block\n{log}"
     );
 }
+
+#[test]
+fn a_wifi_only_app_stops_when_wifi_goes_and_resumes_when_it_returns() {
+    const WIFI_ONLY: &str = r#"version = 1
+
+[[rule]]
+app = "com.example.store"
+uplinks = ["wifi"]
+
+[default]
+uplinks = ["wifi", "cell"]
+"#;
+    let lab = lab("perapp_resume");
+    let options = DeployOptions {
+        mh_policy: Some(WIFI_ONLY.to_owned()),
+        ..DeployOptions::default()
+    };
+    let upmt = Deployment::start(&lab, &options).unwrap_or_else(|e| panic!("deploying upmt: {e}"));
+    let http = lab.start_http_server().expect("http server");
+    let url = http.url(Family::V4, "small.txt");
+    let fetch = |app: &str| {
+        lab.mh()
+            .command(&[
+                "curl",
+                "-sS",
+                "--fail",
+                "--max-time",
+                "3",
+                "-o",
+                "/dev/null",
+                &url,
+            ])
+            .argv0(app)
+            .timeout(Duration::from_secs(10))
+            .run_unchecked()
+            .expect("running curl")
+            .status
+            .success()
+    };
+    assert!(
+        fetch("com.example.store"),
+        "store over wifi\n{}",
+        upmt.logs()
+    );
+
+    lab.mh().set_link(MH_WIFI_IF, false).expect("wifi down");
+    std::thread::sleep(Duration::from_millis(1500));
+    let (_, cell0) = counters(&lab);
+    assert!(
+        !fetch("com.example.store"),
+        "the store reached the CH without wifi\n{}",
+        upmt.logs()
+    );
+    let (_, cell1) = counters(&lab);
+    // Only probes crossed cell while the store tried (a few hundred bytes a second), not its
+    // connection: the small file alone is 4 KiB.
+    let leaked = cell1.since(&cell0);
+    assert!(
+        leaked.tx_bytes < 3000,
+        "cell tx while the store was blocked: {leaked:?}"
+    );
+    // Other apps keep working over cell meanwhile.
+    assert!(
+        fetch("com.example.browser"),
+        "default app over cell\n{}",
+        upmt.logs()
+    );
+
+    lab.mh().set_link(MH_WIFI_IF, true).expect("wifi up");
+    let (wifi0, _) = counters(&lab);
+    upmt_tests::wait_for(
+        "the store to work again over wifi",
+        Duration::from_secs(20),
+        || fetch("com.example.store"),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", upmt.logs()));
+    let (wifi1, _) = counters(&lab);
+    assert!(
+        wifi1.since(&wifi0).rx_bytes >= 4096,
+        "store bytes came over wifi"
+    );
+}
