@@ -1,8 +1,7 @@
 //! End to end handover: a long TCP download through real `upmt-an` and `upmt-mh` survives the
 //! Wi-Fi link going down, a blackhole on the Wi-Fi path (the link stays up), a NAT rebinding on
 //! the Wi-Fi router, and a restart of `upmt-an` — finishing with the right sha256 in the same TCP
-//! connection. Tunnelled DNS reaches the resolver the anchor's config names. Needs root; each
-//! test builds its own lab.
+//! connection. (DNS across a handover: `dns.rs`.) Needs root; each test builds its own lab.
 
 use std::time::{Duration, Instant};
 
