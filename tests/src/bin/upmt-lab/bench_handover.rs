@@ -5,7 +5,9 @@
 //!
 //! The gap is the longest time the downloaded file did not grow (polled every 5 ms) between the
 //! event and the end of the download: it includes TCP's own recovery (retransmission timeouts),
-//! which is what an application sees. Not measured yet: the loss of a paced UDP stream.
+//! which is what an application sees. Alongside, a paced UDP stream from the CH to the MH
+//! (iperf3 -u -R, 1250 datagrams/s of 200 bytes) runs across the same event; its lost
+//! datagrams, counted by iperf3's receiver, are printed as a count and as milliseconds of stream.
 
 use std::time::{Duration, Instant};
 
@@ -17,6 +19,15 @@ use upmt_tests::{DeployOptions, Deployment, Family, Lab};
 const SHAPED_BITS_PER_SEC: u64 = 50_000_000;
 /// When the event happens after the download started.
 const EVENT_AFTER: Duration = Duration::from_millis(1500);
+/// The paced UDP stream: datagrams per second (2 Mbit/s of 200-byte payloads) and its length.
+const UDP_PPS: u64 = 1250;
+const UDP_SECS: u64 = 7;
+
+/// What one run measured.
+struct Measured {
+    gap: Duration,
+    udp_lost: u64,
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
@@ -37,35 +48,56 @@ impl Kind {
 
 pub fn run(lab: &Lab, runs: usize) -> Result<()> {
     let http = lab.start_http_server().context("http server")?;
+    lab.start_iperf3_server().context("iperf3 server")?;
     for router in [lab.rwifi(), lab.rcell()] {
         router.tbf("lan", SHAPED_BITS_PER_SEC)?;
     }
     let url = http.url(Family::V4, "big.bin");
     let want = http.sha256("big.bin").context("big.bin served")?.to_owned();
     println!(
-        "{:<18} {:>5} {:>12} {:>12}",
-        "event", "runs", "median gap", "max gap"
+        "{:<18} {:>5} {:>12} {:>12} {:>22} {:>22}",
+        "event", "runs", "median gap", "max gap", "median UDP lost", "max UDP lost"
     );
     for kind in [Kind::LinkDown, Kind::Blackhole, Kind::PreferredReturns] {
         let mut gaps = Vec::with_capacity(runs);
+        let mut lost = Vec::with_capacity(runs);
         for i in 0..runs {
-            let gap = one_run(lab, kind, &url, &want)
+            let m = one_run(lab, kind, &url, &want)
                 .with_context(|| format!("{} run {}", kind.name(), i + 1))?;
-            gaps.push(gap);
+            gaps.push(m.gap);
+            lost.push(m.udp_lost);
         }
         gaps.sort();
+        lost.sort();
+        let ms = |n: u64| n as f64 * 1e3 / UDP_PPS as f64;
+        let (mid, max) = (lost[lost.len() / 2], lost[lost.len() - 1]);
         println!(
-            "{:<18} {:>5} {:>9.0} ms {:>9.0} ms",
+            "{:<18} {:>5} {:>9.0} ms {:>9.0} ms {:>7} ({:>6.0} ms) {:>7} ({:>6.0} ms)",
             kind.name(),
             runs,
             gaps[gaps.len() / 2].as_secs_f64() * 1e3,
-            gaps[gaps.len() - 1].as_secs_f64() * 1e3
+            gaps[gaps.len() - 1].as_secs_f64() * 1e3,
+            mid,
+            ms(mid),
+            max,
+            ms(max)
         );
     }
     Ok(())
 }
 
-fn one_run(lab: &Lab, kind: Kind, url: &str, want: &str) -> Result<Duration> {
+/// Lost datagrams of a finished `iperf3 -u -R -J` client, from its JSON log.
+fn udp_lost(log: &str) -> Result<u64> {
+    let start = log.find('{').context("no JSON in iperf3's output")?;
+    let end = log.rfind('}').context("no JSON in iperf3's output")?;
+    let json: serde_json::Value =
+        serde_json::from_str(&log[start..=end]).context("iperf3's JSON")?;
+    json["end"]["sum"]["lost_packets"]
+        .as_u64()
+        .with_context(|| format!("iperf3 reported no lost_packets: {}", json["error"]))
+}
+
+fn one_run(lab: &Lab, kind: Kind, url: &str, want: &str) -> Result<Measured> {
     let options = DeployOptions {
         mh_extra: format!(
             "control_socket = \"{}\"",
@@ -83,6 +115,25 @@ fn one_run(lab: &Lab, kind: Kind, url: &str, want: &str) -> Result<Duration> {
     }
     let out = lab.dir().join("bench-handover.bin");
     let _ = std::fs::remove_file(&out);
+    let rate = (UDP_PPS * 200 * 8).to_string();
+    let secs = UDP_SECS.to_string();
+    let udp = mh
+        .command(&[
+            "iperf3",
+            "-c",
+            "192.0.2.2",
+            "-u",
+            "-R",
+            "-b",
+            &rate,
+            "-l",
+            "200",
+            "-t",
+            &secs,
+            "-J",
+        ])
+        .label("bench-udp")
+        .spawn()?;
     let curl = mh
         .command(&[
             "curl",
@@ -124,6 +175,9 @@ fn one_run(lab: &Lab, kind: Kind, url: &str, want: &str) -> Result<Duration> {
     }
     let status = curl.wait_with_timeout(Duration::from_secs(5));
     let sha = upmt_tests::sha256_file(&out)?;
+    udp.wait_with_timeout(Duration::from_secs(UDP_SECS + 10))
+        .context("iperf3 UDP did not finish")?;
+    let udp_lost = udp_lost(&udp.log())?;
     // Undo the event for the next run's deployment.
     let _ = mh.remove_disturbance(MH_WIFI_IF);
     mh.set_link(MH_WIFI_IF, true)?;
@@ -135,5 +189,5 @@ fn one_run(lab: &Lab, kind: Kind, url: &str, want: &str) -> Result<Duration> {
             sha == want
         );
     }
-    Ok(gap)
+    Ok(Measured { gap, udp_lost })
 }
