@@ -362,3 +362,29 @@ fn an_idle_client_probes_at_the_keepalive_pace_only() {
     assert_eq!(pair.client.path_stats(P0).unwrap().state, PathState::Up);
     assert_eq!(pair.client.path_stats(P1).unwrap().state, PathState::Up);
 }
+
+#[test]
+fn a_lossy_path_is_measured_as_lossy_but_kept_and_the_download_continues() {
+    let mut pair = downloading_pair(&[10, 20], |_| {});
+    // One datagram in four vanishes on P0, both ways, at random; P1 is clean.
+    pair.links[0].drop_one_in = 4;
+    let mut tag = 1;
+    let sent = stream(&mut pair, Duration::from_secs(10), &mut tag);
+    pair.run_for(Duration::from_millis(100));
+    let p0 = pair.client.path_stats(P0).expect("P0 stats");
+    let p1 = pair.client.path_stats(P1).expect("P1 stats");
+    assert!(p0.loss > 0.1, "P0 loss measured as {}", p0.loss);
+    assert!(p1.loss < 0.05, "P1 loss measured as {}", p1.loss);
+    // Loss alone does not take the path down or the session with it.
+    assert_eq!(p0.state, PathState::Up);
+    assert!(!pair.client_events.contains(&Event::PathDown(P0)));
+    assert!(!pair.client_events.contains(&Event::Disconnected));
+    // Most of the download arrived, and none of it twice.
+    let got = pair.client_rx.len();
+    assert!(
+        got * 10 >= sent.len() * 6,
+        "{got} of {} arrived",
+        sent.len()
+    );
+    assert!(got <= sent.len());
+}

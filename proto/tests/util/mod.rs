@@ -20,6 +20,11 @@ pub struct Link {
     pub id: PathId,
     pub delay: Duration,
     pub blackholed: bool,
+    /// Drops each datagram crossing the link (either way) with probability 1/n; 0 drops none.
+    /// The draw comes from a fixed-seed generator, so a lossy-path scenario replays exactly.
+    pub drop_one_in: u32,
+    /// The state of that generator (xorshift64).
+    pub rng: u64,
     /// The client's public (post-NAT) address on this link.
     pub addr: SocketAddr,
 }
@@ -85,6 +90,8 @@ impl Pair {
                 id: PathId(i as u8),
                 delay: Duration::from_millis(*d),
                 blackholed: false,
+                drop_one_in: 0,
+                rng: 0x9e37_79b9_7f4a_7c15 ^ i as u64,
                 addr: format!("198.51.100.{}:{}", i + 1, 40000 + i)
                     .parse()
                     .unwrap(),
@@ -150,8 +157,12 @@ impl Pair {
     }
 
     pub fn send(&mut self, to_anchor: bool, path: PathId, bytes: Vec<u8>) {
-        let link = self.link(path);
-        if link.blackholed {
+        let link = &mut self.links[path.0 as usize];
+        link.rng ^= link.rng << 13;
+        link.rng ^= link.rng >> 7;
+        link.rng ^= link.rng << 17;
+        let lost = link.drop_one_in > 0 && link.rng % u64::from(link.drop_one_in) == 0;
+        if link.blackholed || lost {
             return;
         }
         let at = self.now + link.delay;
