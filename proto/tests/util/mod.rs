@@ -161,7 +161,7 @@ impl Pair {
         link.rng ^= link.rng << 13;
         link.rng ^= link.rng >> 7;
         link.rng ^= link.rng << 17;
-        let lost = link.drop_one_in > 0 && link.rng % u64::from(link.drop_one_in) == 0;
+        let lost = link.drop_one_in > 0 && link.rng.is_multiple_of(u64::from(link.drop_one_in));
         if link.blackholed || lost {
             return;
         }
