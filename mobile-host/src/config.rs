@@ -15,6 +15,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use serde::Deserialize;
 use serde_spanned::Spanned;
+use upmt_policy::line_col;
 
 /// Default SO_MARK of the daemon's own sockets; the routing rules exempt it from the TUN.
 pub const DEFAULT_FWMARK: u32 = 0x5550;
@@ -543,16 +544,6 @@ fn clip(message: &str, max: usize) -> String {
         Some((cut, _)) => format!("{}…", &message[..cut]),
         None => message.to_owned(),
     }
-}
-
-/// 1-based line and column (in characters) of byte `offset` in `text`.
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let offset = offset.min(text.len());
-    let before = text.get(..offset).unwrap_or(text);
-    let line = before.matches('\n').count() + 1;
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    let column = before[line_start..].chars().count() + 1;
-    (line, column)
 }
 
 #[cfg(test)]
