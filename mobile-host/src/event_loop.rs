@@ -463,6 +463,11 @@ impl Daemon {
             // Due timers run on every turn, not only on the timer's wake: the tokio timer does
             // not count suspended time, CLOCK_BOOTTIME does.
             if self.client.poll_timeout().is_some_and(|(at, _)| at <= now) {
+                // Read what already waits on the uplinks first: a loop that ran late under CPU
+                // pressure must not call a path dead whose answers sit unread in its socket.
+                for i in 0..self.uplinks.len() {
+                    self.read_uplink(i, now);
+                }
                 self.client.handle_timeout(now);
             }
             self.drain(now).await?;
