@@ -1,39 +1,33 @@
-//! The daemon's event loop: one tokio task that owns the protocol core, the uplink sockets, the
-//! TUN and the routing, and feeds the core in its documented order once per turn:
+//! The daemon's event loop: the IO around the pure core [`MobileHost`]. One tokio task owns the
+//! core, the uplink sockets, the TUN, the routing and the app-lookup worker, and once per turn:
 //!
-//! 1. wait for one of: TUN readable, an uplink socket readable, the core's timer, the uplink
-//!    re-check tick, shutdown;
-//! 2. sample `now` (CLOCK_BOOTTIME) once;
-//! 3. handle that source in a batch of at most [`BATCH`] packets, reading with `try_recv` until
-//!    `WouldBlock` into buffers allocated once at start (no per-packet allocation); a bad packet
-//!    is dropped and counted, never aborts the batch;
-//! 4. run the core's timers if due, drain `poll_transmit` (sent on the path's socket) and
-//!    `poll_event` (the TUN and routing come up on `Connected`), re-arm the timer.
+//! 1. waits for one of: TUN readable, an uplink socket readable, the core's timer, a link event,
+//!    the uplink re-check tick, an app-lookup answer, a control request, SIGHUP, shutdown;
+//! 2. samples `now` (CLOCK_BOOTTIME) once;
+//! 3. hands that source to the core, in a batch of at most [`BATCH`] packets read with
+//!    `try_recv` until `WouldBlock` into buffers allocated once at start (no per-packet
+//!    allocation); a bad packet is dropped and counted, never aborts the batch;
+//! 4. runs the core's timers if due, then drains its outputs (datagrams, TUN writes, lookups,
+//!    routing intents, events) and re-arms the timer.
 //!
-//! Uplinks whose interface is missing or down are reported down to the core and re-checked every
-//! [`RECHECK_INTERVAL`]. Path choice for TUN traffic is per flow ([`crate::flows`]): a known
-//! flow's packets go on its uplink; a new flow's first packets wait while the
-//! [`crate::appid`] worker thread finds its app (its answers are one more wake source), then the
-//! policy decides. Flows are decided again when an uplink comes or goes and when the policy is
-//! reloaded (SIGHUP, or [`Daemon::reload_policy`]). This module never parses protocol messages.
+//! Every decision (which uplink a flow takes, what is blocked, when an uplink counts as usable,
+//! pins, the bypass set) is the core's. This module only moves bytes and applies intents.
 
 use std::future::{Future, poll_fn};
 use std::io;
 use std::task::Poll;
 use std::time::Duration;
 
-use serde::Serialize;
-use upmt_policy::{Policy, Route, UplinkStatus};
-
-mod control;
+use upmt_mh_core::api::{ErrorKind, ErrorReply, ReloadReply, Request, Response};
+use upmt_mh_core::{MobileHost, RoutingIntent, Uplinks};
+use upmt_paft::UplinkId;
+use upmt_proto::PathId;
 
 use crate::appid::{self, Worker};
 use crate::config::{Config, PolicyLoadError, UplinkConfig};
-use crate::control::proto::Event as ControlEvent;
 use crate::control::{ControlRequest, LoopEnd};
-use crate::core::{self, Client, Event, HEADER_LEN, Instant, PathId, TAG_LEN};
-use crate::flows::{Flows, FlowsSnapshot, Outcome, TunAction};
 use crate::routing::{Netlink, RoutingError, RoutingKey, describe_rule};
+use crate::setup::{self, HEADER_LEN, Instant, TAG_LEN};
 use crate::tun::{Tun, TunError};
 use crate::uplink::{self, LinkState};
 
@@ -43,8 +37,6 @@ pub const BATCH: usize = 64;
 pub const RECHECK_INTERVAL: Duration = Duration::from_secs(3);
 /// Largest datagram or packet handled: a UDP payload's maximum, so GRO/GSO can come later.
 const MAX_PACKET: usize = 65_535;
-/// How often flows expire and stalled lookups are given up.
-pub const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A fatal error of the daemon.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +50,9 @@ pub enum DaemonError {
     /// The policy file named by the config is missing or invalid.
     #[error("cannot load the policy")]
     Policy(#[from] PolicyLoadError),
+    /// The config names more uplinks than the data path carries.
+    #[error("invalid uplinks")]
+    Uplinks(#[from] upmt_mh_core::uplinks::TooManyUplinks),
     /// Reading the TUN failed in a way that is not a single bad packet.
     #[error("reading TUN {name} failed")]
     TunRead {
@@ -67,11 +62,9 @@ pub enum DaemonError {
     },
 }
 
-/// Counters of packets the driver itself dropped (the core counts its own drops).
+/// Counters of what the driver itself could not do (the core counts its own drops).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DriverCounters {
-    /// TUN packets with no usable path.
-    pub tun_no_path: u64,
     /// Datagrams the kernel refused to send (buffer full, link gone).
     pub send_errors: u64,
     /// Receive errors on uplink sockets (ICMP errors reported on a connected socket, ...).
@@ -84,16 +77,14 @@ pub struct DriverCounters {
 
 struct Uplink {
     config: UplinkConfig,
-    path: PathId,
+    id: UplinkId,
     socket: Option<tokio::net::UdpSocket>,
-    /// The core's view (PathUp/PathDown events).
-    live: bool,
 }
 
-/// The mobile host daemon's state.
+/// The mobile host daemon: the core and its IO.
 pub struct Daemon {
     config: Config,
-    client: Client,
+    host: MobileHost,
     netlink: Netlink,
     key: RoutingKey,
     uplinks: Vec<Uplink>,
@@ -103,27 +94,20 @@ pub struct Daemon {
     tun_buf: Box<[u8]>,
     rx_buf: Box<[u8]>,
     tx_buf: Box<[u8]>,
+    rst_buf: Box<[u8]>,
     /// Where the uplink readiness scan starts, rotated for fairness.
     next_uplink: usize,
     counters: DriverCounters,
-    flows: Flows,
     /// The app lookup thread; `None` when sock_diag is unavailable (every owner unknown).
     worker: Option<Worker>,
-    /// The uplinks as the policy sees them, refreshed before each decision.
-    statuses: Vec<UplinkStatus>,
-    uplinks_changed: bool,
-    /// Queued packets of a flow just classified (pooled buffers, returned to the flow layer).
-    released: Vec<Vec<u8>>,
-    rst_buf: Box<[u8]>,
-    bypass_uids: Vec<u32>,
-    /// The control socket's requests and watchers (see the `control` child module).
+    packages: appid::android::Packages,
+    /// The control socket's requests and watchers.
     control: Option<LoopEnd>,
 }
 
 enum Wake {
     Shutdown,
     Recheck,
-    Housekeeping,
     Hangup,
     Timer,
     Tun,
@@ -133,41 +117,9 @@ enum Wake {
     Link(crate::linkwatch::LinkEvent),
 }
 
-/// One tunnel (uplink) as the control socket shows it.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct TunnelInfo {
-    /// Uplink name.
-    pub name: String,
-    /// Its interface.
-    pub interface: String,
-    /// The protocol path id.
-    pub path: u8,
-    /// Has a socket (interface up).
-    pub available: bool,
-    /// The core reports the path up.
-    pub up: bool,
-    /// Smoothed RTT.
-    pub rtt_ms: Option<f64>,
-    /// Smoothed probe loss, 0..=1.
-    pub loss: Option<f32>,
-    /// Datagrams sent.
-    pub tx_packets: u64,
-    /// Authenticated datagrams received.
-    pub rx_packets: u64,
-}
-
-/// The daemon's state at one moment: tunnels, flows, apps, counters.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Snapshot {
-    /// Every uplink, in config order.
-    pub tunnels: Vec<TunnelInfo>,
-    /// Flows and apps.
-    pub flows: FlowsSnapshot,
-}
-
 impl Daemon {
     /// Prepares the daemon: a netlink connection, leftovers of a previous run removed, the
-    /// protocol core. Must run inside tokio. Opens no socket yet.
+    /// core. Must run inside tokio. Opens no socket yet.
     pub async fn new(config: Config) -> Result<Daemon, DaemonError> {
         let netlink = Netlink::new()?;
         let key = RoutingKey {
@@ -191,21 +143,22 @@ impl Daemon {
                 None
             }
         };
-        let statuses = vec![UplinkStatus::default(); config.uplinks.len()];
-        let client = core::client(&config, core::now());
+        let mut host = MobileHost::new(setup::host_config(&config, policy)?, setup::now());
+        let packages = appid::android::Packages::at(appid::android::PACKAGES_LIST);
+        host.set_packages(packages.uids_by_name());
         let uplinks = config
             .uplinks
             .iter()
-            .map(|u| Uplink {
+            .zip(host.uplinks().ids())
+            .map(|(u, id)| Uplink {
                 config: u.clone(),
-                path: PathId(u.path_index),
+                id,
                 socket: None,
-                live: false,
             })
             .collect();
         Ok(Daemon {
             config,
-            client,
+            host,
             netlink,
             key,
             uplinks,
@@ -213,113 +166,40 @@ impl Daemon {
             routing_installed: false,
             tun_buf: vec![0; HEADER_LEN + MAX_PACKET + TAG_LEN].into_boxed_slice(),
             rx_buf: vec![0; MAX_PACKET].into_boxed_slice(),
-            tx_buf: vec![0; MAX_PACKET].into_boxed_slice(),
+            tx_buf: vec![0; HEADER_LEN + MAX_PACKET + TAG_LEN].into_boxed_slice(),
+            rst_buf: vec![0; 128].into_boxed_slice(),
             next_uplink: 0,
             counters: DriverCounters::default(),
-            statuses,
-            flows: Flows::new(policy),
             worker,
-            uplinks_changed: false,
-            released: Vec::with_capacity(crate::flows::MAX_PENDING_PACKETS),
-            rst_buf: vec![0; 128].into_boxed_slice(),
-            bypass_uids: Vec::new(),
+            packages,
             control: None,
         })
     }
 
-    /// Reads the policy file again. On success the new policy applies to new and existing
-    /// flows (returns how many flows changed) and the bypass rules are redone; on error the old
-    /// policy stays and the error (file:line:column) is returned.
-    pub async fn reload_policy(&mut self) -> Result<usize, PolicyLoadError> {
-        let policy = self.config.load_policy()?;
-        let rules = policy.rules().len();
-        self.flows.set_policy(policy);
-        self.refresh_statuses();
-        let changed = self
-            .flows
-            .redecide(&self.statuses, core::now().as_duration());
-        tracing::info!(rules, flows_changed = changed, "policy reloaded");
-        if self.routing_installed {
-            self.install_bypass().await;
-        }
-        Ok(changed)
+    /// Serves the control socket's requests from this loop and publishes its events there.
+    pub fn attach_control(&mut self, end: LoopEnd) {
+        self.control = Some(end);
     }
 
-    /// The flow layer (read only), for queries.
-    pub fn flows(&self) -> &Flows {
-        &self.flows
+    /// The core (read only), for queries.
+    pub fn host(&self) -> &MobileHost {
+        &self.host
     }
 
-    /// Tunnels, flows and apps now.
-    pub fn snapshot(&self) -> Snapshot {
-        let names: Vec<String> = self.uplinks.iter().map(|u| u.config.name.clone()).collect();
-        let tunnels = self
-            .uplinks
-            .iter()
-            .map(|u| {
-                let stats = self.client.path_stats(u.path);
-                TunnelInfo {
-                    name: u.config.name.clone(),
-                    interface: u.config.interface.clone(),
-                    path: u.path.0,
-                    available: u.socket.is_some(),
-                    up: u.live,
-                    rtt_ms: stats.and_then(|s| s.rtt).map(|r| r.as_secs_f64() * 1e3),
-                    loss: stats.map(|s| s.loss),
-                    tx_packets: stats.map_or(0, |s| s.tx_packets),
-                    rx_packets: stats.map_or(0, |s| s.rx_packets),
-                }
-            })
-            .collect();
-        Snapshot {
-            tunnels,
-            flows: self.flows.snapshot(&names, core::now().as_duration()),
-        }
-    }
-
-    /// The uids whose traffic bypasses the tunnel: `uid = N` bypass rules, and bypass rules by
-    /// app name whose uid Android's packages.list gives.
-    fn bypass_uids(policy: &Policy) -> Vec<u32> {
-        let packages = appid::android::Packages::at(appid::android::PACKAGES_LIST);
-        let mut uids: Vec<u32> = policy
-            .rules()
-            .iter()
-            .filter(|r| r.route == Route::Bypass)
-            .filter_map(|r| match &r.matcher {
-                upmt_policy::Matcher::Uid(u) => Some(*u),
-                upmt_policy::Matcher::App(name) => packages.uid_of(name),
-                upmt_policy::Matcher::Glob(..) => None,
-            })
-            .collect();
-        uids.sort_unstable();
-        uids.dedup();
-        uids
-    }
-
-    async fn install_bypass(&mut self) {
-        let uids = Self::bypass_uids(self.flows.policy());
-        match self.netlink.install_bypass(&self.key, &uids).await {
-            Ok(n) => {
-                if !uids.is_empty() || !self.bypass_uids.is_empty() {
-                    tracing::info!(?uids, rules = n, "bypass rules installed");
-                }
-                self.bypass_uids = uids;
-            }
-            Err(e) => tracing::warn!(error = %display_chain(&e), "bypass rules not installed"),
-        }
-    }
-
-    fn refresh_statuses(&mut self) {
-        for (s, u) in self.statuses.iter_mut().zip(&self.uplinks) {
-            // The core's hold-down keeps a returning uplink out until it proved stable.
-            s.up = u.live && u.socket.is_some() && self.client.path_usable(u.path, core::now());
-            s.rtt = self.client.path_stats(u.path).and_then(|p| p.rtt);
-        }
-    }
-
-    /// The driver's own drop counters.
+    /// The driver's own counters.
     pub fn counters(&self) -> DriverCounters {
         self.counters
+    }
+
+    /// Reads the policy file (and Android's package table) again. On success the new policy
+    /// applies to new and existing flows; on error the old policy stays and the error
+    /// (file:line:column) is returned.
+    pub fn reload_policy(&mut self, now: Instant) -> Result<ReloadReply, PolicyLoadError> {
+        let policy = self.config.load_policy()?;
+        if self.packages.refresh() {
+            self.host.set_packages(self.packages.uids_by_name());
+        }
+        Ok(self.host.reload_policy(policy, now))
     }
 
     /// Runs until `shutdown` completes or a fatal error, then removes the routing it installed.
@@ -333,8 +213,6 @@ impl Daemon {
         tokio::pin!(shutdown);
         let mut recheck = tokio::time::interval(RECHECK_INTERVAL);
         recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut housekeeping = tokio::time::interval(HOUSEKEEPING_INTERVAL);
-        housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Link changes from netlink re-check the uplinks at once; the RECHECK_INTERVAL poll
         // stays as a safety net (and the only source if netlink is unavailable).
         let mut links = crate::linkwatch::spawn()
@@ -349,15 +227,10 @@ impl Daemon {
             }
         };
         loop {
-            let before = core::now();
-            let deadline = self.client.poll_timeout().map(|(at, _why)| at);
+            let before = setup::now();
+            let deadline = self.host.poll_timeout();
             let wake = {
-                let timer = async {
-                    match deadline {
-                        Some(at) => tokio::time::sleep(core::until(at, before)).await,
-                        None => std::future::pending().await,
-                    }
-                };
+                let timer = tokio::time::sleep(setup::until(deadline, before));
                 let tun_ready = async {
                     match &self.tun {
                         Some(tun) => tun.device.readable().await,
@@ -373,7 +246,7 @@ impl Daemon {
                         None => std::future::pending().await,
                     }
                 };
-                let control = Self::next_control(&mut self.control);
+                let control = next_control(&mut self.control);
                 let link = async {
                     match &mut links {
                         Some(l) => l.recv().await,
@@ -389,7 +262,6 @@ impl Daemon {
                 tokio::select! {
                     () = &mut shutdown => Wake::Shutdown,
                     _ = recheck.tick() => Wake::Recheck,
-                    _ = housekeeping.tick() => Wake::Housekeeping,
                     Some(()) = hup => Wake::Hangup,
                     Some(e) = link => Wake::Link(e),
                     Some(a) = answer => Wake::Answer(a),
@@ -400,7 +272,7 @@ impl Daemon {
                     i = uplink_ready => Wake::Uplink(i),
                 }
             };
-            let now = core::now();
+            let now = setup::now();
             match wake {
                 Wake::Shutdown => {
                     tracing::info!("shutting down");
@@ -417,27 +289,15 @@ impl Daemon {
                                 && u.socket.take().is_some()
                             {
                                 tracing::warn!(uplink = %u.config.name, "uplink lost (netlink)");
-                                u.live = false;
-                                self.uplinks_changed = true;
-                                self.client.handle_path_down(u.path, now);
+                                self.host.handle_uplink_lost(u.id, now);
                             }
                         }
                     }
                     self.recheck_uplinks(now);
                 }
-                Wake::Housekeeping => {
-                    self.flows.housekeeping(now.as_duration());
-                    // A returning uplink's hold-down ends without an event of its own.
-                    let client = &self.client;
-                    if self.uplinks.iter().zip(&self.statuses).any(|(u, s)| {
-                        s.up != (u.live && u.socket.is_some() && client.path_usable(u.path, now))
-                    }) {
-                        self.uplinks_changed = true;
-                    }
-                }
                 Wake::Hangup => {
                     tracing::info!("SIGHUP: reloading the policy");
-                    if let Err(e) = self.reload_and_publish().await {
+                    if let Err(e) = self.reload(now) {
                         tracing::error!(error = %e.message, "policy reload refused; the old policy stays");
                     }
                 }
@@ -452,7 +312,7 @@ impl Daemon {
                         self.classified(a, now);
                     }
                 }
-                Wake::Control(r) => self.answer_control(r, now).await,
+                Wake::Control(r) => self.answer_control(r, now),
                 Wake::Timer => {}
                 Wake::Tun => self.read_tun(now)?,
                 Wake::Uplink(i) => {
@@ -462,92 +322,45 @@ impl Daemon {
             }
             // Due timers run on every turn, not only on the timer's wake: the tokio timer does
             // not count suspended time, CLOCK_BOOTTIME does.
-            if self.client.poll_timeout().is_some_and(|(at, _)| at <= now) {
+            if self.host.poll_timeout() <= now {
                 // Read what already waits on the uplinks first: a loop that ran late under CPU
                 // pressure must not call a path dead whose answers sit unread in its socket.
                 for i in 0..self.uplinks.len() {
                     self.read_uplink(i, now);
                 }
-                self.client.handle_timeout(now);
+                self.host.handle_timeout(now);
             }
             self.drain(now).await?;
-            if std::mem::take(&mut self.uplinks_changed) {
-                self.refresh_statuses();
-                let before = self.before_redecide();
-                let changed = self.flows.redecide(&self.statuses, now.as_duration());
-                self.after_redecide(before);
-                if changed > 0 {
-                    tracing::info!(
-                        flows = changed,
-                        "flows decided again after an uplink change"
-                    );
-                }
-            }
         }
     }
 
-    /// A flow's owner is known: decide, then send (or reset) the packets that waited for it.
     fn classified(&mut self, answer: appid::Answer, now: Instant) {
-        self.refresh_statuses();
-        let mut released = std::mem::take(&mut self.released);
-        let outcome = self.flows.classified(
-            answer.key,
-            &answer.owner,
-            &self.statuses,
-            now.as_duration(),
-            &mut released,
-        );
-        tracing::trace!(key = ?answer.key, took_us = answer.took.as_micros() as u64, ?outcome, "classified");
-        for packet in &released {
-            match outcome {
-                Outcome::Tunnel(path) => self.send_packet(path, packet, now),
-                Outcome::Blocked => self.reset(packet),
-                Outcome::Held | Outcome::Stale => {}
-            }
-        }
-        self.flows.recycle(&mut released);
-        self.released = released;
+        tracing::trace!(key = ?answer.key, took_us = answer.took.as_micros() as u64, "owner found");
+        self.host.handle_owner(answer.key, &answer.owner, now);
     }
 
-    /// Encapsulates one queued packet on `path` and sends it.
-    fn send_packet(&mut self, path: PathId, packet: &[u8], now: Instant) {
-        let n = packet.len();
-        let Some(slot) = self.tun_buf.get_mut(HEADER_LEN..HEADER_LEN + n) else {
-            return;
+    fn answer_control(&mut self, request: ControlRequest, now: Instant) {
+        tracing::debug!(request = request.request.name(), "control request");
+        let response = match request.request {
+            Request::ReloadPolicy => self
+                .reload(now)
+                .map_or_else(Response::Error, Response::Reloaded),
+            other => self.host.answer(other, now),
         };
-        slot.copy_from_slice(packet);
-        self.encapsulate_and_send(path, n, now);
+        // The client may have gone away meanwhile: nothing to do then.
+        let _ = request.reply.send(response);
     }
 
-    /// Encapsulates the packet at `tun_buf[HEADER_LEN..HEADER_LEN + n]` on `path` and sends it.
-    fn encapsulate_and_send(&mut self, path: PathId, n: usize, now: Instant) {
-        if self
-            .uplinks
-            .get(usize::from(path.0))
-            .is_none_or(|u| u.socket.is_none())
-        {
-            self.counters.tun_no_path += 1;
-            return;
-        }
-        match self.client.encapsulate(path, &mut self.tun_buf, n, now) {
-            Ok(len) => {
-                if !send_on(&self.uplinks, path, &self.tun_buf[..len]) {
-                    self.counters.send_errors += 1;
-                }
-            }
-            // The core counted it (no session yet, too big, ...).
-            Err(reason) => tracing::debug!(reason = reason.as_str(), "TUN packet dropped"),
-        }
-    }
-
-    /// Answers a TCP segment of a blocked flow with a reset written into the TUN.
-    fn reset(&mut self, packet: &[u8]) {
-        let Some(tun) = &self.tun else { return };
-        if let Some(n) = crate::rst::tcp_reset(packet, &mut self.rst_buf)
-            && tun.device.try_send(&self.rst_buf[..n]).is_ok()
-        {
-            self.counters.resets_sent += 1;
-        }
+    /// Reloads the policy; the error is the one line users see.
+    fn reload(&mut self, now: Instant) -> Result<ReloadReply, ErrorReply> {
+        self.reload_policy(now).map_err(|e| ErrorReply {
+            kind: ErrorKind::InvalidPolicy,
+            message: match e {
+                // The policy's own message is "file:line:col: what"; the wrapper adds nothing.
+                PolicyLoadError::Invalid(e) => e.to_string(),
+                e => display_chain(&e),
+            },
+        })
     }
 
     /// Opens sockets for uplinks whose interface came up, closes those whose interface went away,
@@ -559,9 +372,10 @@ impl Daemon {
             match (&u.socket, state) {
                 (None, LinkState::Up) => match uplink::open(&u.config.interface, anchor, fwmark) {
                     Ok(socket) => {
-                        tracing::info!(uplink = %u.config.name, interface = %u.config.interface, path = %u.path, "uplink available");
+                        tracing::info!(uplink = %u.config.name, interface = %u.config.interface, path = %Uplinks::path(u.id), "uplink available");
+                        let local = socket.local_addr().ok();
                         u.socket = Some(socket);
-                        self.client.handle_path_up(u.path, now);
+                        self.host.handle_uplink_available(u.id, local, now);
                     }
                     Err(e) => {
                         tracing::warn!(uplink = %u.config.name, error = %display_chain(&e), "uplink not usable yet; retrying");
@@ -571,9 +385,7 @@ impl Daemon {
                     tracing::warn!(uplink = %u.config.name, interface = %u.config.interface, ?state, "uplink lost");
                     // A new socket later picks the interface's new source address.
                     u.socket = None;
-                    u.live = false;
-                    self.uplinks_changed = true;
-                    self.client.handle_path_down(u.path, now);
+                    self.host.handle_uplink_lost(u.id, now);
                 }
                 (None, LinkState::Missing | LinkState::Down) => {
                     tracing::debug!(uplink = %u.config.name, ?state, "uplink still unavailable");
@@ -603,38 +415,10 @@ impl Daemon {
             if n == 0 {
                 continue;
             }
-            let action = self
-                .flows
-                .on_tun_packet(&self.tun_buf[HEADER_LEN..HEADER_LEN + n], now.as_duration());
-            match action {
-                TunAction::Send(path) => self.encapsulate_and_send(path, n, now),
-                TunAction::Queued { key, new: true } => match &self.worker {
-                    Some(w) => {
-                        if !w.request(key) {
-                            self.flows.lookup_refused(&key);
-                        }
-                    }
-                    // No lookup possible: decide at once with an unknown owner.
-                    None => self.classified(
-                        appid::Answer {
-                            key,
-                            owner: appid::Owner::unknown(),
-                            took: Duration::ZERO,
-                        },
-                        now,
-                    ),
-                },
-                TunAction::Queued { new: false, .. } | TunAction::Drop => {}
-                TunAction::Reset => {
-                    let Some(tun) = &self.tun else { continue };
-                    if let Some(len) = crate::rst::tcp_reset(
-                        &self.tun_buf[HEADER_LEN..HEADER_LEN + n],
-                        &mut self.rst_buf,
-                    ) && tun.device.try_send(&self.rst_buf[..len]).is_ok()
-                    {
-                        self.counters.resets_sent += 1;
-                    }
-                }
+            if let Some(t) = self.host.handle_tun_packet(&mut self.tun_buf, n, now)
+                && !send_on(&self.uplinks, t.path, &self.tun_buf[..t.len])
+            {
+                self.counters.send_errors += 1;
             }
         }
         Ok(())
@@ -644,7 +428,7 @@ impl Daemon {
         let Some(u) = self.uplinks.get(index) else {
             return;
         };
-        let path = u.path;
+        let path = Uplinks::path(u.id);
         for _ in 0..BATCH {
             let Some(socket) = &self.uplinks[index].socket else {
                 return;
@@ -660,32 +444,22 @@ impl Daemon {
                     continue;
                 }
             };
-            match self
-                .client
-                .handle_datagram(path, &mut self.rx_buf[..n], now)
-            {
-                Ok(Some(range)) => {
-                    let written = match (&self.tun, self.rx_buf.get(range)) {
-                        (Some(tun), Some(packet)) => {
-                            self.flows.on_downlink(packet, path, now.as_duration());
-                            tun.device.try_send(packet).is_ok()
-                        }
-                        _ => false,
-                    };
-                    if !written {
-                        self.counters.tun_write_errors += 1;
-                    }
+            if let Some(range) = self.host.handle_datagram(path, &mut self.rx_buf[..n], now) {
+                let written = match (&self.tun, self.rx_buf.get(range)) {
+                    (Some(tun), Some(packet)) => tun.device.try_send(packet).is_ok(),
+                    _ => false,
+                };
+                if !written {
+                    self.counters.tun_write_errors += 1;
                 }
-                Ok(None) => {}
-                Err(reason) => tracing::debug!(%path, reason = reason.as_str(), "datagram dropped"),
             }
         }
     }
 
-    /// Drains the core's outputs: datagrams to send, then events, until both are empty.
+    /// Drains the core's outputs until all are empty.
     async fn drain(&mut self, now: Instant) -> Result<(), DaemonError> {
         loop {
-            while let Some(t) = self.client.poll_transmit(now, &mut self.tx_buf) {
+            while let Some(t) = self.host.poll_transmit(now, &mut self.tx_buf) {
                 let sent = self
                     .tx_buf
                     .get(..t.len)
@@ -694,50 +468,58 @@ impl Daemon {
                     self.counters.send_errors += 1;
                 }
             }
-            let Some(event) = self.client.poll_event() else {
-                return Ok(());
-            };
-            if matches!(event, Event::PathUp(_) | Event::PathDown(_)) {
-                self.uplinks_changed = true;
+            while let Some(n) = self.host.poll_tun_write(&mut self.rst_buf) {
+                if let Some(tun) = &self.tun
+                    && tun.device.try_send(&self.rst_buf[..n]).is_ok()
+                {
+                    self.counters.resets_sent += 1;
+                }
             }
-            self.handle_event(event).await?;
+            while let Some(key) = self.host.poll_lookup() {
+                match &self.worker {
+                    Some(w) => {
+                        if !w.request(key) {
+                            self.host.handle_lookup_refused(&key);
+                        }
+                    }
+                    // No lookup possible: decide at once with an unknown owner.
+                    None => self.host.handle_owner(key, &appid::Owner::unknown(), now),
+                }
+            }
+            let mut more = false;
+            while let Some(intent) = self.host.poll_routing() {
+                self.apply(intent).await?;
+                more = true;
+            }
+            while let Some(event) = self.host.poll_event() {
+                if let Some(end) = &self.control {
+                    end.publish(event);
+                }
+            }
+            // Released packets, resets and lookups can come from an unknown-owner decision
+            // above; routing changes can make the core say more.
+            if !more && !self.host.has_output() {
+                return Ok(());
+            }
         }
     }
 
-    async fn handle_event(&mut self, event: Event) -> Result<(), DaemonError> {
-        match event {
-            Event::Connected(params) => {
-                self.publish([ControlEvent::SessionUp]);
-                tracing::info!(
-                    virtual_ipv4 = %format_args!("{}/{}", params.virtual_ipv4, params.prefix4),
-                    virtual_ipv6 = ?params.virtual_ipv6,
-                    mtu = params.mtu,
-                    "connected to the anchor"
-                );
-                self.bring_up(core::tun_addressing(&params)).await?;
-            }
-            Event::Disconnected => {
-                // TUN and routes stay: traffic is dropped rather than leaked while re-handshaking.
-                tracing::warn!("session lost; handshaking again");
-                self.publish([ControlEvent::SessionDown]);
-            }
-            Event::PathUp(path) => {
-                if let Some(u) = self.uplinks.iter_mut().find(|u| u.path == path) {
-                    u.live = true;
-                    tracing::info!(%path, uplink = %u.config.name, "path up");
-                    let uplink = u.config.name.clone();
-                    self.publish([ControlEvent::TunnelUp { uplink }]);
+    async fn apply(&mut self, intent: RoutingIntent) -> Result<(), DaemonError> {
+        match intent {
+            RoutingIntent::Connect(params) => {
+                self.bring_up(setup::tun_addressing(&params)).await?;
+                if let Some(tun) = &self.tun {
+                    self.host.handle_tun_ready(tun.name.clone());
                 }
             }
-            Event::PathDown(path) => {
-                if let Some(u) = self.uplinks.iter_mut().find(|u| u.path == path) {
-                    u.live = false;
-                    tracing::warn!(%path, uplink = %u.config.name, "path down");
-                    let uplink = u.config.name.clone();
-                    self.publish([ControlEvent::TunnelDown { uplink }]);
+            RoutingIntent::Bypass(uids) => {
+                match self.netlink.install_bypass(&self.key, &uids).await {
+                    Ok(n) => tracing::info!(?uids, rules = n, "bypass rules installed"),
+                    Err(e) => {
+                        tracing::warn!(error = %display_chain(&e), "bypass rules not installed")
+                    }
                 }
             }
-            Event::Rekeyed => tracing::info!("session rekeyed"),
         }
         Ok(())
     }
@@ -763,7 +545,6 @@ impl Daemon {
             .install(&self.key, tun.index, addressing.ipv6.is_some())
             .await?;
         self.routing_installed = true;
-        self.install_bypass().await;
         for family in [rtnetlink::IpVersion::V4, rtnetlink::IpVersion::V6] {
             for rule in self.netlink.rules(family).await.unwrap_or_default() {
                 if crate::routing::is_our_rule(&rule, &self.key) {
@@ -786,6 +567,16 @@ impl Daemon {
         self.tun = None;
         Ok(())
     }
+}
+
+/// The next control request, or never when no control socket is attached (or it closed).
+async fn next_control(control: &mut Option<LoopEnd>) -> ControlRequest {
+    if let Some(end) = control
+        && let Some(request) = end.requests.recv().await
+    {
+        return request;
+    }
+    std::future::pending().await
 }
 
 /// Sends `datagram` on `path`'s socket; false when there is no socket or the kernel refused.

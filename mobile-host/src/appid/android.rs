@@ -95,6 +95,14 @@ impl Packages {
         self.by_name.get(name).copied()
     }
 
+    /// Every package with its (user 0) uid.
+    pub fn uids_by_name(&self) -> std::collections::BTreeMap<String, u32> {
+        self.by_name
+            .iter()
+            .map(|(name, uid)| (name.to_string(), *uid))
+            .collect()
+    }
+
     /// Whether the list has any package (false on Linux).
     pub fn is_empty(&self) -> bool {
         self.by_uid.is_empty()

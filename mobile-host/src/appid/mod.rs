@@ -26,41 +26,7 @@ use procfs::ProcTable;
 /// Requests waiting for the worker; beyond this, new flows get the default rule at once.
 pub const QUEUE: usize = 256;
 
-/// How the owner was found.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Source {
-    /// The socket's process (cmdline).
-    Process,
-    /// Only the socket's uid (process not found), named by packages.list if at all.
-    Uid,
-    /// No socket matched (gone, ICMP, or lookup failed): the default rule applies.
-    Unknown,
-}
-
-/// A flow's owner.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Owner {
-    /// App name: Android package, Linux program name.
-    pub name: Option<Arc<str>>,
-    /// The socket's uid.
-    pub uid: Option<u32>,
-    /// The process that holds the socket.
-    pub pid: Option<u32>,
-    /// How it was found.
-    pub source: Source,
-}
-
-impl Owner {
-    /// The owner of a flow nothing is known about.
-    pub fn unknown() -> Owner {
-        Owner {
-            name: None,
-            uid: None,
-            pid: None,
-            source: Source::Unknown,
-        }
-    }
-}
+pub use upmt_mh_core::owner::{Owner, Source};
 
 /// Where the resolver reads from; the defaults are the real system's.
 #[derive(Clone, Debug)]

@@ -11,8 +11,8 @@ use tracing_subscriber::EnvFilter;
 
 use upmt_mobile_host::config::Config;
 use upmt_mobile_host::control::{self, server};
-use upmt_mobile_host::core::StaticSecret;
 use upmt_mobile_host::event_loop::Daemon;
+use upmt_mobile_host::setup::StaticSecret;
 use upmt_mobile_host::{sys, uplink};
 
 const DEFAULT_CONFIG: &str = "/etc/upmt/mh.toml";

@@ -4,7 +4,7 @@ use std::io::Write;
 
 use anyhow::Context as _;
 
-use crate::core::StaticSecret;
+use crate::setup::StaticSecret;
 
 /// Writes a fresh private key and a newline to `out`.
 pub fn run(out: &mut impl Write) -> anyhow::Result<()> {

@@ -4,7 +4,7 @@ use std::io::{Read, Write};
 
 use anyhow::Context as _;
 
-use crate::core::StaticSecret;
+use crate::setup::StaticSecret;
 
 /// Reads a base64 private key from `input`, writes its public key and a newline to `out`.
 pub fn run(input: &mut impl Read, out: &mut impl Write) -> anyhow::Result<()> {

@@ -10,9 +10,7 @@
 //! for the loop's [`Response`](proto::Response); `watch` streams come from a broadcast channel the
 //! loop publishes [`Event`](proto::Event)s on. [`channel`] makes both ends.
 
-pub mod answer;
 pub mod client;
-pub mod describe;
 pub mod proto;
 pub mod server;
 

@@ -1,14 +1,18 @@
-//! The one place that knows how the daemon's types map onto the protocol core's
-//! (`upmt_proto`): building the [`Client`] from the config, the clock reading it is given, and
-//! the TUN addressing a session implies. The event loop drives the client through its documented
-//! calling order; nothing here does IO.
+//! The one place that knows how the daemon's config maps onto the pure core's types
+//! (`upmt_mh_core`, `upmt_proto`): the [`HostConfig`] built from the config, the clock reading
+//! the core is given, and the TUN addressing a session implies. Nothing here does IO but read
+//! the clock.
 
 use std::time::Duration;
 
-pub use upmt_proto::client::{Client, ClientConfig, Event, PathState};
+pub use upmt_proto::client::ClientConfig;
 pub use upmt_proto::keys::{PublicKey, StaticSecret};
 pub use upmt_proto::time::Instant;
-pub use upmt_proto::{DropReason, HEADER_LEN, PathId, SessionParams, TAG_LEN, Transmit};
+pub use upmt_proto::{HEADER_LEN, SessionParams, TAG_LEN};
+
+use upmt_mh_core::uplinks::TooManyUplinks;
+use upmt_mh_core::{HostConfig, Uplinks};
+use upmt_policy::Policy;
 
 use crate::config::Config;
 use crate::routing::TunAddressing;
@@ -18,9 +22,20 @@ pub fn now() -> Instant {
     Instant::from_duration(crate::clock::boottime())
 }
 
-/// A client for `config`, created at `now`.
-pub fn client(config: &Config, now: Instant) -> Client {
-    Client::new(client_config(config), now, crate::clock::unix_nanos())
+/// The core's start for `config` deciding with `policy`.
+pub fn host_config(config: &Config, policy: Policy) -> Result<HostConfig, TooManyUplinks> {
+    Ok(HostConfig {
+        client: client_config(config),
+        client_seed: crate::clock::unix_nanos(),
+        anchor: config.anchor,
+        uplinks: Uplinks::new(config.uplinks.iter().map(|u| u.name.clone()).collect())?,
+        interfaces: config.uplinks.iter().map(|u| u.interface.clone()).collect(),
+        policy,
+        policy_source: config
+            .policy
+            .as_ref()
+            .map_or_else(|| "(built-in)".to_owned(), |p| p.display().to_string()),
+    })
 }
 
 /// The core's config for `config`: keys and the `[probe]` timings.

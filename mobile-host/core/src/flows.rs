@@ -20,8 +20,8 @@ use serde::Serialize;
 use upmt_paft::{AppId, Dir, Entry, FlowId, FlowKey, NewFlow, Paft, UplinkId, parse_packet};
 use upmt_policy::{AppIdentity, Policy, UplinkStatus, Verdict};
 
-use crate::appid::Owner;
-use crate::core::PathId;
+use crate::owner::Owner;
+use crate::uplinks::Uplinks;
 
 /// Packets of one new flow kept while its owner is looked up; later ones are dropped.
 pub const MAX_PENDING_PACKETS: usize = 16;
@@ -40,8 +40,8 @@ pub const UNKNOWN_APP: &str = "";
 /// What the loop does with one packet from the TUN.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TunAction {
-    /// Encapsulate and send on this path.
-    Send(PathId),
+    /// Encapsulate and send on this uplink.
+    Send(UplinkId),
     /// Queued while the flow's owner is looked up; `new`: ask the worker for `key`.
     Queued { key: FlowKey, new: bool },
     /// Dropped (counted).
@@ -53,8 +53,8 @@ pub enum TunAction {
 /// What became of a classified flow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    /// Tunnelled on this path: send the queued packets there.
-    Tunnel(PathId),
+    /// Tunnelled on this uplink: send the queued packets there.
+    Tunnel(UplinkId),
     /// Blocked by the policy: reset TCP, drop the rest.
     Blocked,
     /// No uplink is up at all: dropped silently, decided again when one comes up.
@@ -125,10 +125,6 @@ pub struct Flows {
     keys: Vec<FlowKey>,
 }
 
-fn uplink_id(path: PathId) -> Option<UplinkId> {
-    UplinkId::new(path.0)
-}
-
 fn identity<'a>(app: &'a AppId, uid: Option<u32>) -> AppIdentity<'a> {
     let name = app.as_str();
     AppIdentity {
@@ -194,7 +190,7 @@ impl Flows {
             .paft
             .touch(&key, Dir::Orig, packet.len(), meta.tcp_flags, None, now)
         {
-            return TunAction::Send(PathId(e.uplink().get()));
+            return TunAction::Send(e.uplink());
         }
         // An inbound flow's replies (the AN forwarded the first packet to us).
         if let Some(e) = self.paft.touch(
@@ -205,7 +201,7 @@ impl Flows {
             None,
             now,
         ) {
-            return TunAction::Send(PathId(e.uplink().get()));
+            return TunAction::Send(e.uplink());
         }
         if let Some(h) = self.held.get_mut(&key) {
             h.last_seen = now;
@@ -262,14 +258,14 @@ impl Flows {
 
     /// Accounts a packet that came down `path` (its flow's reply direction), so the table
     /// sees both directions and their counters. Unknown flows are left alone.
-    pub fn on_downlink(&mut self, packet: &[u8], path: PathId, now: Duration) {
+    pub fn on_downlink(&mut self, packet: &[u8], uplink: UplinkId, now: Duration) {
         if let Ok(meta) = parse_packet(packet) {
             let _ = self.paft.touch(
                 &meta.key.reversed(),
                 Dir::Reply,
                 packet.len(),
                 meta.tcp_flags,
-                uplink_id(path),
+                Some(uplink),
                 now,
             );
         }
@@ -336,7 +332,7 @@ impl Flows {
         index: usize,
         now: Duration,
     ) -> Outcome {
-        let Some(uplink) = u8::try_from(index).ok().and_then(UplinkId::new) else {
+        let Some(uplink) = Uplinks::id_for_index(index) else {
             return self.hold(key, app.clone(), uid, HoldReason::NoUplink, now);
         };
         let flow = NewFlow {
@@ -348,7 +344,7 @@ impl Flows {
         match self.paft.insert(key, flow, now) {
             Ok(_) | Err(upmt_paft::InsertError::Exists(_)) => {
                 self.counters.flows_tunnelled += 1;
-                Outcome::Tunnel(PathId(uplink.get()))
+                Outcome::Tunnel(uplink)
             }
             Err(upmt_paft::InsertError::Full(_)) => {
                 self.counters.table_full += 1;
@@ -390,6 +386,13 @@ impl Flows {
         }
     }
 
+    /// Returns one buffer handed out by [`Flows::classified`].
+    pub fn recycle_one(&mut self, buf: Vec<u8>) {
+        if self.pool.len() < POOL_MAX {
+            self.pool.push(buf);
+        }
+    }
+
     fn recycle_all(&mut self, mut bufs: Vec<Vec<u8>>) {
         self.recycle(&mut bufs);
     }
@@ -418,7 +421,7 @@ impl Flows {
             let current = e.uplink();
             match verdict {
                 Verdict::Tunnel(i) => {
-                    if let Some(u) = u8::try_from(i).ok().and_then(UplinkId::new)
+                    if let Some(u) = Uplinks::id_for_index(i)
                         && u != current
                     {
                         let _ = self.paft.set_uplink(id, u, false);
@@ -505,7 +508,7 @@ impl Flows {
     /// What the table holds now, for the control socket and logs. `uplink_names` are the
     /// config's, in path order.
     pub fn snapshot(&self, uplink_names: &[String], now: Duration) -> FlowsSnapshot {
-        let name_of = |u: UplinkId| uplink_names.get(usize::from(u.get())).cloned();
+        let name_of = |u: UplinkId| uplink_names.get(Uplinks::index(u)).cloned();
         let mut flows = Vec::with_capacity(self.paft.len() + self.held.len());
         let mut apps: HashMap<(String, Option<u32>), AppInfo> = HashMap::new();
         for (key, e) in self.paft.iter() {
@@ -675,7 +678,7 @@ pub struct FlowsSnapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::appid::Source;
+    use crate::owner::Source;
 
     const POLICY: &str = r#"version = 1
 [[rule]]
@@ -688,6 +691,10 @@ uplinks = ["cell"]
 uid = 4242
 action = "bypass"
 "#;
+
+    fn up(n: u8) -> UplinkId {
+        UplinkId::new(n).expect("below MAX_UPLINKS")
+    }
 
     fn flows() -> Flows {
         Flows::new(Policy::parse(POLICY, "policy.toml", &["wifi", "cell"]).unwrap())
@@ -740,12 +747,12 @@ action = "bypass"
         );
         let mut out = Vec::new();
         let o = f.classified(key, &owner("com.example.store"), &BOTH_UP, T, &mut out);
-        assert_eq!(o, Outcome::Tunnel(PathId(1)));
+        assert_eq!(o, Outcome::Tunnel(up(1)));
         assert_eq!(out.len(), 2);
         assert_eq!(out[0], p);
         f.recycle(&mut out);
         // Known now: straight to its path, and the queued packets were counted.
-        assert_eq!(f.on_tun_packet(&p, T), TunAction::Send(PathId(1)));
+        assert_eq!(f.on_tun_packet(&p, T), TunAction::Send(up(1)));
         let e = f.paft().lookup(&key).unwrap();
         assert_eq!(e.app().as_str(), "com.example.store");
         assert_eq!(e.total().packets[0], 3);
@@ -796,7 +803,7 @@ action = "bypass"
         assert_eq!(f.counters().blocked_packets, 1);
         // Cell comes back: the flow is let through on cell.
         assert_eq!(f.redecide(&BOTH_UP, T), 1);
-        assert_eq!(f.on_tun_packet(&p, T), TunAction::Send(PathId(1)));
+        assert_eq!(f.on_tun_packet(&p, T), TunAction::Send(up(1)));
     }
 
     #[test]
@@ -814,7 +821,7 @@ action = "bypass"
             };
             f.classified(key, &who, &BOTH_UP, T, &mut out);
         }
-        assert_eq!(f.on_tun_packet(&unknown, T), TunAction::Send(PathId(0)));
+        assert_eq!(f.on_tun_packet(&unknown, T), TunAction::Send(up(0)));
         let wifi_down = [
             UplinkStatus::default(),
             UplinkStatus {
@@ -823,7 +830,7 @@ action = "bypass"
             },
         ];
         assert_eq!(f.redecide(&wifi_down, T), 2);
-        assert_eq!(f.on_tun_packet(&unknown, T), TunAction::Send(PathId(1)));
+        assert_eq!(f.on_tun_packet(&unknown, T), TunAction::Send(up(1)));
         assert_eq!(f.on_tun_packet(&video, T), TunAction::Reset);
         let snap = f.snapshot(&["wifi".into(), "cell".into()], T);
         assert_eq!(snap.flows.len(), 2);
@@ -866,7 +873,7 @@ action = "bypass"
         reply[16..20].copy_from_slice(&[10, 77, 0, 2]);
         reply[20..22].copy_from_slice(&53u16.to_be_bytes());
         reply[22..24].copy_from_slice(&3000u16.to_be_bytes());
-        f.on_downlink(&reply, PathId(1), T);
+        f.on_downlink(&reply, up(1), T);
         let e = f.paft().lookup(&key).unwrap();
         assert_eq!(e.counters(UplinkId::new(1).unwrap()).packets[1], 1);
         assert_eq!(e.counters(UplinkId::new(0).unwrap()).packets[0], 1);

@@ -11,19 +11,20 @@ use std::time::Duration;
 
 use upmt_paft::{AppId, Entry, FlowId, FlowKey, Paft, UplinkId};
 
-use super::proto::{
+use crate::api::{
     AppStatus, AppsReply, ErrorKind, ErrorReply, Event, FlowStatus, FlowsReply, MoveReason,
     MoveReply, TunnelState, TunnelStatus, UnpinReply, UplinkBytes,
 };
 use upmt_proto::client::{PathState, PathStats};
+
+use crate::uplinks::Uplinks;
 
 /// The uplink called `name`, or the error that lists the real ones.
 pub fn uplink_by_name(names: &[String], name: &str) -> Result<UplinkId, ErrorReply> {
     names
         .iter()
         .position(|n| n == name)
-        .and_then(|i| u8::try_from(i).ok())
-        .and_then(UplinkId::new)
+        .and_then(Uplinks::id_for_index)
         .ok_or_else(|| ErrorReply {
             kind: ErrorKind::NoSuchUplink,
             message: format!("no such uplink {name:?}; uplinks: {}", names.join(", ")),
@@ -31,7 +32,7 @@ pub fn uplink_by_name(names: &[String], name: &str) -> Result<UplinkId, ErrorRep
 }
 
 fn uplink_name(names: &[String], uplink: UplinkId) -> Option<String> {
-    names.get(usize::from(uplink.get())).cloned()
+    names.get(Uplinks::index(uplink)).cloned()
 }
 
 fn protocol(proto: u8) -> String {
@@ -95,9 +96,9 @@ pub fn apps(
             bytes: [[0; 2]; upmt_paft::MAX_UPLINKS],
         });
         acc.flows += 1;
-        acc.on[usize::from(e.uplink().get())] = true;
+        acc.on[Uplinks::index(e.uplink())] = true;
         for (i, b) in acc.bytes.iter_mut().enumerate() {
-            let Some(u) = u8::try_from(i).ok().and_then(UplinkId::new) else {
+            let Some(u) = Uplinks::id_for_index(i) else {
                 continue;
             };
             let c = e.counters(u);

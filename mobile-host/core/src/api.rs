@@ -1,0 +1,318 @@
+//! The control vocabulary: what `upmt` asks the mobile host (requests), what it answers
+//! (responses) and what it tells watchers (events).
+//!
+//! The types are the wire's, deliberately plain (strings, numbers, addresses), so the host's
+//! tables can change without changing the protocol. They are pure data: the framing (length
+//! prefix, version, JSON on a stream) lives in the daemon's `control::proto`, which re-exports
+//! these.
+
+use std::net::{IpAddr, SocketAddr};
+
+use serde::{Deserialize, Serialize};
+
+/// What the CLI asks for.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// Session state and every tunnel.
+    Status,
+    /// Every app seen, its rule and where its traffic goes.
+    Apps,
+    /// Every flow, or only those of one app.
+    Flows {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        app: Option<String>,
+    },
+    /// Moves one flow to an uplink now and pins it there.
+    MoveFlow { flow: u64, uplink: String },
+    /// Moves all of an app's flows to an uplink now and pins them there.
+    MoveApp { app: String, uplink: String },
+    /// Hands one pinned flow back to its policy.
+    UnpinFlow { flow: u64 },
+    /// Hands all of an app's pinned flows back to their policy.
+    UnpinApp { app: String },
+    /// Reads the policy file again; on success it applies to new and existing flows.
+    ReloadPolicy,
+    /// Turns the connection into a stream of [`Event`]s.
+    Watch,
+}
+
+impl Request {
+    /// A short name for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Request::Status => "status",
+            Request::Apps => "apps",
+            Request::Flows { .. } => "flows",
+            Request::MoveFlow { .. } => "move_flow",
+            Request::MoveApp { .. } => "move_app",
+            Request::UnpinFlow { .. } => "unpin_flow",
+            Request::UnpinApp { .. } => "unpin_app",
+            Request::ReloadPolicy => "reload_policy",
+            Request::Watch => "watch",
+        }
+    }
+}
+
+/// What the daemon answers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Response {
+    Status(StatusReply),
+    Apps(AppsReply),
+    Flows(FlowsReply),
+    Moved(MoveReply),
+    Unpinned(UnpinReply),
+    Reloaded(ReloadReply),
+    /// The answer to [`Request::Watch`]: events follow.
+    Watching,
+    /// One event of a watch stream.
+    Event(Event),
+    Error(ErrorReply),
+}
+
+impl Response {
+    /// An error response.
+    pub fn error(kind: ErrorKind, message: impl Into<String>) -> Response {
+        Response::Error(ErrorReply {
+            kind,
+            message: message.into(),
+        })
+    }
+}
+
+/// The session with the anchor and every tunnel.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StatusReply {
+    pub session: SessionStatus,
+    pub tunnels: Vec<TunnelStatus>,
+}
+
+/// The authenticated session.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SessionStatus {
+    pub state: SessionState,
+    /// The anchor's UDP endpoint.
+    pub anchor: SocketAddr,
+    /// Addresses the anchor gave this host (empty until connected).
+    #[serde(default)]
+    pub virtual_addresses: Vec<IpAddr>,
+    /// The TUN device, once it exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tun: Option<String>,
+}
+
+/// Where the session is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionState {
+    Handshaking,
+    Connected,
+}
+
+/// One tunnel: one uplink of the shared session.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TunnelStatus {
+    /// The uplink's name in the config and the policy ("wifi").
+    pub uplink: String,
+    /// Its network interface ("wlan0").
+    pub interface: String,
+    pub state: TunnelState,
+    /// The tunnel socket's local address, when it is open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local: Option<SocketAddr>,
+    /// The address the anchor sees for it (after NAT), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public: Option<SocketAddr>,
+    /// Smoothed probe round-trip time, in microseconds, once a probe was answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtt_us: Option<u64>,
+    /// Smoothed fraction of probes lost, 0.0 to 1.0.
+    pub loss: f32,
+    pub tx_bytes: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub rx_packets: u64,
+}
+
+/// Liveness of a tunnel as the daemon sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TunnelState {
+    /// Probes are answered; it carries traffic.
+    Up,
+    /// The interface is up, the tunnel not (yet, or any more) proven.
+    Probing,
+    /// The interface is down or missing.
+    Down,
+}
+
+/// Every app seen.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AppsReply {
+    pub apps: Vec<AppStatus>,
+}
+
+/// One app.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AppStatus {
+    /// Its name (Android package, or Linux program name).
+    pub name: String,
+    /// The policy rule that matched it, as written ("com.example.* -> wifi, cell").
+    pub rule: String,
+    /// The uplink its flows use now; several when some are moved or pinned; none when blocked
+    /// or without flows.
+    pub uplinks: Vec<String>,
+    /// Live flows.
+    pub flows: u64,
+    /// Flows of this app its policy blocks right now.
+    #[serde(default)]
+    pub blocked: u64,
+    /// Bytes per uplink, over the app's live flows.
+    pub bytes: Vec<UplinkBytes>,
+}
+
+/// Bytes carried on one uplink.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UplinkBytes {
+    pub uplink: String,
+    pub tx_bytes: u64,
+    pub rx_bytes: u64,
+}
+
+/// Flows, in id order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FlowsReply {
+    pub flows: Vec<FlowStatus>,
+}
+
+/// One flow (a 5-tuple) as the mobile host sees it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FlowStatus {
+    pub id: u64,
+    pub app: String,
+    /// "tcp", "udp", "icmp", or the IP protocol number.
+    pub protocol: String,
+    pub src: IpAddr,
+    pub src_port: u16,
+    pub dst: IpAddr,
+    pub dst_port: u16,
+    /// The uplink carrying it; none when blocked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uplink: Option<String>,
+    /// Pinned by `upmt move` (static) rather than placed by the policy (dynamic).
+    pub pinned: bool,
+    pub tx_bytes: u64,
+    pub rx_bytes: u64,
+    /// Time since its first packet, in milliseconds.
+    pub age_ms: u64,
+}
+
+/// Flows moved by a move request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MoveReply {
+    pub uplink: String,
+    pub flows: Vec<u64>,
+}
+
+/// Flows handed back to their policy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnpinReply {
+    pub flows: Vec<u64>,
+}
+
+/// A policy reload that took effect.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadReply {
+    /// The policy file read.
+    pub path: String,
+    /// Rules in it.
+    pub rules: u64,
+    /// Existing flows evaluated again, and how many of them changed uplink.
+    pub reevaluated: u64,
+    pub moved: u64,
+}
+
+/// Something that happened, for `upmt watch`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Event {
+    SessionUp,
+    SessionDown,
+    TunnelUp {
+        uplink: String,
+    },
+    TunnelDown {
+        uplink: String,
+    },
+    FlowMoved {
+        flow: u64,
+        app: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        from: Option<String>,
+        to: String,
+        reason: MoveReason,
+    },
+    /// A pinned flow went back to its policy.
+    FlowUnpinned {
+        flow: u64,
+        app: String,
+        reason: MoveReason,
+    },
+    AppBlocked {
+        app: String,
+        flow: u64,
+        /// Why, e.g. "no allowed uplink is up (wants: wifi)".
+        reason: String,
+    },
+    PolicyReloaded {
+        path: String,
+        rules: u64,
+    },
+    /// This watcher was too slow and missed events.
+    Lagged {
+        missed: u64,
+    },
+}
+
+/// Why a flow changed uplink or lost its pin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MoveReason {
+    /// `upmt move`.
+    Manual,
+    /// `upmt unpin`.
+    Unpinned,
+    /// Its uplink went down.
+    UplinkDown,
+    /// The policy prefers another uplink (one came up, or the policy was reloaded).
+    Policy,
+}
+
+/// A refused request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorReply {
+    pub kind: ErrorKind,
+    /// One line, for humans: "no such flow 42".
+    pub message: String,
+}
+
+/// What kind of refusal, for scripts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    PermissionDenied,
+    UnsupportedVersion,
+    /// Not a request this daemon understands, or a frame over [`MAX_FRAME`].
+    BadRequest,
+    NoSuchFlow,
+    NoSuchApp,
+    NoSuchUplink,
+    /// The uplink exists but cannot carry traffic now.
+    UplinkDown,
+    InvalidPolicy,
+    /// The daemon has nothing to answer with (e.g. no policy file configured).
+    Unsupported,
+    /// The daemon is shutting down or its loop is gone.
+    Unavailable,
+}

@@ -1,0 +1,775 @@
+//! [`MobileHost`]: every decision the mobile host makes, as a state machine with no IO.
+//!
+//! It owns the protocol client ([`Client`]), the flow table and its policy ([`Flows`]), what is
+//! known of each uplink (the driver has a socket on it; the protocol reports its path up; the
+//! hold-down has passed), the pins the user set, and the bypass set. The driver (`upmt-mh`'s
+//! event loop) owns the TUN, the sockets, netlink and the app-lookup thread, and talks to the
+//! host only through the calls below, passing the `now` it sampled once for the loop turn.
+//!
+//! Inputs:
+//! - [`MobileHost::handle_tun_packet`]: a packet an app sent; encapsulated in place when its
+//!   flow is known, else queued while its owner is looked up.
+//! - [`MobileHost::handle_datagram`]: a datagram from an uplink; the inner packet to write to the
+//!   TUN, if any.
+//! - [`MobileHost::handle_owner`] / [`MobileHost::handle_lookup_refused`]: the app lookup's answer.
+//! - [`MobileHost::handle_uplink_available`] / [`MobileHost::handle_uplink_lost`]: the driver
+//!   opened or closed an uplink's socket (its interface came or went).
+//! - [`MobileHost::handle_tun_ready`]: the TUN and its routing exist.
+//! - [`MobileHost::handle_timeout`]: the deadline of [`MobileHost::poll_timeout`] passed.
+//! - [`MobileHost::answer`], [`MobileHost::reload_policy`], [`MobileHost::set_packages`]: the
+//!   control socket's requests, a new policy, Android's uid table.
+//!
+//! Outputs, drained after every input until each returns `None`: [`MobileHost::poll_transmit`]
+//! (datagrams per uplink), [`MobileHost::poll_tun_write`] (TCP resets for blocked flows),
+//! [`MobileHost::poll_lookup`] (flows whose owner the driver should look up),
+//! [`MobileHost::poll_routing`] (bring the TUN up, change the bypass uids) and
+//! [`MobileHost::poll_event`] (what the control socket's watchers see). Then arm one timer at
+//! [`MobileHost::poll_timeout`].
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::time::Duration;
+
+use upmt_paft::{AppId, FlowId, FlowKey, UplinkId};
+use upmt_policy::{AppIdentity, Matcher, Policy, Route, UplinkStatus};
+use upmt_proto::client::{Client, ClientConfig, Event as ClientEvent};
+use upmt_proto::time::Instant;
+use upmt_proto::{HEADER_LEN, PathId, SessionParams, Transmit};
+
+use crate::answer;
+use crate::api::{
+    ErrorKind, ErrorReply, Event, ReloadReply, Request, Response, SessionState, SessionStatus,
+    StatusReply,
+};
+use crate::describe;
+use crate::flows::{Flows, Outcome, TunAction, UNKNOWN_APP};
+use crate::owner::Owner;
+use crate::uplinks::Uplinks;
+
+/// How often idle flows expire, stalled lookups are given up and a returning uplink's hold-down
+/// is looked at.
+pub const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
+/// Resets waiting to be written into the TUN; beyond this a blocked flow's segment gets none
+/// (the app retries and gets one then).
+const MAX_RESETS: usize = 256;
+/// A TCP reset is at most an IPv6 header and a bare TCP header.
+const RESET_LEN: usize = 64;
+
+/// What the host needs to start.
+pub struct HostConfig {
+    /// The protocol client's keys and timings.
+    pub client: ClientConfig,
+    /// Random bits for the client's session ids, from the driver.
+    pub client_seed: u64,
+    /// Where the anchor is (for status replies).
+    pub anchor: SocketAddr,
+    /// The uplinks, in config order.
+    pub uplinks: Uplinks,
+    /// Each uplink's interface, in the same order (for status replies).
+    pub interfaces: Vec<String>,
+    /// The policy in force at start.
+    pub policy: Policy,
+    /// Where the policy came from, as users see it (`"(built-in)"` without a file).
+    pub policy_source: String,
+}
+
+/// Something the driver must change in the host's routing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RoutingIntent {
+    /// A session is up with this addressing: bring up the TUN and route the host's traffic
+    /// through it (or redo both when the addressing changed). Call
+    /// [`MobileHost::handle_tun_ready`] when done.
+    Connect(SessionParams),
+    /// Traffic of these uids bypasses the tunnel (replaces the previous set).
+    Bypass(Vec<u32>),
+}
+
+/// Counters of what the host itself dropped or answered (the protocol client counts its own).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HostCounters {
+    /// TUN packets whose uplink has no socket now.
+    pub tun_no_path: u64,
+    /// TCP resets produced for blocked flows.
+    pub resets: u64,
+    /// Resets not produced because the queue was full.
+    pub resets_dropped: u64,
+}
+
+struct Link {
+    interface: String,
+    /// The driver has a socket on it, bound from `local`.
+    available: bool,
+    local: Option<SocketAddr>,
+    /// The protocol reports its path up.
+    live: bool,
+}
+
+/// The mobile host's state. See the module docs for the calling order.
+pub struct MobileHost {
+    client: Client,
+    anchor: SocketAddr,
+    uplinks: Uplinks,
+    links: Vec<Link>,
+    /// The uplinks as the policy sees them, refreshed before each decision.
+    statuses: Vec<UplinkStatus>,
+    flows: Flows,
+    policy_source: String,
+    /// Android package name -> uid, for bypass rules that name apps.
+    packages: BTreeMap<String, u32>,
+    /// The bypass uids last handed to the driver; `None` before the TUN is ready.
+    bypass: Option<Vec<u32>>,
+    tun: Option<String>,
+    uplinks_changed: bool,
+    next_housekeeping: Instant,
+    released: VecDeque<(UplinkId, Vec<u8>)>,
+    scratch: Vec<Vec<u8>>,
+    resets: VecDeque<([u8; RESET_LEN], usize)>,
+    lookups: VecDeque<FlowKey>,
+    routing: VecDeque<RoutingIntent>,
+    events: VecDeque<Event>,
+    counters: HostCounters,
+}
+
+impl MobileHost {
+    /// A host that starts handshaking at `now`.
+    pub fn new(config: HostConfig, now: Instant) -> MobileHost {
+        let links = config
+            .interfaces
+            .into_iter()
+            .map(|interface| Link {
+                interface,
+                available: false,
+                local: None,
+                live: false,
+            })
+            .collect();
+        MobileHost {
+            client: Client::new(config.client, now, config.client_seed),
+            anchor: config.anchor,
+            statuses: vec![UplinkStatus::default(); config.uplinks.len()],
+            uplinks: config.uplinks,
+            links,
+            flows: Flows::new(config.policy),
+            policy_source: config.policy_source,
+            packages: BTreeMap::new(),
+            bypass: None,
+            tun: None,
+            uplinks_changed: false,
+            next_housekeeping: now + HOUSEKEEPING_INTERVAL,
+            released: VecDeque::new(),
+            scratch: Vec::with_capacity(crate::flows::MAX_PENDING_PACKETS),
+            resets: VecDeque::new(),
+            lookups: VecDeque::new(),
+            routing: VecDeque::new(),
+            events: VecDeque::new(),
+            counters: HostCounters::default(),
+        }
+    }
+
+    /// The uplink registry.
+    pub fn uplinks(&self) -> &Uplinks {
+        &self.uplinks
+    }
+
+    /// The flow layer (read only).
+    pub fn flows(&self) -> &Flows {
+        &self.flows
+    }
+
+    /// The protocol client (read only).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The host's own counters.
+    pub fn counters(&self) -> HostCounters {
+        self.counters
+    }
+
+    /// The uplinks as the policy sees them now.
+    pub fn statuses(&self) -> &[UplinkStatus] {
+        &self.statuses
+    }
+
+    /// Whether `uplink` has a socket now.
+    pub fn is_available(&self, uplink: UplinkId) -> bool {
+        self.link(uplink).is_some_and(|l| l.available)
+    }
+
+    fn link(&self, uplink: UplinkId) -> Option<&Link> {
+        self.links.get(Uplinks::index(uplink))
+    }
+
+    // ---- inputs ----
+
+    /// A packet an app sent: `buf[HEADER_LEN..HEADER_LEN + len]`. When its flow is known it is
+    /// encapsulated in place and the datagram to send is returned (at the start of `buf`);
+    /// otherwise it is queued, answered with a reset, or dropped (all counted).
+    pub fn handle_tun_packet(
+        &mut self,
+        buf: &mut [u8],
+        len: usize,
+        now: Instant,
+    ) -> Option<Transmit> {
+        let packet = buf.get(HEADER_LEN..HEADER_LEN + len)?;
+        match self.flows.on_tun_packet(packet, now.as_duration()) {
+            TunAction::Send(uplink) => self.encapsulate(uplink, buf, len, now),
+            TunAction::Queued { key, new: true } => {
+                self.lookups.push_back(key);
+                None
+            }
+            TunAction::Queued { new: false, .. } | TunAction::Drop => None,
+            TunAction::Reset => {
+                if let Some(packet) = buf.get(HEADER_LEN..HEADER_LEN + len) {
+                    queue_reset(&mut self.resets, &mut self.counters, packet);
+                }
+                None
+            }
+        }
+    }
+
+    /// A datagram that arrived on `path`'s socket, decrypted in place. Returns where the inner
+    /// packet for the TUN is, if there is one.
+    pub fn handle_datagram(
+        &mut self,
+        path: PathId,
+        datagram: &mut [u8],
+        now: Instant,
+    ) -> Option<Range<usize>> {
+        let result = self.client.handle_datagram(path, datagram, now);
+        let range = match result {
+            Ok(Some(range)) => range,
+            Ok(None) => None?,
+            Err(reason) => {
+                // The client counted it.
+                tracing::debug!(%path, reason = reason.as_str(), "datagram dropped");
+                None?
+            }
+        };
+        if let (Some(uplink), Some(packet)) =
+            (self.uplinks.by_path(path), datagram.get(range.clone()))
+        {
+            self.flows.on_downlink(packet, uplink, now.as_duration());
+        }
+        self.pump(now);
+        Some(range)
+    }
+
+    /// The app lookup answered for `key`: decide, then release (or reset) what waited for it.
+    pub fn handle_owner(&mut self, key: FlowKey, owner: &Owner, now: Instant) {
+        self.refresh_statuses(now);
+        let mut released = std::mem::take(&mut self.scratch);
+        let outcome =
+            self.flows
+                .classified(key, owner, &self.statuses, now.as_duration(), &mut released);
+        tracing::trace!(?key, ?outcome, "classified");
+        match outcome {
+            Outcome::Tunnel(uplink) => {
+                self.released
+                    .extend(released.drain(..).map(|packet| (uplink, packet)));
+            }
+            Outcome::Blocked => {
+                for packet in &released {
+                    queue_reset(&mut self.resets, &mut self.counters, packet);
+                }
+            }
+            Outcome::Held | Outcome::Stale => {}
+        }
+        self.flows.recycle(&mut released);
+        self.scratch = released;
+    }
+
+    /// The lookup for `key` could not be started (its queue is full): drop what waits for it.
+    pub fn handle_lookup_refused(&mut self, key: &FlowKey) {
+        self.flows.lookup_refused(key);
+    }
+
+    /// The driver opened a socket on `uplink` (bound to `local`): its path may carry traffic
+    /// once the protocol has validated it.
+    pub fn handle_uplink_available(
+        &mut self,
+        uplink: UplinkId,
+        local: Option<SocketAddr>,
+        now: Instant,
+    ) {
+        let Some(link) = self.links.get_mut(Uplinks::index(uplink)) else {
+            return;
+        };
+        link.available = true;
+        link.local = local;
+        self.client.handle_path_up(Uplinks::path(uplink), now);
+        self.pump(now);
+    }
+
+    /// The driver closed `uplink`'s socket (its link or address went away). Its flows go where
+    /// their policy says next.
+    pub fn handle_uplink_lost(&mut self, uplink: UplinkId, now: Instant) {
+        let Some(link) = self.links.get_mut(Uplinks::index(uplink)) else {
+            return;
+        };
+        if !link.available {
+            return;
+        }
+        link.available = false;
+        link.local = None;
+        link.live = false;
+        self.uplinks_changed = true;
+        self.client.handle_path_down(Uplinks::path(uplink), now);
+        self.pump(now);
+    }
+
+    /// The TUN (named `name`) and the routing through it are in place.
+    pub fn handle_tun_ready(&mut self, name: String) {
+        self.tun = Some(name);
+        self.bypass = None;
+        self.publish_bypass();
+    }
+
+    /// The deadline of [`MobileHost::poll_timeout`] passed (or may have: calling it early is
+    /// harmless).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.client.poll_timeout().is_some_and(|(at, _)| at <= now) {
+            self.client.handle_timeout(now);
+        }
+        if now >= self.next_housekeeping {
+            self.next_housekeeping = now + HOUSEKEEPING_INTERVAL;
+            self.flows.housekeeping(now.as_duration());
+            // A returning uplink's hold-down ends without an event of its own.
+            if self.statuses_stale(now) {
+                self.uplinks_changed = true;
+            }
+        }
+        self.pump(now);
+    }
+
+    /// Replaces Android's package table (name -> uid), used for bypass rules that name apps.
+    pub fn set_packages(&mut self, packages: BTreeMap<String, u32>) {
+        self.packages = packages;
+        self.publish_bypass();
+    }
+
+    /// Makes `policy` the one in force: every flow is decided again (moves and blocks are
+    /// published) and the bypass set follows.
+    pub fn reload_policy(&mut self, policy: Policy, now: Instant) -> ReloadReply {
+        let rules = policy.rules().len();
+        self.flows.set_policy(policy);
+        let moved = self.redecide(now);
+        tracing::info!(rules, flows_changed = moved, "policy reloaded");
+        self.publish_bypass();
+        let path = self.policy_source.clone();
+        self.events.push_back(Event::PolicyReloaded {
+            path: path.clone(),
+            rules: rules as u64,
+        });
+        ReloadReply {
+            path,
+            rules: rules as u64,
+            reevaluated: self.flows.paft().len() as u64,
+            moved: moved as u64,
+        }
+    }
+
+    /// Answers a control request. [`Request::ReloadPolicy`] (the driver reads the file and calls
+    /// [`MobileHost::reload_policy`]) and [`Request::Watch`] (the server streams events) are
+    /// not answered here.
+    pub fn answer(&mut self, request: Request, now: Instant) -> Response {
+        self.refresh_statuses(now);
+        let names = self.uplinks.names().to_vec();
+        let statuses = &self.statuses;
+        let usable = |u: UplinkId| statuses.get(Uplinks::index(u)).is_some_and(|s| s.up);
+        let mut events = Vec::new();
+        let paft_now = now.as_duration();
+        let result = match request {
+            Request::Status => Ok(Response::Status(self.status_reply())),
+            Request::Apps => {
+                let (policy, statuses) = (self.flows.policy(), &self.statuses);
+                Ok(Response::Apps(answer::apps(
+                    self.flows.paft(),
+                    &names,
+                    |app, uid| {
+                        let who = identity(app, uid);
+                        describe::matched_rule(policy, policy.decide(&who, statuses).matched)
+                    },
+                )))
+            }
+            Request::Flows { app } => Ok(Response::Flows(answer::flows(
+                self.flows.paft(),
+                &names,
+                paft_now,
+                app.as_deref(),
+            ))),
+            Request::MoveFlow { flow, uplink } => answer::move_flow(
+                self.flows.paft_mut(),
+                &names,
+                flow,
+                &uplink,
+                usable,
+                &mut events,
+            )
+            .map(Response::Moved),
+            Request::MoveApp { app, uplink } => answer::move_app(
+                self.flows.paft_mut(),
+                &names,
+                &app,
+                &uplink,
+                usable,
+                &mut events,
+            )
+            .map(Response::Moved),
+            Request::UnpinFlow { flow } => {
+                answer::unpin_flow(self.flows.paft_mut(), flow, &mut events).map(Response::Unpinned)
+            }
+            Request::UnpinApp { app } => {
+                answer::unpin_app(self.flows.paft_mut(), &app, &mut events).map(Response::Unpinned)
+            }
+            Request::ReloadPolicy | Request::Watch => Err(ErrorReply {
+                kind: ErrorKind::BadRequest,
+                message: format!("{} is served by the daemon, not the core", request.name()),
+            }),
+        };
+        let unpinned = matches!(result, Ok(Response::Unpinned(ref r)) if !r.flows.is_empty());
+        self.publish(events, now);
+        if unpinned {
+            // Unpinned flows go back to their policy at once.
+            self.redecide(now);
+        }
+        result.unwrap_or_else(Response::Error)
+    }
+
+    // ---- outputs ----
+
+    /// The next datagram to send, written at the start of `buf` (which must have room for a
+    /// whole packet plus [`HEADER_LEN`] and the tag): the protocol's own (handshakes, probes,
+    /// signals) first, then the packets that waited for their flow's owner.
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        if let Some(t) = self.client.poll_transmit(now, buf) {
+            return Some(t);
+        }
+        while let Some((uplink, packet)) = self.released.pop_front() {
+            let n = packet.len();
+            let copied = match buf.get_mut(HEADER_LEN..HEADER_LEN + n) {
+                Some(slot) => {
+                    slot.copy_from_slice(&packet);
+                    true
+                }
+                None => false,
+            };
+            self.flows.recycle_one(packet);
+            if copied && let Some(t) = self.encapsulate(uplink, buf, n, now) {
+                return Some(t);
+            }
+        }
+        None
+    }
+
+    /// The next TCP reset to write into the TUN, copied into `buf`; its length.
+    pub fn poll_tun_write(&mut self, buf: &mut [u8]) -> Option<usize> {
+        let (packet, len) = self.resets.pop_front()?;
+        let out = buf.get_mut(..len)?;
+        out.copy_from_slice(&packet[..len]);
+        Some(len)
+    }
+
+    /// The next flow whose owner the driver should look up (answer with
+    /// [`MobileHost::handle_owner`], or [`MobileHost::handle_lookup_refused`]).
+    pub fn poll_lookup(&mut self) -> Option<FlowKey> {
+        self.lookups.pop_front()
+    }
+
+    /// The next routing change for the driver.
+    pub fn poll_routing(&mut self) -> Option<RoutingIntent> {
+        self.routing.pop_front()
+    }
+
+    /// Whether any output other than the protocol's own datagrams waits.
+    pub fn has_output(&self) -> bool {
+        !(self.released.is_empty()
+            && self.resets.is_empty()
+            && self.lookups.is_empty()
+            && self.routing.is_empty()
+            && self.events.is_empty())
+    }
+
+    /// The next event for the control socket's watchers.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When [`MobileHost::handle_timeout`] must run next.
+    pub fn poll_timeout(&self) -> Instant {
+        match self.client.poll_timeout() {
+            Some((at, _)) => at.min(self.next_housekeeping),
+            None => self.next_housekeeping,
+        }
+    }
+
+    // ---- internals ----
+
+    fn encapsulate(
+        &mut self,
+        uplink: UplinkId,
+        buf: &mut [u8],
+        len: usize,
+        now: Instant,
+    ) -> Option<Transmit> {
+        if !self.is_available(uplink) {
+            self.counters.tun_no_path += 1;
+            return None;
+        }
+        let path = Uplinks::path(uplink);
+        match self.client.encapsulate(path, buf, len, now) {
+            Ok(len) => Some(Transmit {
+                path,
+                dst: None,
+                len,
+            }),
+            Err(reason) => {
+                // The client counted it (no session yet, too big, ...).
+                tracing::debug!(reason = reason.as_str(), "TUN packet dropped");
+                None
+            }
+        }
+    }
+
+    /// Takes in the protocol client's events, then decides flows again if uplinks changed.
+    fn pump(&mut self, now: Instant) {
+        while let Some(event) = self.client.poll_event() {
+            self.client_event(event);
+        }
+        if std::mem::take(&mut self.uplinks_changed) {
+            let changed = self.redecide(now);
+            if changed > 0 {
+                tracing::info!(
+                    flows = changed,
+                    "flows decided again after an uplink change"
+                );
+            }
+        }
+    }
+
+    fn client_event(&mut self, event: ClientEvent) {
+        match event {
+            ClientEvent::Connected(params) => {
+                self.events.push_back(Event::SessionUp);
+                tracing::info!(
+                    virtual_ipv4 = %format_args!("{}/{}", params.virtual_ipv4, params.prefix4),
+                    virtual_ipv6 = ?params.virtual_ipv6,
+                    mtu = params.mtu,
+                    "connected to the anchor"
+                );
+                self.routing.push_back(RoutingIntent::Connect(params));
+            }
+            ClientEvent::Disconnected => {
+                // TUN and routes stay: traffic is dropped rather than leaked while re-handshaking.
+                tracing::warn!("session lost; handshaking again");
+                self.events.push_back(Event::SessionDown);
+            }
+            ClientEvent::PathUp(path) | ClientEvent::PathDown(path) => {
+                let up = matches!(event, ClientEvent::PathUp(_));
+                self.uplinks_changed = true;
+                let Some(uplink) = self.uplinks.by_path(path) else {
+                    return;
+                };
+                let name = self.uplinks.name(uplink).unwrap_or_default().to_owned();
+                if let Some(link) = self.links.get_mut(Uplinks::index(uplink)) {
+                    link.live = up;
+                }
+                if up {
+                    tracing::info!(%path, uplink = %name, "path up");
+                    self.events.push_back(Event::TunnelUp { uplink: name });
+                } else {
+                    tracing::warn!(%path, uplink = %name, "path down");
+                    self.events.push_back(Event::TunnelDown { uplink: name });
+                }
+            }
+            ClientEvent::Rekeyed => tracing::info!("session rekeyed"),
+        }
+    }
+
+    fn usable(&self, index: usize, link: &Link, now: Instant) -> bool {
+        let path = PathId(u8::try_from(index).unwrap_or(u8::MAX));
+        // The protocol's hold-down keeps a returning uplink out until it proved stable.
+        link.live && link.available && self.client.path_usable(path, now)
+    }
+
+    fn statuses_stale(&self, now: Instant) -> bool {
+        self.links
+            .iter()
+            .enumerate()
+            .zip(&self.statuses)
+            .any(|((i, l), s)| s.up != self.usable(i, l, now))
+    }
+
+    fn refresh_statuses(&mut self, now: Instant) {
+        let fresh: Vec<UplinkStatus> = self
+            .links
+            .iter()
+            .enumerate()
+            .map(|(i, l)| UplinkStatus {
+                up: self.usable(i, l, now),
+                rtt: self
+                    .client
+                    .path_stats(PathId(u8::try_from(i).unwrap_or(u8::MAX)))
+                    .and_then(|p| p.rtt),
+            })
+            .collect();
+        self.statuses = fresh;
+    }
+
+    /// Decides every flow again: flows pinned to an uplink that is no longer usable are
+    /// unpinned first, and every move and block is published (and moves signalled to the
+    /// anchor). Returns how many flows changed.
+    fn redecide(&mut self, now: Instant) -> usize {
+        self.refresh_statuses(now);
+        let mut events = Vec::new();
+        for (i, status) in self.statuses.iter().enumerate() {
+            if !status.up
+                && let Some(u) = self.uplinks.at(i)
+            {
+                answer::unpin_on_uplink_down(self.flows.paft_mut(), u, &mut events);
+            }
+        }
+        self.publish(events, now);
+        let mut before = Vec::new();
+        answer::placements(self.flows.paft(), &mut before);
+        let changed = self.flows.redecide(&self.statuses, now.as_duration());
+        let mut events = Vec::new();
+        answer::placement_events(
+            &before,
+            self.flows.paft(),
+            self.uplinks.names(),
+            &mut events,
+        );
+        self.publish(events, now);
+        changed
+    }
+
+    /// Queues events for watchers, and tells the anchor about every flow that moved.
+    fn publish(&mut self, events: Vec<Event>, now: Instant) {
+        for e in events {
+            if let Event::FlowMoved { flow, .. } = &e {
+                self.signal_move(FlowId(*flow), now);
+            }
+            self.events.push_back(e);
+        }
+    }
+
+    /// Signals a moved flow's new path to the anchor (acked and retransmitted by the client),
+    /// so its downlink follows at once instead of after the flow's next uplink packet: a
+    /// download may send nothing upstream for a while.
+    fn signal_move(&mut self, id: FlowId, now: Instant) {
+        let Some((key, entry)) = self.flows.paft().by_id(id) else {
+            return;
+        };
+        // The PAFT keys flows in the direction of their first packet, which on the mobile host
+        // leaves through the TUN: the source is ours, the destination is the correspondent.
+        let flow = upmt_proto::control::FlowKey {
+            protocol: key.proto,
+            remote: key.dst,
+            remote_port: key.dport,
+            local_port: key.sport,
+        };
+        self.client
+            .move_flows(&[flow], Uplinks::path(entry.uplink()), now);
+    }
+
+    /// The uids whose traffic bypasses the tunnel: `uid = N` bypass rules, and bypass rules by
+    /// app name whose uid the package table gives.
+    pub fn bypass_uids(&self) -> Vec<u32> {
+        let mut uids: Vec<u32> = self
+            .flows
+            .policy()
+            .rules()
+            .iter()
+            .filter(|r| r.route == Route::Bypass)
+            .filter_map(|r| match &r.matcher {
+                Matcher::Uid(u) => Some(*u),
+                Matcher::App(name) => self.packages.get(name).copied(),
+                Matcher::Glob(..) => None,
+            })
+            .collect();
+        uids.sort_unstable();
+        uids.dedup();
+        uids
+    }
+
+    /// Hands the bypass set to the driver when the TUN is up and the set changed.
+    fn publish_bypass(&mut self) {
+        if self.tun.is_none() {
+            return;
+        }
+        let uids = self.bypass_uids();
+        if self.bypass.as_ref() != Some(&uids) {
+            self.bypass = Some(uids.clone());
+            self.routing.push_back(RoutingIntent::Bypass(uids));
+        }
+    }
+
+    fn status_reply(&self) -> StatusReply {
+        let session = match self.client.session() {
+            Some(params) => SessionStatus {
+                state: SessionState::Connected,
+                anchor: self.anchor,
+                virtual_addresses: std::iter::once(std::net::IpAddr::V4(params.virtual_ipv4))
+                    .chain(params.virtual_ipv6.map(std::net::IpAddr::V6))
+                    .collect(),
+                tun: self.tun.clone(),
+            },
+            None => SessionStatus {
+                state: SessionState::Handshaking,
+                anchor: self.anchor,
+                virtual_addresses: Vec::new(),
+                tun: None,
+            },
+        };
+        // Bytes per tunnel: the inner bytes of the live flows it carried.
+        let mut bytes = vec![(0u64, 0u64); self.links.len()];
+        for (_, e) in self.flows.paft().iter() {
+            for (u, b) in self.uplinks.ids().zip(bytes.iter_mut()) {
+                let c = e.counters(u);
+                b.0 += c.bytes[0];
+                b.1 += c.bytes[1];
+            }
+        }
+        let tunnels = self
+            .uplinks
+            .ids()
+            .zip(&self.links)
+            .zip(bytes)
+            .map(|((u, link), b)| {
+                answer::tunnel(
+                    self.uplinks.name(u).unwrap_or_default(),
+                    &link.interface,
+                    link.local.filter(|_| link.available),
+                    self.client.path_stats(Uplinks::path(u)),
+                    b,
+                )
+            })
+            .collect();
+        StatusReply { session, tunnels }
+    }
+}
+
+fn identity(app: &AppId, uid: Option<u32>) -> AppIdentity<'_> {
+    AppIdentity {
+        name: (app.as_str() != UNKNOWN_APP).then_some(app.as_str()),
+        uid,
+    }
+}
+
+fn queue_reset(
+    resets: &mut VecDeque<([u8; RESET_LEN], usize)>,
+    counters: &mut HostCounters,
+    packet: &[u8],
+) {
+    if resets.len() >= MAX_RESETS {
+        counters.resets_dropped += 1;
+        return;
+    }
+    let mut out = [0u8; RESET_LEN];
+    if let Some(n) = crate::rst::tcp_reset(packet, &mut out) {
+        counters.resets += 1;
+        resets.push_back((out, n));
+    }
+}

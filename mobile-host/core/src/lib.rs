@@ -1,0 +1,27 @@
+//! The upmt mobile host's pure core: every decision `upmt-mh` makes, with no IO and no clock.
+//!
+//! - [`host::MobileHost`]: the state machine. It owns the protocol client, the flow table and
+//!   its policy, the uplinks' state (socket open, path up, hold-down), the user's pins and the
+//!   bypass set; it takes inputs with the `now` the driver sampled once per loop turn and hands
+//!   back datagrams, TUN writes, lookups to make, routing intents and events to poll.
+//! - [`flows`]: which uplink each packet from the TUN takes, and what waits for an owner.
+//! - [`uplinks`]: the one registry of uplink names and ids.
+//! - [`api`]: the control vocabulary (requests, replies, events) `upmt` and the daemon share;
+//!   [`answer`] and [`describe`] compute replies from the tables.
+//! - [`owner`], [`rst`]: a flow's owner as the lookup found it; TCP resets for blocked flows.
+//!
+//! This crate never opens a socket or a file, never reads a clock, and never spawns anything:
+//! its manifest has no tokio, libc or netlink, so scenario tests drive it on virtual time.
+
+pub mod answer;
+pub mod api;
+pub mod describe;
+pub mod flows;
+pub mod host;
+pub mod owner;
+pub mod rst;
+pub mod uplinks;
+
+pub use host::{HostConfig, HostCounters, MobileHost, RoutingIntent};
+pub use owner::{Owner, Source};
+pub use uplinks::{MAX_UPLINKS, Uplinks};

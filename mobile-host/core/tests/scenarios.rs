@@ -1,0 +1,484 @@
+//! The mobile host's decisions on a simulated network with virtual time: a [`MobileHost`] and a
+//! real anchor core, one link per uplink, no namespaces and no sockets. Each scenario runs in
+//! milliseconds what the namespace lab needs seconds for.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use upmt_mh_core::api::{Event, MoveReason, Request, Response};
+use upmt_mh_core::{HostConfig, MobileHost, Owner, RoutingIntent, Source, Uplinks};
+use upmt_paft::{FlowKey, UplinkId};
+use upmt_policy::Policy;
+use upmt_proto::anchor::{self, Anchor, AnchorConfig, PeerConfig};
+use upmt_proto::client::ClientConfig;
+use upmt_proto::keys::StaticSecret;
+use upmt_proto::time::Instant;
+use upmt_proto::{HEADER_LEN, PathId, TAG_LEN};
+
+const MH_V4: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 2);
+const CH_V4: Ipv4Addr = Ipv4Addr::new(93, 184, 216, 34);
+const WIFI: usize = 0;
+const CELL: usize = 1;
+
+const POLICY: &str = r#"version = 1
+[[rule]]
+app = "com.example.video"
+uplinks = ["wifi"]
+[[rule]]
+app = "com.example.store"
+uplinks = ["cell"]
+[[rule]]
+uid = 4242
+action = "bypass"
+"#;
+
+struct Link {
+    delay: Duration,
+    /// The host's public address on this link, as the anchor sees it.
+    addr: SocketAddr,
+}
+
+struct Flight {
+    at: Instant,
+    to_anchor: bool,
+    path: PathId,
+    bytes: Vec<u8>,
+}
+
+/// The host, the anchor and the links between them.
+struct Net {
+    now: Instant,
+    host: MobileHost,
+    anchor: Anchor,
+    links: Vec<Link>,
+    inflight: Vec<Flight>,
+    /// Inner packets the anchor received, with the uplink they came on.
+    anchor_rx: Vec<(usize, Vec<u8>)>,
+    anchor_events: Vec<anchor::Event>,
+    /// TCP resets the host wrote into its TUN.
+    resets: Vec<Vec<u8>>,
+    lookups: Vec<FlowKey>,
+    routing: Vec<RoutingIntent>,
+    events: Vec<Event>,
+}
+
+impl Net {
+    /// A host with wifi and cell (both with a socket), handshaken and with its TUN up.
+    fn connected() -> Net {
+        let mh = StaticSecret::generate().expect("key");
+        let an = StaticSecret::generate().expect("key");
+        let now = Instant::ZERO;
+        let policy = Policy::parse(POLICY, "policy.toml", &["wifi", "cell"]).expect("policy");
+        let host = MobileHost::new(
+            HostConfig {
+                client: ClientConfig::new(mh.clone(), an.public_key()),
+                client_seed: 1_700_000_000_000_000_000,
+                anchor: "192.0.2.1:51900".parse().expect("addr"),
+                uplinks: Uplinks::new(vec!["wifi".into(), "cell".into()]).expect("two"),
+                interfaces: vec!["wlan0".into(), "rmnet_data0".into()],
+                policy,
+                policy_source: "policy.toml".into(),
+            },
+            now,
+        );
+        let anchor = Anchor::new(
+            AnchorConfig::new(
+                an,
+                vec![PeerConfig {
+                    name: "phone".into(),
+                    public: mh.public_key(),
+                    virtual_ipv4: MH_V4,
+                    virtual_ipv6: None,
+                }],
+            ),
+            now,
+        );
+        let links = (0..2)
+            .map(|i| Link {
+                delay: Duration::from_millis(10 + 20 * i as u64),
+                addr: format!("198.51.100.{}:4000{i}", i + 1)
+                    .parse()
+                    .expect("addr"),
+            })
+            .collect();
+        let mut net = Net {
+            now,
+            host,
+            anchor,
+            links,
+            inflight: Vec::new(),
+            anchor_rx: Vec::new(),
+            anchor_events: Vec::new(),
+            resets: Vec::new(),
+            lookups: Vec::new(),
+            routing: Vec::new(),
+            events: Vec::new(),
+        };
+        for i in [WIFI, CELL] {
+            let local = net.links[i].addr;
+            net.host
+                .handle_uplink_available(uplink(i), Some(local), now);
+        }
+        net.flush();
+        // Past the hold-down, so both uplinks count as usable.
+        net.run_for(Duration::from_secs(4));
+        assert!(net.host.client().session().is_some(), "handshake");
+        assert!(net.usable(WIFI) && net.usable(CELL));
+        net
+    }
+
+    fn usable(&mut self, i: usize) -> bool {
+        self.host.handle_timeout(self.now);
+        self.host.statuses()[i].up
+    }
+
+    /// Drains every output of both sides.
+    fn flush(&mut self) {
+        let mut buf = vec![0u8; 4096];
+        loop {
+            while let Some(t) = self.host.poll_transmit(self.now, &mut buf) {
+                let bytes = buf[..t.len].to_vec();
+                self.send(true, t.path, bytes);
+            }
+            while let Some(t) = self.anchor.poll_transmit(self.now, &mut buf) {
+                let dst = t.dst.expect("anchor names a destination");
+                if let Some(i) = self.links.iter().position(|l| l.addr == dst) {
+                    let bytes = buf[..t.len].to_vec();
+                    self.send(false, PathId(i as u8), bytes);
+                }
+            }
+            while let Some(n) = self.host.poll_tun_write(&mut buf) {
+                self.resets.push(buf[..n].to_vec());
+            }
+            while let Some(key) = self.host.poll_lookup() {
+                self.lookups.push(key);
+            }
+            while let Some(intent) = self.host.poll_routing() {
+                if matches!(intent, RoutingIntent::Connect(_)) {
+                    self.host.handle_tun_ready("upmt0".into());
+                }
+                self.routing.push(intent);
+            }
+            while let Some(e) = self.host.poll_event() {
+                self.events.push(e);
+            }
+            while let Some(e) = self.anchor.poll_event() {
+                self.anchor_events.push(e);
+            }
+            if !self.host.has_output() {
+                return;
+            }
+        }
+    }
+
+    fn send(&mut self, to_anchor: bool, path: PathId, bytes: Vec<u8>) {
+        let at = self.now + self.links[usize::from(path.0)].delay;
+        self.inflight.push(Flight {
+            at,
+            to_anchor,
+            path,
+            bytes,
+        });
+    }
+
+    fn deliver(&mut self, f: Flight) {
+        let mut bytes = f.bytes;
+        if f.to_anchor {
+            let from = self.links[usize::from(f.path.0)].addr;
+            if let Ok(Some((_, r))) = self.anchor.handle_datagram(from, &mut bytes, self.now) {
+                self.anchor_rx
+                    .push((usize::from(f.path.0), bytes[r].to_vec()));
+            }
+        } else {
+            let _ = self.host.handle_datagram(f.path, &mut bytes, self.now);
+        }
+    }
+
+    /// Runs the network for `d` of virtual time.
+    fn run_for(&mut self, d: Duration) {
+        let limit = self.now + d;
+        for _ in 0..1_000_000 {
+            let mut next = self.host.poll_timeout();
+            if let Some(f) = self.inflight.iter().map(|f| f.at).min() {
+                next = next.min(f);
+            }
+            if let Some((t, _)) = self.anchor.poll_timeout() {
+                next = next.min(t);
+            }
+            if next > limit {
+                self.now = limit;
+                return;
+            }
+            self.now = self.now.max(next);
+            self.inflight.sort_by_key(|f| f.at);
+            let due = self
+                .inflight
+                .iter()
+                .take_while(|f| f.at <= self.now)
+                .count();
+            for f in self.inflight.drain(..due).collect::<Vec<_>>() {
+                self.deliver(f);
+            }
+            self.host.handle_timeout(self.now);
+            if self
+                .anchor
+                .poll_timeout()
+                .is_some_and(|(t, _)| t <= self.now)
+            {
+                self.anchor.handle_timeout(self.now);
+            }
+            self.flush();
+        }
+        panic!("the simulation does not settle");
+    }
+
+    /// An app sends `packet` into the TUN.
+    fn app_sends(&mut self, packet: &[u8]) {
+        let mut buf = vec![0u8; HEADER_LEN + packet.len() + TAG_LEN];
+        buf[HEADER_LEN..HEADER_LEN + packet.len()].copy_from_slice(packet);
+        if let Some(t) = self
+            .host
+            .handle_tun_packet(&mut buf, packet.len(), self.now)
+        {
+            let bytes = buf[..t.len].to_vec();
+            self.send(true, t.path, bytes);
+        }
+        self.flush();
+    }
+
+    /// The lookup answers: `key` belongs to `app`.
+    fn owner_is(&mut self, key: FlowKey, app: &str) {
+        let owner = Owner {
+            name: Some(Arc::from(app)),
+            uid: Some(10_123),
+            pid: Some(4000),
+            source: Source::Process,
+        };
+        self.host.handle_owner(key, &owner, self.now);
+        self.flush();
+    }
+
+    /// Starts a flow of `app` from `sport` and lets its first packet through the lookup.
+    fn start_flow(&mut self, app: &str, sport: u16) -> FlowKey {
+        self.app_sends(&tcp(sport, 0x02));
+        let key = *self.lookups.last().expect("a lookup for the new flow");
+        self.owner_is(key, app);
+        self.run_for(Duration::from_millis(100));
+        key
+    }
+
+    /// Which uplink the anchor last received a packet of `sport` on.
+    fn arrived_on(&self, sport: u16) -> Option<usize> {
+        self.anchor_rx
+            .iter()
+            .rev()
+            .find(|(_, p)| p.get(20..22) == Some(&sport.to_be_bytes()[..]))
+            .map(|(i, _)| *i)
+    }
+
+    fn flow_id(&self, key: &FlowKey) -> u64 {
+        self.host
+            .flows()
+            .paft()
+            .lookup(key)
+            .expect("live flow")
+            .id()
+            .0
+    }
+}
+
+fn uplink(i: usize) -> UplinkId {
+    UplinkId::new(i as u8).expect("below MAX_UPLINKS")
+}
+
+/// A TCP segment from the host's virtual address with `flags` (0x02 SYN, 0x10 ACK).
+fn tcp(sport: u16, flags: u8) -> Vec<u8> {
+    let mut p = vec![0u8; 40];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&40u16.to_be_bytes());
+    p[8] = 64;
+    p[9] = 6;
+    p[12..16].copy_from_slice(&MH_V4.octets());
+    p[16..20].copy_from_slice(&CH_V4.octets());
+    p[20..22].copy_from_slice(&sport.to_be_bytes());
+    p[22..24].copy_from_slice(&443u16.to_be_bytes());
+    p[32] = 5 << 4;
+    p[33] = flags;
+    p
+}
+
+#[test]
+fn a_new_flow_waits_for_its_owner_then_leaves_on_the_uplink_its_policy_names() {
+    let mut net = Net::connected();
+    net.app_sends(&tcp(5000, 0x02));
+    net.app_sends(&tcp(5000, 0x10));
+    net.run_for(Duration::from_millis(100));
+    assert_eq!(net.lookups.len(), 1, "one lookup per new flow");
+    assert_eq!(
+        net.arrived_on(5000),
+        None,
+        "nothing leaves before the owner is known"
+    );
+    let key = net.lookups[0];
+    net.owner_is(key, "com.example.store");
+    net.run_for(Duration::from_millis(100));
+    let store: Vec<_> = net
+        .anchor_rx
+        .iter()
+        .filter(|(_, p)| p[20..22] == 5000u16.to_be_bytes())
+        .collect();
+    assert_eq!(store.len(), 2, "both queued packets are released");
+    assert!(
+        store.iter().all(|(i, _)| *i == CELL),
+        "on cell, as the policy says"
+    );
+    // Later packets skip the lookup.
+    net.app_sends(&tcp(5000, 0x10));
+    net.run_for(Duration::from_millis(100));
+    assert_eq!(net.lookups.len(), 1);
+    assert_eq!(net.arrived_on(5000), Some(CELL));
+}
+
+#[test]
+fn an_uplink_that_goes_away_moves_its_flows_and_blocks_those_its_policy_keeps_off_the_others() {
+    let mut net = Net::connected();
+    let other = net.start_flow("org.example.other", 6000);
+    let video = net.start_flow("com.example.video", 6001);
+    assert_eq!(net.arrived_on(6000), Some(WIFI));
+    assert_eq!(net.arrived_on(6001), Some(WIFI));
+    net.host.handle_uplink_lost(uplink(WIFI), net.now);
+    net.flush();
+    let moved = net.events.iter().any(|e| {
+        matches!(e, Event::FlowMoved { flow, to, reason: MoveReason::Policy, .. }
+            if *flow == net.flow_id(&other) && to == "cell")
+    });
+    assert!(moved, "the flow's move is published: {:?}", net.events);
+    assert!(
+        net.events
+            .iter()
+            .any(|e| matches!(e, Event::AppBlocked { app, .. } if app == "com.example.video"))
+    );
+    net.run_for(Duration::from_millis(200));
+    // The anchor was told, so the downlink follows before the flow sends anything.
+    assert!(
+        net.anchor_events
+            .iter()
+            .any(|e| matches!(e, anchor::Event::FlowMoved { path, .. } if *path == PathId(1)))
+    );
+    net.app_sends(&tcp(6000, 0x10));
+    net.app_sends(&tcp(6001, 0x10));
+    net.run_for(Duration::from_millis(100));
+    assert_eq!(net.arrived_on(6000), Some(CELL));
+    assert_eq!(
+        net.arrived_on(6001),
+        Some(WIFI),
+        "the wifi-only app sent nothing more"
+    );
+    assert_eq!(net.resets.len(), 1, "its segment is answered with a reset");
+    assert!(net.host.flows().paft().lookup(&video).is_none());
+}
+
+#[test]
+fn a_returning_uplink_carries_flows_again_only_after_its_hold_down() {
+    let mut net = Net::connected();
+    net.start_flow("org.example.other", 7000);
+    net.host.handle_uplink_lost(uplink(WIFI), net.now);
+    net.flush();
+    net.app_sends(&tcp(7000, 0x10));
+    net.run_for(Duration::from_millis(100));
+    assert_eq!(net.arrived_on(7000), Some(CELL));
+    let back = net.now;
+    let local = net.links[WIFI].addr;
+    net.host
+        .handle_uplink_available(uplink(WIFI), Some(local), back);
+    net.flush();
+    net.run_for(Duration::from_secs(2));
+    net.app_sends(&tcp(7000, 0x10));
+    net.run_for(Duration::from_millis(100));
+    assert_eq!(
+        net.arrived_on(7000),
+        Some(CELL),
+        "still held down 2 s after it returned"
+    );
+    net.run_for(Duration::from_secs(2));
+    net.app_sends(&tcp(7000, 0x10));
+    net.run_for(Duration::from_millis(100));
+    assert_eq!(
+        net.arrived_on(7000),
+        Some(WIFI),
+        "back on wifi after the hold-down"
+    );
+}
+
+#[test]
+fn a_pinned_flow_stays_where_the_user_put_it_until_unpinned() {
+    let mut net = Net::connected();
+    let key = net.start_flow("org.example.other", 8000);
+    let id = net.flow_id(&key);
+    let r = net.host.answer(
+        Request::MoveFlow {
+            flow: id,
+            uplink: "cell".into(),
+        },
+        net.now,
+    );
+    assert!(matches!(r, Response::Moved(_)), "{r:?}");
+    net.flush();
+    // A policy reload re-decides every flow, but not a pinned one.
+    let policy = Policy::parse(POLICY, "policy.toml", &["wifi", "cell"]).expect("policy");
+    net.host.reload_policy(policy, net.now);
+    net.flush();
+    net.app_sends(&tcp(8000, 0x10));
+    net.run_for(Duration::from_millis(100));
+    assert_eq!(net.arrived_on(8000), Some(CELL));
+    let r = net.host.answer(Request::UnpinFlow { flow: id }, net.now);
+    assert!(
+        matches!(r, Response::Unpinned(ref u) if u.flows == [id]),
+        "{r:?}"
+    );
+    net.flush();
+    net.app_sends(&tcp(8000, 0x10));
+    net.run_for(Duration::from_millis(100));
+    assert_eq!(
+        net.arrived_on(8000),
+        Some(WIFI),
+        "its policy places it again"
+    );
+    let refused = net.host.answer(
+        Request::MoveFlow {
+            flow: id,
+            uplink: "lte".into(),
+        },
+        net.now,
+    );
+    assert!(matches!(refused, Response::Error(_)));
+}
+
+#[test]
+fn the_bypass_set_follows_the_policy_and_the_package_table() {
+    let mut net = Net::connected();
+    assert_eq!(net.routing.last(), Some(&RoutingIntent::Bypass(vec![4242])));
+    let with_bank = format!("{POLICY}[[rule]]\napp = \"com.example.bank\"\naction = \"bypass\"\n");
+    let policy = Policy::parse(&with_bank, "policy.toml", &["wifi", "cell"]).expect("policy");
+    let intents = net.routing.len();
+    net.host.reload_policy(policy, net.now);
+    net.flush();
+    assert_eq!(
+        net.routing.len(),
+        intents,
+        "the bank's uid is not known yet: no change"
+    );
+    net.host
+        .set_packages(BTreeMap::from([("com.example.bank".to_owned(), 10_200)]));
+    net.flush();
+    assert_eq!(
+        net.routing.last(),
+        Some(&RoutingIntent::Bypass(vec![4242, 10_200]))
+    );
+    let policy = Policy::parse(POLICY, "policy.toml", &["wifi", "cell"]).expect("policy");
+    net.host.reload_policy(policy, net.now);
+    net.flush();
+    assert_eq!(net.routing.last(), Some(&RoutingIntent::Bypass(vec![4242])));
+}
