@@ -11,7 +11,7 @@
 //!
 //! This module never does IO: the loop reads, sends, writes resets and asks the worker.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,8 +28,18 @@ pub const MAX_PENDING_PACKETS: usize = 16;
 /// New flows waiting for their owner at once; beyond this new flows are dropped (their
 /// senders retry) rather than given a rule that may not be theirs.
 pub const MAX_PENDING_FLOWS: usize = 256;
-/// A lookup that has not answered after this is given up; the flow starts over.
+/// A lookup that has not answered after this is given up; the flow starts over. The host
+/// decides overdue flows long before ([`LOOKUP_BOUND`]); this is the backstop.
 pub const PENDING_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest a new flow's first packet waits for its owner. Past it the flow is decided by
+/// the policy's default rule and decided again when the late answer arrives. Owners are found
+/// in well under a millisecond in the common cases (Android app uids, the Linux inode index);
+/// this bounds the rare slow one (hundreds of processes starting at once) without moving flows
+/// whose lookup is merely a little slow under load.
+pub const LOOKUP_BOUND: Duration = Duration::from_millis(100);
+/// Blocked and held flows remembered at once; past this the one idle longest is forgotten (its
+/// next packet is looked up and decided again).
+pub const MAX_HELD: usize = 4096;
 /// Blocked and held flows are forgotten after this long without a packet.
 pub const HELD_IDLE: Duration = Duration::from_secs(60);
 /// Pooled buffers kept for reuse.
@@ -53,6 +63,9 @@ pub enum TunAction {
 /// What became of a classified flow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
+    /// A late answer for a flow already decided by the default rule: its owner is recorded;
+    /// decide the flows again ([`Flows::redecide`]).
+    Late,
     /// Tunnelled on this uplink: send the queued packets there.
     Tunnel(UplinkId),
     /// Blocked by the policy: reset TCP, drop the rest.
@@ -90,6 +103,12 @@ pub struct FlowCounters {
     pub table_full: u64,
     /// Flows moved to another uplink on an uplink or policy change.
     pub moved: u64,
+    /// Flows decided by the default rule because their lookup passed [`LOOKUP_BOUND`].
+    pub lookups_overdue: u64,
+    /// Answers that came for such a flow after it was decided, and decided it again.
+    pub late_answers: u64,
+    /// Blocked or held flows forgotten because [`MAX_HELD`] were held.
+    pub held_evicted: u64,
 }
 
 struct Pending {
@@ -117,6 +136,11 @@ pub struct Flows {
     paft: Paft,
     policy: Policy,
     pending: HashMap<FlowKey, Pending>,
+    /// Pending flows in the order they arrived, for their [`LOOKUP_BOUND`]; entries of flows no
+    /// longer pending are skipped.
+    arrivals: VecDeque<(Duration, FlowKey)>,
+    /// Flows decided by the default rule while their lookup was overdue, and since when.
+    provisional: HashMap<FlowKey, Duration>,
     held: HashMap<FlowKey, Held>,
     pool: Vec<Vec<u8>>,
     counters: FlowCounters,
@@ -140,6 +164,8 @@ impl Flows {
             paft: Paft::new(upmt_paft::Config::default()),
             policy,
             pending: HashMap::with_capacity(MAX_PENDING_FLOWS),
+            arrivals: VecDeque::with_capacity(MAX_PENDING_FLOWS),
+            provisional: HashMap::new(),
             held: HashMap::new(),
             pool: Vec::new(),
             counters: FlowCounters::default(),
@@ -245,6 +271,7 @@ impl Flows {
                 since: now,
             },
         );
+        self.arrivals.push_back((now, key));
         TunAction::Queued { key, new: true }
     }
 
@@ -254,6 +281,72 @@ impl Flows {
             self.counters.pending_flows_full += p.packets.len() as u64;
             self.recycle_all(p.packets);
         }
+        self.trim_arrivals();
+    }
+
+    /// When the oldest pending flow's lookup passes [`LOOKUP_BOUND`].
+    pub fn lookup_deadline(&self) -> Option<Duration> {
+        self.arrivals
+            .iter()
+            .find(|(since, key)| self.is_pending_since(key, *since))
+            .map(|(since, _)| *since + LOOKUP_BOUND)
+    }
+
+    /// A pending flow whose lookup passed [`LOOKUP_BOUND`] at `now`; decide it with
+    /// [`Flows::decide_overdue`].
+    pub fn next_overdue(&mut self, now: Duration) -> Option<FlowKey> {
+        self.trim_arrivals();
+        let &(since, key) = self.arrivals.front()?;
+        (now.saturating_sub(since) >= LOOKUP_BOUND).then_some(key)
+    }
+
+    /// Decides the overdue flow `key` by the default rule (its owner unknown), like
+    /// [`Flows::classified`]; the owner's answer, when it comes, decides it again.
+    pub fn decide_overdue(
+        &mut self,
+        key: FlowKey,
+        uplinks: &[UplinkStatus],
+        now: Duration,
+        out: &mut Vec<Vec<u8>>,
+    ) -> Outcome {
+        self.counters.lookups_overdue += 1;
+        let outcome = self.classified(key, &Owner::unknown(), uplinks, now, out);
+        if outcome != Outcome::Stale {
+            self.provisional.insert(key, now);
+        }
+        outcome
+    }
+
+    fn is_pending_since(&self, key: &FlowKey, since: Duration) -> bool {
+        self.pending.get(key).is_some_and(|p| p.since == since)
+    }
+
+    /// Drops arrivals of flows no longer pending from the front, so the oldest is first.
+    fn trim_arrivals(&mut self) {
+        while let Some(&(since, key)) = self.arrivals.front() {
+            if self.is_pending_since(&key, since) {
+                return;
+            }
+            self.arrivals.pop_front();
+        }
+    }
+
+    /// The owner of a flow decided by the default rule arrived: record it so the next
+    /// re-decision places the flow by its own rule.
+    fn late_answer(&mut self, key: FlowKey, app: AppId, uid: Option<u32>) -> Outcome {
+        if self.provisional.remove(&key).is_none() {
+            return Outcome::Stale;
+        }
+        self.counters.late_answers += 1;
+        if let Some(e) = self.paft.get_mut(&key) {
+            e.set_app(app, uid);
+        } else if let Some(h) = self.held.get_mut(&key) {
+            h.app = app;
+            h.uid = uid;
+        } else {
+            return Outcome::Stale;
+        }
+        Outcome::Late
     }
 
     /// Accounts a packet that came down `path` (its flow's reply direction), so the table
@@ -281,13 +374,14 @@ impl Flows {
         now: Duration,
         out: &mut Vec<Vec<u8>>,
     ) -> Outcome {
-        let Some(pending) = self.pending.remove(&key) else {
-            return Outcome::Stale;
-        };
         let app: AppId = match &owner.name {
             Some(n) => AppId::from(Arc::clone(n)),
             None => AppId::from(UNKNOWN_APP),
         };
+        let Some(pending) = self.pending.remove(&key) else {
+            return self.late_answer(key, app, owner.uid);
+        };
+        self.trim_arrivals();
         let decision = self.policy.decide(&identity(&app, owner.uid), uplinks);
         let outcome = match decision.verdict {
             Verdict::Tunnel(i) => self.admit(key, &app, owner.uid, i, now),
@@ -361,6 +455,18 @@ impl Flows {
         reason: HoldReason,
         now: Duration,
     ) -> Outcome {
+        if self.held.len() >= MAX_HELD && !self.held.contains_key(&key) {
+            // Rare (thousands of blocked flows at once): a scan is fine.
+            let oldest = self
+                .held
+                .iter()
+                .min_by_key(|(_, h)| h.last_seen)
+                .map(|(k, _)| *k);
+            if let Some(k) = oldest {
+                self.held.remove(&k);
+                self.counters.held_evicted += 1;
+            }
+        }
         self.held.insert(
             key,
             Held {
@@ -501,8 +607,12 @@ impl Flows {
             }
         }
         self.keys = keys;
+        self.trim_arrivals();
         self.held
             .retain(|_, h| now.saturating_sub(h.last_seen) <= HELD_IDLE);
+        // An answer later than this is not coming (the worker gave up long before).
+        self.provisional
+            .retain(|_, since| now.saturating_sub(*since) <= PENDING_TIMEOUT);
     }
 
     /// What the table holds now, for the control socket and logs. `uplink_names` are the
@@ -840,6 +950,34 @@ action = "bypass"
             .find(|a| a.name == "com.example.video")
             .unwrap();
         assert_eq!(v.blocked_flows, 1);
+    }
+
+    #[test]
+    fn the_held_flows_are_bounded_and_the_longest_idle_is_forgotten_first() {
+        let mut f = flows();
+        let cell_down = [
+            UplinkStatus {
+                up: true,
+                rtt: None,
+            },
+            UplinkStatus::default(),
+        ];
+        let mut out = Vec::new();
+        for i in 0..=MAX_HELD {
+            let port = 10_000 + i as u16;
+            let p = udp(port, [192, 0, 2, 2]);
+            let TunAction::Queued { key, .. } =
+                f.on_tun_packet(&p, T + Duration::from_millis(i as u64))
+            else {
+                panic!("new flow {i} must be queued")
+            };
+            let o = f.classified(key, &owner("com.example.store"), &cell_down, T, &mut out);
+            assert_eq!(o, Outcome::Blocked);
+            f.recycle(&mut out);
+        }
+        let snap = f.snapshot(&["wifi".into(), "cell".into()], T);
+        assert_eq!(snap.flows.len(), MAX_HELD);
+        assert_eq!(f.counters().held_evicted, 1);
     }
 
     #[test]

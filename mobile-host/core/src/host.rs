@@ -264,6 +264,11 @@ impl MobileHost {
             self.flows
                 .classified(key, owner, &self.statuses, now.as_duration(), &mut released);
         tracing::trace!(?key, ?outcome, "classified");
+        self.settle(outcome, released, now);
+    }
+
+    /// Sends, resets or keeps what waited for a flow just decided.
+    fn settle(&mut self, outcome: Outcome, mut released: Vec<Vec<u8>>, now: Instant) {
         match outcome {
             Outcome::Tunnel(uplink) => {
                 self.released
@@ -274,10 +279,35 @@ impl MobileHost {
                     queue_reset(&mut self.resets, &mut self.counters, packet);
                 }
             }
+            Outcome::Late => {
+                let changed = self.redecide(now);
+                tracing::debug!(flows = changed, "a late owner answer placed its flow");
+            }
             Outcome::Held | Outcome::Stale => {}
         }
         self.flows.recycle(&mut released);
         self.scratch = released;
+    }
+
+    /// Decides flows whose owner lookup passed its bound by the default rule.
+    fn decide_overdue(&mut self, now: Instant) {
+        let mut refreshed = false;
+        while let Some(key) = self.flows.next_overdue(now.as_duration()) {
+            if !refreshed {
+                self.refresh_statuses(now);
+                refreshed = true;
+            }
+            let mut released = std::mem::take(&mut self.scratch);
+            let outcome =
+                self.flows
+                    .decide_overdue(key, &self.statuses, now.as_duration(), &mut released);
+            tracing::debug!(
+                ?key,
+                ?outcome,
+                "owner lookup overdue: the default rule decides"
+            );
+            self.settle(outcome, released, now);
+        }
     }
 
     /// The lookup for `key` could not be started (its queue is full): drop what waits for it.
@@ -332,6 +362,7 @@ impl MobileHost {
         if self.client.poll_timeout().is_some_and(|(at, _)| at <= now) {
             self.client.handle_timeout(now);
         }
+        self.decide_overdue(now);
         if now >= self.next_housekeeping {
             self.next_housekeeping = now + HOUSEKEEPING_INTERVAL;
             self.flows.housekeeping(now.as_duration());
@@ -498,10 +529,14 @@ impl MobileHost {
 
     /// When [`MobileHost::handle_timeout`] must run next.
     pub fn poll_timeout(&self) -> Instant {
-        match self.client.poll_timeout() {
-            Some((at, _)) => at.min(self.next_housekeeping),
-            None => self.next_housekeeping,
+        let mut at = self.next_housekeeping;
+        if let Some((client, _)) = self.client.poll_timeout() {
+            at = at.min(client);
         }
+        if let Some(lookup) = self.flows.lookup_deadline() {
+            at = at.min(Instant::from_duration(lookup));
+        }
+        at
     }
 
     // ---- internals ----

@@ -314,7 +314,7 @@ fn a_new_flow_waits_for_its_owner_then_leaves_on_the_uplink_its_policy_names() {
     let mut net = Net::connected();
     net.app_sends(&tcp(5000, 0x02));
     net.app_sends(&tcp(5000, 0x10));
-    net.run_for(Duration::from_millis(100));
+    net.run_for(Duration::from_millis(50));
     assert_eq!(net.lookups.len(), 1, "one lookup per new flow");
     assert_eq!(
         net.arrived_on(5000),
@@ -481,4 +481,35 @@ fn the_bypass_set_follows_the_policy_and_the_package_table() {
     net.host.reload_policy(policy, net.now);
     net.flush();
     assert_eq!(net.routing.last(), Some(&RoutingIntent::Bypass(vec![4242])));
+}
+
+#[test]
+fn a_lookup_past_its_bound_goes_by_the_default_rule_and_the_late_answer_moves_it() {
+    let mut net = Net::connected();
+    net.app_sends(&tcp(9000, 0x02));
+    let key = net.lookups[0];
+    net.run_for(upmt_mh_core::flows::LOOKUP_BOUND / 2);
+    assert_eq!(
+        net.arrived_on(9000),
+        None,
+        "within the bound the packet waits"
+    );
+    net.run_for(upmt_mh_core::flows::LOOKUP_BOUND);
+    assert_eq!(
+        net.arrived_on(9000),
+        Some(WIFI),
+        "past the bound the default rule (first uplink up) sends it"
+    );
+    assert_eq!(net.host.flows().counters().lookups_overdue, 1);
+    net.owner_is(key, "com.example.store");
+    assert_eq!(net.host.flows().counters().late_answers, 1);
+    assert!(net.events.iter().any(|e| matches!(e,
+        Event::FlowMoved { app, to, .. } if app == "com.example.store" && to == "cell")));
+    net.app_sends(&tcp(9000, 0x10));
+    net.run_for(Duration::from_millis(100));
+    assert_eq!(
+        net.arrived_on(9000),
+        Some(CELL),
+        "its own rule places it now"
+    );
 }
