@@ -11,24 +11,9 @@ use upmt_tests::{
     BIG_FILE_SIZE, DeployOptions, Deployment, Family, Lab, LinkCounters, sha256_file,
 };
 
-const POLICY: &str = r#"version = 1
-
-[[rule]]
-app = "com.example.video"
-uplinks = ["wifi"]
-
-[[rule]]
-app = "com.example.store"
-uplinks = ["cell"]
-
-[[rule]]
-uid = 4242
-action = "bypass"
-
-[default]
-uplinks = ["wifi"]
-when_none = "any"
-"#;
+/// Video on wifi, the store on cell, uid 4242 bypassed, the rest on wifi (shared with the core's
+/// scenario tests).
+const POLICY: &str = include_str!("../../mobile-host/core/tests/fixtures/two-apps-policy.toml");
 
 fn lab(name: &str) -> Lab {
     Lab::new(name).unwrap_or_else(|e| panic!("building the lab for {name}: {e}"))
