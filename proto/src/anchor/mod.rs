@@ -74,6 +74,7 @@ mod peer;
 
 pub use crate::control::FlowKey;
 pub use crate::queue::QueueStats;
+pub use control::{SIGNAL_EVENT_BURST, SIGNAL_EVENT_REFILL};
 
 use crate::control::ControlMessage;
 use crate::cookie::{CookieJar, Limiter};
@@ -119,6 +120,9 @@ pub struct AnchorStats {
     pub queue_overflows: u64,
     /// Events lost because the event queue was full ([`QueueStats::event_overflows`]).
     pub event_overflows: u64,
+    /// Applied signals whose event was left out because the peer spent its event budget
+    /// (see [`SIGNAL_EVENT_BURST`]).
+    pub signal_events_suppressed: u64,
 }
 
 /// One mobile host the anchor accepts.
@@ -408,7 +412,7 @@ impl Anchor {
         let peer = &mut self.peers[id.0 as usize];
         peer.heard_on(path, from, now);
         if let Some(control) = control {
-            self.handle_control(id, path, from, control?)?;
+            self.handle_control(id, path, from, control?, now)?;
             return Ok(None);
         }
         peer.uplink(&datagram[range.clone()], path)?;

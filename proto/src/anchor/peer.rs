@@ -1,5 +1,6 @@
 //! One mobile host as the anchor keeps it: its keypairs, its paths and their validation.
 
+use super::control::EventBudget;
 use super::flows::FlowTable;
 use super::{CHALLENGE_RESEND, CHALLENGE_TIMEOUT, PeerConfig};
 use crate::control::CHALLENGE_LEN;
@@ -73,6 +74,8 @@ pub(super) struct Peer {
     pub(super) origin: Option<(SessionIndex, PathId, SocketAddr)>,
     pub(super) last_path: Option<PathId>,
     pub(super) flows: FlowTable,
+    /// Events its signals may still raise (see `control.rs`).
+    pub(super) signal_events: EventBudget,
     pub(super) last_rx: Option<Instant>,
     pub(super) rx_packets: u64,
     pub(super) rx_bytes: u64,
@@ -93,6 +96,7 @@ impl Peer {
             origin: None,
             last_path: None,
             flows: FlowTable::default(),
+            signal_events: EventBudget::default(),
             last_rx: None,
             rx_packets: 0,
             rx_bytes: 0,
