@@ -373,7 +373,7 @@ impl EventLoop {
             Some((at, why)) => {
                 timer.as_mut().reset(clock::to_tokio(at, now, tnow));
                 *armed = true;
-                *reason = why;
+                *reason = why.as_str();
             }
             None => *armed = false,
         }
@@ -405,7 +405,7 @@ impl EventLoop {
             tun_rx_packets: self.counters.tun_rx,
             tun_tx_packets: self.counters.tun_tx,
             io_errors: self.counters.io_errors,
-            core: CoreStats::from_core(self.anchor.stats(), self.anchor.rate_limited_sources()),
+            core: CoreStats::from_core(&self.anchor.stats(), self.anchor.rate_limited_sources()),
         }
     }
 }
