@@ -15,20 +15,17 @@ use crate::routing::TunAddressing;
 
 /// The core's clock reading: CLOCK_BOOTTIME, so time spent suspended counts.
 pub fn now() -> Instant {
-    Instant::from_duration(crate::clock::boottime())
+    Instant::from_duration(upmt_sys::clock::boottime())
 }
 
 /// A client for `config`, created at `now`.
 pub fn client(config: &Config, now: Instant) -> Client {
-    Client::new(client_config(config), now, crate::clock::unix_nanos())
+    Client::new(client_config(config), now, upmt_sys::clock::unix_nanos())
 }
 
 /// The core's config for `config`: keys and the `[probe]` timings.
 pub fn client_config(config: &Config) -> ClientConfig {
-    let mut c = ClientConfig::new(
-        StaticSecret::from_bytes(config.private_key),
-        PublicKey::from_bytes(config.anchor_public_key),
-    );
+    let mut c = ClientConfig::new(config.private_key.clone(), config.anchor_public_key);
     c.probe_interval = config.probe.active_interval;
     c.keepalive = config.probe.idle_keepalive;
     c.path_timeout = config.probe.path_timeout;

@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 use upmt_policy::{Policy, Route, UplinkStatus};
+use upmt_sys::display_chain;
 
 mod control;
 
@@ -831,16 +832,4 @@ fn enable_src_valid_mark() {
     if let Err(e) = std::fs::write(path, "1") {
         tracing::debug!(error = %e, "could not set src_valid_mark");
     }
-}
-
-/// `error: cause: cause` on one line.
-pub fn display_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }

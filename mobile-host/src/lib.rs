@@ -3,13 +3,12 @@
 //!
 //! It owns everything the core must not do: the TUN device, one UDP socket per uplink (bound to
 //! its interface and marked so it never loops into the TUN), rtnetlink routing (wg-quick's
-//! scheme), the `CLOCK_BOOTTIME` clock, signals, and the config file. It never parses or builds
+//! scheme), signals, and the config file. It never parses or builds
 //! protocol messages itself and never decides protocol timing: that is the core's job, reached
 //! only through [`core`]. It needs no shell tools and no nftables (Android has neither).
 
 pub mod appid;
 pub mod cli;
-pub mod clock;
 pub mod config;
 pub mod control;
 pub mod core;

@@ -13,9 +13,10 @@ use clap::{Parser, Subcommand};
 use tokio::sync::mpsc;
 use upmt_anchor_node::config::{self, Config};
 use upmt_anchor_node::event_loop::EventLoop;
-use upmt_anchor_node::{anchor_config, clock, metrics, nat, privilege, tun, udp};
+use upmt_anchor_node::{anchor_config, metrics, nat, tun, udp};
 use upmt_proto::anchor::Anchor;
 use upmt_proto::keys::StaticSecret;
+use upmt_sys::{caps, clock};
 
 #[derive(Parser)]
 #[command(name = "upmt-an", version, about = "upmt anchor node")]
@@ -115,7 +116,7 @@ fn check(path: &std::path::Path) -> Result<()> {
 }
 
 fn run(path: &std::path::Path) -> Result<()> {
-    privilege::require_net_admin()?;
+    caps::require_net_admin("upmt-an")?;
     let nft = nat::find_nft()?;
     let config = config::load(path)?;
     let runtime = tokio::runtime::Builder::new_current_thread()

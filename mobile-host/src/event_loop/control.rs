@@ -11,7 +11,7 @@
 use upmt_paft::{AppId, FlowId, UplinkId};
 use upmt_policy::AppIdentity;
 
-use super::{Daemon, display_chain};
+use super::Daemon;
 use crate::config::PolicyLoadError;
 use crate::control::proto::{
     ErrorKind, ErrorReply, Event as ControlEvent, ReloadReply, Request, Response, SessionState,
@@ -20,6 +20,7 @@ use crate::control::proto::{
 use crate::control::{ControlRequest, LoopEnd, answer, describe};
 use crate::core::Instant;
 use crate::flows::UNKNOWN_APP;
+use upmt_sys::display_chain;
 
 /// Where flows were before a re-decision, to report what it changed.
 pub(super) type Placements = Vec<(FlowId, AppId, UplinkId)>;
