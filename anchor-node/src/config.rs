@@ -91,7 +91,8 @@ struct RawPeer {
 /// Reads and validates the config at `path` (a regular file of at most 16 MiB: `/dev/zero` or
 /// a FIFO is refused before it is read).
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = upmt_sys::config::read(path)?;
+    // Zeroed after parsing: it may hold `private_key = "..."`.
+    let text = zeroize::Zeroizing::new(upmt_sys::config::read(path)?);
     parse(path, &text)
 }
 
@@ -582,6 +583,12 @@ address = "10.77.0.3"
         let dir = std::env::temp_dir().join(format!("upmt-an-cfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("an.key"), format!("{KEY_C}\n")).unwrap();
+        // A key file only its owner can open, as the daemon demands.
+        std::fs::set_permissions(
+            dir.join("an.key"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
         let text = good().replace(
             &format!("private_key = \"{KEY_A}\""),
             "private_key_file = \"an.key\"",
@@ -589,6 +596,52 @@ address = "10.77.0.3"
         let parsed = parse(&dir.join("an.toml"), &text);
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(parsed.expect("valid").private_key.as_bytes(), &[2; 32]);
+    }
+
+    #[test]
+    fn the_config_debug_prints_no_private_key() {
+        let c = parse(
+            Path::new("an.toml"),
+            &good().replace(KEY_A, "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc="),
+        )
+        .unwrap();
+        assert_eq!(c.private_key.as_bytes(), &[7; 32]);
+        let shown = format!("{c:?} {c:#?}");
+        assert!(!shown.contains("BwcHBwcH"), "{shown}");
+        assert!(!shown.contains("7, 7"), "{shown}");
+        assert!(!shown.contains("7,\n"), "{shown}");
+        assert!(shown.contains("redacted"), "{shown}");
+    }
+
+    #[test]
+    fn a_private_key_file_that_is_dev_zero_or_open_to_others_is_refused_at_its_setting() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = std::env::temp_dir().join(format!("upmt-an-cfg-open-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("an.key"), format!("{KEY_C}\n")).unwrap();
+        std::fs::set_permissions(dir.join("an.key"), std::fs::Permissions::from_mode(0o640))
+            .unwrap();
+        let with = |file: &str| {
+            good().replace(
+                &format!("private_key = \"{KEY_A}\""),
+                &format!("private_key_file = \"{file}\""),
+            )
+        };
+        let open = parse(&dir.join("an.toml"), &with("an.key"));
+        let zero = parse(&dir.join("an.toml"), &with("/dev/zero"));
+        std::fs::remove_dir_all(&dir).unwrap();
+        let open = upmt_sys::display_chain(&open.unwrap_err());
+        assert!(
+            open.starts_with(&format!("{}:2:20: ", dir.join("an.toml").display())),
+            "{open}"
+        );
+        assert!(open.contains("mode 0640"), "{open}");
+        assert!(
+            open.contains(&format!("chmod 600 {}", dir.join("an.key").display())),
+            "{open}"
+        );
+        let zero = upmt_sys::display_chain(&zero.unwrap_err());
+        assert!(zero.contains("not a regular file"), "{zero}");
     }
 
     #[test]

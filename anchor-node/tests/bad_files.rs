@@ -170,3 +170,8 @@ fn run_refuses_bad_files_and_leaves_no_tun_and_no_nft_table() {
         std::panic::resume_unwind(e);
     }
 }
+
+#[test]
+fn check_refuses_a_key_file_readable_by_others_naming_the_chmod_that_fixes_it() {
+    testing::assert_check_refuses_an_open_key_file(BIN, &good(), "an-key");
+}

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use serde_spanned::Spanned;
+use upmt_paft::MAX_UPLINKS;
 use upmt_proto::keys::{PublicKey, StaticSecret};
 use upmt_sys::config::{ConfigText, shown};
 use upmt_sys::ifname;
@@ -30,6 +31,8 @@ pub const DEFAULT_TABLE: u32 = 5550;
 pub const DEFAULT_RULE_PRIORITY: u32 = 5550;
 /// Default TUN name.
 pub const DEFAULT_TUN: &str = "upmt0";
+/// The longest probe interval, keepalive, path timeout or hold-down the config takes.
+pub const MAX_PROBE_TIME: Duration = Duration::from_secs(3600);
 /// The longest uplink name (it lands in logs, the policy and `upmt status`).
 pub const MAX_UPLINK_NAME: usize = 64;
 
@@ -137,7 +140,8 @@ struct RawUplink {
 impl Config {
     /// Reads and validates the file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = upmt_sys::config::read(path)?;
+        // Zeroed after parsing: it may hold `private_key = "..."`.
+        let text = zeroize::Zeroizing::new(upmt_sys::config::read(path)?);
         Config::parse(&text, path)
     }
 
@@ -274,10 +278,15 @@ impl Config {
                 "no uplink: expected at least one [[uplink]] with name and interface".into(),
             ));
         }
-        if raw.uplink.len() > usize::from(u8::MAX) + 1 {
+        // The forwarding table keeps per-uplink state for MAX_UPLINKS uplinks only; flows of
+        // an uplink beyond them could never be placed and would be held forever.
+        if let Some(extra) = raw.uplink.get(MAX_UPLINKS) {
             return Err(at(
-                raw.uplink[256].name.span(),
-                "too many uplinks: at most 256".into(),
+                extra.name.span(),
+                format!(
+                    "too many uplinks: the data path supports at most {MAX_UPLINKS}, this is uplink {}",
+                    MAX_UPLINKS + 1
+                ),
             ));
         }
         let mut names = HashSet::new();
@@ -333,15 +342,24 @@ impl Config {
 
         let mut probe = ProbeConfig::default();
         if let Some(p) = raw.probe {
-            // Zero would make the core probe in a busy loop or give up on every path at once.
+            // Zero would make the core probe in a busy loop or give up on every path at once;
+            // beyond an hour a path would never be probed or declared down in practice, and a
+            // huge value overflows the core's `Instant + Duration`.
             let positive = |v: Spanned<u64>, name: &str, unit: fn(u64) -> Duration| {
-                if *v.get_ref() == 0 {
+                let value = *v.get_ref();
+                let max = MAX_PROBE_TIME.as_nanos() / unit(1).as_nanos();
+                if value == 0 {
                     Err(at(
                         v.span(),
                         format!("invalid probe.{name}: must be at least 1"),
                     ))
+                } else if u128::from(value) > max {
+                    Err(at(
+                        v.span(),
+                        format!("invalid probe.{name}: must be at most {max} (one hour)"),
+                    ))
                 } else {
-                    Ok(unit(*v.get_ref()))
+                    Ok(unit(value))
                 }
             };
             if let Some(v) = p.active_interval_ms {
@@ -670,6 +688,90 @@ mod tests {
     }
 
     #[test]
+    fn a_probe_timing_over_an_hour_is_refused_at_its_value_and_an_hour_is_taken() {
+        for (key, over, hour) in [
+            ("active_interval_ms", "3600001", "3600000"),
+            ("idle_keepalive_s", "3601", "3600"),
+            ("path_timeout_ms", "3600001", "3600000"),
+            ("hold_down_ms", "18446744073709551615", "3600000"),
+        ] {
+            let (line, column, message) = invalid(&format!("{}[probe]\n{key} = {over}\n", good()));
+            assert_eq!((line, column), (12, key.len() + 4), "{key}");
+            assert!(message.contains(&format!("probe.{key}")), "{message}");
+            assert!(message.contains("at most"), "{message}");
+            let c = parse(&format!("{}[probe]\n{key} = {hour}\n", good())).expect(key);
+            let longest = [
+                c.probe.active_interval,
+                c.probe.idle_keepalive,
+                c.probe.path_timeout,
+                c.probe.hold_down,
+            ];
+            assert!(longest.contains(&MAX_PROBE_TIME), "{key}: {longest:?}");
+        }
+    }
+
+    #[test]
+    fn more_uplinks_than_the_paft_supports_are_refused_at_the_first_extra_one() {
+        let mut text = good();
+        for i in 2..=MAX_UPLINKS {
+            text.push_str(&format!(
+                "[[uplink]]\nname = \"u{i}\"\ninterface = \"eth{i}\"\n"
+            ));
+        }
+        // Uplinks 1 and 2 take lines 5 to 10; each further one three lines.
+        let extra_name_line = 11 + 3 * (MAX_UPLINKS - 2) + 1;
+        let (line, column, message) = invalid(&text);
+        assert_eq!((line, column), (extra_name_line, 8));
+        assert!(message.contains("at most 8"), "{message}");
+        let fits: String = text
+            .lines()
+            .take(extra_name_line - 2)
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert_eq!(parse(&fits).expect("8 uplinks").uplinks.len(), MAX_UPLINKS);
+    }
+
+    #[test]
+    fn the_config_debug_prints_no_private_key() {
+        let c = parse(&good()).unwrap();
+        let shown = format!("{c:?} {c:#?}");
+        assert!(!shown.contains(KEY_B), "{shown}");
+        assert!(!shown.contains("32, 33, 34"), "{shown}");
+        assert!(!shown.contains("32,\n"), "{shown}");
+        assert!(shown.contains("redacted"), "{shown}");
+    }
+
+    #[test]
+    fn a_private_key_file_that_is_dev_zero_or_open_to_others_is_refused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = std::env::temp_dir().join(format!("upmt-mh-config-open-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("mh.key"), format!("{KEY_B}\n")).unwrap();
+        std::fs::set_permissions(dir.join("mh.key"), std::fs::Permissions::from_mode(0o644))
+            .unwrap();
+        let with = |file: &str| {
+            good().replace(
+                &format!("private_key = \"{KEY_B}\""),
+                &format!("private_key_file = \"{file}\""),
+            )
+        };
+        let open = Config::parse(&with("mh.key"), &dir.join("mh.toml"));
+        let zero = Config::parse(&with("/dev/zero"), &dir.join("mh.toml"));
+        std::fs::remove_dir_all(&dir).unwrap();
+        let open = upmt_sys::display_chain(&open.unwrap_err());
+        assert!(
+            open.starts_with(&format!("{}:3:20: ", dir.join("mh.toml").display())),
+            "{open}"
+        );
+        assert!(
+            open.contains(&format!("chmod 600 {}", dir.join("mh.key").display())),
+            "{open}"
+        );
+        let zero = upmt_sys::display_chain(&zero.unwrap_err());
+        assert!(zero.contains("not a regular file"), "{zero}");
+    }
+
+    #[test]
     fn a_zero_probe_timing_is_refused_at_its_value() {
         let (line, column, message) = invalid(&format!("{}[probe]\npath_timeout_ms = 0\n", good()));
         assert_eq!((line, column), (12, 19));
@@ -760,6 +862,12 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("upmt-mh-config-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("mh.key"), format!("{KEY_B}\n")).unwrap();
+        // A key file only its owner can open, as the daemon demands.
+        std::fs::set_permissions(
+            dir.join("mh.key"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
         let text = good().replace(
             &format!("private_key = \"{KEY_B}\""),
             "private_key_file = \"mh.key\"",
@@ -788,6 +896,12 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("upmt-mh-config-bad-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("mh.key"), "garbage").unwrap();
+        // A key file only its owner can open, as the daemon demands.
+        std::fs::set_permissions(
+            dir.join("mh.key"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
         let text = good().replace(
             &format!("private_key = \"{KEY_B}\""),
             "private_key_file = \"mh.key\"",

@@ -82,3 +82,8 @@ fn check_refuses_every_bad_config_with_one_line_naming_the_file_and_position() {
 fn a_path_that_is_no_config_file_is_refused_at_once_with_one_line() {
     testing::assert_check_refuses_what_is_no_config_file(BIN, "mh-not-a-file");
 }
+
+#[test]
+fn check_refuses_a_key_file_readable_by_others_naming_the_chmod_that_fixes_it() {
+    testing::assert_check_refuses_an_open_key_file(BIN, &good(), "mh-key");
+}

@@ -112,6 +112,117 @@ pub fn assert_check_refuses_what_is_no_config_file(bin: &str, tag: &str) {
     let _ = std::fs::remove_dir_all(&d);
 }
 
+/// `good` with its `private_key = "..."` line replaced by `private_key_file = "file"`, and the
+/// key it held.
+pub fn with_key_file(good: &str, file: &str) -> (String, String) {
+    let start = good.find("private_key = \"").expect("a private_key line");
+    let end = start + good[start..].find('\n').expect("a line end");
+    let key = good[start..end]
+        .trim_start_matches("private_key = ")
+        .trim_matches('"')
+        .to_owned();
+    let text = format!(
+        "{}private_key_file = {file:?}{}",
+        &good[..start],
+        &good[end..]
+    );
+    (text, key)
+}
+
+/// Runs `bin check` on `good` changed to read its key from a file: a key file readable by
+/// group or others is refused with one line naming it and the `chmod 600` that fixes it; after
+/// that very command the same config passes; `/dev/zero` as the key file is refused at once.
+pub fn assert_check_refuses_an_open_key_file(bin: &str, good: &str, tag: &str) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let d = temp_dir(tag);
+    let key_path = d.join("private.key");
+    let config = d.join("config.toml");
+    let (text, key) = with_key_file(good, "private.key");
+    std::fs::write(&config, text).expect("write config");
+    std::fs::write(&key_path, format!("{key}\n")).expect("write key");
+    std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+
+    let out = check(bin, &config);
+    let fix = format!("chmod 600 {}", key_path.display());
+    assert_refused("a world-readable key file", &config, &out, &fix, true);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("mode 0644"), "{err}");
+    assert!(!err.contains(&key), "the key itself is printed: {err}");
+
+    let chmod = Command::new("chmod")
+        .args(["600"])
+        .arg(&key_path)
+        .status()
+        .expect("chmod");
+    assert!(chmod.success());
+    let out = check(bin, &config);
+    assert!(
+        out.status.success(),
+        "after {fix}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains(&key),
+        "check printed the private key"
+    );
+
+    let (text, _) = with_key_file(good, "/dev/zero");
+    std::fs::write(&config, text).expect("write config");
+    let started = std::time::Instant::now();
+    let out = check(bin, &config);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_refused(
+        "/dev/zero as the key file",
+        &config,
+        &out,
+        "not a regular file",
+        true,
+    );
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// `bin genkey --out PATH` writes one key and a newline to a new file of mode 0600, prints
+/// nothing, and refuses to replace an existing file.
+pub fn assert_genkey_out_writes_a_0600_file(bin: &str, tag: &str) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let d = temp_dir(tag);
+    let path = d.join("new.key");
+    let genkey = || {
+        run_with_timeout(
+            Command::new(bin).args(["genkey", "--out"]).arg(&path),
+            CHECK_LIMIT,
+        )
+    };
+    let out = genkey();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stdout.is_empty(), "the key went to stdout too");
+    let mode = std::fs::metadata(&path)
+        .expect("the key file")
+        .permissions()
+        .mode()
+        & 0o7777;
+    assert_eq!(mode, 0o600, "mode {mode:o}");
+    let text = std::fs::read_to_string(&path).expect("read key");
+    assert_eq!(text.len(), 45, "{text:?}");
+    assert!(
+        text.trim()
+            .parse::<upmt_proto::keys::StaticSecret>()
+            .is_ok()
+    );
+
+    let again = genkey();
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(!again.status.success(), "an existing key was replaced");
+    assert!(err.contains(&path.display().to_string()), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert_eq!(std::fs::read_to_string(&path).expect("read key"), text);
+    let _ = std::fs::remove_dir_all(&d);
+}
+
 /// A fresh directory for one test's files.
 pub fn temp_dir(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("upmt-{tag}-{}", std::process::id()));

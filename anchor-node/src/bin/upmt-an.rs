@@ -38,7 +38,11 @@ enum Command {
         config: PathBuf,
     },
     /// Print a new base64 private key.
-    Genkey,
+    Genkey {
+        /// Write the key to this new file, created with mode 0600, instead of standard output.
+        #[arg(long, value_name = "PATH")]
+        out: Option<PathBuf>,
+    },
     /// Read a base64 private key on stdin, print its public key.
     Pubkey,
 }
@@ -56,7 +60,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Run { config } => run(&config),
         Command::Check { config } => check(&config),
-        Command::Genkey => genkey(),
+        Command::Genkey { out } => genkey(out.as_deref()),
         Command::Pubkey => pubkey(),
     };
     match result {
@@ -69,9 +73,15 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn genkey() -> Result<()> {
+/// Prints a new key, or writes it to a new file of mode 0600 (`genkey > an.key` would leave it
+/// as the umask says, often readable by all, and `run` refuses such a key file).
+fn genkey(out: Option<&std::path::Path>) -> Result<()> {
     let key = StaticSecret::generate().context("cannot generate a key")?;
-    println!("{key}");
+    match out {
+        Some(path) => upmt_sys::keys::write_private_key(path, &key)
+            .with_context(|| format!("cannot write a new key file {}", path.display()))?,
+        None => println!("{key}"),
+    }
     Ok(())
 }
 
