@@ -13,12 +13,12 @@ use ipnet::{Ipv4Net, Ipv6Net};
 use serde::Deserialize;
 use toml::Spanned;
 use upmt_proto::keys::{PublicKey, StaticSecret};
+use upmt_sys::config::{ConfigText, line_col, shown};
+
+pub use upmt_sys::config::ConfigError;
 
 /// Where the config lives when `--config` is not given.
 pub const DEFAULT_PATH: &str = "/etc/upmt/an.toml";
-
-/// Linux limits interface names to IFNAMSIZ - 1 bytes.
-const MAX_IFNAME: usize = 15;
 
 /// One mobile host allowed to connect.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -61,24 +61,6 @@ impl Config {
     }
 }
 
-/// Why a config could not be used.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read config {path}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path}:{line}:{col}: {message}")]
-    Invalid {
-        path: PathBuf,
-        line: usize,
-        col: usize,
-        message: String,
-    },
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
@@ -106,63 +88,37 @@ struct RawPeer {
     address6: Option<Spanned<String>>,
 }
 
-/// Reads and validates the config at `path`.
+/// Reads and validates the config at `path` (a regular file of at most 16 MiB: `/dev/zero` or
+/// a FIFO is refused before it is read).
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    use std::io::Read as _;
-    let read_err = |source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    };
-    // A config is a regular file of bounded size: `/dev/zero` or a FIFO must not be read
-    // forever, and a directory gets a clearer error than EISDIR.
-    let file = std::fs::File::open(path).map_err(read_err)?;
-    let meta = file.metadata().map_err(read_err)?;
-    if !meta.is_file() {
-        return Err(read_err(std::io::Error::other("not a regular file")));
-    }
-    let mut text = String::new();
-    file.take(MAX_CONFIG_BYTES + 1)
-        .read_to_string(&mut text)
-        .map_err(read_err)?;
-    if text.len() as u64 > MAX_CONFIG_BYTES {
-        return Err(read_err(std::io::Error::other(format!(
-            "larger than {MAX_CONFIG_BYTES} bytes"
-        ))));
-    }
+    // Zeroed after parsing: it may hold `private_key = "..."`.
+    let text = zeroize::Zeroizing::new(upmt_sys::config::read(path)?);
     parse(path, &text)
 }
 
 /// The longest peer name (it lands in logs and metrics labels).
 pub const MAX_PEER_NAME: usize = 64;
 
-/// The largest config file read (room for tens of thousands of peers).
-pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
-
 /// Parses and validates `text` as if read from `path` (which names errors and anchors a
 /// relative `private_key_file`).
 pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-    let v = Validator { path, text };
-    let raw: RawConfig = toml::from_str(text).map_err(|e| {
-        let span = e.span().unwrap_or(0..0);
-        v.err(span, e.message().to_owned())
-    })?;
+    let v = Validator {
+        path,
+        source: ConfigText::new(path, text),
+    };
+    let raw: RawConfig =
+        toml::from_str(text).map_err(|e| v.source.parser_error(e.span(), e.message()))?;
     v.validate(raw)
 }
 
 struct Validator<'a> {
     path: &'a Path,
-    text: &'a str,
+    source: ConfigText<'a>,
 }
 
 impl Validator<'_> {
     fn err(&self, span: Range<usize>, message: String) -> ConfigError {
-        let (line, col) = line_col(self.text, span.start);
-        ConfigError::Invalid {
-            path: self.path.to_owned(),
-            line,
-            col,
-            message,
-        }
+        self.source.error(span, message)
     }
 
     fn validate(&self, raw: RawConfig) -> Result<Config, ConfigError> {
@@ -170,8 +126,8 @@ impl Validator<'_> {
             self.err(
                 raw.listen.span(),
                 format!(
-                    "expected a socket address like \"0.0.0.0:51900\" or \"[::]:51900\", got {:?}",
-                    raw.listen.get_ref()
+                    "expected a socket address like \"0.0.0.0:51900\" or \"[::]:51900\", got {}",
+                    shown(raw.listen.get_ref())
                 ),
             )
         })?;
@@ -213,8 +169,8 @@ impl Validator<'_> {
                 self.err(
                     raw.subnet.span(),
                     format!(
-                        "expected an IPv4 network like \"10.77.0.0/24\" (prefix at most /30, no host bits), got {:?}",
-                        raw.subnet.get_ref()
+                        "expected an IPv4 network like \"10.77.0.0/24\" (prefix at most /30, no host bits), got {}",
+                        shown(raw.subnet.get_ref())
                     ),
                 )
             })?;
@@ -229,8 +185,8 @@ impl Validator<'_> {
                         self.err(
                             s.span(),
                             format!(
-                                "expected an IPv6 network like \"fd77::/64\" (prefix at most /126, no host bits), got {:?}",
-                                s.get_ref()
+                                "expected an IPv6 network like \"fd77::/64\" (prefix at most /126, no host bits), got {}",
+                                shown(s.get_ref())
                             ),
                         )
                     })?,
@@ -258,8 +214,8 @@ impl Validator<'_> {
                 self.err(
                     m.span(),
                     format!(
-                        "expected a socket address like \"127.0.0.1:9100\", got {:?}",
-                        m.get_ref()
+                        "expected a socket address like \"127.0.0.1:9100\", got {}",
+                        shown(m.get_ref())
                     ),
                 )
             })?),
@@ -276,8 +232,8 @@ impl Validator<'_> {
                         self.err(
                             d.span(),
                             format!(
-                                "expected the IP address of a DNS resolver like \"9.9.9.9\" (not loopback: the kernel does not route redirected packets there), got {:?}",
-                                d.get_ref()
+                                "expected the IP address of a DNS resolver like \"9.9.9.9\" (not loopback: the kernel does not route redirected packets there), got {}",
+                                shown(d.get_ref())
                             ),
                         )
                     })?,
@@ -342,8 +298,8 @@ impl Validator<'_> {
                     self.err(
                         p.address.span(),
                         format!(
-                            "expected an IPv4 host address inside subnet {subnet} other than the anchor's {anchor4}, got {:?}",
-                            p.address.get_ref()
+                            "expected an IPv4 host address inside subnet {subnet} other than the anchor's {anchor4}, got {}",
+                            shown(p.address.get_ref())
                         ),
                     )
                 })?;
@@ -371,9 +327,9 @@ impl Validator<'_> {
                             self.err(
                                 a.span(),
                                 format!(
-                                    "expected an IPv6 host address inside subnet6 {net6} other than the anchor's {}, got {:?}",
+                                    "expected an IPv6 host address inside subnet6 {net6} other than the anchor's {}, got {}",
                                     first_host6(net6),
-                                    a.get_ref()
+                                    shown(a.get_ref())
                                 ),
                             )
                         })?;
@@ -409,7 +365,7 @@ impl Validator<'_> {
     }
 
     fn dup(&self, span: Range<usize>, what: &str, peer: &str, first: Range<usize>) -> ConfigError {
-        let (line, col) = line_col(self.text, first.start);
+        let (line, col) = line_col(self.source.text, first.start);
         self.err(
             span,
             format!("duplicate {what} in peer {peer:?}: already used at {line}:{col}"),
@@ -432,48 +388,29 @@ impl Validator<'_> {
     }
 
     fn key_file(&self, f: &Spanned<String>) -> Result<StaticSecret, ConfigError> {
-        let mut file = PathBuf::from(f.get_ref());
-        if file.is_relative() {
-            // Relative to the config, so a config directory can be moved as a whole.
-            if let Some(dir) = self.path.parent() {
-                file = dir.join(file);
-            }
-        }
-        let text = std::fs::read_to_string(&file).map_err(|e| {
-            self.err(
-                f.span(),
-                format!("cannot read private_key_file {}: {e}", file.display()),
-            )
-        })?;
-        text.trim().parse::<StaticSecret>().map_err(|_| {
-            self.err(
-                f.span(),
-                format!(
-                    "expected {} to hold a 32-byte key in standard base64 (as `upmt-an genkey` prints)",
-                    file.display()
-                ),
-            )
-        })
+        self.source.private_key_file(f.span(), f.get_ref())
     }
 
+    /// An interface name by the kernel's rules that can also stand in the nftables ruleset:
+    /// there it is a quoted string in which `*` is a wildcard and `"` ends the string, and the
+    /// tun's name is part of the table's name, so only letters, digits, '_', '-' and '.' pass.
     fn ifname(&self, s: &Spanned<String>, field: &str) -> Result<String, ConfigError> {
         let name = s.get_ref();
-        let ok = !name.is_empty()
-            && name.len() <= MAX_IFNAME
-            && name.starts_with(|c: char| c.is_ascii_alphabetic())
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
-        if ok {
-            Ok(name.clone())
-        } else {
-            Err(self.err(
+        upmt_sys::ifname::check(name)
+            .map_err(|why| self.err(s.span(), format!("invalid {field}: {why}")))?;
+        if !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        {
+            return Err(self.err(
                 s.span(),
                 format!(
-                    "expected {field} to be an interface name (a letter, then letters, digits, '_', '-' or '.', at most {MAX_IFNAME} bytes), got {name:?}"
+                    "invalid {field}: {} cannot be named in the nftables ruleset: expected an interface name of letters, digits, '_', '-' or '.'",
+                    shown(name)
                 ),
-            ))
+            ));
         }
+        Ok(name.clone())
     }
 }
 
@@ -483,16 +420,6 @@ fn first_host4(net: Ipv4Net) -> Ipv4Addr {
 
 fn first_host6(net: Ipv6Net) -> Ipv6Addr {
     Ipv6Addr::from(u128::from(net.network()).wrapping_add(1))
-}
-
-/// 1-based line and column (in characters) of byte `offset` in `text`.
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let offset = offset.min(text.len());
-    let before = text.get(..offset).unwrap_or(text);
-    let line = before.matches('\n').count() + 1;
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    let col = before[line_start..].chars().count() + 1;
-    (line, col)
 }
 
 #[cfg(test)]
@@ -531,8 +458,11 @@ address = "10.77.0.3"
         match parse(Path::new("an.toml"), text) {
             Ok(_) => panic!("config unexpectedly accepted:\n{text}"),
             Err(ConfigError::Invalid {
-                line, col, message, ..
-            }) => (line, col, message),
+                line,
+                column,
+                message,
+                ..
+            }) => (line, column, message),
             Err(e) => panic!("unexpected error kind: {e}"),
         }
     }
@@ -639,9 +569,13 @@ address = "10.77.0.3"
             &format!("private_key = \"{KEY_A}\""),
             "private_key_file = \"/nonexistent/an.key\"",
         );
-        let (line, col, msg) = err_of(&text);
-        assert_eq!((line, col), (2, 20));
-        assert!(msg.contains("/nonexistent/an.key"), "{msg}");
+        match parse(Path::new("an.toml"), &text) {
+            Err(e @ ConfigError::KeyFile { line, column, .. }) => {
+                assert_eq!((line, column), (2, 20));
+                assert!(e.to_string().contains("/nonexistent/an.key"), "{e}");
+            }
+            other => panic!("expected a KeyFile error, got {other:?}"),
+        }
     }
 
     #[test]
@@ -649,6 +583,12 @@ address = "10.77.0.3"
         let dir = std::env::temp_dir().join(format!("upmt-an-cfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("an.key"), format!("{KEY_C}\n")).unwrap();
+        // A key file only its owner can open, as the daemon demands.
+        std::fs::set_permissions(
+            dir.join("an.key"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
         let text = good().replace(
             &format!("private_key = \"{KEY_A}\""),
             "private_key_file = \"an.key\"",
@@ -656,6 +596,52 @@ address = "10.77.0.3"
         let parsed = parse(&dir.join("an.toml"), &text);
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(parsed.expect("valid").private_key.as_bytes(), &[2; 32]);
+    }
+
+    #[test]
+    fn the_config_debug_prints_no_private_key() {
+        let c = parse(
+            Path::new("an.toml"),
+            &good().replace(KEY_A, "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc="),
+        )
+        .unwrap();
+        assert_eq!(c.private_key.as_bytes(), &[7; 32]);
+        let shown = format!("{c:?} {c:#?}");
+        assert!(!shown.contains("BwcHBwcH"), "{shown}");
+        assert!(!shown.contains("7, 7"), "{shown}");
+        assert!(!shown.contains("7,\n"), "{shown}");
+        assert!(shown.contains("redacted"), "{shown}");
+    }
+
+    #[test]
+    fn a_private_key_file_that_is_dev_zero_or_open_to_others_is_refused_at_its_setting() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = std::env::temp_dir().join(format!("upmt-an-cfg-open-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("an.key"), format!("{KEY_C}\n")).unwrap();
+        std::fs::set_permissions(dir.join("an.key"), std::fs::Permissions::from_mode(0o640))
+            .unwrap();
+        let with = |file: &str| {
+            good().replace(
+                &format!("private_key = \"{KEY_A}\""),
+                &format!("private_key_file = \"{file}\""),
+            )
+        };
+        let open = parse(&dir.join("an.toml"), &with("an.key"));
+        let zero = parse(&dir.join("an.toml"), &with("/dev/zero"));
+        std::fs::remove_dir_all(&dir).unwrap();
+        let open = upmt_sys::display_chain(&open.unwrap_err());
+        assert!(
+            open.starts_with(&format!("{}:2:20: ", dir.join("an.toml").display())),
+            "{open}"
+        );
+        assert!(open.contains("mode 0640"), "{open}");
+        assert!(
+            open.contains(&format!("chmod 600 {}", dir.join("an.key").display())),
+            "{open}"
+        );
+        let zero = upmt_sys::display_chain(&zero.unwrap_err());
+        assert!(zero.contains("not a regular file"), "{zero}");
     }
 
     #[test]
@@ -821,12 +807,5 @@ address = "10.77.0.3"
         let (line, _, msg) = err_of(&text);
         assert_eq!(line, 12);
         assert!(msg.contains("needs subnet6"), "{msg}");
-    }
-
-    #[test]
-    fn line_col_counts_characters_not_bytes() {
-        assert_eq!(line_col("é = 1\nab", 7), (2, 1));
-        assert_eq!(line_col("é = 1\nab", 8), (2, 2));
-        assert_eq!(line_col("", 5), (1, 1));
     }
 }

@@ -22,8 +22,8 @@ use tun_rs::AsyncDevice;
 use upmt_proto::anchor::{Anchor, Event};
 use upmt_proto::time::Instant;
 use upmt_proto::{DropReason, HEADER_LEN, TAG_LEN};
+use upmt_sys::clock;
 
-use crate::clock;
 use crate::metrics::{self, CoreStats, PeerSnapshot, Snapshot};
 
 /// Inputs handled per readiness event before the loop looks at other sources again.
