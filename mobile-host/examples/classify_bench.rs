@@ -20,6 +20,7 @@ use std::os::fd::{AsRawFd as _, FromRawFd as _};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use upmt_mobile_host::appid::events::ProcEvents;
 use upmt_mobile_host::appid::{Resolver, ResolverConfig, Source};
 use upmt_paft::{FlowKey, proto};
 
@@ -187,9 +188,17 @@ fn main() {
             .expect("ip")
             .success()
     );
+    // The kernel sends process events only to sockets of the initial network namespace.
+    let events = ProcEvents::open();
+    if let Err(e) = &events {
+        println!("no process events ({e}): misses list /proc");
+    }
     let f = std::fs::File::open(format!("/run/netns/{}", ns.0)).expect("netns");
     // SAFETY: a valid netns fd; this program has a single thread here.
     assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+    // 3000 processes x 10 sockets need more than the default 28232 ephemeral ports (the
+    // setting is this namespace's own).
+    std::fs::write("/proc/sys/net/ipv4/ip_local_port_range", "1024 65535").expect("port range");
     // SAFETY: rlimit struct fully initialised.
     unsafe {
         let lim = libc::rlimit {
@@ -243,8 +252,14 @@ fn main() {
     }
     report("cold", cold, wrong);
 
-    // Warm: one resolver; its first lookup fills the caches (as a daemon's first flows do).
+    // Warm: one resolver fed by process events, primed as the daemon's worker is at start.
     let mut resolver = Resolver::new(&ResolverConfig::default()).expect("sock_diag");
+    if let Ok(events) = events {
+        resolver = resolver.with_events(events);
+    }
+    let t = Instant::now();
+    resolver.prime();
+    println!("priming the index took {:?}", t.elapsed());
     let (mut warm, mut wrong_warm) = (Vec::new(), 0);
     for i in 0..=flows {
         ask();
@@ -256,6 +271,18 @@ fn main() {
         }
     }
     report("warm", warm, wrong_warm);
+
+    // The sock_diag part alone (the socket of a fresh flow: uid and inode).
+    let mut diag = Vec::new();
+    for _ in 0..flows {
+        ask();
+        let (_, port) = read_answer(&mut answers);
+        let t = Instant::now();
+        let found = resolver.socket_of(&key_for(port));
+        diag.push(t.elapsed());
+        assert!(found.is_some(), "sock_diag found no socket");
+    }
+    report("sock_diag", diag, 0);
 
     // Just started: a new process's first socket, looked up by the warm resolver.
     let (mut newborns, mut wrong_new) = (Vec::new(), 0);
@@ -287,8 +314,10 @@ fn main() {
 
 fn counters(resolver: &Resolver) -> String {
     let s = resolver.proc_stats();
+    let c = resolver.counters().get();
     format!(
-        "proc table: {} hits, {} recent-owner hits, {} full scans, {} invalidated",
-        s.cache_hits, s.recent_hits, s.full_scans, s.invalidated
+        "warm resolver: {} index hits, {} scans, {} processes read, {} listings, {} invalidated, {} resets; \
+         answers: {c:?}",
+        s.index_hits, s.scans, s.processes_read, s.listings, s.invalidated, s.resets
     )
 }
