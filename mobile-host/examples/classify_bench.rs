@@ -6,8 +6,10 @@
 //! PR_SET_PDEATHSIG, and are killed and reaped at the end), then times owner lookups in three
 //! cases and prints p50/p90/p99/max for each:
 //! - warm: FLOWS times a random child, asked through a shared pipe, opens one more socket (a
-//!   fresh flow of a long-running app), looked up by one long-lived resolver, as the daemon's
-//!   worker does it;
+//!   fresh flow of a long-running app), looked up by one long-lived resolver fed by process
+//!   events and primed, as the daemon's worker does it;
+//! - known socket: those sockets again (the index answers);
+//! - sock_diag: the socket lookup alone;
 //! - cold: a fresh resolver (empty caches) per lookup, as the very first flow after a start;
 //! - just started: a process forked right before its first socket, looked up by the warm
 //!   resolver.
@@ -261,6 +263,7 @@ fn main() {
     resolver.prime();
     println!("priming the index took {:?}", t.elapsed());
     let (mut warm, mut wrong_warm) = (Vec::new(), 0);
+    let mut seen = Vec::with_capacity(flows);
     for i in 0..=flows {
         ask();
         let (pid, port) = read_answer(&mut answers);
@@ -269,8 +272,19 @@ fn main() {
         if i > 0 {
             warm.push(took);
         }
+        seen.push((pid, port));
     }
     report("warm", warm, wrong_warm);
+
+    // A socket looked up before (an unconnected UDP socket's next destination, a flow
+    // re-decided): the index answers.
+    let (mut again, mut wrong_again) = (Vec::new(), 0);
+    for &(pid, port) in &seen {
+        let (took, right) = timed(&mut resolver, pid, port);
+        again.push(took);
+        wrong_again += usize::from(!right);
+    }
+    report("known socket", again, wrong_again);
 
     // The sock_diag part alone (the socket of a fresh flow: uid and inode).
     let mut diag = Vec::new();
@@ -306,7 +320,7 @@ fn main() {
         kill(pid);
     }
     assert_eq!(
-        wrong + wrong_warm + wrong_new,
+        wrong + wrong_warm + wrong_again + wrong_new,
         0,
         "some lookups named the wrong process"
     );
