@@ -15,6 +15,8 @@ const NETLINK_CONNECTOR: libc::c_int = 11;
 const CN_IDX_PROC: u32 = 1;
 const CN_VAL_PROC: u32 = 1;
 const PROC_CN_MCAST_LISTEN: u32 = 1;
+/// The socket's receive buffer.
+const RECV_BUFFER: libc::c_int = 4 << 20;
 const NLMSG_HDRLEN: usize = 16;
 const CN_MSG_LEN: usize = 20;
 /// `proc_event`: what, cpu, timestamp_ns, then the event's data.
@@ -89,6 +91,25 @@ impl ProcEvents {
         };
         if rc != 0 {
             return Err(io::Error::last_os_error());
+        }
+        // Room for a burst (hundreds of apps starting at boot make thousands of events, each
+        // taking about a kilobyte of buffer); past it the kernel drops them and the table lists
+        // /proc. FORCE passes rmem_max as root; the plain option is the fallback.
+        let size: libc::c_int = RECV_BUFFER;
+        for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
+            // SAFETY: valid fd and a correctly sized int.
+            let rc = unsafe {
+                libc::setsockopt(
+                    fd.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    opt,
+                    (&raw const size).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            if rc == 0 {
+                break;
+            }
         }
         let msg = subscribe_message();
         // SAFETY: valid fd and buffer; the kernel is the default destination.
