@@ -9,7 +9,8 @@
 //! - Which processes are new, exec'd or gone comes from the process events connector
 //!   ([`super::events`], fed in through [`ProcTable::apply`]). Without it (or after it lost
 //!   events) every miss lists `/proc` to learn the same, and names are read again per answer
-//!   (an exec keeps the pid and the start time).
+//!   (an exec keeps the pid and the start time). With events, a socket no known process holds
+//!   still gets a listing, in case the events missed its process.
 //!
 //! A miss reads, until one holds the inode and only among the socket uid's processes: the
 //! processes that are new or changed since last read (a just-started app), the recent socket
@@ -229,12 +230,17 @@ impl ProcTable {
             }
         }
         self.stats.scans += 1;
-        if !self.trusted() {
+        let listed = !self.trusted();
+        if listed {
             self.list();
         }
-        let pid = self
-            .search(inode, uid)
-            .or_else(|| uid.and_then(|_| self.search(inode, None)))?;
+        let pid = match self.search(inode, uid) {
+            Some(pid) => Some(pid),
+            // Events can miss a process (or a connector can stay silent): a listing finds it.
+            None if !listed && self.list() > 0 => self.search(inode, uid),
+            None => None,
+        };
+        let pid = pid.or_else(|| uid.and_then(|_| self.search(inode, None)))?;
         self.mark_recent(pid);
         Some(self.process(pid, false))
     }
@@ -367,11 +373,11 @@ impl ProcTable {
     }
 
     /// Learns the pid set from a listing of `/proc`: new pids are added unread, vanished ones
-    /// forgotten.
-    fn list(&mut self) {
+    /// forgotten. Returns how many were new.
+    fn list(&mut self) -> usize {
         self.stats.listings += 1;
         let Ok(dir) = std::fs::read_dir(&self.root) else {
-            return;
+            return 0;
         };
         let now: HashSet<u32> = dir
             .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
@@ -385,12 +391,15 @@ impl ProcTable {
         for pid in gone {
             self.forget(pid);
         }
+        let mut new = 0;
         for pid in now {
             if !self.pids.contains_key(&pid) {
                 self.insert_unread(pid);
+                new += 1;
             }
         }
         self.complete = true;
+        new
     }
 
     /// Reads `pid`'s socket fds into the index; false when it is gone.
@@ -776,6 +785,19 @@ pub(crate) mod tests {
         assert_eq!(p.name.as_deref(), Some("com.example.new"));
         // The trusted pid set needed no listing beyond the first.
         assert_eq!(t.stats().listings, 1);
+    }
+
+    #[test]
+    fn a_process_the_events_missed_is_found_by_a_listing() {
+        let fake = FakeProc::new("missed");
+        fake.add(100, 5, "old", &[11]);
+        let mut t = ProcTable::new(fake.root());
+        t.set_events(true);
+        t.prime();
+        fake.add(200, 6, "com.example.unannounced", &[21]);
+        let p = t.owner_of(21, None).unwrap();
+        assert_eq!(p.name.as_deref(), Some("com.example.unannounced"));
+        assert_eq!(t.stats().listings, 2);
     }
 
     #[test]
