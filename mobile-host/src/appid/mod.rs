@@ -10,10 +10,10 @@
 //!
 //! Lookups block (netlink round trips, /proc reads), so they run on a [`Worker`] thread and
 //! never on the packet loop: requests go in through a bounded channel, answers come back
-//! through a tokio channel the loop selects on. The worker asks sock_diag for every queued
-//! request before reading any process, so short-lived sockets (DNS) are still there to give
-//! their uid. [`LookupCounters`] tell how each answer was found. Nothing here decides policy
-//! or touches packets.
+//! through a tokio channel the loop selects on. The worker primes its process index at start in
+//! small steps between requests, and asks sock_diag for every queued request before reading any
+//! process, so short-lived sockets (DNS) are still there to give their uid. [`LookupCounters`]
+//! tell how each answer was found. Nothing here decides policy or touches packets.
 
 pub mod android;
 pub mod diag;
@@ -38,6 +38,9 @@ pub const QUEUE: usize = 256;
 /// How often an idle worker takes in process events, so the kernel's queue of them does not
 /// overflow while no flow starts.
 const IDLE_POLL: Duration = Duration::from_millis(500);
+/// Processes the worker reads per step while it primes its index at start, between which it
+/// answers waiting requests (a few milliseconds each).
+const PRIME_STEP: usize = 32;
 
 /// How the owner was found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -278,8 +281,13 @@ impl Resolver {
 
     /// Reads every process now, so later lookups start from a full index.
     pub fn prime(&mut self) {
+        while !self.prime_step(usize::MAX) {}
+    }
+
+    /// Reads up to `max` processes of [`Resolver::prime`]; true when it is done.
+    pub fn prime_step(&mut self, max: usize) -> bool {
         self.poll_events();
-        self.owners.procs.prime();
+        self.owners.procs.prime_step(max)
     }
 
     /// Takes in the process events the kernel queued.
@@ -373,11 +381,18 @@ impl Worker {
         std::thread::Builder::new()
             .name("upmt-appid".into())
             .spawn(move || {
-                resolver.prime();
+                // The index is primed in steps, so flows that start meanwhile are not held
+                // behind a read of every process.
+                let mut priming = true;
                 let mut batch = Vec::with_capacity(QUEUE);
                 loop {
-                    match rx.recv_timeout(IDLE_POLL) {
+                    let wait = if priming { Duration::ZERO } else { IDLE_POLL };
+                    match rx.recv_timeout(wait) {
                         Ok(key) => batch.push((key, Instant::now())),
+                        Err(RecvTimeoutError::Timeout) if priming => {
+                            priming = !resolver.prime_step(PRIME_STEP);
+                            continue;
+                        }
                         Err(RecvTimeoutError::Timeout) => {
                             resolver.poll_events();
                             continue;
@@ -559,6 +574,38 @@ mod tests {
             (o.name.as_deref(), o.source),
             (Some("curl"), Source::Process)
         );
+    }
+
+    #[test]
+    fn the_worker_names_this_process_for_its_own_socket_and_counts_it() {
+        // A bound, unconnected loopback socket: nothing is sent.
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = sock.local_addr().unwrap().port();
+        let Ok(mut worker) = Worker::spawn(ResolverConfig::default()) else {
+            return;
+        };
+        let key = FlowKey {
+            proto: upmt_paft::proto::UDP,
+            src: std::net::Ipv4Addr::LOCALHOST.into(),
+            dst: std::net::Ipv4Addr::new(127, 0, 0, 9).into(),
+            sport: port,
+            dport: 53,
+        };
+        assert!(worker.request(key));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let answer = rt
+            .block_on(async { tokio::time::timeout(Duration::from_secs(20), worker.recv()).await })
+            .expect("an answer in time")
+            .expect("the worker is alive");
+        assert_eq!(answer.key, key);
+        assert_eq!(answer.owner.pid, Some(std::process::id()), "{answer:?}");
+        assert_eq!(answer.owner.source, Source::Process);
+        let c = worker.counters().get();
+        assert_eq!(c.index_hits + c.scans, 1, "{c:?}");
+        drop(sock);
     }
 
     #[test]

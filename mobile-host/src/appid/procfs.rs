@@ -203,12 +203,27 @@ impl ProcTable {
 
     /// Lists `/proc` and reads every process: afterwards every socket open now is indexed.
     pub fn prime(&mut self) {
-        self.list();
-        let mut pids: Vec<u32> = self.pids.keys().copied().collect();
-        pids.sort_unstable_by(|a, b| b.cmp(a));
-        for pid in pids {
+        while !self.prime_step(usize::MAX) {}
+    }
+
+    /// One step of [`ProcTable::prime`]: reads up to `max` processes not read yet (newest
+    /// first), listing `/proc` first when the pid set is not known; true when none is left.
+    pub fn prime_step(&mut self, max: usize) -> bool {
+        if !self.complete {
+            self.list();
+        }
+        let mut unread: Vec<u32> = self
+            .pids
+            .iter()
+            .filter(|(_, i)| i.inodes.is_none())
+            .map(|(&p, _)| p)
+            .collect();
+        unread.sort_unstable_by(|a, b| b.cmp(a));
+        let done = unread.len() <= max;
+        for pid in unread.into_iter().take(max) {
             self.read(pid);
         }
+        done
     }
 
     /// The process holding socket `inode`. `uid` (the socket's owner, when known) narrows the
@@ -785,6 +800,25 @@ pub(crate) mod tests {
         assert_eq!(p.name.as_deref(), Some("com.example.new"));
         // The trusted pid set needed no listing beyond the first.
         assert_eq!(t.stats().listings, 1);
+    }
+
+    #[test]
+    fn priming_in_steps_reads_every_process_once() {
+        let fake = FakeProc::new("steps");
+        for pid in 10..20 {
+            fake.add(pid, 1, "idle", &[u64::from(pid) * 100]);
+        }
+        let mut t = ProcTable::new(fake.root());
+        t.set_events(true);
+        let mut steps = 1;
+        while !t.prime_step(3) {
+            steps += 1;
+        }
+        assert_eq!(steps, 4);
+        assert_eq!(t.stats().processes_read, 10);
+        assert_eq!(t.stats().listings, 1);
+        assert_eq!(t.cached(), (10, 10));
+        assert!(t.owner_of(1500, None).unwrap().from_index);
     }
 
     #[test]
