@@ -1,13 +1,20 @@
-//! Benchmark: new-flow classification latency (sock_diag + /proc lookup) on a busy machine.
+//! Benchmark: new-flow owner lookup latency (sock_diag + /proc) on a busy machine.
 //!
 //! Run as root: `cargo run --release -p upmt-mobile-host --example classify_bench [PROCS]
-//! [SOCKETS] [FLOWS]` (defaults 1000, 10, 300). It makes a throwaway network namespace, moves
-//! itself in (single-threaded, before any thread exists), forks PROCS sleeping children with
-//! SOCKETS UDP sockets each (they die with the benchmark: PR_SET_PDEATHSIG, and are killed and
-//! reaped at the end), then FLOWS times asks a random child, through a shared pipe, to open one
-//! more socket (a fresh flow of a long-running app) and times the owner lookup of that
-//! flow, as the daemon's worker does it with warm caches. Prints p50/p90/p99/max; asserts
-//! nothing about time, only that every lookup found the right process.
+//! [SOCKETS] [FLOWS]` (defaults 1000, 10, 300). It makes a throwaway network namespace, forks
+//! PROCS sleeping children into it with SOCKETS UDP sockets each (they die with the benchmark:
+//! PR_SET_PDEATHSIG, and are killed and reaped at the end), then times owner lookups in three
+//! cases and prints p50/p90/p99/max for each:
+//! - warm: FLOWS times a random child, asked through a shared pipe, opens one more socket (a
+//!   fresh flow of a long-running app), looked up by one long-lived resolver fed by process
+//!   events and primed, as the daemon's worker does it;
+//! - known socket: those sockets again (the index answers);
+//! - sock_diag: the socket lookup alone;
+//! - cold: a fresh resolver (empty caches) per lookup, as the very first flow after a start;
+//! - just started: a process forked right before its first socket, looked up by the warm
+//!   resolver.
+//!
+//! Asserts nothing about time, only that every lookup found the right process.
 
 use std::io::{Read as _, Write as _};
 use std::net::{IpAddr, Ipv4Addr};
@@ -15,6 +22,7 @@ use std::os::fd::{AsRawFd as _, FromRawFd as _};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use upmt_mobile_host::appid::events::ProcEvents;
 use upmt_mobile_host::appid::{Resolver, ResolverConfig, Source};
 use upmt_paft::{FlowKey, proto};
 
@@ -52,6 +60,19 @@ fn udp_socket(connect_to: Option<u16>) -> Option<(i32, u16)> {
     }
 }
 
+/// Tells the parent (pid, port) of a new connected socket.
+fn answer_new_socket(answers: i32) {
+    // SAFETY: async-signal-safe calls only.
+    unsafe {
+        let pid = libc::getpid() as u32;
+        let port = udp_socket(Some(9)).map_or(0, |(_, p)| p);
+        let mut msg = [0u8; 8];
+        msg[..4].copy_from_slice(&pid.to_ne_bytes());
+        msg[4..6].copy_from_slice(&port.to_ne_bytes());
+        libc::write(answers, msg.as_ptr().cast(), msg.len());
+    }
+}
+
 /// The child: SOCKETS idle sockets, then on each request byte one more connected socket,
 /// answered as (pid, port). Never returns.
 fn child(sockets: usize, requests: i32, answers: i32) -> ! {
@@ -61,17 +82,24 @@ fn child(sockets: usize, requests: i32, answers: i32) -> ! {
         for _ in 0..sockets {
             udp_socket(None);
         }
-        let pid = libc::getpid() as u32;
         let mut b = [0u8; 1];
         loop {
             if libc::read(requests, b.as_mut_ptr().cast(), 1) != 1 {
                 libc::_exit(0);
             }
-            let port = udp_socket(Some(9)).map_or(0, |(_, p)| p);
-            let mut msg = [0u8; 8];
-            msg[..4].copy_from_slice(&pid.to_ne_bytes());
-            msg[4..6].copy_from_slice(&port.to_ne_bytes());
-            libc::write(answers, msg.as_ptr().cast(), msg.len());
+            answer_new_socket(answers);
+        }
+    }
+}
+
+/// A process that has just started: one socket, answered, then it waits to be killed.
+fn newborn(answers: i32) -> ! {
+    // SAFETY: async-signal-safe calls only.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        answer_new_socket(answers);
+        loop {
+            libc::pause();
         }
     }
 }
@@ -79,6 +107,59 @@ fn child(sockets: usize, requests: i32, answers: i32) -> ! {
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
+}
+
+fn report(what: &str, mut times: Vec<Duration>, wrong: usize) {
+    times.sort_unstable();
+    if times.is_empty() {
+        return;
+    }
+    println!(
+        "{what:<13} n={:<4} p50 {:>10.3?}  p90 {:>10.3?}  p99 {:>10.3?}  max {:>10.3?}  wrong {wrong}",
+        times.len(),
+        percentile(&times, 0.5),
+        percentile(&times, 0.9),
+        percentile(&times, 0.99),
+        times.last().copied().unwrap_or_default()
+    );
+}
+
+fn key_for(port: u16) -> FlowKey {
+    FlowKey {
+        proto: proto::UDP,
+        src: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        dst: IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)),
+        sport: port,
+        dport: 9,
+    }
+}
+
+fn read_answer(answers: &mut std::fs::File) -> (u32, u16) {
+    let mut msg = [0u8; 8];
+    answers.read_exact(&mut msg).expect("answer");
+    (
+        u32::from_ne_bytes([msg[0], msg[1], msg[2], msg[3]]),
+        u16::from_ne_bytes([msg[4], msg[5]]),
+    )
+}
+
+/// Times one lookup; true when it named `pid`.
+fn timed(resolver: &mut Resolver, pid: u32, port: u16) -> (Duration, bool) {
+    let t = Instant::now();
+    let owner = resolver.lookup(&key_for(port));
+    let took = t.elapsed();
+    (
+        took,
+        owner.pid == Some(pid) && owner.source == Source::Process,
+    )
+}
+
+fn kill(pid: i32) {
+    // SAFETY: our own child, by pid.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+        libc::waitpid(pid, std::ptr::null_mut(), 0);
+    }
 }
 
 fn main() {
@@ -109,9 +190,17 @@ fn main() {
             .expect("ip")
             .success()
     );
+    // The kernel sends process events only to sockets of the initial network namespace.
+    let events = ProcEvents::open();
+    if let Err(e) = &events {
+        println!("no process events ({e}): misses list /proc");
+    }
     let f = std::fs::File::open(format!("/run/netns/{}", ns.0)).expect("netns");
     // SAFETY: a valid netns fd; this program has a single thread here.
     assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+    // 3000 processes x 10 sockets need more than the default 28232 ephemeral ports (the
+    // setting is this namespace's own).
+    std::fs::write("/proc/sys/net/ipv4/ip_local_port_range", "1024 65535").expect("port range");
     // SAFETY: rlimit struct fully initialised.
     unsafe {
         let lim = libc::rlimit {
@@ -149,54 +238,100 @@ fn main() {
     // SAFETY: the fds are ours; File takes ownership of one end each.
     let mut requests = unsafe { std::fs::File::from_raw_fd(req[1]) };
     let mut answers = unsafe { std::fs::File::from_raw_fd(ans[0]) };
-    let mut resolver = Resolver::new(&ResolverConfig::default()).expect("sock_diag");
-    let mut times = Vec::with_capacity(flows);
-    let mut wrong = 0;
-    // The first lookup fills the caches with every process (as a daemon's first flows do).
-    for i in 0..=flows {
+    let mut ask = || {
         requests.write_all(&[1]).expect("request");
-        let mut msg = [0u8; 8];
-        answers.read_exact(&mut msg).expect("answer");
-        let pid = u32::from_ne_bytes([msg[0], msg[1], msg[2], msg[3]]);
-        let port = u16::from_ne_bytes([msg[4], msg[5]]);
-        let key = FlowKey {
-            proto: proto::UDP,
-            src: IpAddr::V4(Ipv4Addr::LOCALHOST),
-            dst: IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)),
-            sport: port,
-            dport: 9,
-        };
-        let t = Instant::now();
-        let owner = resolver.lookup(&key);
-        let took = t.elapsed();
-        if owner.pid != Some(pid) || owner.source != Source::Process {
-            wrong += 1;
-        }
+    };
+
+    // Cold: every lookup by a resolver that has seen nothing yet.
+    let (mut cold, mut wrong) = (Vec::new(), 0);
+    for _ in 0..flows.min(30) {
+        ask();
+        let (pid, port) = read_answer(&mut answers);
+        let mut fresh = Resolver::new(&ResolverConfig::default()).expect("sock_diag");
+        let (took, right) = timed(&mut fresh, pid, port);
+        cold.push(took);
+        wrong += usize::from(!right);
+    }
+    report("cold", cold, wrong);
+
+    // Warm: one resolver fed by process events, primed as the daemon's worker is at start.
+    let mut resolver = Resolver::new(&ResolverConfig::default()).expect("sock_diag");
+    if let Ok(events) = events {
+        resolver = resolver.with_events(events);
+    }
+    let t = Instant::now();
+    resolver.prime();
+    println!("priming the index took {:?}", t.elapsed());
+    let (mut warm, mut wrong_warm) = (Vec::new(), 0);
+    let mut seen = Vec::with_capacity(flows);
+    for i in 0..=flows {
+        ask();
+        let (pid, port) = read_answer(&mut answers);
+        let (took, right) = timed(&mut resolver, pid, port);
+        wrong_warm += usize::from(!right);
         if i > 0 {
-            times.push(took);
-        } else {
-            println!("first lookup (cold caches): {took:?}");
+            warm.push(took);
         }
+        seen.push((pid, port));
     }
-    times.sort_unstable();
-    let stats = resolver.proc_stats();
-    println!(
-        "new-flow owner lookup over {flows} fresh flows: p50 {:?}  p90 {:?}  p99 {:?}  max {:?}",
-        percentile(&times, 0.5),
-        percentile(&times, 0.9),
-        percentile(&times, 0.99),
-        times.last().copied().unwrap_or_default()
-    );
-    println!(
-        "cache: {} hits, {} recent-owner hits, {} full scans, {} invalidated; wrong owners: {wrong}",
-        stats.cache_hits, stats.recent_hits, stats.full_scans, stats.invalidated
-    );
+    report("warm", warm, wrong_warm);
+
+    // A socket looked up before (an unconnected UDP socket's next destination, a flow
+    // re-decided): the index answers.
+    let (mut again, mut wrong_again) = (Vec::new(), 0);
+    for &(pid, port) in &seen {
+        let (took, right) = timed(&mut resolver, pid, port);
+        again.push(took);
+        wrong_again += usize::from(!right);
+    }
+    report("known socket", again, wrong_again);
+
+    // The sock_diag part alone (the socket of a fresh flow: uid and inode).
+    let mut diag = Vec::new();
+    for _ in 0..flows {
+        ask();
+        let (_, port) = read_answer(&mut answers);
+        let t = Instant::now();
+        let found = resolver.socket_of(&key_for(port));
+        diag.push(t.elapsed());
+        assert!(found.is_some(), "sock_diag found no socket");
+    }
+    report("sock_diag", diag, 0);
+
+    // Just started: a new process's first socket, looked up by the warm resolver.
+    let (mut newborns, mut wrong_new) = (Vec::new(), 0);
+    for _ in 0..flows.min(100) {
+        // SAFETY: single-threaded; the child only makes async-signal-safe calls.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            newborn(ans[1]);
+        }
+        assert!(pid > 0, "fork failed");
+        let (got, port) = read_answer(&mut answers);
+        let (took, right) = timed(&mut resolver, got, port);
+        newborns.push(took);
+        wrong_new += usize::from(!right);
+        kill(pid);
+    }
+    report("just started", newborns, wrong_new);
+    println!("{}", counters(&resolver));
+
     for pid in children {
-        // SAFETY: our own children, by pid.
-        unsafe {
-            libc::kill(pid, libc::SIGKILL);
-            libc::waitpid(pid, std::ptr::null_mut(), 0);
-        }
+        kill(pid);
     }
-    assert_eq!(wrong, 0, "some lookups named the wrong process");
+    assert_eq!(
+        wrong + wrong_warm + wrong_again + wrong_new,
+        0,
+        "some lookups named the wrong process"
+    );
+}
+
+fn counters(resolver: &Resolver) -> String {
+    let s = resolver.proc_stats();
+    let c = resolver.counters().get();
+    format!(
+        "warm resolver: {} index hits, {} scans, {} processes read, {} listings, {} invalidated, {} resets; \
+         answers: {c:?}",
+        s.index_hits, s.scans, s.processes_read, s.listings, s.invalidated, s.resets
+    )
 }

@@ -2,13 +2,15 @@
 //! deleted by a Drop guard). A child process started as `exec -a com.example.x python3 ...`
 //! opens a TCP connection, an unconnected UDP socket and a dual-stack IPv6 UDP socket; another
 //! child runs as uid 4242. The resolver, on a thread moved into the namespace (a plain thread,
-//! never a tokio worker), must name them. Needs root; skipped with a message otherwise.
+//! never a tokio worker), must name them; a process started after the index was primed is found
+//! through process events. Needs root; skipped with a message otherwise.
 
 use std::io::{BufRead as _, BufReader};
 use std::net::IpAddr;
 use std::os::fd::AsRawFd as _;
 use std::process::{Child, Command, Stdio};
 
+use upmt_mobile_host::appid::events::ProcEvents;
 use upmt_mobile_host::appid::{Resolver, ResolverConfig, Source};
 use upmt_paft::{FlowKey, proto};
 
@@ -155,4 +157,58 @@ fn sockets_of_a_renamed_process_and_of_another_uid_are_named() {
     assert_eq!(other_owner.uid, Some(4242));
     assert_eq!(missing.source, Source::Unknown);
     drop(other);
+}
+
+#[test]
+fn a_process_started_after_priming_is_found_through_process_events() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root for network namespaces and process events");
+        return;
+    }
+    // The kernel sends process events only to sockets of the initial network namespace.
+    let events = match ProcEvents::open() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("skipped: no process events connector here ({e})");
+            return;
+        }
+    };
+    let ns = Netns(format!("upmt-appid-ev-{}", std::process::id()));
+    assert!(
+        Command::new("ip")
+            .args(["netns", "add", &ns.0])
+            .status()
+            .expect("ip")
+            .success()
+    );
+    assert!(
+        Command::new("ip")
+            .args(["-n", &ns.0, "link", "set", "lo", "up"])
+            .status()
+            .expect("ip")
+            .success()
+    );
+    let name = ns.0.clone();
+    let (owner, pid, stats) = std::thread::spawn(move || {
+        let f = std::fs::File::open(format!("/run/netns/{name}")).expect("open netns");
+        // SAFETY: a valid netns fd; this plain thread is ours alone and ends after the lookup.
+        let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        let mut r = Resolver::new(&ResolverConfig::default())
+            .expect("resolver")
+            .with_events(events);
+        r.prime();
+        let (app, p) = spawn_in(&name, &[], "com.example.late");
+        let owner = r.lookup(&key(proto::TCP, p[0], "127.0.0.1", p[1]));
+        let pid = app.0.id();
+        (owner, pid, r.proc_stats())
+    })
+    .join()
+    .expect("lookup thread");
+    assert_eq!(owner.source, Source::Process, "{owner:?}");
+    assert_eq!(owner.name.as_deref(), Some("com.example.late"));
+    assert_eq!(owner.pid, Some(pid));
+    // Events told of the new process: no listing of /proc beyond priming's.
+    assert_eq!(stats.listings, 1, "{stats:?}");
 }

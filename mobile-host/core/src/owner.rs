@@ -8,6 +8,9 @@ use std::sync::Arc;
 pub enum Source {
     /// The socket's process (cmdline).
     Process,
+    /// The socket's uid is one Android package's own (or its SDK sandbox's): named from
+    /// packages.list without looking at any process.
+    Package,
     /// Only the socket's uid (process not found), named by packages.list if at all.
     Uid,
     /// No socket matched (gone, ICMP, or lookup failed): the default rule applies.

@@ -3,7 +3,9 @@
 //! gone before it could be looked up, and a package name to its uid for uid-range bypass rules.
 //!
 //! Multi-user phones give user `U`'s copy of an app uid `U * 100000 + appid`; the file lists
-//! appids, so uids are reduced modulo 100000 (`PER_USER_RANGE`). Only reads the file.
+//! appids, so uids are reduced modulo 100000 (`PER_USER_RANGE`). Since every app has its own
+//! uid, the uid alone names the app ([`Packages::kind_of`]); only uids that several packages
+//! share (and system uids) need a look at the processes. Only reads the file.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -17,6 +19,31 @@ pub const PER_USER_RANGE: u32 = 100_000;
 /// Below this, uids are system uids shared by many packages (e.g. 1000 `android.uid.system`):
 /// never named after one package.
 pub const FIRST_APPLICATION_UID: u32 = 10_000;
+/// Last app id of an installed application.
+pub const LAST_APPLICATION_UID: u32 = 19_999;
+/// SDK sandbox processes run as their app's app id plus this offset (Android 13+,
+/// `Process.toSdkSandboxUid`), in 20000-29999.
+pub const SDK_SANDBOX_OFFSET: u32 = 10_000;
+/// Isolated processes (app zygote isolated 90000-98999, isolated services 99000-99999): a uid
+/// per process, in no package.
+pub const FIRST_ISOLATED_UID: u32 = 90_000;
+/// Last isolated app id.
+pub const LAST_ISOLATED_UID: u32 = 99_999;
+
+/// What packages.list says a uid is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UidKind {
+    /// The uid of exactly one package: the app, known from the uid alone.
+    App(Arc<str>),
+    /// An SDK sandbox process of this package.
+    SdkSandbox(Arc<str>),
+    /// An isolated process: its own uid, in no package (its process names its app).
+    Isolated,
+    /// A uid of several packages (sharedUserId), or a system uid: only its process tells.
+    Shared,
+    /// A uid packages.list does not know (or there is no list, as on Linux).
+    Unlisted,
+}
 
 /// A parsed packages.list, reloaded when the file changes.
 #[derive(Debug, Default)]
@@ -25,6 +52,8 @@ pub struct Packages {
     modified: Option<SystemTime>,
     by_uid: HashMap<u32, Arc<str>>,
     by_name: HashMap<Arc<str>, u32>,
+    /// App ids that more than one package has.
+    shared: std::collections::HashSet<u32>,
 }
 
 impl Packages {
@@ -48,6 +77,7 @@ impl Packages {
     fn load(&mut self, text: &str) {
         self.by_uid.clear();
         self.by_name.clear();
+        self.shared.clear();
         for line in text.lines() {
             let mut fields = line.split_ascii_whitespace();
             let (Some(name), Some(uid)) = (fields.next(), fields.next()) else {
@@ -59,6 +89,9 @@ impl Packages {
             let name: Arc<str> = name.into();
             // Packages sharing a uid (sharedUserId) make the uid ambiguous: keep the first,
             // which names the app well enough and is stable across reloads.
+            if self.by_uid.contains_key(&uid) {
+                self.shared.insert(uid);
+            }
             self.by_uid.entry(uid).or_insert_with(|| name.clone());
             self.by_name.insert(name, uid);
         }
@@ -88,6 +121,33 @@ impl Packages {
             return None;
         }
         self.by_uid.get(&app).cloned()
+    }
+
+    /// What `uid` (of any Android user) is.
+    pub fn kind_of(&self, uid: u32) -> UidKind {
+        if self.by_uid.is_empty() {
+            return UidKind::Unlisted;
+        }
+        let app = uid % PER_USER_RANGE;
+        match app {
+            ..FIRST_APPLICATION_UID => UidKind::Shared,
+            FIRST_APPLICATION_UID..=LAST_APPLICATION_UID if self.shared.contains(&app) => {
+                UidKind::Shared
+            }
+            FIRST_APPLICATION_UID..=LAST_APPLICATION_UID => match self.by_uid.get(&app) {
+                Some(name) => UidKind::App(name.clone()),
+                None => UidKind::Unlisted,
+            },
+            FIRST_ISOLATED_UID..=LAST_ISOLATED_UID => UidKind::Isolated,
+            _ => match app
+                .checked_sub(SDK_SANDBOX_OFFSET)
+                .filter(|a| (FIRST_APPLICATION_UID..=LAST_APPLICATION_UID).contains(a))
+                .and_then(|a| self.by_uid.get(&a))
+            {
+                Some(name) => UidKind::SdkSandbox(name.clone()),
+                None => UidKind::Unlisted,
+            },
+        }
     }
 
     /// The (user 0) uid of package `name`.
@@ -142,6 +202,31 @@ com.bad.uid notanumber 0 /data/z default none
         let p = Packages::parse(SAMPLE);
         assert_eq!(p.name_of(1000), None);
         assert_eq!(p.name_of(10300).as_deref(), Some("com.shared.one"));
+    }
+
+    #[test]
+    fn uids_of_one_package_name_it_for_every_user_and_shared_ones_do_not() {
+        let p = Packages::parse(SAMPLE);
+        let app = |n: &str| UidKind::App(n.into());
+        assert_eq!(p.kind_of(10123), app("com.android.chrome"));
+        assert_eq!(p.kind_of(1_010_123), app("com.android.chrome"));
+        assert_eq!(p.kind_of(10300), UidKind::Shared);
+        assert_eq!(p.kind_of(1000), UidKind::Shared);
+        assert_eq!(p.kind_of(1_000_000), UidKind::Shared, "root of user 10");
+        assert_eq!(p.kind_of(10999), UidKind::Unlisted);
+        assert_eq!(
+            p.kind_of(20_123),
+            UidKind::SdkSandbox("com.android.chrome".into())
+        );
+        assert_eq!(
+            p.kind_of(1_020_200),
+            UidKind::SdkSandbox("com.example.video".into())
+        );
+        assert_eq!(p.kind_of(20_124), UidKind::Unlisted);
+        assert_eq!(p.kind_of(99_001), UidKind::Isolated);
+        assert_eq!(p.kind_of(1_090_000), UidKind::Isolated);
+        assert_eq!(p.kind_of(50_123), UidKind::Unlisted, "shared gid range");
+        assert_eq!(Packages::default().kind_of(10123), UidKind::Unlisted);
     }
 
     #[test]

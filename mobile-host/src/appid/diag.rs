@@ -1,27 +1,29 @@
 //! NETLINK_SOCK_DIAG by exact 5-tuple: which local socket a packet came from, as the socket's
-//! owner uid and inode. Hand-rolled `inet_diag_req_v2` (56 bytes) and `inet_diag_msg` (72 bytes)
-//! so the MH needs no C and cross-compiles for aarch64-musl as is.
+//! owner uid and inode. The `inet_diag_req_v2` request and `inet_diag_msg` reply are encoded by
+//! `netlink-packet-sock-diag` (pure Rust, beside the rtnetlink crates; as fast as the hand-rolled
+//! codec it replaced, see classify_bench); which 4-tuples to ask, and in which field order, is
+//! this module's own knowledge of the kernel.
 //!
 //! Only single-socket lookups (no dumps): the kernel answers one request with one message or an
 //! `ENOENT` error, so a lookup costs one syscall pair whatever the number of sockets. It never
 //! reads /proc; that is [`super::procfs`]'s job.
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
 use std::time::Duration;
 
 use upmt_paft::{FlowKey, proto};
 
+use netlink_packet_core::{NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload};
+use netlink_packet_sock_diag::SockDiagMessage;
+use netlink_packet_sock_diag::inet::{
+    ExtensionFlags, InetRequest, SocketId as DiagSocketId, StateFlags,
+};
+
 const NETLINK_SOCK_DIAG: libc::c_int = 4;
-const SOCK_DIAG_BY_FAMILY: u16 = 20;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_HDRLEN: usize = 16;
-const REQ_LEN: usize = NLMSG_HDRLEN + 56;
-/// `inet_diag_msg`: family, state, timer, retrans, sockid (48), expires, rqueue, wqueue, uid, inode.
-const MSG_UID_AT: usize = NLMSG_HDRLEN + 4 + 48 + 12;
-const MSG_INODE_AT: usize = MSG_UID_AT + 4;
-const MSG_LEN: usize = MSG_INODE_AT + 4;
+/// `nlmsghdr` (16) + `inet_diag_req_v2` (56).
+const REQ_LEN: usize = 16 + 56;
 /// A lookup that takes longer than this means a wedged kernel path; give up on it.
 const RECV_TIMEOUT: Duration = Duration::from_millis(200);
 
@@ -235,24 +237,44 @@ impl Query {
     }
 }
 
+fn address(family: u8, b: [u8; 16]) -> IpAddr {
+    if family == libc::AF_INET as u8 {
+        IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(b))
+    }
+}
+
 fn encode_request(q: &Query, seq: u32) -> [u8; REQ_LEN] {
-    let mut b = [0u8; REQ_LEN];
-    b[0..4].copy_from_slice(&(REQ_LEN as u32).to_ne_bytes());
-    b[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    b[6..8].copy_from_slice(&(libc::NLM_F_REQUEST as u16).to_ne_bytes());
-    b[8..12].copy_from_slice(&seq.to_ne_bytes());
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST;
+    header.sequence_number = seq;
     // nlmsg_pid 0: the kernel.
-    let r = &mut b[NLMSG_HDRLEN..];
-    r[0] = q.family;
-    r[1] = q.protocol;
-    // idiag_ext 0, pad 0, idiag_states: all.
-    r[4..8].copy_from_slice(&u32::MAX.to_ne_bytes());
-    // inet_diag_sockid: ports big-endian, addresses in network order, if 0, cookie NOCOOKIE.
-    r[8..10].copy_from_slice(&q.sport.to_be_bytes());
-    r[10..12].copy_from_slice(&q.dport.to_be_bytes());
-    r[12..28].copy_from_slice(&q.src);
-    r[28..44].copy_from_slice(&q.dst);
-    r[48..56].copy_from_slice(&[0xff; 8]);
+    let mut m = NetlinkMessage::new(
+        header,
+        SockDiagMessage::InetRequest(InetRequest {
+            family: q.family,
+            protocol: q.protocol,
+            extensions: ExtensionFlags::empty(),
+            // Every state, as the bits the kernel reads (the type knows only TCP's).
+            states: StateFlags::from_bits_retain(u32::MAX),
+            socket_id: DiagSocketId {
+                source_port: q.sport,
+                destination_port: q.dport,
+                source_address: address(q.family, q.src),
+                destination_address: address(q.family, q.dst),
+                interface_id: 0,
+                // INET_DIAG_NOCOOKIE: match by addresses and ports.
+                cookie: [0xff; 8],
+            },
+        })
+        .into(),
+    );
+    m.finalize();
+    let mut b = [0u8; REQ_LEN];
+    if m.buffer_len() == REQ_LEN {
+        m.serialize(&mut b);
+    }
     b
 }
 
@@ -265,33 +287,25 @@ enum Reply {
 }
 
 fn decode_reply(msg: &[u8], seq: u32) -> Reply {
-    let u32_at = |at: usize| -> Option<u32> {
-        msg.get(at..at + 4)
-            .and_then(|b| b.try_into().ok())
-            .map(u32::from_ne_bytes)
-    };
-    let (Some(kind), Some(got_seq)) = (
-        msg.get(4..6).map(|b| u16::from_ne_bytes([b[0], b[1]])),
-        u32_at(8),
-    ) else {
-        return Reply::Stale;
-    };
-    if got_seq != seq {
+    let got_seq = msg
+        .get(8..12)
+        .and_then(|b| b.try_into().ok())
+        .map(u32::from_ne_bytes);
+    if got_seq != Some(seq) {
         return Reply::Stale;
     }
-    if kind == NLMSG_ERROR {
-        let errno = u32_at(NLMSG_HDRLEN).map_or(0, |e| -(e as i32));
-        return match errno {
-            libc::ENOENT => Reply::NotFound,
-            0 => Reply::NotFound,
-            e => Reply::Error(e),
-        };
-    }
-    if kind != SOCK_DIAG_BY_FAMILY || msg.len() < MSG_LEN {
+    let Ok(m) = NetlinkMessage::<SockDiagMessage>::deserialize(msg) else {
         return Reply::NotFound;
-    }
-    match (u32_at(MSG_UID_AT), u32_at(MSG_INODE_AT)) {
-        (Some(uid), Some(inode)) => Reply::Found(SocketId { uid, inode }),
+    };
+    match m.payload {
+        NetlinkPayload::Error(e) => match e.code.map(|c| -c.get()) {
+            None | Some(libc::ENOENT) => Reply::NotFound,
+            Some(errno) => Reply::Error(errno),
+        },
+        NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => Reply::Found(SocketId {
+            uid: r.header.uid,
+            inode: r.header.inode,
+        }),
         _ => Reply::NotFound,
     }
 }
@@ -315,13 +329,31 @@ mod tests {
         let q = &queries(&key(proto::TCP, "10.0.0.2", 40000, "192.0.2.2", 80))[0];
         let b = encode_request(q, 7);
         assert_eq!(u32::from_ne_bytes(b[0..4].try_into().unwrap()), 72);
-        let r = &b[NLMSG_HDRLEN..];
+        assert_eq!(u16::from_ne_bytes([b[4], b[5]]), 20, "SOCK_DIAG_BY_FAMILY");
+        assert_eq!(
+            u16::from_ne_bytes([b[6], b[7]]),
+            1,
+            "NLM_F_REQUEST, no dump"
+        );
+        assert_eq!(u32::from_ne_bytes(b[8..12].try_into().unwrap()), 7);
+        let r = &b[16..];
         assert_eq!((r[0], r[1]), (libc::AF_INET as u8, proto::TCP));
         assert_eq!(&r[8..10], &40000u16.to_be_bytes());
         assert_eq!(&r[10..12], &80u16.to_be_bytes());
         assert_eq!(&r[12..16], &[10, 0, 0, 2]);
         assert_eq!(&r[28..32], &[192, 0, 2, 2]);
         assert_eq!(&r[48..56], &[0xff; 8]);
+        assert_eq!(&r[4..8], &u32::MAX.to_ne_bytes(), "every state");
+    }
+
+    #[test]
+    fn an_ipv6_request_carries_the_whole_addresses() {
+        let k = key(proto::TCP, "2001:db8::2", 40000, "2001:db8::9", 443);
+        let b = encode_request(&queries(&k)[0], 1);
+        let r = &b[16..];
+        assert_eq!(r[0], libc::AF_INET6 as u8);
+        let src: std::net::Ipv6Addr = "2001:db8::2".parse().unwrap();
+        assert_eq!(&r[12..28], &src.octets());
     }
 
     #[test]
@@ -344,28 +376,52 @@ mod tests {
         assert!(queries(&k).is_empty());
     }
 
+    /// A reply as the kernel writes it: `nlmsghdr` then `inet_diag_msg` (family, state,
+    /// timer, retrans, sockid (48), expires, rqueue, wqueue, uid, inode).
+    fn reply(seq: u32, uid: u32, inode: u32) -> Vec<u8> {
+        let mut m = vec![0u8; 16 + 72];
+        let len = m.len() as u32;
+        m[0..4].copy_from_slice(&len.to_ne_bytes());
+        m[4..6].copy_from_slice(&20u16.to_ne_bytes());
+        m[8..12].copy_from_slice(&seq.to_ne_bytes());
+        m[16] = libc::AF_INET as u8;
+        m[16 + 64..16 + 68].copy_from_slice(&uid.to_ne_bytes());
+        m[16 + 68..16 + 72].copy_from_slice(&inode.to_ne_bytes());
+        m
+    }
+
+    fn error(seq: u32, errno: i32) -> Vec<u8> {
+        let mut e = vec![0u8; 36];
+        e[0..4].copy_from_slice(&36u32.to_ne_bytes());
+        e[4..6].copy_from_slice(&2u16.to_ne_bytes());
+        e[8..12].copy_from_slice(&seq.to_ne_bytes());
+        e[16..20].copy_from_slice(&(-errno).to_ne_bytes());
+        e
+    }
+
     #[test]
     fn replies_decode_to_uid_and_inode_and_errors_to_not_found() {
-        let mut m = vec![0u8; MSG_LEN];
-        m[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-        m[8..12].copy_from_slice(&3u32.to_ne_bytes());
-        m[MSG_UID_AT..MSG_UID_AT + 4].copy_from_slice(&4242u32.to_ne_bytes());
-        m[MSG_INODE_AT..MSG_INODE_AT + 4].copy_from_slice(&991u32.to_ne_bytes());
         assert!(matches!(
-            decode_reply(&m, 3),
+            decode_reply(&reply(3, 4242, 991), 3),
             Reply::Found(SocketId {
                 uid: 4242,
                 inode: 991
             })
         ));
-        assert!(matches!(decode_reply(&m, 4), Reply::Stale));
-        let mut e = vec![0u8; 20];
-        e[4..6].copy_from_slice(&NLMSG_ERROR.to_ne_bytes());
-        e[8..12].copy_from_slice(&3u32.to_ne_bytes());
-        e[16..20].copy_from_slice(&(-libc::ENOENT).to_ne_bytes());
-        assert!(matches!(decode_reply(&e, 3), Reply::NotFound));
-        e[16..20].copy_from_slice(&(-libc::EPERM).to_ne_bytes());
-        assert!(matches!(decode_reply(&e, 3), Reply::Error(libc::EPERM)));
+        assert!(matches!(decode_reply(&reply(3, 1, 1), 4), Reply::Stale));
+        assert!(matches!(
+            decode_reply(&error(3, libc::ENOENT), 3),
+            Reply::NotFound
+        ));
+        assert!(matches!(
+            decode_reply(&error(3, libc::EPERM), 3),
+            Reply::Error(libc::EPERM)
+        ));
         assert!(matches!(decode_reply(&[1, 2], 3), Reply::Stale));
+        // Our sequence number on a message too short to be a reply.
+        assert!(matches!(
+            decode_reply(&reply(3, 1, 1)[..40], 3),
+            Reply::NotFound
+        ));
     }
 }

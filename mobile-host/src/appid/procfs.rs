@@ -1,77 +1,135 @@
 //! From a socket inode to the process that holds it and that process's app name, through
 //! `/proc`: `/proc/PID/fd/*` links read `socket:[INODE]`, `/proc/PID/cmdline` names the app.
 //!
-//! What is cached, and why it stays right:
-//! - inode -> pid, learnt from every fd directory read. A hit is checked against the process's
-//!   start time (`/proc/PID/stat` field 22), so a pid reused by another process never matches.
-//! - pid -> (start time, socket inodes, name). A process that exited is found out on use (its
-//!   stat is gone or its start time differs) and on every complete scan (it is not listed), and
-//!   its inodes go with it.
-//! - Names that a process has not settled yet (an Android app between zygote's fork and
-//!   `setArgV0`: `zygote`, `zygote64`, `<pre-initialized>`, `app_process`) are never cached.
+//! The table is an index, kept up to date a process at a time rather than rebuilt per miss:
+//! - inode -> (pid, fd), learnt from every fd directory read. A hit is confirmed by reading
+//!   that one fd link back, so a socket closed, passed on, or a pid reused never answers wrong.
+//! - pid -> (uid, start time, socket inodes, name). Re-reading a process replaces its inodes,
+//!   so an inode it no longer holds leaves the index; an exited process leaves with its inodes.
+//! - Which processes are new, exec'd or gone comes from the process events connector
+//!   ([`super::events`], fed in through [`ProcTable::apply`]). Without it (or after it lost
+//!   events) every miss lists `/proc` to learn the same, and names are read again per answer
+//!   (an exec keeps the pid and the start time). With events, a socket no known process holds
+//!   still gets a listing, in case the events missed its process.
 //!
-//! A miss scans: first the processes that most recently owned sockets (a browser opens many),
-//! then every process, newest pid first, skipping those not owned by the socket's uid when the
-//! uid is known (on Android every app has its own uid, so this is most of the saving). It never
-//! touches the network.
+//! A miss reads, until one holds the inode and only among the socket uid's processes: the
+//! processes that are new or changed since last read (a just-started app), the recent socket
+//! owners (a browser opens many), those whose fd count moved (one stat each), then the rest.
+//! Both maps are bounded ([`ProcLimits`]); past a bound the table starts over empty.
+//!
+//! Names that a process has not settled yet (an Android app between zygote's fork and
+//! `setArgV0`: `zygote`, `usap64`, `webview_zygote`, `<pre-initialized>`, `app_process`) are
+//! never cached. It never touches the network.
 
-use std::collections::{HashMap, VecDeque};
-use std::ffi::OsStr;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::ffi::{CString, OsStr};
 use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// Processes remembered as recent socket owners, scanned before a full scan.
+use super::events::ProcEvent;
+
+/// Processes remembered as recent socket owners, read early on a miss.
 const RECENT: usize = 16;
+
+/// Bounds of the table's maps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcLimits {
+    /// Processes remembered.
+    pub max_processes: usize,
+    /// Socket inodes indexed.
+    pub max_inodes: usize,
+}
+
+impl Default for ProcLimits {
+    fn default() -> Self {
+        // Well above a phone's or a laptop's process count and their sockets, small in memory
+        // (a few MiB at the bound).
+        ProcLimits {
+            max_processes: 32_768,
+            max_inodes: 262_144,
+        }
+    }
+}
 
 /// A process found to hold a socket.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Process {
     /// Its pid.
     pub pid: u32,
-    /// Its app name (see [`app_name_from_cmdline`]); `None` when unreadable or unsettled.
+    /// Its app name (see [`app_name_from_cmdline`]); `None` when unreadable.
     pub name: Option<Arc<str>>,
+    /// Whether the name is final (see [`is_settled`]).
+    pub settled: bool,
+    /// Found through the index without reading any process.
+    pub from_index: bool,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct ProcInfo {
+    /// Owner uid (of `/proc/PID`), once looked at.
+    uid: Option<u32>,
+    /// Start time (stat field 22) when the fds were read; 0 before.
     start: u64,
-    inodes: Vec<u64>,
+    /// Socket inodes with their fd numbers, as last read; `None` before the first read.
+    inodes: Option<Vec<(u64, u32)>>,
+    /// The fd directory's size when last read (its fd count on Linux 6.2+).
+    fd_sig: u64,
+    /// The settled name, while events tell of execs.
     name: Option<Arc<str>>,
+    /// New, exec'd or renamed since its fds were last read.
+    dirty: bool,
 }
 
 /// Caches over a `/proc` tree.
 #[derive(Debug)]
 pub struct ProcTable {
     root: PathBuf,
-    inode_pid: HashMap<u64, u32>,
+    limits: ProcLimits,
+    inode_pid: HashMap<u64, (u32, u32)>,
     pids: HashMap<u32, ProcInfo>,
     recent: VecDeque<u32>,
+    /// Process events feed the table.
+    events: bool,
+    /// The pid set is complete: listed, and kept by events since without a loss.
+    complete: bool,
     stats: ProcStats,
 }
 
 /// What the table did, for benchmarks and tests.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ProcStats {
-    /// Lookups answered from the inode cache.
-    pub cache_hits: u64,
-    /// Lookups answered by rescanning recent owners.
-    pub recent_hits: u64,
-    /// Scans of every process.
-    pub full_scans: u64,
-    /// Cached processes found gone (exited, or pid reused).
+    /// Lookups answered from the index.
+    pub index_hits: u64,
+    /// Lookups that had to read processes.
+    pub scans: u64,
+    /// Process fd directories read.
+    pub processes_read: u64,
+    /// Listings of the whole `/proc`.
+    pub listings: u64,
+    /// Processes found gone (exited, or pid reused).
     pub invalidated: u64,
+    /// Times a bound was reached and the table started over.
+    pub resets: u64,
 }
 
 impl ProcTable {
-    /// A table over `root` (normally `/proc`).
+    /// A table over `root` (normally `/proc`) with the default bounds.
     pub fn new(root: impl Into<PathBuf>) -> ProcTable {
+        ProcTable::with_limits(root, ProcLimits::default())
+    }
+
+    /// A table over `root` with `limits`.
+    pub fn with_limits(root: impl Into<PathBuf>, limits: ProcLimits) -> ProcTable {
         ProcTable {
             root: root.into(),
+            limits,
             inode_pid: HashMap::new(),
             pids: HashMap::new(),
             recent: VecDeque::with_capacity(RECENT),
+            events: false,
+            complete: false,
             stats: ProcStats::default(),
         }
     }
@@ -86,64 +144,226 @@ impl ProcTable {
         (self.pids.len(), self.inode_pid.len())
     }
 
-    /// The process holding socket `inode`. `uid` (the socket's owner, when known) narrows a
-    /// full scan; a socket held by several processes (inherited over fork) goes to the most
-    /// recently started one, the likelier user.
+    /// Whether process events feed the table (see [`ProcTable::apply`]).
+    pub fn set_events(&mut self, on: bool) {
+        self.events = on;
+        if !on {
+            self.complete = false;
+        }
+    }
+
+    fn trusted(&self) -> bool {
+        self.events && self.complete
+    }
+
+    /// Takes in one process event.
+    pub fn apply(&mut self, event: ProcEvent) {
+        match event {
+            ProcEvent::Fork { pid, .. } => {
+                // A pid seen again without its exit: that exit was missed.
+                if self.pids.contains_key(&pid) {
+                    self.forget(pid);
+                }
+                self.insert_unread(pid);
+            }
+            ProcEvent::Changed { pid } => match self.pids.get_mut(&pid) {
+                Some(info) => {
+                    info.name = None;
+                    info.uid = None;
+                    info.dirty = true;
+                }
+                None => self.insert_unread(pid),
+            },
+            ProcEvent::Exit { pid } => self.forget(pid),
+            ProcEvent::Lost => self.complete = false,
+        }
+    }
+
+    fn insert_unread(&mut self, pid: u32) {
+        if self.pids.len() >= self.limits.max_processes {
+            self.reset();
+        }
+        self.pids.insert(
+            pid,
+            ProcInfo {
+                dirty: true,
+                ..ProcInfo::default()
+            },
+        );
+    }
+
+    /// Drops everything: the next lookups start cold.
+    fn reset(&mut self) {
+        self.stats.resets += 1;
+        self.pids.clear();
+        self.inode_pid.clear();
+        self.recent.clear();
+        self.complete = false;
+    }
+
+    /// Lists `/proc` and reads every process: afterwards every socket open now is indexed.
+    pub fn prime(&mut self) {
+        while !self.prime_step(usize::MAX) {}
+    }
+
+    /// One step of [`ProcTable::prime`]: reads up to `max` processes not read yet (newest
+    /// first), listing `/proc` first when the pid set is not known; true when none is left.
+    pub fn prime_step(&mut self, max: usize) -> bool {
+        if !self.complete {
+            self.list();
+        }
+        let mut unread: Vec<u32> = self
+            .pids
+            .iter()
+            .filter(|(_, i)| i.inodes.is_none())
+            .map(|(&p, _)| p)
+            .collect();
+        unread.sort_unstable_by(|a, b| b.cmp(a));
+        let done = unread.len() <= max;
+        for pid in unread.into_iter().take(max) {
+            self.read(pid);
+        }
+        done
+    }
+
+    /// The process holding socket `inode`. `uid` (the socket's owner, when known) narrows the
+    /// search to that uid's processes first; a socket held by several processes (inherited
+    /// over fork, or passed) goes to the most recently started one, the likelier user.
     pub fn owner_of(&mut self, inode: u64, uid: Option<u32>) -> Option<Process> {
         if inode == 0 {
             return None;
         }
-        if let Some(&pid) = self.inode_pid.get(&inode) {
-            if self.still_same(pid) {
-                self.stats.cache_hits += 1;
-                return Some(self.process(pid));
+        if let Some(&(pid, fd)) = self.inode_pid.get(&inode) {
+            if self.holds(pid, fd, inode) {
+                self.stats.index_hits += 1;
+                self.mark_recent(pid);
+                return Some(self.process(pid, true));
             }
-            self.forget(pid);
-        }
-        let recent: Vec<u32> = self.recent.iter().copied().collect();
-        for pid in recent {
-            if self.rescan_pid(pid) && self.inode_pid.get(&inode) == Some(&pid) {
-                self.stats.recent_hits += 1;
-                return Some(self.process(pid));
+            self.inode_pid.remove(&inode);
+            if let Some(info) = self.pids.get_mut(&pid) {
+                info.dirty = true;
             }
         }
-        let pid = self
-            .full_scan(inode, uid)
-            .or_else(|| uid.and_then(|_| self.full_scan(inode, None)))?;
+        self.stats.scans += 1;
+        let listed = !self.trusted();
+        if listed {
+            self.list();
+        }
+        let pid = match self.search(inode, uid) {
+            Some(pid) => Some(pid),
+            // Events can miss a process (or a connector can stay silent): a listing finds it.
+            None if !listed && self.list() > 0 => self.search(inode, uid),
+            None => None,
+        };
+        let pid = pid.or_else(|| uid.and_then(|_| self.search(inode, None)))?;
         self.mark_recent(pid);
-        Some(self.process(pid))
+        Some(self.process(pid, false))
     }
 
-    /// The app name of `pid` (cached per process start).
-    pub fn name_of(&mut self, pid: u32) -> Option<Arc<str>> {
-        if let Some(info) = self.pids.get(&pid)
-            && info.name.is_some()
-            && self.still_same(pid)
-        {
-            return self.pids.get(&pid).and_then(|i| i.name.clone());
+    /// Reads candidates, most likely first, until one holds `inode`.
+    fn search(&mut self, inode: u64, uid: Option<u32>) -> Option<u32> {
+        // Recent owners first, then the newest pid first: pids count up, so those are the
+        // likelier new owners.
+        let mut all: Vec<u32> = self.pids.keys().copied().collect();
+        all.sort_unstable_by(|a, b| b.cmp(a));
+        let recent: Vec<u32> = self.recent.iter().copied().collect();
+        let mut seen = HashSet::with_capacity(recent.len());
+        let order: Vec<u32> = recent
+            .into_iter()
+            .chain(all)
+            .filter(|&p| seen.insert(p))
+            .collect();
+        // New or changed processes (process events) are read first.
+        let mut read = HashSet::new();
+        for &pid in &order {
+            if self.pids.get(&pid).is_some_and(|i| i.dirty) && self.uid_matches(pid, uid) {
+                read.insert(pid);
+                if let Some(found) = self.read_finds(pid, inode) {
+                    return Some(found);
+                }
+            }
         }
-        let start = self.start_time(pid)?;
+        // Then those whose fd table moved (one stat each), then the others.
+        let mut unchanged = Vec::new();
+        for pid in order {
+            if read.contains(&pid) || !self.uid_matches(pid, uid) {
+                continue;
+            }
+            let sig = self.fd_sig(pid);
+            if sig.is_some() && sig == self.pids.get(&pid).map(|i| i.fd_sig) {
+                unchanged.push(pid);
+                continue;
+            }
+            if let Some(found) = self.read_finds(pid, inode) {
+                return Some(found);
+            }
+        }
+        unchanged
+            .into_iter()
+            .find_map(|pid| self.read_finds(pid, inode))
+    }
+
+    /// Reads `pid`; when it holds `inode`, the holder the index now names (`pid`, or a more
+    /// recently started process that holds it too).
+    fn read_finds(&mut self, pid: u32, inode: u64) -> Option<u32> {
+        if !self.read(pid) {
+            return None;
+        }
+        let holds = self
+            .pids
+            .get(&pid)
+            .and_then(|i| i.inodes.as_ref())
+            .is_some_and(|v| v.iter().any(|&(i, _)| i == inode));
+        holds.then(|| self.inode_pid.get(&inode).map_or(pid, |&(p, _)| p))
+    }
+
+    fn uid_matches(&mut self, pid: u32, want: Option<u32>) -> bool {
+        let Some(want) = want else {
+            return true;
+        };
+        if let Some(uid) = self.pids.get(&pid).and_then(|i| i.uid) {
+            return uid == want;
+        }
+        let uid = std::fs::metadata(self.pid_dir(pid)).map(|m| m.uid()).ok();
+        match (uid, self.pids.get_mut(&pid)) {
+            (Some(uid), Some(info)) => {
+                info.uid = Some(uid);
+                uid == want
+            }
+            _ => false,
+        }
+    }
+
+    /// The process for an answer, with its name.
+    fn process(&mut self, pid: u32, from_index: bool) -> Process {
+        let trusted = self.trusted();
+        if trusted && let Some(name) = self.pids.get(&pid).and_then(|i| i.name.clone()) {
+            return Process {
+                pid,
+                name: Some(name),
+                settled: true,
+                from_index,
+            };
+        }
         let name = self.read_name(pid);
-        let info = self.pids.entry(pid).or_insert_with(|| ProcInfo {
-            start,
-            inodes: Vec::new(),
-            name: None,
-        });
-        if info.start != start {
-            info.start = start;
-            info.inodes.clear();
-        }
-        if name.as_deref().is_some_and(is_settled) {
+        let settled = name.as_deref().is_some_and(is_settled);
+        if trusted
+            && settled
+            && let Some(info) = self.pids.get_mut(&pid)
+        {
             info.name.clone_from(&name);
         }
-        name
-    }
-
-    fn process(&mut self, pid: u32) -> Process {
         Process {
             pid,
-            name: self.name_of(pid),
+            name,
+            settled,
+            from_index,
         }
+    }
+
+    /// The app name of `pid`, read now.
+    pub fn name_of(&self, pid: u32) -> Option<Arc<str>> {
+        self.read_name(pid)
     }
 
     fn mark_recent(&mut self, pid: u32) {
@@ -154,18 +374,12 @@ impl ProcTable {
         self.recent.push_front(pid);
     }
 
-    /// Whether the cached `pid` is still the process that was cached.
-    fn still_same(&mut self, pid: u32) -> bool {
-        let cached = self.pids.get(&pid).map(|i| i.start);
-        cached.is_some() && self.start_time(pid) == cached
-    }
-
     /// Drops `pid` and its inodes (it exited, or its pid now names another process).
     fn forget(&mut self, pid: u32) {
         if let Some(info) = self.pids.remove(&pid) {
             self.stats.invalidated += 1;
-            for inode in info.inodes {
-                if self.inode_pid.get(&inode) == Some(&pid) {
+            for (inode, _) in info.inodes.unwrap_or_default() {
+                if self.inode_pid.get(&inode).is_some_and(|&(p, _)| p == pid) {
                     self.inode_pid.remove(&inode);
                 }
             }
@@ -173,107 +387,163 @@ impl ProcTable {
         self.recent.retain(|&p| p != pid);
     }
 
-    /// Re-reads `pid`'s fds; false when it is gone.
-    fn rescan_pid(&mut self, pid: u32) -> bool {
+    /// Learns the pid set from a listing of `/proc`: new pids are added unread, vanished ones
+    /// forgotten. Returns how many were new.
+    fn list(&mut self) -> usize {
+        self.stats.listings += 1;
+        let Ok(dir) = std::fs::read_dir(&self.root) else {
+            return 0;
+        };
+        let now: HashSet<u32> = dir
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect();
+        let gone: Vec<u32> = self
+            .pids
+            .keys()
+            .copied()
+            .filter(|p| !now.contains(p))
+            .collect();
+        for pid in gone {
+            self.forget(pid);
+        }
+        let mut new = 0;
+        for pid in now {
+            if !self.pids.contains_key(&pid) {
+                self.insert_unread(pid);
+                new += 1;
+            }
+        }
+        self.complete = true;
+        new
+    }
+
+    /// Reads `pid`'s socket fds into the index; false when it is gone.
+    fn read(&mut self, pid: u32) -> bool {
         let Some(start) = self.start_time(pid) else {
             self.forget(pid);
             return false;
         };
-        if self.pids.get(&pid).is_some_and(|i| i.start != start) {
+        if self
+            .pids
+            .get(&pid)
+            .is_some_and(|i| i.start != 0 && i.start != start)
+        {
+            // The pid names another process now.
             self.forget(pid);
+            self.insert_unread(pid);
         }
-        let inodes = self.socket_inodes(pid);
-        self.record(pid, start, inodes);
-        true
-    }
-
-    fn record(&mut self, pid: u32, start: u64, inodes: Vec<u64>) {
-        for &inode in &inodes {
+        let sig = self.fd_sig(pid).unwrap_or(0);
+        let Some(inodes) = self.socket_inodes(pid) else {
+            self.forget(pid);
+            return false;
+        };
+        self.stats.processes_read += 1;
+        if !self.pids.contains_key(&pid) {
+            self.insert_unread(pid);
+        }
+        let Some(info) = self.pids.get_mut(&pid) else {
+            return false;
+        };
+        let old = info.inodes.replace(inodes.clone()).unwrap_or_default();
+        info.start = start;
+        info.fd_sig = sig;
+        info.dirty = false;
+        for (inode, _) in old {
+            if self.inode_pid.get(&inode).is_some_and(|&(p, _)| p == pid)
+                && !inodes.iter().any(|&(i, _)| i == inode)
+            {
+                self.inode_pid.remove(&inode);
+            }
+        }
+        for (inode, fd) in inodes {
             // Shared sockets go to the most recently started holder.
             let keep_other = self
                 .inode_pid
                 .get(&inode)
-                .filter(|&&other| other != pid)
-                .and_then(|other| self.pids.get(other))
+                .filter(|&&(other, _)| other != pid)
+                .and_then(|(other, _)| self.pids.get(other))
                 .is_some_and(|o| o.start > start);
             if !keep_other {
-                self.inode_pid.insert(inode, pid);
+                self.inode_pid.insert(inode, (pid, fd));
             }
         }
-        let info = self.pids.entry(pid).or_insert_with(|| ProcInfo {
-            start,
-            inodes: Vec::new(),
-            name: None,
-        });
-        info.start = start;
-        info.inodes = inodes;
+        if self.inode_pid.len() > self.limits.max_inodes {
+            self.reset();
+        }
+        true
     }
 
-    /// Scans processes, newest pid first, until one holds `inode`; with `uid`, only that
-    /// uid's processes. A scan that reaches the end also drops processes that have exited.
-    fn full_scan(&mut self, inode: u64, uid: Option<u32>) -> Option<u32> {
-        self.stats.full_scans += 1;
-        let mut pids: Vec<u32> = match std::fs::read_dir(&self.root) {
-            Ok(dir) => dir
-                .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-                .collect(),
-            Err(_) => return None,
-        };
-        pids.sort_unstable_by(|a, b| b.cmp(a));
-        for &pid in &pids {
-            if let Some(want) = uid {
-                let owner = std::fs::metadata(self.root.join(pid.to_string())).map(|m| m.uid());
-                if owner.ok() != Some(want) {
-                    continue;
-                }
+    fn pid_dir(&self, pid: u32) -> PathBuf {
+        self.root.join(pid.to_string())
+    }
+
+    /// Whether `pid`'s fd `fd` is still socket `inode` (one readlink).
+    fn holds(&self, pid: u32, fd: u32, inode: u64) -> bool {
+        let link = self.pid_dir(pid).join("fd").join(fd.to_string());
+        std::fs::read_link(link).is_ok_and(|t| socket_inode(t.as_os_str()) == Some(inode))
+    }
+
+    /// The fd directory's size: on Linux 6.2+ procfs its fd count, so a process that opened
+    /// or closed sockets since its last read shows it without a read. Older kernels say 0.
+    fn fd_sig(&self, pid: u32) -> Option<u64> {
+        let m = std::fs::metadata(self.pid_dir(pid).join("fd")).ok()?;
+        (m.size() != 0).then_some(m.size())
+    }
+
+    /// `pid`'s socket fds as (inode, fd); `None` when its fd directory cannot be read.
+    fn socket_inodes(&self, pid: u32) -> Option<Vec<(u64, u32)>> {
+        let dir = self.pid_dir(pid).join("fd");
+        let cdir = CString::new(dir.as_os_str().as_bytes()).ok()?;
+        // SAFETY: a valid C string; the DIR is closed below on every path.
+        let d = unsafe { libc::opendir(cdir.as_ptr()) };
+        if d.is_null() {
+            return None;
+        }
+        let mut out = Vec::new();
+        let mut buf = [0u8; 64];
+        loop {
+            // SAFETY: d is an open DIR; the entry is valid until the next readdir/closedir.
+            let e = unsafe { libc::readdir(d) };
+            if e.is_null() {
+                break;
             }
-            let Some(start) = self.start_time(pid) else {
+            // SAFETY: d_name is a NUL-terminated array inside the valid entry.
+            let name = unsafe { std::ffi::CStr::from_ptr((*e).d_name.as_ptr()) };
+            let Some(fd) = std::str::from_utf8(name.to_bytes())
+                .ok()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
                 continue;
             };
-            if self.pids.get(&pid).is_some_and(|i| i.start != start) {
-                self.forget(pid);
+            // Relative to the open directory: no path walk per fd.
+            // SAFETY: valid dir fd, NUL-terminated name, buffer of buf.len() bytes.
+            let n = unsafe {
+                libc::readlinkat(
+                    libc::dirfd(d),
+                    name.as_ptr(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                )
+            };
+            if n <= 0 {
+                continue;
             }
-            let inodes = self.socket_inodes(pid);
-            let found = inodes.contains(&inode);
-            self.record(pid, start, inodes);
-            if found {
-                return self.inode_pid.get(&inode).copied();
-            }
-        }
-        if uid.is_none() {
-            let gone: Vec<u32> = self
-                .pids
-                .keys()
-                .copied()
-                .filter(|p| pids.binary_search_by(|x| p.cmp(x)).is_err())
-                .collect();
-            for pid in gone {
-                self.forget(pid);
+            if let Some(inode) = socket_inode(OsStr::from_bytes(&buf[..n as usize])) {
+                out.push((inode, fd));
             }
         }
-        None
-    }
-
-    fn socket_inodes(&self, pid: u32) -> Vec<u64> {
-        let dir = self.root.join(pid.to_string()).join("fd");
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            return Vec::new();
-        };
-        entries
-            .filter_map(|e| {
-                let target = std::fs::read_link(e.ok()?.path()).ok()?;
-                socket_inode(target.as_os_str())
-            })
-            .collect()
+        // SAFETY: d is open and not used after this.
+        unsafe { libc::closedir(d) };
+        Some(out)
     }
 
     fn start_time(&self, pid: u32) -> Option<u64> {
-        let stat = std::fs::read(self.root.join(pid.to_string()).join("stat")).ok()?;
+        let stat = std::fs::read(self.pid_dir(pid).join("stat")).ok()?;
         start_time_from_stat(&stat)
     }
 
     fn read_name(&self, pid: u32) -> Option<Arc<str>> {
-        let base = self.root.join(pid.to_string());
+        let base = self.pid_dir(pid);
         let cmdline = std::fs::read(base.join("cmdline")).unwrap_or_default();
         if let Some(name) = app_name_from_cmdline(&cmdline) {
             return Some(name.into());
@@ -297,12 +567,20 @@ pub fn app_name_from_cmdline(cmdline: &[u8]) -> Option<&str> {
     (!name.is_empty()).then_some(name)
 }
 
-/// Whether `name` is a process's final name, worth caching.
-fn is_settled(name: &str) -> bool {
-    !matches!(
+/// Whether `name` is a process's final name, worth caching: not an Android process between
+/// zygote's fork and the app's `setArgV0` (`zygote64`, the unspecialized app process pool's
+/// `usap32`/`usap64`, `webview_zygote`, an app zygote `com.x_zygote`, `<pre-initialized>`).
+pub fn is_settled(name: &str) -> bool {
+    !(matches!(
         name,
-        "zygote" | "zygote64" | "<pre-initialized>" | "app_process" | "app_process64"
-    )
+        "zygote"
+            | "zygote64"
+            | "<pre-initialized>"
+            | "app_process"
+            | "app_process32"
+            | "app_process64"
+    ) || name.starts_with("usap")
+        || name.ends_with("_zygote"))
 }
 
 /// The inode in a `socket:[INODE]` fd link target.
@@ -326,7 +604,7 @@ pub fn is_procfs(root: &Path) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
 
@@ -361,65 +639,115 @@ mod tests {
         assert_eq!(start_time_from_stat(b"42 (x) S 1"), None);
     }
 
-    /// A fake /proc: one directory per pid with stat, cmdline and fd links.
-    struct FakeProc(tempdir::Dir);
+    #[test]
+    fn zygote_and_usap_names_are_unsettled_and_app_names_settled() {
+        for n in [
+            "zygote64",
+            "usap64",
+            "usap32",
+            "webview_zygote",
+            "com.x_zygote",
+        ] {
+            assert!(!is_settled(n), "{n}");
+        }
+        for n in ["com.android.chrome", "curl", "zygote_helper"] {
+            assert!(is_settled(n), "{n}");
+        }
+    }
 
-    mod tempdir {
-        pub struct Dir(pub std::path::PathBuf);
-        impl Drop for Dir {
-            fn drop(&mut self) {
-                let _ = std::fs::remove_dir_all(&self.0);
-            }
+    /// A fake /proc: one directory per pid with stat, cmdline and fd links.
+    pub(crate) struct FakeProc(std::path::PathBuf);
+
+    impl Drop for FakeProc {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
         }
     }
 
     impl FakeProc {
-        fn new(tag: &str) -> FakeProc {
+        pub(crate) fn new(tag: &str) -> FakeProc {
             let p =
                 std::env::temp_dir().join(format!("upmt-fakeproc-{tag}-{}", std::process::id()));
             let _ = std::fs::remove_dir_all(&p);
             std::fs::create_dir_all(&p).unwrap();
-            FakeProc(tempdir::Dir(p))
+            FakeProc(p)
         }
-        fn root(&self) -> &Path {
-            &self.0.0
+        pub(crate) fn root(&self) -> &Path {
+            &self.0
         }
-        fn add(&self, pid: u32, start: u64, cmdline: &str, inodes: &[u64]) {
+        /// A process with socket `inodes` at fds 3, 4, ... (fd 0 is a non-socket).
+        pub(crate) fn add(&self, pid: u32, start: u64, cmdline: &str, inodes: &[u64]) {
             let d = self.root().join(pid.to_string());
             let _ = std::fs::remove_dir_all(&d);
             std::fs::create_dir_all(d.join("fd")).unwrap();
             let stat = format!("{pid} (x) S 1 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 {start} 0 0");
             std::fs::write(d.join("stat"), stat).unwrap();
             std::fs::write(d.join("cmdline"), cmdline.replace(' ', "\0")).unwrap();
+            symlink("/dev/null", d.join("fd").join("0")).unwrap();
             for (i, inode) in inodes.iter().enumerate() {
-                symlink(
-                    format!("socket:[{inode}]"),
-                    d.join("fd").join(i.to_string()),
-                )
-                .unwrap();
+                self.open_at(pid, 3 + i as u32, *inode);
             }
         }
-        fn remove(&self, pid: u32) {
+        pub(crate) fn open_at(&self, pid: u32, fd: u32, inode: u64) {
+            let link = self.root().join(format!("{pid}/fd/{fd}"));
+            let _ = std::fs::remove_file(&link);
+            symlink(format!("socket:[{inode}]"), link).unwrap();
+        }
+        pub(crate) fn close(&self, pid: u32, fd: u32) {
+            std::fs::remove_file(self.root().join(format!("{pid}/fd/{fd}"))).unwrap();
+        }
+        pub(crate) fn exec(&self, pid: u32, cmdline: &str) {
+            let d = self.root().join(pid.to_string());
+            std::fs::write(d.join("cmdline"), cmdline.replace(' ', "\0")).unwrap();
+        }
+        pub(crate) fn remove(&self, pid: u32) {
             std::fs::remove_dir_all(self.root().join(pid.to_string())).unwrap();
         }
     }
 
+    fn name(p: Option<Process>) -> Option<String> {
+        p.and_then(|p| p.name.map(|n| n.to_string()))
+    }
+
     #[test]
-    fn a_socket_leads_to_its_process_and_the_second_lookup_hits_the_cache() {
+    fn a_socket_leads_to_its_process_and_the_second_lookup_hits_the_index() {
         let fake = FakeProc::new("hit");
         fake.add(100, 5, "com.example.video --x", &[11, 12]);
         fake.add(200, 6, "/usr/bin/curl", &[21]);
         let mut t = ProcTable::new(fake.root());
         let p = t.owner_of(11, None).unwrap();
         assert_eq!((p.pid, p.name.as_deref()), (100, Some("com.example.video")));
-        assert_eq!(t.stats().full_scans, 1);
-        // 21 was learnt by the same scan only if it reached pid 200 first (newest first): yes.
+        assert!(!p.from_index);
+        // pid 200 was read on the way (newest first).
         let q = t.owner_of(21, None).unwrap();
-        assert_eq!((q.pid, q.name.as_deref()), (200, Some("curl")));
+        assert_eq!(
+            (q.pid, q.name.as_deref(), q.from_index),
+            (200, Some("curl"), true)
+        );
         assert_eq!(t.owner_of(12, None).unwrap().pid, 100);
-        assert_eq!(t.stats().full_scans, 1);
-        assert!(t.stats().cache_hits >= 2);
+        assert_eq!(t.stats().scans, 1);
+        assert_eq!(t.stats().index_hits, 2);
         assert_eq!(t.owner_of(99, None), None);
+    }
+
+    #[test]
+    fn a_process_that_execs_is_named_by_its_new_program() {
+        let fake = FakeProc::new("exec");
+        fake.add(100, 5, "/bin/sh -c x", &[11]);
+        // Without events: the name is read per answer.
+        let mut t = ProcTable::new(fake.root());
+        assert_eq!(name(t.owner_of(11, None)).as_deref(), Some("sh"));
+        fake.exec(100, "/usr/bin/curl -sS");
+        assert_eq!(name(t.owner_of(11, None)).as_deref(), Some("curl"));
+        // With events: the name is cached until the exec event.
+        let mut t = ProcTable::new(fake.root());
+        t.set_events(true);
+        fake.exec(100, "/bin/sh");
+        assert_eq!(name(t.owner_of(11, None)).as_deref(), Some("sh"));
+        fake.exec(100, "/usr/bin/wget");
+        assert_eq!(name(t.owner_of(11, None)).as_deref(), Some("sh"), "cached");
+        t.apply(ProcEvent::Changed { pid: 100 });
+        assert_eq!(name(t.owner_of(11, None)).as_deref(), Some("wget"));
     }
 
     #[test]
@@ -428,15 +756,20 @@ mod tests {
         fake.add(100, 5, "com.example.old", &[11]);
         let mut t = ProcTable::new(fake.root());
         assert_eq!(
-            t.owner_of(11, None).unwrap().name.as_deref(),
+            name(t.owner_of(11, None)).as_deref(),
             Some("com.example.old")
         );
-        // The process exits; its pid comes back as another program holding the same inode
-        // number (inodes are reused too).
+        // The process exits; its pid comes back as another program that holds the same inode
+        // number (inodes are reused too) at another fd, and a new one.
         fake.remove(100);
-        fake.add(100, 9, "com.example.new", &[11]);
-        let p = t.owner_of(11, None).unwrap();
-        assert_eq!(p.name.as_deref(), Some("com.example.new"));
+        fake.add(100, 9, "com.example.new", &[]);
+        fake.open_at(100, 7, 11);
+        fake.open_at(100, 8, 12);
+        assert_eq!(
+            name(t.owner_of(11, None)).as_deref(),
+            Some("com.example.new")
+        );
+        assert_eq!(t.owner_of(12, None).unwrap().pid, 100);
         assert!(t.stats().invalidated >= 1);
         // Gone for good: the lookup fails and the cache forgets it.
         fake.remove(100);
@@ -445,16 +778,123 @@ mod tests {
     }
 
     #[test]
-    fn a_new_socket_of_a_recent_owner_is_found_without_a_full_scan() {
-        let fake = FakeProc::new("recent");
-        fake.add(100, 5, "browser", &[11]);
-        fake.add(50, 4, "other", &[]);
+    fn an_exit_event_and_a_reused_pid_with_events() {
+        let fake = FakeProc::new("exitev");
+        fake.add(100, 5, "com.example.old", &[11]);
+        let mut t = ProcTable::new(fake.root());
+        t.set_events(true);
+        t.prime();
+        assert_eq!(
+            name(t.owner_of(11, None)).as_deref(),
+            Some("com.example.old")
+        );
+        fake.remove(100);
+        t.apply(ProcEvent::Exit { pid: 100 });
+        assert_eq!(t.cached(), (0, 0));
+        fake.add(100, 9, "com.example.new", &[11]);
+        t.apply(ProcEvent::Fork {
+            pid: 100,
+            parent: 1,
+        });
+        let p = t.owner_of(11, None).unwrap();
+        assert_eq!(p.name.as_deref(), Some("com.example.new"));
+        // The trusted pid set needed no listing beyond the first.
+        assert_eq!(t.stats().listings, 1);
+    }
+
+    #[test]
+    fn priming_in_steps_reads_every_process_once() {
+        let fake = FakeProc::new("steps");
+        for pid in 10..20 {
+            fake.add(pid, 1, "idle", &[u64::from(pid) * 100]);
+        }
+        let mut t = ProcTable::new(fake.root());
+        t.set_events(true);
+        let mut steps = 1;
+        while !t.prime_step(3) {
+            steps += 1;
+        }
+        assert_eq!(steps, 4);
+        assert_eq!(t.stats().processes_read, 10);
+        assert_eq!(t.stats().listings, 1);
+        assert_eq!(t.cached(), (10, 10));
+        assert!(t.owner_of(1500, None).unwrap().from_index);
+    }
+
+    #[test]
+    fn a_process_the_events_missed_is_found_by_a_listing() {
+        let fake = FakeProc::new("missed");
+        fake.add(100, 5, "old", &[11]);
+        let mut t = ProcTable::new(fake.root());
+        t.set_events(true);
+        t.prime();
+        fake.add(200, 6, "com.example.unannounced", &[21]);
+        let p = t.owner_of(21, None).unwrap();
+        assert_eq!(p.name.as_deref(), Some("com.example.unannounced"));
+        assert_eq!(t.stats().listings, 2);
+    }
+
+    #[test]
+    fn a_socket_passed_to_another_process_is_found_with_its_new_holder() {
+        let fake = FakeProc::new("pass");
+        fake.add(100, 5, "sender", &[11]);
+        fake.add(50, 4, "receiver", &[]);
         let mut t = ProcTable::new(fake.root());
         assert_eq!(t.owner_of(11, None).unwrap().pid, 100);
-        fake.add(100, 5, "browser", &[11, 13]);
-        assert_eq!(t.owner_of(13, None).unwrap().pid, 100);
-        assert_eq!(t.stats().full_scans, 1);
-        assert_eq!(t.stats().recent_hits, 1);
+        // SCM_RIGHTS: the receiver gets it at another fd, the sender closes its copy.
+        fake.open_at(50, 9, 11);
+        fake.close(100, 3);
+        let p = t.owner_of(11, None).unwrap();
+        assert_eq!((p.pid, p.name.as_deref()), (50, Some("receiver")));
+        // And the sender's stale entry is gone from the index.
+        assert!(t.owner_of(11, None).unwrap().from_index);
+    }
+
+    #[test]
+    fn a_new_socket_of_a_recent_owner_is_found_reading_one_process() {
+        let fake = FakeProc::new("recent");
+        for pid in 10..60 {
+            fake.add(pid, 1, "idle", &[u64::from(pid) * 100]);
+        }
+        fake.add(5, 4, "browser", &[11]);
+        let mut t = ProcTable::new(fake.root());
+        t.set_events(true);
+        t.prime();
+        assert_eq!(t.owner_of(11, None).unwrap().pid, 5);
+        fake.open_at(5, 4, 13);
+        let before = t.stats().processes_read;
+        assert_eq!(t.owner_of(13, None).unwrap().pid, 5);
+        assert_eq!(t.stats().processes_read - before, 1);
+    }
+
+    #[test]
+    fn a_just_started_process_is_read_first() {
+        let fake = FakeProc::new("newborn");
+        for pid in 10..60 {
+            fake.add(pid, 1, "idle", &[u64::from(pid) * 100]);
+        }
+        let mut t = ProcTable::new(fake.root());
+        t.set_events(true);
+        t.prime();
+        fake.add(7, 9, "com.example.new", &[77]);
+        t.apply(ProcEvent::Fork { pid: 7, parent: 1 });
+        let before = t.stats().processes_read;
+        let p = t.owner_of(77, None).unwrap();
+        assert_eq!(p.name.as_deref(), Some("com.example.new"));
+        assert_eq!(t.stats().processes_read - before, 1);
+    }
+
+    #[test]
+    fn the_search_looks_only_at_the_sockets_uid_first() {
+        let fake = FakeProc::new("uid");
+        fake.add(100, 5, "mine", &[11]);
+        fake.add(200, 6, "other", &[21]);
+        let mut t = ProcTable::new(fake.root());
+        let me = std::fs::metadata(fake.root()).unwrap().uid();
+        // Nobody in the tree has uid me + 1: it falls back to everyone.
+        assert_eq!(t.owner_of(11, Some(me + 1)).unwrap().pid, 100);
+        let mut t = ProcTable::new(fake.root());
+        assert_eq!(t.owner_of(11, Some(me)).unwrap().pid, 100);
     }
 
     #[test]
@@ -464,24 +904,84 @@ mod tests {
         fake.add(301, 8, "child", &[11]);
         fake.add(302, 7, "sibling", &[11]);
         let mut t = ProcTable::new(fake.root());
-        // Scans newest pid first: 302 is found first, but a complete picture prefers 301.
-        t.full_scan(0, None);
-        assert_eq!(t.owner_of(11, None).unwrap().name.as_deref(), Some("child"));
+        t.prime();
+        assert_eq!(name(t.owner_of(11, None)).as_deref(), Some("child"));
     }
 
     #[test]
     fn unsettled_android_names_are_not_cached() {
         let fake = FakeProc::new("zygote");
-        fake.add(100, 5, "<pre-initialized>", &[11]);
+        fake.add(100, 5, "usap64", &[11]);
         let mut t = ProcTable::new(fake.root());
+        t.set_events(true);
+        let p = t.owner_of(11, None).unwrap();
+        assert_eq!((p.name.as_deref(), p.settled), (Some("usap64"), false));
+        // The app specializes without an exec (no event): read again, since never cached.
+        fake.exec(100, "com.example.app");
+        let p = t.owner_of(11, None).unwrap();
         assert_eq!(
-            t.owner_of(11, None).unwrap().name.as_deref(),
-            Some("<pre-initialized>")
+            (p.name.as_deref(), p.settled),
+            (Some("com.example.app"), true)
         );
-        fake.add(100, 5, "com.example.app", &[11]);
-        assert_eq!(
-            t.owner_of(11, None).unwrap().name.as_deref(),
-            Some("com.example.app")
-        );
+    }
+
+    #[test]
+    fn caches_stay_bounded_when_many_processes_come_and_go() {
+        let fake = FakeProc::new("churn");
+        fake.add(1, 1, "init", &[1]);
+        // Without events: listings find the exits.
+        let mut t = ProcTable::new(fake.root());
+        for round in 0..200u32 {
+            let pid = 1000 + round;
+            fake.add(
+                pid,
+                u64::from(round) + 2,
+                "short",
+                &[10_000 + u64::from(round), 7],
+            );
+            assert_eq!(
+                t.owner_of(10_000 + u64::from(round), None).unwrap().pid,
+                pid
+            );
+            fake.remove(pid);
+        }
+        assert_eq!(t.owner_of(1, None).unwrap().pid, 1);
+        assert!(t.cached().0 <= 2 && t.cached().1 <= 3, "{:?}", t.cached());
+        // With events: exits drop processes at once.
+        let mut t = ProcTable::new(fake.root());
+        t.set_events(true);
+        t.prime();
+        for round in 0..200u32 {
+            let pid = 2000 + round;
+            fake.add(
+                pid,
+                u64::from(round) + 2,
+                "short",
+                &[20_000 + u64::from(round)],
+            );
+            t.apply(ProcEvent::Fork { pid, parent: 1 });
+            assert_eq!(
+                t.owner_of(20_000 + u64::from(round), None).unwrap().pid,
+                pid
+            );
+            fake.remove(pid);
+            t.apply(ProcEvent::Exit { pid });
+        }
+        assert_eq!(t.cached(), (1, 1));
+        // Past the bounds the table starts over instead of growing.
+        let limits = ProcLimits {
+            max_processes: 8,
+            max_inodes: 16,
+        };
+        let mut t = ProcTable::with_limits(fake.root(), limits);
+        t.set_events(true);
+        for pid in 3000..3100 {
+            t.apply(ProcEvent::Fork { pid, parent: 1 });
+            assert!(t.cached().0 <= 8);
+        }
+        fake.add(50, 3, "many", &(100..140).collect::<Vec<u64>>());
+        let _ = t.owner_of(120, None);
+        assert!(t.cached().1 <= 16, "{:?}", t.cached());
+        assert!(t.stats().resets >= 1);
     }
 }
