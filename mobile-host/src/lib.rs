@@ -16,6 +16,7 @@ pub mod control;
 pub mod event_loop;
 pub mod linkwatch;
 pub mod routing;
+pub mod rulewatch;
 pub mod setup;
 pub mod sys;
 pub mod tun;
