@@ -839,6 +839,12 @@ mod tests {
         assert_eq!(c.fwmark, 0x5550);
         assert_eq!(c.table, 5550);
         assert_eq!(c.uplinks.len(), 2);
+        // Copied onto a phone as it is, it takes android's defaults.
+        let c = parse_with_build_prop(text, true).expect("the example must parse on android");
+        assert_eq!(
+            (c.platform, c.fwmark, c.table),
+            (Platform::Android, 0x20000, 555)
+        );
     }
 
     #[test]

@@ -37,15 +37,15 @@
 //! B+998: from all nop                                          # back to netd's rules
 //! ```
 //!
-//! With netd's rules around it, a phone's `ip rule` reads (lab replay, `ip rule` before and
-//! after `upmt-mh run`; the full listing is in docs/android.md):
+//! With netd's rules around it (the netd-shaped namespace of `tests/routing_netns.rs`: wlan0
+//! is the default network with table 1003, rmnet_data0 has table 1005, tether0 is a tethering
+//! downstream; uid 10123 bypasses), `ip rule` before and after:
 //!
 //! ```text
-//! 0:     from all lookup local                                  0:     from all lookup local
-//! 10000: from all fwmark 0xc0000/0xd0000 lookup 99              10000: from all fwmark 0xc0000/0xd0000 lookup 99
-//! 11000: from all iif lo oif wlan0 uidrange 0-0 lookup 1002     11000: from all iif lo oif wlan0 uidrange 0-0 lookup 1002
-//! ...                                                           ...
-//! 14000: from all iif lo uidrange 1-99999 prohibit [lockdown]   14000: (same)
+//! 0:     from all lookup local                                  (same)
+//! 10000: from all fwmark 0xc0000/0xd0000 lookup 99              (same)
+//! 11000: from all iif lo oif wlan0 uidrange 0-0 lookup 1003     (same)
+//! 11000: from all iif lo oif rmnet_data0 uidrange 0-0 lookup 1005
 //!                                                               14001: from all fwmark 0x10000/0x10000 goto 14999
 //!                                                               14002: from all fwmark 0x20000/0x20000 goto 14999
 //!                                                               14003: from all uidrange 10123-10123 goto 14999
@@ -55,11 +55,22 @@
 //!                                                               14005: from all lookup main suppress_prefixlength 0
 //!                                                               14006: from all iif lo lookup 555
 //!                                                               14999: from all nop
-//! 16000: from all fwmark 0x10064/0x1ffff iif lo lookup 1002     16000: (unchanged from here on)
-//! ...
-//! 31000: from all fwmark 0x0/0xffff iif lo lookup 1002
+//! 16000: from all fwmark 0x10064/0x1ffff iif lo lookup 1003     (same from here on)
+//! 16000: from all fwmark 0x10065/0x1ffff iif lo lookup 1005
+//! 17000: from all iif lo oif wlan0 lookup 1003
+//! 17000: from all iif lo oif rmnet_data0 lookup 1005
+//! 18000: from all fwmark 0/0x10000 lookup 98
+//! 19000: from all fwmark 0/0x10000 lookup 99
+//! 20000: from all fwmark 0/0x10000 lookup 97
+//! 21000: from all iif tether0 lookup 1005
+//! 23000: from all fwmark 0x64/0x1ffff iif lo lookup 1003
+//! 23000: from all fwmark 0x65/0x1ffff iif lo lookup 1005
+//! 31000: from all fwmark 0/0xffff iif lo lookup 1003
 //! 32000: from all unreachable
 //! ```
+//!
+//! Table 555 holds `default dev upmt0` while the TUN exists and `unreachable default metric
+//! 4294967295` always (IPv4 and IPv6).
 //!
 //! **Fail closed**, both layouts: table `T` always holds `unreachable default` (IPv4 and IPv6)
 //! at metric [`FAILSAFE_METRIC`], beneath the TUN's own default route (metric 0 / 1024) which
