@@ -34,7 +34,7 @@ fn cases() -> Vec<(&'static str, Vec<u8>, &'static str)> {
         ),
         (
             "wrong type",
-            good.replace("table = 5550", "table = \"main\"")
+            good.replace("# table = 5550", "table = \"main\"")
                 .into_bytes(),
             "invalid type: string \"main\", expected",
         ),
@@ -46,7 +46,7 @@ fn cases() -> Vec<(&'static str, Vec<u8>, &'static str)> {
         ),
         (
             "a fwmark over 32 bits",
-            good.replace("fwmark = 0x5550", "fwmark = 0x10000000000")
+            good.replace("# fwmark = 0x5550", "fwmark = 0x10000000000")
                 .into_bytes(),
             "",
         ),
@@ -59,7 +59,7 @@ fn cases() -> Vec<(&'static str, Vec<u8>, &'static str)> {
         (
             "a 10 MB string where a number belongs",
             good.replace(
-                "table = 5550",
+                "# table = 5550",
                 &format!("table = \"{}\"", "m".repeat(10 << 20)),
             )
             .into_bytes(),
