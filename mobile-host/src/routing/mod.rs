@@ -472,14 +472,19 @@ impl Netlink {
     pub async fn remove(&self, key: &RoutingKey) -> Result<usize, RoutingError> {
         let mut removed = 0;
         for family in [IpVersion::V4, IpVersion::V6] {
-            // The capture rule first, so traffic is never captured without its exemptions.
+            // The reverse of the install order: the capture rule first, so traffic is never
+            // captured without its exemptions, and the gotos' nop last, so no goto is ever
+            // unresolved (skipped) while the capture rule is there.
             let mut ours: Vec<RuleMessage> = self
                 .rules(family)
                 .await?
                 .into_iter()
                 .filter(|r| is_our_rule(r, key))
                 .collect();
-            ours.sort_by_key(|r| std::cmp::Reverse(rule_priority(r)));
+            ours.sort_by_key(|r| {
+                let nop = RuleSpec::from_message(r).is_some_and(|s| s.target == Target::Nop);
+                std::cmp::Reverse(if nop { 0 } else { rule_priority(r) })
+            });
             for rule in ours {
                 if self.del_rule(rule).await? {
                     removed += 1;
