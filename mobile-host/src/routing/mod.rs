@@ -426,14 +426,25 @@ impl Netlink {
             IpVersion::V4 => AddressFamily::Inet,
             IpVersion::V6 => AddressFamily::Inet6,
         };
-        let rules: Vec<RuleMessage> = self
+        let v6 = family == IpVersion::V6;
+        let rules: Vec<RuleMessage> = match self
             .handle
             .rule()
             .get(family)
             .execute()
             .try_collect()
             .await
-            .map_err(request("listing rules"))?;
+            .map_err(to_io)
+        {
+            Ok(rules) => rules,
+            Err(e) if no_ipv6(v6, &e) => Vec::new(),
+            Err(source) => {
+                return Err(RoutingError::Request {
+                    what: "listing rules".into(),
+                    source,
+                });
+            }
+        };
         // Without strict checking the kernel may answer a dump with every family.
         Ok(rules
             .into_iter()
