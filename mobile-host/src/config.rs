@@ -21,14 +21,27 @@ use upmt_sys::ifname;
 pub use upmt_sys::config::ConfigError;
 pub use upmt_sys::file::MAX_FILE_BYTES;
 
-/// Default SO_MARK of the daemon's own sockets; the routing rules exempt it from the TUN.
+use crate::routing::layout::{ANDROID_BAND_END, DnsRoute, Platform};
+
+/// Default SO_MARK of the daemon's own sockets on Linux; the routing rules exempt it from the
+/// TUN.
 pub const DEFAULT_FWMARK: u32 = 0x5550;
-/// Default routing table holding the TUN's default routes.
+/// Default routing table holding the TUN's default routes on Linux.
 pub const DEFAULT_TABLE: u32 = 5550;
-/// Default priority of the `not fwmark M lookup T` rule; `P - 1` holds the
-/// `lookup main suppress_prefixlength 0` rule. Low enough to run before the main table's rule
-/// (32766) on Linux and before netd's rules (10000 and up) on Android.
+/// Default priority of the `not fwmark M lookup T` rule on Linux; the bypass, DNS and
+/// `lookup main suppress_prefixlength 0` rules sit at `P - 3` to `P - 1`. Before the main
+/// table's rule (32766).
 pub const DEFAULT_RULE_PRIORITY: u32 = 5550;
+/// Android's default mark: netd's protectedFromVpn bit, which its rules already exempt.
+pub const ANDROID_FWMARK: u32 = crate::routing::layout::PROTECTED_FROM_VPN;
+/// Android's default table: below netd's per-interface tables (ifindex + 1000), clear of its
+/// 97-99.
+pub const ANDROID_TABLE: u32 = 555;
+/// Android's default band start: the band 14001-14999 lies between netd's PROHIBIT_NON_VPN
+/// (14000) and its explicit-network rules (15000, 16000).
+pub const ANDROID_RULE_PRIORITY: u32 = 14001;
+/// The file whose presence says the host is Android (`platform` unset).
+pub const ANDROID_BUILD_PROP: &str = "/system/build.prop";
 /// Default TUN name.
 pub const DEFAULT_TUN: &str = "upmt0";
 /// The longest probe interval, keepalive, path timeout or hold-down the config takes.
@@ -51,8 +64,13 @@ pub struct Config {
     pub fwmark: u32,
     /// Routing table of the TUN's default routes.
     pub table: u32,
-    /// Priority of the `not fwmark` rule (the suppress rule sits at `rule_priority - 1`).
+    /// Linux: priority of the `not fwmark` rule (the others sit at `rule_priority - 3` to
+    /// `- 1`). Android: the first priority of the band (it ends 998 later).
     pub rule_priority: u32,
+    /// Whose routing the host lives in (`platform`; detected when unset).
+    pub platform: Platform,
+    /// Where tunnelled apps' DNS goes (`dns`).
+    pub dns: DnsRoute,
     /// Uplinks in file order; uplink `i` is path `i`.
     pub uplinks: Vec<UplinkConfig>,
     /// The per-application policy file (resolved against the config's directory); `None`:
@@ -113,6 +131,8 @@ struct RawConfig {
     fwmark: Option<Spanned<u32>>,
     table: Option<Spanned<u32>>,
     rule_priority: Option<Spanned<u32>>,
+    platform: Option<Spanned<String>>,
+    dns: Option<Spanned<String>>,
     policy: Option<Spanned<String>>,
     control_socket: Option<Spanned<String>>,
     control_group: Option<Spanned<String>>,
@@ -146,8 +166,14 @@ impl Config {
     }
 
     /// Validates `text`, the contents of the file at `path` (used for error messages and to
-    /// resolve a relative `private_key_file`).
+    /// resolve a relative `private_key_file`). Without `platform`, the host is Android when
+    /// [`ANDROID_BUILD_PROP`] exists.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        Config::parse_on(text, path, Path::new(ANDROID_BUILD_PROP))
+    }
+
+    /// [`Config::parse`], with `build_prop` as the file that says the host is Android.
+    pub fn parse_on(text: &str, path: &Path, build_prop: &Path) -> Result<Config, ConfigError> {
         let source = ConfigText::new(path, text);
         let at = |span, message: String| source.error(span, message);
         let raw: RawConfig =
@@ -203,6 +229,42 @@ impl Config {
             None => DEFAULT_TUN.to_owned(),
         };
 
+        let platform = match &raw.platform {
+            Some(p) => match p.get_ref().as_str() {
+                "linux" => Platform::Linux,
+                "android" => Platform::Android,
+                other => {
+                    return Err(at(
+                        p.span(),
+                        format!(
+                            "invalid platform {}: expected \"linux\" or \"android\" (or no platform: android when {} exists)",
+                            shown(other),
+                            build_prop.display()
+                        ),
+                    ));
+                }
+            },
+            None if build_prop.exists() => Platform::Android,
+            None => Platform::Linux,
+        };
+        let android = platform == Platform::Android;
+        let dns = match &raw.dns {
+            Some(d) => match d.get_ref().as_str() {
+                "tunnel" => DnsRoute::Tunnel,
+                "local" => DnsRoute::Local,
+                other => {
+                    return Err(at(
+                        d.span(),
+                        format!(
+                            "invalid dns {}: expected \"tunnel\" or \"local\"",
+                            shown(other)
+                        ),
+                    ));
+                }
+            },
+            None => DnsRoute::Tunnel,
+        };
+
         let fwmark = match raw.fwmark {
             Some(m) if *m.get_ref() == 0 => {
                 return Err(at(
@@ -210,7 +272,17 @@ impl Config {
                     "fwmark must not be 0: the rules exempt marked sockets, and 0 is every unmarked socket".into(),
                 ));
             }
+            Some(m) if android && m.get_ref() & ANDROID_FWMARK == 0 => {
+                return Err(at(
+                    m.span(),
+                    format!(
+                        "fwmark {:#x} lacks netd's protectedFromVpn bit {ANDROID_FWMARK:#x}: on android the tunnel sockets must carry it",
+                        m.get_ref()
+                    ),
+                ));
+            }
             Some(m) => m.into_inner(),
+            None if android => ANDROID_FWMARK,
             None => DEFAULT_FWMARK,
         };
         let table = match raw.table {
@@ -224,19 +296,40 @@ impl Config {
                     ),
                 ));
             }
+            Some(t) if android && (*t.get_ref() >= 1000 || (97..=99).contains(t.get_ref())) => {
+                return Err(at(
+                    t.span(),
+                    format!(
+                        "table {} belongs to netd on android: expected a table below 1000 other than 97-99",
+                        t.get_ref()
+                    ),
+                ));
+            }
             Some(t) => t.into_inner(),
+            None if android => ANDROID_TABLE,
             None => DEFAULT_TABLE,
         };
         let rule_priority = match raw.rule_priority {
-            // P - 1 must exist and must not be 0 (the kernel's `lookup local` rule).
-            // P - 2 holds the bypass (uid range) rules.
-            Some(p) if *p.get_ref() < 3 || *p.get_ref() > 32765 => {
+            // The band ends 998 later, before the kernel's main rule.
+            Some(p) if android && !(1..=32765 - ANDROID_BAND_END).contains(p.get_ref()) => {
                 return Err(at(
                     p.span(),
-                    "rule_priority must be between 3 and 32765 (it, rule_priority - 1 and the bypass rules at rule_priority - 2 must run before the main table's rule)".into(),
+                    format!(
+                        "rule_priority must be between 1 and {} on android (the band runs to rule_priority + {ANDROID_BAND_END})",
+                        32765 - ANDROID_BAND_END
+                    ),
+                ));
+            }
+            // P - 3 (bypass), P - 2 (DNS) and P - 1 (local subnets) must exist and must not be
+            // 0 (the kernel's `lookup local` rule).
+            Some(p) if !android && (*p.get_ref() < 4 || *p.get_ref() > 32765) => {
+                return Err(at(
+                    p.span(),
+                    "rule_priority must be between 4 and 32765 (it and the bypass, DNS and local-subnet rules at rule_priority - 3 to - 1 must run before the main table's rule)".into(),
                 ));
             }
             Some(p) => p.into_inner(),
+            None if android => ANDROID_RULE_PRIORITY,
             None => DEFAULT_RULE_PRIORITY,
         };
 
@@ -384,6 +477,8 @@ impl Config {
             fwmark,
             table,
             rule_priority,
+            platform,
+            dns,
             uplinks,
             policy,
             control_socket,
@@ -626,6 +721,12 @@ mod tests {
         assert_eq!(c.fwmark, 0x5550);
         assert_eq!(c.table, 5550);
         assert_eq!(c.uplinks.len(), 2);
+        // Copied onto a phone as it is, it takes android's defaults.
+        let c = parse_with_build_prop(text, true).expect("the example must parse on android");
+        assert_eq!(
+            (c.platform, c.fwmark, c.table),
+            (Platform::Android, 0x20000, 555)
+        );
     }
 
     #[test]
@@ -951,6 +1052,77 @@ mod tests {
     fn rule_priority_out_of_range_is_refused() {
         let (_, _, message) = invalid(&good().replace("tun = \"upmt0\"", "rule_priority = 1"));
         assert!(message.contains("rule_priority"), "{message}");
+        // The bypass rules sit at rule_priority - 3, which must not be rule 0.
+        let (_, _, message) = invalid(&good().replace("tun = \"upmt0\"", "rule_priority = 3"));
+        assert!(message.contains("between 4 and"), "{message}");
+    }
+
+    fn parse_with_build_prop(text: &str, present: bool) -> Result<Config, ConfigError> {
+        let dir = std::env::temp_dir().join(format!("upmt-config-bp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let prop = dir.join(if present { "build.prop" } else { "absent.prop" });
+        if present {
+            std::fs::write(&prop, "ro.build.version.sdk=34\n").expect("write");
+        }
+        let c = Config::parse_on(text, Path::new("/etc/upmt/mh.toml"), &prop);
+        let _ = std::fs::remove_dir_all(&dir);
+        c
+    }
+
+    #[test]
+    fn the_platform_is_android_when_build_prop_exists_unless_the_config_says() {
+        let c = parse_with_build_prop(&good(), true).expect("valid");
+        assert_eq!(c.platform, Platform::Android);
+        assert_eq!(
+            (c.fwmark, c.table, c.rule_priority),
+            (0x20000, 555, 14001),
+            "android's defaults: netd's protected mark, a table below 1000, the free band"
+        );
+        let c = parse_with_build_prop(&good(), false).expect("valid");
+        assert_eq!(c.platform, Platform::Linux);
+        assert_eq!((c.fwmark, c.table, c.rule_priority), (0x5550, 5550, 5550));
+        let linux = format!("platform = \"linux\"\n{}", good());
+        assert_eq!(
+            parse_with_build_prop(&linux, true).expect("valid").platform,
+            Platform::Linux
+        );
+        let android = format!("platform = \"android\"\n{}", good());
+        assert_eq!(
+            parse_with_build_prop(&android, false)
+                .expect("valid")
+                .platform,
+            Platform::Android
+        );
+        let (line, column, message) = invalid(&format!("platform = \"ios\"\n{}", good()));
+        assert_eq!((line, column), (1, 12));
+        assert!(message.contains("\"linux\" or \"android\""), "{message}");
+    }
+
+    #[test]
+    fn android_refuses_a_mark_netd_does_not_exempt_and_tables_netd_owns() {
+        let android = |extra: &str| format!("platform = \"android\"\n{extra}\n{}", good());
+        let (_, _, message) = invalid(&android("fwmark = 0x5550"));
+        assert!(message.contains("protectedFromVpn"), "{message}");
+        assert_eq!(
+            parse(&android("fwmark = 0x20001")).expect("valid").fwmark,
+            0x20001
+        );
+        for table in ["1002", "98"] {
+            let (_, _, message) = invalid(&android(&format!("table = {table}")));
+            assert!(message.contains("netd"), "{message}");
+        }
+        let (_, _, message) = invalid(&android("rule_priority = 32000"));
+        assert!(message.contains("band"), "{message}");
+    }
+
+    #[test]
+    fn dns_goes_into_the_tunnel_unless_left_local() {
+        assert_eq!(parse(&good()).expect("valid").dns, DnsRoute::Tunnel);
+        let local = format!("dns = \"local\"\n{}", good());
+        assert_eq!(parse(&local).expect("valid").dns, DnsRoute::Local);
+        let (line, _, message) = invalid(&format!("dns = \"8.8.8.8\"\n{}", good()));
+        assert_eq!(line, 1);
+        assert!(message.contains("\"tunnel\" or \"local\""), "{message}");
     }
 
     #[test]

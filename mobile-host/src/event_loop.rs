@@ -27,7 +27,7 @@ use upmt_sys::display_chain;
 use crate::appid::{self, Worker};
 use crate::config::{Config, PolicyLoadError, UplinkConfig};
 use crate::control::{ControlRequest, LoopEnd};
-use crate::routing::{Netlink, RoutingError, RoutingKey, describe_rule};
+use crate::routing::{Netlink, RoutingError, RoutingKey, TunRoute, describe_rule};
 use crate::setup::{self, HEADER_LEN, Instant, TAG_LEN};
 use crate::tun::{Tun, TunError};
 use crate::uplink::{self, LinkState};
@@ -90,7 +90,8 @@ pub struct Daemon {
     key: RoutingKey,
     uplinks: Vec<Uplink>,
     tun: Option<Tun>,
-    routing_installed: bool,
+    /// The bypass uids the core published last; the layout is kept complete with them.
+    bypass: Vec<u32>,
     /// TUN reads land at `HEADER_LEN` so the core encrypts in place.
     tun_buf: Box<[u8]>,
     rx_buf: Box<[u8]>,
@@ -116,18 +117,18 @@ enum Wake {
     Answer(appid::Answer),
     Control(ControlRequest),
     Link(crate::linkwatch::LinkEvent),
+    /// Entries of our routing were deleted (netd rewrote its rules, a flush).
+    RulesLost,
 }
 
 impl Daemon {
     /// Prepares the daemon: a netlink connection, leftovers of a previous run removed, the
-    /// core. Must run inside tokio. Opens no socket yet.
+    /// core, and the routing layout installed at once, before any session, so that tunnelled
+    /// apps fail closed until the TUN exists. Must run inside tokio. Opens no socket yet.
     pub async fn new(config: Config) -> Result<Daemon, DaemonError> {
         let netlink = Netlink::new()?;
-        let key = RoutingKey {
-            table: config.table,
-            fwmark: config.fwmark,
-            priority: config.rule_priority,
-        };
+        let key = setup::routing_key(&config);
+        tracing::info!(platform = ?key.platform, dns = ?key.dns, table = key.table, fwmark = format_args!("{:#x}", key.fwmark), priority = key.priority, "routing layout");
         let stale = netlink.remove(&key).await?;
         if stale > 0 {
             tracing::warn!(
@@ -157,14 +158,14 @@ impl Daemon {
                 socket: None,
             })
             .collect();
-        Ok(Daemon {
+        let mut daemon = Daemon {
             config,
             host,
             netlink,
             key,
             uplinks,
             tun: None,
-            routing_installed: false,
+            bypass: Vec::new(),
             tun_buf: vec![0; HEADER_LEN + MAX_PACKET + TAG_LEN].into_boxed_slice(),
             rx_buf: vec![0; MAX_PACKET].into_boxed_slice(),
             tx_buf: vec![0; HEADER_LEN + MAX_PACKET + TAG_LEN].into_boxed_slice(),
@@ -174,7 +175,21 @@ impl Daemon {
             worker,
             packages,
             control: None,
-        })
+        };
+        // The core publishes the bypass set from the start: take it before the capture rules
+        // go in, so bypass apps never lose their path.
+        while let Some(intent) = daemon.host.poll_routing() {
+            daemon.apply(intent).await?;
+        }
+        if let Err(e) = daemon.ensure_routing().await {
+            // Half a layout would leave apps without a path after this process is gone.
+            if let Err(undo) = daemon.netlink.remove(&daemon.key).await {
+                tracing::error!(error = %display_chain(&undo), "cannot remove the partial routing; `upmt-mh stop` removes it");
+            }
+            return Err(e.into());
+        }
+        daemon.log_rules().await;
+        Ok(daemon)
     }
 
     /// Serves the control socket's requests from this loop and publishes its events there.
@@ -219,6 +234,10 @@ impl Daemon {
         let mut links = crate::linkwatch::spawn()
             .map_err(|e| tracing::warn!(error = %display_chain(&e), "no link events; uplinks are polled only"))
             .ok();
+        // Deleted rules are put back at once; the RECHECK_INTERVAL tick checks them too.
+        let mut rules = crate::rulewatch::spawn(self.key)
+            .map_err(|e| tracing::warn!(error = %display_chain(&e), "no rule events; routing is checked every few seconds only"))
+            .ok();
         let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         {
             Ok(s) => Some(s),
@@ -254,6 +273,12 @@ impl Daemon {
                         None => std::future::pending().await,
                     }
                 };
+                let rules_lost = async {
+                    match &mut rules {
+                        Some(r) => r.recv().await,
+                        None => std::future::pending().await,
+                    }
+                };
                 let hup = async {
                     match &mut hangup {
                         Some(h) => h.recv().await,
@@ -264,6 +289,7 @@ impl Daemon {
                     () = &mut shutdown => Wake::Shutdown,
                     _ = recheck.tick() => Wake::Recheck,
                     Some(()) = hup => Wake::Hangup,
+                    Some(()) = rules_lost => Wake::RulesLost,
                     Some(e) = link => Wake::Link(e),
                     Some(a) = answer => Wake::Answer(a),
                     r = control => Wake::Control(r),
@@ -279,7 +305,11 @@ impl Daemon {
                     tracing::info!("shutting down");
                     return Ok(());
                 }
-                Wake::Recheck => self.recheck_uplinks(now),
+                Wake::Recheck => {
+                    self.recheck_uplinks(now);
+                    self.repair_routing().await;
+                }
+                Wake::RulesLost => self.repair_routing().await,
                 Wake::Link(e) => {
                     // An uplink whose link or address went away loses its socket at once (a
                     // connected socket keeps a vanished source address); recheck reopens it.
@@ -514,8 +544,12 @@ impl Daemon {
                 }
             }
             RoutingIntent::Bypass(uids) => {
-                match self.netlink.install_bypass(&self.key, &uids).await {
-                    Ok(n) => tracing::info!(?uids, rules = n, "bypass rules installed"),
+                self.bypass = uids;
+                let tun = self.tun_route();
+                match self.netlink.ensure(&self.key, &self.bypass, tun).await {
+                    Ok(done) => {
+                        tracing::info!(uids = ?self.bypass, added = done.added, removed = done.removed, "bypass rules installed")
+                    }
                     Err(e) => {
                         tracing::warn!(error = %display_chain(&e), "bypass rules not installed")
                     }
@@ -525,8 +559,48 @@ impl Daemon {
         Ok(())
     }
 
-    /// Creates and configures the TUN and installs routing; if a new session brings different
-    /// addressing, starts over with the new one.
+    /// The TUN's default routes, once it exists.
+    fn tun_route(&self) -> Option<TunRoute> {
+        self.tun.as_ref().map(|t| TunRoute {
+            index: t.index,
+            ipv6: t.addressing.ipv6.is_some(),
+        })
+    }
+
+    /// Adds whatever of the layout is missing (all of it at start).
+    async fn ensure_routing(&mut self) -> Result<crate::routing::Ensured, RoutingError> {
+        let tun = self.tun_route();
+        self.netlink.ensure(&self.key, &self.bypass, tun).await
+    }
+
+    /// Puts back what someone deleted (netd rewriting its rules); the session and the flows
+    /// are not touched. A failure is logged and retried on the next check.
+    async fn repair_routing(&mut self) {
+        let started = std::time::Instant::now();
+        match self.ensure_routing().await {
+            Ok(done) if done.added > 0 => tracing::warn!(
+                added = done.added,
+                took_ms = started.elapsed().as_millis() as u64,
+                "routing entries were deleted by someone else; put back"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %display_chain(&e), "cannot repair routing"),
+        }
+    }
+
+    async fn log_rules(&self) {
+        for family in [rtnetlink::IpVersion::V4, rtnetlink::IpVersion::V6] {
+            for rule in self.netlink.rules(family).await.unwrap_or_default() {
+                if crate::routing::is_our_rule(&rule, &self.key) {
+                    tracing::info!(rule = %describe_rule(&rule), "routing rule installed");
+                }
+            }
+        }
+    }
+
+    /// Creates and configures the TUN and routes through it; if a new session brings
+    /// different addressing, starts over with the new one (meanwhile the unreachable defaults
+    /// hold the captured traffic).
     async fn bring_up(
         &mut self,
         addressing: crate::routing::TunAddressing,
@@ -536,34 +610,23 @@ impl Daemon {
                 return Ok(());
             }
             tracing::warn!("the anchor assigned new addresses; recreating the TUN");
-            self.cleanup().await?;
+            // Closing the last fd of a non-persistent TUN deletes it and its routes.
+            self.tun = None;
         }
         let tun = Tun::open(&self.config.tun, addressing, &self.netlink).await?;
         let mtu = self.netlink.link_mtu(tun.index).await?;
         tracing::info!(tun = %tun.name, index = tun.index, ?mtu, "TUN up");
         enable_src_valid_mark();
-        self.netlink
-            .install(&self.key, tun.index, addressing.ipv6.is_some())
-            .await?;
-        self.routing_installed = true;
-        for family in [rtnetlink::IpVersion::V4, rtnetlink::IpVersion::V6] {
-            for rule in self.netlink.rules(family).await.unwrap_or_default() {
-                if crate::routing::is_our_rule(&rule, &self.key) {
-                    tracing::info!(rule = %describe_rule(&rule), "routing rule installed");
-                }
-            }
-        }
         self.tun = Some(tun);
+        let done = self.ensure_routing().await?;
+        tracing::info!(added = done.added, "traffic routed through the TUN");
         Ok(())
     }
 
     /// Removes the routing and closes the TUN.
     async fn cleanup(&mut self) -> Result<(), DaemonError> {
-        if self.routing_installed || self.tun.is_some() {
-            let removed = self.netlink.remove(&self.key).await?;
-            tracing::info!(entries = removed, "routing restored");
-            self.routing_installed = false;
-        }
+        let removed = self.netlink.remove(&self.key).await?;
+        tracing::info!(entries = removed, "routing restored");
         // Closing the last fd of a non-persistent TUN deletes the device.
         self.tun = None;
         Ok(())

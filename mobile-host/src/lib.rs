@@ -3,7 +3,8 @@
 //!
 //! It owns everything the core must not do: the TUN device, one UDP socket per uplink (bound to
 //! its interface and marked so it never loops into the TUN), rtnetlink routing (wg-quick's
-//! scheme), the app-lookup thread, the control socket, signals, and
+//! scheme on Linux, a band between netd's rules on Android; fail closed, repaired when others
+//! delete it: [`routing`], [`rulewatch`]), the app-lookup thread, the control socket, signals, and
 //! the config file. It never parses or builds protocol messages and never decides anything: it
 //! feeds the core and applies what the core asks for ([`event_loop`], [`setup`]). It needs no
 //! shell tools and no nftables (Android has neither).
@@ -15,6 +16,7 @@ pub mod control;
 pub mod event_loop;
 pub mod linkwatch;
 pub mod routing;
+pub mod rulewatch;
 pub mod setup;
 pub mod sys;
 pub mod tun;

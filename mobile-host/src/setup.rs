@@ -1,6 +1,6 @@
 //! The one place that knows how the daemon's config maps onto the pure core's types
 //! (`upmt_mh_core`, `upmt_proto`): the [`HostConfig`] built from the config, the clock reading
-//! the core is given, and the TUN addressing a session implies. Nothing here does IO but read
+//! the core is given, the routing layout, and the TUN addressing a session implies. Nothing here does IO but read
 //! the clock.
 
 use std::time::Duration;
@@ -15,7 +15,7 @@ use upmt_mh_core::{HostConfig, Uplinks};
 use upmt_policy::Policy;
 
 use crate::config::Config;
-use crate::routing::TunAddressing;
+use crate::routing::{RoutingKey, TunAddressing};
 
 /// The core's clock reading: CLOCK_BOOTTIME, so time spent suspended counts.
 pub fn now() -> Instant {
@@ -46,6 +46,17 @@ pub fn client_config(config: &Config) -> ClientConfig {
     c.path_timeout = config.probe.path_timeout;
     c.hold_down = config.probe.hold_down;
     c
+}
+
+/// The routing layout `config` asks for.
+pub fn routing_key(config: &Config) -> RoutingKey {
+    RoutingKey {
+        platform: config.platform,
+        table: config.table,
+        fwmark: config.fwmark,
+        priority: config.rule_priority,
+        dns: config.dns,
+    }
 }
 
 /// How far `deadline` is from `now` (zero when already due).

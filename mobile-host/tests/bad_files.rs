@@ -24,12 +24,12 @@ fn good() -> String {
 /// The shared cases, then the mobile host's own.
 fn cases() -> Vec<Case> {
     let good = good();
-    let with_number = |v: &str| good.replace("table = 5550", &format!("table = {v}"));
+    let with_number = |v: &str| good.replace("# table = 5550", &format!("table = {v}"));
     let mut cases = testing::common_cases(&good, "anchor", &with_number);
     cases.extend([
         Case::new(
             "wrong type",
-            good.replace("table = 5550", "table = \"main\""),
+            good.replace("# table = 5550", "table = \"main\""),
             "invalid type: string \"main\", expected",
         ),
         Case::new(
@@ -39,7 +39,7 @@ fn cases() -> Vec<Case> {
         ),
         Case::new(
             "a fwmark over 32 bits",
-            good.replace("fwmark = 0x5550", "fwmark = 0x10000000000"),
+            good.replace("# fwmark = 0x5550", "fwmark = 0x10000000000"),
             "",
         ),
         Case::new(

@@ -22,7 +22,7 @@
 //! Outputs, drained after every input until each returns `None`: [`MobileHost::poll_transmit`]
 //! (datagrams per uplink), [`MobileHost::poll_tun_write`] (TCP resets for blocked flows),
 //! [`MobileHost::poll_lookup`] (flows whose owner the driver should look up),
-//! [`MobileHost::poll_routing`] (bring the TUN up, change the bypass uids) and
+//! [`MobileHost::poll_routing`] (the bypass uids, from the start; bring the TUN up) and
 //! [`MobileHost::poll_event`] (what the control socket's watchers see). Then arm one timer at
 //! [`MobileHost::poll_timeout`].
 
@@ -117,7 +117,7 @@ pub struct MobileHost {
     policy_source: String,
     /// Android package name -> uid, for bypass rules that name apps.
     packages: BTreeMap<String, u32>,
-    /// The bypass uids last handed to the driver; `None` before the TUN is ready.
+    /// The bypass uids last handed to the driver; `None` until the first is published.
     bypass: Option<Vec<u32>>,
     tun: Option<String>,
     uplinks_changed: bool,
@@ -144,7 +144,7 @@ impl MobileHost {
                 live: false,
             })
             .collect();
-        MobileHost {
+        let mut host = MobileHost {
             client: Client::new(config.client, now, config.client_seed),
             anchor: config.anchor,
             statuses: vec![UplinkStatus::default(); config.uplinks.len()],
@@ -164,7 +164,12 @@ impl MobileHost {
             routing: VecDeque::new(),
             events: VecDeque::new(),
             counters: HostCounters::default(),
-        }
+        };
+        // The driver installs its fail-closed capture rules at start, before any session: the
+        // bypass set must be there from the start too, or bypass apps lose their path until
+        // the first handshake.
+        host.publish_bypass();
+        host
     }
 
     /// The uplink registry.
@@ -352,8 +357,6 @@ impl MobileHost {
     /// The TUN (named `name`) and the routing through it are in place.
     pub fn handle_tun_ready(&mut self, name: String) {
         self.tun = Some(name);
-        self.bypass = None;
-        self.publish_bypass();
     }
 
     /// The deadline of [`MobileHost::poll_timeout`] passed (or may have: calling it early is
@@ -729,11 +732,8 @@ impl MobileHost {
         uids
     }
 
-    /// Hands the bypass set to the driver when the TUN is up and the set changed.
+    /// Hands the bypass set to the driver when it changed (and once at start, session or not).
     fn publish_bypass(&mut self) {
-        if self.tun.is_none() {
-            return;
-        }
         let uids = self.bypass_uids();
         if self.bypass.as_ref() != Some(&uids) {
             self.bypass = Some(uids.clone());

@@ -448,9 +448,41 @@ fn a_pinned_flow_stays_where_the_user_put_it_until_unpinned() {
 }
 
 #[test]
+fn the_bypass_set_is_published_at_start_before_any_session() {
+    let policy = Policy::parse(POLICY, "policy.toml", &["wifi", "cell"]).expect("policy");
+    let mh = StaticSecret::generate().expect("key");
+    let an = StaticSecret::generate().expect("key");
+    let mut host = MobileHost::new(
+        HostConfig {
+            client: ClientConfig::new(mh, an.public_key()),
+            client_seed: 1,
+            anchor: "192.0.2.1:51900".parse().expect("addr"),
+            uplinks: Uplinks::new(vec!["wifi".into(), "cell".into()]).expect("two"),
+            interfaces: vec!["wlan0".into(), "rmnet_data0".into()],
+            policy,
+            policy_source: "policy.toml".into(),
+        },
+        Instant::ZERO,
+    );
+    // No uplink, no handshake: the driver's fail-closed rules need the bypass set now.
+    assert_eq!(host.poll_routing(), Some(RoutingIntent::Bypass(vec![4242])));
+    assert_eq!(host.poll_routing(), None, "published once");
+}
+
+#[test]
 fn the_bypass_set_follows_the_policy_and_the_package_table() {
     let mut net = Net::connected();
-    assert_eq!(net.routing.last(), Some(&RoutingIntent::Bypass(vec![4242])));
+    assert_eq!(
+        net.routing.first(),
+        Some(&RoutingIntent::Bypass(vec![4242]))
+    );
+    assert!(
+        !net.routing[1..]
+            .iter()
+            .any(|r| matches!(r, RoutingIntent::Bypass(_))),
+        "the TUN coming up does not publish the same set again: {:?}",
+        net.routing
+    );
     let with_bank = format!("{POLICY}[[rule]]\napp = \"com.example.bank\"\naction = \"bypass\"\n");
     let policy = Policy::parse(&with_bank, "policy.toml", &["wifi", "cell"]).expect("policy");
     let intents = net.routing.len();

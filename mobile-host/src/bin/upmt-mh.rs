@@ -1,7 +1,8 @@
 //! `upmt-mh`: the upmt mobile-host daemon. `run` handshakes with the anchor, brings up the TUN
 //! and routes the host's traffic through it until SIGINT/SIGTERM, then restores routing, and
 //! serves the control socket `upmt` talks to meanwhile; `check` validates a config file and
-//! exits.
+//! exits; `stop` removes the routing a killed daemon left behind (its capture rules keep
+//! tunnelled apps without a path until then, by design).
 
 use std::path::PathBuf;
 
@@ -31,6 +32,14 @@ enum Command {
         #[arg(long, short, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
+    /// Remove the routing a killed daemon left behind (a running daemon removes its own on
+    /// SIGTERM; `run` also removes leftovers when it starts).
+    #[command(alias = "down")]
+    Stop {
+        /// Configuration file.
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
     /// Validate a configuration file and print what it sets up.
     Check {
         /// Configuration file.
@@ -50,6 +59,7 @@ fn main() {
     let result = match args.command {
         Command::Run { config } => run(&config),
         Command::Check { config } => check(&config),
+        Command::Stop { config } => stop(&config),
     };
     if let Err(e) = result {
         eprintln!("upmt-mh: {e:#}");
@@ -64,13 +74,14 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
     println!("anchor        {}", config.anchor);
     println!("public key    {public}");
     println!("tun           {}", config.tun);
+    let key = upmt_mobile_host::setup::routing_key(&config);
     println!(
-        "routing       fwmark {:#x}, table {}, rules at priority {} and {}",
-        config.fwmark,
-        config.table,
-        config.rule_priority - 1,
-        config.rule_priority
+        "routing       {:?} layout, fwmark {:#x}, table {}, DNS {:?}",
+        key.platform, key.fwmark, key.table, key.dns
     );
+    for rule in key.rules(&[]).iter().filter(|r| !r.v6) {
+        println!("rule          {rule}");
+    }
     println!(
         "control       {} ({})",
         config.control_socket.display(),
@@ -88,6 +99,32 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
             uplink::link_state(&u.interface)
         );
     }
+    Ok(())
+}
+
+fn stop(path: &std::path::Path) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    upmt_sys::caps::require_net_admin("upmt-mh")?;
+    // A daemon that answers on its socket would lose its routing under its feet.
+    if std::os::unix::net::UnixStream::connect(&config.control_socket).is_ok() {
+        anyhow::bail!(
+            "a daemon is running on {}: stop it with SIGTERM (it removes its routing itself)",
+            config.control_socket.display()
+        );
+    }
+    let key = upmt_mobile_host::setup::routing_key(&config);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let removed = runtime.block_on(async {
+        let netlink = upmt_mobile_host::routing::Netlink::new()?;
+        netlink.remove(&key).await
+    })?;
+    println!(
+        "removed {removed} routing entries (rules and routes of table {})",
+        key.table
+    );
     Ok(())
 }
 
