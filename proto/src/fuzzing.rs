@@ -182,20 +182,7 @@ fn pump(pair: &mut Pair) {
 /// Runs both cores' due timers `ms` later without delivering anything.
 fn advance_alone(pair: &mut Pair, ms: u64) {
     pair.now += Duration::from_millis(ms);
-    if pair
-        .client
-        .poll_timeout()
-        .is_some_and(|(t, _)| t <= pair.now)
-    {
-        pair.client.handle_timeout(pair.now);
-    }
-    if pair
-        .anchor
-        .poll_timeout()
-        .is_some_and(|(t, _)| t <= pair.now)
-    {
-        pair.anchor.handle_timeout(pair.now);
-    }
+    pair.run_due_timers();
 }
 
 /// The anchor encapsulates an IPv4 packet to the mobile host built around `body`.

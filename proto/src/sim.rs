@@ -311,6 +311,13 @@ impl Pair {
         for f in batch {
             self.deliver(f.to_anchor, f.path, f.bytes);
         }
+        self.run_due_timers();
+        self.flush();
+        true
+    }
+
+    /// Runs each core's timers if one is due now (without delivering anything).
+    pub fn run_due_timers(&mut self) {
         if self
             .client
             .poll_timeout()
@@ -325,8 +332,6 @@ impl Pair {
         {
             self.anchor.handle_timeout(self.now);
         }
-        self.flush();
-        true
     }
 
     /// Runs the network for `d` of virtual time.
