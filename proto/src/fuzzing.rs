@@ -182,20 +182,7 @@ fn pump(pair: &mut Pair) {
 /// Runs both cores' due timers `ms` later without delivering anything.
 fn advance_alone(pair: &mut Pair, ms: u64) {
     pair.now += Duration::from_millis(ms);
-    if pair
-        .client
-        .poll_timeout()
-        .is_some_and(|(t, _)| t <= pair.now)
-    {
-        pair.client.handle_timeout(pair.now);
-    }
-    if pair
-        .anchor
-        .poll_timeout()
-        .is_some_and(|(t, _)| t <= pair.now)
-    {
-        pair.anchor.handle_timeout(pair.now);
-    }
+    pair.run_due_timers();
 }
 
 /// The anchor encapsulates an IPv4 packet to the mobile host built around `body`.
@@ -234,7 +221,7 @@ fn attacker(op: u8) -> SocketAddr {
 /// connected; then records: op % 8 = 0 raw from the peer's address, 1 raw from another address,
 /// 2 the client sends body as an inner packet, 3 the client seals body as a control message
 /// (from its address or, op bit 7, another), 4 replay the last uplink datagram from another
-/// address, 5 advance time by body[0] * 10 ms, 6 downlink body, 7 raw init with a valid mac1.
+/// address, 5 advance time by `body[0] * 10` ms, 6 downlink body, 7 raw init with a valid mac1.
 pub fn anchor_datagram(data: &[u8]) {
     let Some((&mode, script)) = data.split_first() else {
         return;
@@ -291,7 +278,7 @@ pub fn anchor_datagram(data: &[u8]) {
 /// Datagrams into a client, fresh or connected. Byte 0 bit 0 picks connected; then records:
 /// op % 6 = 0 raw on a path, 1 the anchor sends body as a downlink packet, 2 the anchor seals
 /// body as a control message, 3 replay the last downlink datagram on the other path, 4 advance
-/// time by body[0] * 10 ms, 5 raw with the pending handshake's index at bytes 4..8 (cookie
+/// time by `body[0] * 10` ms, 5 raw with the pending handshake's index at bytes 4..8 (cookie
 /// replies, responses).
 pub fn client_datagram(data: &[u8]) {
     let Some((&mode, script)) = data.split_first() else {

@@ -94,6 +94,8 @@ pub struct Pair {
     /// Also check that the anchor sends data only to the address of a link on that link's
     /// path (true for a network where no link ever changes its address).
     pub data_only_to_links: bool,
+    /// Datagrams for which this is true are lost on every link (e.g. every handshake init).
+    pub drop_if: Option<fn(&[u8]) -> bool>,
 }
 
 /// The anchor's config for one peer, the client of the pair.
@@ -166,6 +168,7 @@ impl Pair {
             downlink_count: vec![0; n],
             stray: Vec::new(),
             data_only_to_links: false,
+            drop_if: None,
         };
         for i in 0..n {
             let id = pair.links[i].id;
@@ -217,6 +220,9 @@ impl Pair {
 
     /// Puts a datagram on `path`'s link, unless the link loses it.
     pub fn send(&mut self, to_anchor: bool, path: PathId, bytes: Vec<u8>) {
+        if self.drop_if.is_some_and(|f| f(&bytes)) {
+            return;
+        }
         let link = &mut self.links[path.0 as usize];
         link.rng ^= link.rng << 13;
         link.rng ^= link.rng >> 7;
@@ -305,6 +311,13 @@ impl Pair {
         for f in batch {
             self.deliver(f.to_anchor, f.path, f.bytes);
         }
+        self.run_due_timers();
+        self.flush();
+        true
+    }
+
+    /// Runs each core's timers if one is due now (without delivering anything).
+    pub fn run_due_timers(&mut self) {
         if self
             .client
             .poll_timeout()
@@ -319,8 +332,6 @@ impl Pair {
         {
             self.anchor.handle_timeout(self.now);
         }
-        self.flush();
-        true
     }
 
     /// Runs the network for `d` of virtual time.

@@ -32,6 +32,7 @@ macro_rules! timers {
 timers! {
     HandshakeRetry => "handshake retry", "Client: the pending handshake got no answer in time.";
     Rekey => "rekey", "Client: the session's keys are old enough to be replaced.";
+    KeyExpiry => "key expiry", "Client: the session's keys reach the end of their life.";
     SessionSilent => "session silent", "Client: every path is down and nothing arrived for a while.";
     Probe => "probe", "Client: a path is due for a probe.";
     PathTimeout => "path timeout", "Client: a path's probe went unanswered too long.";

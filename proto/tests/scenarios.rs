@@ -6,6 +6,8 @@ use std::time::Duration;
 use upmt_proto::anchor::Anchor;
 use upmt_proto::client::{Client, ClientConfig, Event, PathState};
 use upmt_proto::keys::StaticSecret;
+use upmt_proto::time::Instant;
+use upmt_proto::wire::Kind;
 use upmt_proto::{DropReason, PathId, PeerId};
 use util::*;
 
@@ -388,4 +390,57 @@ fn an_idle_session_expires_at_the_anchor() {
         }
     )));
     assert!(!pair.anchor.peers().next().unwrap().connected);
+}
+
+#[test]
+fn after_200_s_of_failed_rekeys_the_old_keys_are_refused_and_the_handshake_backs_off() {
+    let mut pair = connected_pair(&[10, 10]);
+    // From here on every handshake init is lost: the first rekey (at 120 s) and all after fail.
+    pair.drop_if = Some(|d: &[u8]| d.first() == Some(&Kind::HandshakeInit.first_byte()));
+    pair.uplink_log.clear();
+    let mut held = None;
+    let mut refused_at = None;
+    let is_init = |d: &Vec<u8>| d[0] == Kind::HandshakeInit.first_byte();
+    let (mut inits_total, mut max_per_second) = (0usize, 0usize);
+    for s in 0..320u32 {
+        // A packet each way every second: the session is in use all along.
+        if let Err(e) = pair.client_send(P0, &up(9000, s)) {
+            assert_eq!(e, DropReason::Expired);
+            refused_at.get_or_insert(pair.now);
+        }
+        let _ = pair.anchor_send(&down(9000, s));
+        if s == 170 {
+            // Sealed with the old keys, delivered only after they expired.
+            pair.client_send(P0, &up(9000, 170_000)).unwrap();
+            held = pair.inflight.pop();
+        }
+        pair.run_for(Duration::from_secs(1));
+        let inits = pair.uplink_log.iter().filter(|(_, d)| is_init(d)).count();
+        pair.uplink_log.clear();
+        inits_total += inits;
+        max_per_second = max_per_second.max(inits);
+    }
+    let refused_at = refused_at.expect("the client kept sending on the old keys");
+    assert!(
+        refused_at >= Instant::ZERO + Duration::from_secs(180)
+            && refused_at <= Instant::ZERO + Duration::from_secs(183),
+        "the old keys stopped at {refused_at:?}"
+    );
+    assert!(pair.client_events.contains(&Event::Disconnected));
+    assert!(!pair.connected());
+    let held = held.expect("a held datagram");
+    assert!(held.to_anchor);
+    pair.anchor_errs.clear();
+    pair.deliver(true, held.path, held.bytes);
+    assert_eq!(pair.anchor_errs, vec![DropReason::Expired]);
+
+    // 200 s of attempts since the first rekey: one every second would be 200 inits.
+    assert!(
+        (10..=50).contains(&inits_total),
+        "{inits_total} handshake inits in 200 s"
+    );
+    assert!(
+        max_per_second <= 1,
+        "{max_per_second} inits within one second"
+    );
 }

@@ -144,7 +144,7 @@ impl Anchor {
         let (path, dst) = peer
             .downlink_path(&flow, now, self.config.path_stale_after)
             .ok_or(DropReason::NoSession)?;
-        let keys = peer.current.as_mut().ok_or(DropReason::NoSession)?;
+        let keys = peer.sending_keys(now, self.config.reject_after)?;
         let n = keys.seal(Kind::Data, path, buf, len)?;
         peer.tx_packets += 1;
         peer.tx_bytes += n as u64;

@@ -156,6 +156,9 @@ pub struct AnchorConfig {
     /// A path with no authenticated packet for this long is skipped for downlink while a
     /// fresher one exists (default 500 ms: 2.5 times the client's default active probe interval).
     pub path_stale_after: Duration,
+    /// Keys older than this neither send nor accept anything (default 180 s, WireGuard's
+    /// REJECT_AFTER_TIME; the client rekeys well before).
+    pub reject_after: Duration,
 }
 
 /// Default [`AnchorConfig::path_stale_after`].
@@ -172,6 +175,7 @@ impl AnchorConfig {
             mtu: DEFAULT_MTU,
             session_timeout: Duration::from_secs(180),
             path_stale_after: DEFAULT_PATH_STALE_AFTER,
+            reject_after: crate::client::REJECT_AFTER_TIME,
         }
     }
 }
@@ -366,7 +370,8 @@ impl Anchor {
             .get(&idx.0)
             .ok_or(DropReason::UnknownSession)?;
         let peer = &mut self.peers[id.0 as usize];
-        let (range, confirmed_next) = peer.open(idx, repr.counter, datagram)?;
+        let (range, confirmed_next) =
+            peer.open(idx, repr.counter, datagram, now, self.config.reject_after)?;
         // Authenticated from here on.
         if confirmed_next && let Some(old) = peer.confirm_next() {
             self.by_index.remove(&old.0);
@@ -421,7 +426,6 @@ impl Anchor {
 
     /// The next datagram to send, written into `buf` (at least 1500 bytes is always enough).
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
-        let _ = now;
         while let Some(q) = self.queues.pop_transmit() {
             match q {
                 Queued::Resp { bytes, path, dst } => {
@@ -453,7 +457,7 @@ impl Anchor {
                     let Some(p) = self.peers.get_mut(peer.0 as usize) else {
                         continue;
                     };
-                    let Some(keys) = p.current.as_mut() else {
+                    let Ok(keys) = p.sending_keys(now, self.config.reject_after) else {
                         continue;
                     };
                     let Some(body) = buf.get_mut(HEADER_LEN..HEADER_LEN + msg.buffer_len()) else {

@@ -126,18 +126,38 @@ impl Peer {
 
     /// Opens a transport datagram with the keypair of `idx`. The second value is true when
     /// that keypair is the *next* one, which this packet confirms.
+    /// Keys older than `reject_after` open nothing (`Expired`).
     pub(super) fn open(
         &mut self,
         idx: SessionIndex,
         counter: u64,
         datagram: &mut [u8],
+        now: Instant,
+        reject_after: Duration,
     ) -> Result<(core::ops::Range<usize>, bool), crate::DropReason> {
-        match (&mut self.current, &mut self.previous, &mut self.next) {
-            (Some(k), _, _) if k.local_index == idx => Ok((k.open(counter, datagram)?, false)),
-            (_, Some(k), _) if k.local_index == idx => Ok((k.open(counter, datagram)?, false)),
-            (_, _, Some(k)) if k.local_index == idx => Ok((k.open(counter, datagram)?, true)),
-            _ => Err(crate::DropReason::UnknownSession),
+        let (k, next) = match (&mut self.current, &mut self.previous, &mut self.next) {
+            (Some(k), _, _) if k.local_index == idx => (k, false),
+            (_, Some(k), _) if k.local_index == idx => (k, false),
+            (_, _, Some(k)) if k.local_index == idx => (k, true),
+            _ => return Err(crate::DropReason::UnknownSession),
+        };
+        if now.saturating_duration_since(k.created) >= reject_after {
+            return Err(crate::DropReason::Expired);
         }
+        Ok((k.open(counter, datagram)?, next))
+    }
+
+    /// The current keys, unless older than `reject_after`.
+    pub(super) fn sending_keys(
+        &mut self,
+        now: Instant,
+        reject_after: Duration,
+    ) -> Result<&mut Keypair, crate::DropReason> {
+        let k = self.current.as_mut().ok_or(crate::DropReason::NoSession)?;
+        if now.saturating_duration_since(k.created) >= reject_after {
+            return Err(crate::DropReason::Expired);
+        }
+        Ok(k)
     }
 
     /// The next keypair becomes current; returns the local index of the one that fell out.

@@ -15,6 +15,13 @@ use core::time::Duration;
 
 /// A cookie is used for this long after it arrived: a margin under the anchor's rotation.
 const COOKIE_LIFETIME: Duration = COOKIE_ROTATION.saturating_sub(Duration::from_secs(5));
+/// The longest wait between two handshake attempts, before jitter (WireGuard's REKEY_TIMEOUT).
+pub const REKEY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one handshake keeps being retried before the client waits for a reason to try
+/// again: data to send or a new path (WireGuard's REKEY_ATTEMPT_TIME).
+pub const REKEY_ATTEMPT_TIME: Duration = Duration::from_secs(90);
+/// Keys older than this neither send nor accept anything (WireGuard's REJECT_AFTER_TIME).
+pub const REJECT_AFTER_TIME: Duration = Duration::from_secs(180);
 
 /// Why a handshake runs: decides the event when it completes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,6 +37,9 @@ pub(super) struct Pending {
     pub(super) bytes: [u8; INIT_LEN],
     pub(super) path: PathId,
     retry_at: Instant,
+    /// When the first attempt of this handshake was sent, and how many retries followed.
+    started: Instant,
+    retries: u32,
     pub(super) purpose: Purpose,
     /// Whether this init was already resent with a fresh cookie's mac2.
     cookie_resent: bool,
@@ -41,9 +51,47 @@ impl Client {
         self.pending.is_some()
     }
 
+    /// Starts a handshake: the first attempt of a new series of retries.
+    pub(super) fn start_handshake(&mut self, purpose: Purpose, now: Instant) {
+        self.given_up = false;
+        self.send_init(purpose, now, 0, now);
+    }
+
+    /// The wait after attempt `retries` (0: the first): `handshake_retry` doubling up to
+    /// `handshake_retry_max`, plus up to a quarter of it at random, so that clients that lost
+    /// their anchor together do not come back in step, and a down anchor costs a phone one DH
+    /// every few seconds, not every second.
+    fn retry_interval(&mut self, retries: u32) -> Duration {
+        let base = self
+            .config
+            .handshake_retry
+            .saturating_mul(1 << retries.min(16))
+            .min(
+                self.config
+                    .handshake_retry_max
+                    .max(self.config.handshake_retry),
+            );
+        let quarter = u64::try_from(base.as_micros() / 4).unwrap_or(u64::MAX);
+        let jitter = match quarter {
+            0 => 0,
+            q => self.next_random() % q,
+        };
+        base + Duration::from_micros(jitter)
+    }
+
+    /// xorshift64*, seeded in the constructor: jitter needs no more, and the core reads no clock.
+    fn next_random(&mut self) -> u64 {
+        let mut x = self.rng;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
     /// Builds a fresh init (new ephemeral, new index, new timestamp) on the path picked by
     /// `attempt`, preferring paths that are Up.
-    pub(super) fn start_handshake(&mut self, purpose: Purpose, now: Instant) {
+    fn send_init(&mut self, purpose: Purpose, started: Instant, retries: u32, now: Instant) {
         let n = self.paths.len();
         if n == 0 {
             self.pending = None;
@@ -94,12 +142,15 @@ impl Client {
                 self.cookie = None;
             }
         }
+        let retry_at = now + self.retry_interval(retries);
         self.pending = Some(Pending {
             initiation,
             local_index,
             bytes,
             path,
-            retry_at: now + self.config.handshake_retry,
+            retry_at,
+            started,
+            retries,
             purpose,
             cookie_resent: false,
         });
@@ -108,13 +159,19 @@ impl Client {
         let _ = self.queues.push_transmit(Queued::Init);
     }
 
-    /// The handshake-retry, rekey and silent-session deadlines.
+    /// The handshake-retry, key-expiry, rekey and silent-session deadlines.
     pub(super) fn handshake_timers(&self, timers: &mut TimerTable) {
         if let Some(p) = &self.pending {
             timers.set_earliest(Timer::HandshakeRetry, p.retry_at);
         }
         if let Some(keys) = &self.current
+            && !self.keys_expired
+        {
+            timers.set_earliest(Timer::KeyExpiry, keys.created + self.config.reject_after);
+        }
+        if let Some(keys) = &self.current
             && self.pending.is_none()
+            && !self.given_up
         {
             timers.set_earliest(Timer::Rekey, keys.created + self.config.rekey_after);
             if let Some(rx) = self.last_rx
@@ -125,24 +182,47 @@ impl Client {
         }
     }
 
-    /// Retries an unanswered handshake on the next path; starts one when the session went
-    /// silent or its keys are due for replacement.
+    /// Retries an unanswered handshake on the next path, or gives up after
+    /// `handshake_attempt_time`; ends a session whose keys expired; starts a handshake when the
+    /// session went silent or its keys are due for replacement.
     pub(super) fn handshake_timeouts(&mut self, now: Instant) {
         if let Some(p) = &self.pending
             && now >= p.retry_at
         {
-            let purpose = p.purpose;
-            self.attempt = self.attempt.wrapping_add(1);
-            self.start_handshake(purpose, now);
+            let (purpose, started, retries) = (p.purpose, p.started, p.retries);
+            if now.saturating_duration_since(started) >= self.config.handshake_attempt_time {
+                // Until there is data to send or a new path: see `start_on_demand`.
+                self.pending = None;
+                self.given_up = true;
+            } else {
+                self.attempt = self.attempt.wrapping_add(1);
+                self.send_init(purpose, started, retries.saturating_add(1), now);
+            }
+        }
+        if let Some(keys) = &self.current
+            && !self.keys_expired
+            && now >= keys.created + self.config.reject_after
+        {
+            // Every rekey failed for the keys' whole life: stop using them, and let the
+            // handshake already running (or the next one on demand) connect afresh.
+            self.keys_expired = true;
+            if self.connected {
+                self.connected = false;
+                self.queues.push_event(Event::Disconnected);
+            }
+            if let Some(p) = &mut self.pending {
+                p.purpose = Purpose::Connect;
+            }
         }
         if self.pending.is_none()
+            && !self.given_up
             && let Some(keys) = &self.current
         {
             let silent = self.all_paths_down()
                 && self
                     .last_rx
                     .is_some_and(|rx| now >= rx + self.config.path_timeout);
-            if silent {
+            if silent || self.keys_expired {
                 if self.connected {
                     self.connected = false;
                     self.queues.push_event(Event::Disconnected);
@@ -151,6 +231,13 @@ impl Client {
             } else if now >= keys.created + self.config.rekey_after {
                 self.start_handshake(Purpose::Rekey, now);
             }
+        }
+    }
+
+    /// Data waits for a session that is missing or expired: start a handshake if none runs.
+    pub(super) fn start_on_demand(&mut self, now: Instant) {
+        if self.pending.is_none() && (self.current.is_none() || self.keys_expired) {
+            self.start_handshake(Purpose::Connect, now);
         }
     }
 
@@ -199,6 +286,12 @@ impl Client {
         self.pending = None;
         let keys = Keypair::new(&send, &recv, local_index, repr.sender_index, now);
         self.previous = self.current.replace(keys);
+        self.given_up = false;
+        if self.keys_expired {
+            // The old keys must not come back as the previous ones.
+            self.previous = None;
+            self.keys_expired = false;
+        }
         self.params = Some(params);
         self.on_authenticated(path, now);
         if self.connected && purpose == Purpose::Rekey {

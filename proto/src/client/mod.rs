@@ -35,7 +35,15 @@
 //!
 //! # Session lifetime
 //! After `rekey_after` a new handshake runs while the old keys keep working; the old receive key
-//! is kept after the switch for packets still in flight. When every path is Down and nothing
+//! is kept after the switch for packets still in flight. Keys live at most `reject_after`
+//! (180 s, WireGuard's REJECT_AFTER_TIME) or until a path's counter space is spent: a session
+//! whose rekeys all failed then reports `Disconnected`, sends and accepts nothing on the old keys
+//! and keeps handshaking.
+//!
+//! Handshake retries back off: `handshake_retry` (1 s) after the first attempt, doubling up to
+//! `handshake_retry_max` (5 s, WireGuard's REKEY_TIMEOUT), each plus up to a quarter of it at
+//! random from a generator seeded in the constructor; after `handshake_attempt_time` (90 s) of
+//! attempts the client stops until there is data to send (`encapsulate`) or a new path. When every path is Down and nothing
 //! authenticated arrived for `path_timeout` (the anchor restarted and forgot us, or every uplink
 //! is blackholed), the client reports `Disconnected` and handshakes again, still sending on the
 //! old keys meanwhile so that a mere blip loses nothing.
@@ -66,6 +74,7 @@ mod signals;
 
 pub use crate::control::FlowKey;
 pub use crate::queue::QueueStats;
+pub use handshake::{REJECT_AFTER_TIME, REKEY_ATTEMPT_TIME, REKEY_TIMEOUT};
 pub use paths::{PathState, PathStats};
 pub use signals::{MAX_PENDING_SIGNALS, SignalStats};
 
@@ -113,8 +122,15 @@ pub struct ClientConfig {
     pub hold_down: Duration,
     /// First resend of an unacknowledged signal (default 150 ms, then doubling).
     pub signal_retry: Duration,
-    /// Time before a handshake init is resent, on the next path (default 1 s).
+    /// Time before a handshake init is first resent, on the next path (default 1 s); it
+    /// doubles with each further retry up to `handshake_retry_max`, plus jitter.
     pub handshake_retry: Duration,
+    /// The longest wait between two handshake attempts, before jitter (default 5 s).
+    pub handshake_retry_max: Duration,
+    /// A handshake is retried for this long, then only on demand (default 90 s).
+    pub handshake_attempt_time: Duration,
+    /// Keys older than this neither send nor accept anything (default 180 s).
+    pub reject_after: Duration,
     /// Age of a session after which a new handshake starts (default 120 s).
     pub rekey_after: Duration,
 }
@@ -133,6 +149,9 @@ impl ClientConfig {
             hold_down: Duration::from_secs(3),
             signal_retry: Duration::from_millis(150),
             handshake_retry: Duration::from_secs(1),
+            handshake_retry_max: handshake::REKEY_TIMEOUT,
+            handshake_attempt_time: handshake::REKEY_ATTEMPT_TIME,
+            reject_after: handshake::REJECT_AFTER_TIME,
             rekey_after: Duration::from_secs(120),
         }
     }
@@ -192,6 +211,13 @@ pub struct Client {
     signals: Signals,
     /// The last data packet sent or received.
     last_activity: Option<Instant>,
+    /// The current keys outlived `reject_after`: they neither send nor open anything.
+    keys_expired: bool,
+    /// The last handshake was retried for `handshake_attempt_time` in vain; the next one starts
+    /// on demand.
+    given_up: bool,
+    /// Jitter of the handshake retries (xorshift state, never 0).
+    rng: u64,
 }
 
 impl Client {
@@ -219,6 +245,9 @@ impl Client {
             drops: DropCounters::default(),
             signals: Signals::new(),
             last_activity: None,
+            keys_expired: false,
+            given_up: false,
+            rng: getrandom::u64().unwrap_or(unix_nanos_at_now) | 1,
         }
     }
 
@@ -227,8 +256,10 @@ impl Client {
         if self.path(path).is_none() {
             self.paths.push(Path::new(path, now));
         }
-        if self.current.is_none() && self.pending.is_none() {
+        if self.pending.is_none() && (self.current.is_none() || self.keys_expired) {
             self.start_handshake(Purpose::Connect, now);
+        } else if self.pending.is_none() && self.given_up {
+            self.start_handshake(Purpose::Rekey, now);
         }
     }
 
@@ -290,6 +321,9 @@ impl Client {
                     (_, Some(k)) if k.local_index == idx => k,
                     _ => return Err(DropReason::UnknownSession),
                 };
+                if now.saturating_duration_since(keys.created) >= self.config.reject_after {
+                    return Err(DropReason::Expired);
+                }
                 let range = keys.open(repr.counter, datagram)?;
                 self.on_authenticated(path, now);
                 let plain = &datagram[range.clone()];
@@ -347,7 +381,7 @@ impl Client {
         len: usize,
         now: Instant,
     ) -> Result<usize, DropReason> {
-        let r = self.encapsulate_inner(path, buf, len);
+        let r = self.encapsulate_inner(path, buf, len, now);
         match r {
             Ok(_) => {
                 if let Some(p) = self.path_mut(path) {
@@ -355,7 +389,12 @@ impl Client {
                 }
                 self.note_activity(now);
             }
-            Err(reason) => self.drops.add(reason),
+            Err(reason) => {
+                self.drops.add(reason);
+                if matches!(reason, DropReason::NoSession | DropReason::Expired) {
+                    self.start_on_demand(now);
+                }
+            }
         }
         r
     }
@@ -365,8 +404,14 @@ impl Client {
         path: PathId,
         buf: &mut [u8],
         len: usize,
+        now: Instant,
     ) -> Result<usize, DropReason> {
         let keys = self.current.as_mut().ok_or(DropReason::NoSession)?;
+        if self.keys_expired
+            || now.saturating_duration_since(keys.created) >= self.config.reject_after
+        {
+            return Err(DropReason::Expired);
+        }
         let first = buf.get(HEADER_LEN).ok_or(DropReason::TooBig)?;
         if len == 0 || !matches!(first >> 4, 4 | 6) {
             return Err(DropReason::NotIp);
@@ -412,6 +457,9 @@ impl Client {
             Queued::Reply { path, msg } => (path, msg),
             Queued::Signal(seq) => self.build_signal(seq)?,
         };
+        if self.keys_expired {
+            return None;
+        }
         let keys = self.current.as_mut()?;
         let body = buf.get_mut(HEADER_LEN..HEADER_LEN + msg.buffer_len() + TAG_LEN)?;
         let n = msg.emit(body).ok()?;
@@ -459,7 +507,9 @@ impl Client {
 
     /// The parameters of the current session.
     pub fn session(&self) -> Option<&SessionParams> {
-        self.params.as_ref().filter(|_| self.current.is_some())
+        self.params
+            .as_ref()
+            .filter(|_| self.current.is_some() && !self.keys_expired)
     }
 
     /// Drops so far, counted by this core.
