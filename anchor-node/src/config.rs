@@ -17,6 +17,9 @@ use upmt_proto::keys::{PublicKey, StaticSecret};
 /// Where the config lives when `--config` is not given.
 pub const DEFAULT_PATH: &str = "/etc/upmt/an.toml";
 
+/// The account the daemon drops to after setup when the config names none.
+pub const DEFAULT_USER: &str = "nobody";
+
 /// Linux limits interface names to IFNAMSIZ - 1 bytes.
 const MAX_IFNAME: usize = 15;
 
@@ -46,6 +49,16 @@ pub struct Config {
     pub dns: Option<IpAddr>,
     /// A path silent this long is skipped for downlink (the core's `path_stale_after`).
     pub path_stale_after: std::time::Duration,
+    /// Mobile hosts may reach each other through the anchor.
+    pub allow_peer_to_peer: bool,
+    /// Ports (tcp and udp) of the anchor's own host that mobile hosts may reach.
+    pub allow_to_host: Vec<u16>,
+    /// Mobile hosts may reach private, link-local and metadata ranges on the anchor's side.
+    pub allow_private_egress: bool,
+    /// The account the daemon runs as after setup ("root" keeps root).
+    pub user: String,
+    /// The file the private key was read from: `private_key_file`, or the config itself.
+    pub key_path: PathBuf,
     pub peers: Vec<Peer>,
 }
 
@@ -93,6 +106,13 @@ struct RawConfig {
     metrics: Option<Spanned<String>>,
     dns: Option<Spanned<String>>,
     path_stale_after_ms: Option<Spanned<u64>>,
+    #[serde(default)]
+    allow_peer_to_peer: bool,
+    #[serde(default)]
+    allow_to_host: Vec<Spanned<u16>>,
+    #[serde(default)]
+    allow_private_egress: bool,
+    user: Option<Spanned<String>>,
     #[serde(default)]
     peer: Vec<RawPeer>,
 }
@@ -176,9 +196,14 @@ impl Validator<'_> {
             )
         })?;
 
+        let mut key_path = self.path.to_owned();
         let private_key = match (&raw.private_key, &raw.private_key_file) {
             (Some(k), None) => self.key(k, "private_key")?,
-            (None, Some(f)) => self.key_file(f)?,
+            (None, Some(f)) => {
+                let (key, path) = self.key_file(f)?;
+                key_path = path;
+                key
+            }
             (Some(_), Some(f)) => {
                 return Err(self.err(
                     f.span(),
@@ -297,6 +322,38 @@ impl Validator<'_> {
             }
         };
 
+        let mut allow_to_host = Vec::with_capacity(raw.allow_to_host.len());
+        for port in &raw.allow_to_host {
+            let p = *port.get_ref();
+            if p == 0 {
+                return Err(self.err(
+                    port.span(),
+                    "expected allow_to_host to list ports from 1 to 65535, got 0".into(),
+                ));
+            }
+            if !allow_to_host.contains(&p) {
+                allow_to_host.push(p);
+            }
+        }
+        let user = match &raw.user {
+            None => DEFAULT_USER.to_owned(),
+            Some(u) => {
+                let name = u.get_ref();
+                let ok = !name.is_empty()
+                    && name.len() <= 32
+                    && name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+                if !ok {
+                    return Err(self.err(
+                        u.span(),
+                        format!("expected user to be an account name like \"upmt\" (or \"root\" to keep root), got {name:?}"),
+                    ));
+                }
+                name.clone()
+            }
+        };
+
         let anchor4 = first_host4(subnet);
         let anchor6 = subnet6.map(first_host6);
         let mut peers = Vec::with_capacity(raw.peer.len());
@@ -404,6 +461,11 @@ impl Validator<'_> {
             metrics,
             dns,
             path_stale_after,
+            allow_peer_to_peer: raw.allow_peer_to_peer,
+            allow_to_host,
+            allow_private_egress: raw.allow_private_egress,
+            user,
+            key_path,
             peers,
         })
     }
@@ -431,7 +493,7 @@ impl Validator<'_> {
         })
     }
 
-    fn key_file(&self, f: &Spanned<String>) -> Result<StaticSecret, ConfigError> {
+    fn key_file(&self, f: &Spanned<String>) -> Result<(StaticSecret, PathBuf), ConfigError> {
         let mut file = PathBuf::from(f.get_ref());
         if file.is_relative() {
             // Relative to the config, so a config directory can be moved as a whole.
@@ -445,7 +507,7 @@ impl Validator<'_> {
                 format!("cannot read private_key_file {}: {e}", file.display()),
             )
         })?;
-        text.trim().parse::<StaticSecret>().map_err(|_| {
+        let key = text.trim().parse::<StaticSecret>().map_err(|_| {
             self.err(
                 f.span(),
                 format!(
@@ -453,7 +515,8 @@ impl Validator<'_> {
                     file.display()
                 ),
             )
-        })
+        })?;
+        Ok((key, file))
     }
 
     fn ifname(&self, s: &Spanned<String>, field: &str) -> Result<String, ConfigError> {
@@ -475,6 +538,44 @@ impl Validator<'_> {
             ))
         }
     }
+}
+
+/// Why the daemon refuses its private key file.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyFileError {
+    #[error(
+        "private key file {path} is readable by others (mode {mode:04o}): run `chmod 600 {path}`"
+    )]
+    WorldReadable { path: PathBuf, mode: u32 },
+    #[error("cannot stat private key file {path}")]
+    Stat {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Refuses a key file (the config itself when the key is inline) that any user can read: the
+/// key is the anchor's identity, and anyone holding it can impersonate the anchor to every
+/// mobile host.
+pub fn check_key_file_mode(config: &Config) -> Result<(), KeyFileError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = &config.key_path;
+    let mode = std::fs::metadata(path)
+        .map_err(|source| KeyFileError::Stat {
+            path: path.clone(),
+            source,
+        })?
+        .permissions()
+        .mode()
+        & 0o7777;
+    if mode & 0o004 != 0 {
+        return Err(KeyFileError::WorldReadable {
+            path: path.clone(),
+            mode,
+        });
+    }
+    Ok(())
 }
 
 fn first_host4(net: Ipv4Net) -> Ipv4Addr {
@@ -828,5 +929,66 @@ address = "10.77.0.3"
         assert_eq!(line_col("é = 1\nab", 7), (2, 1));
         assert_eq!(line_col("é = 1\nab", 8), (2, 2));
         assert_eq!(line_col("", 5), (1, 1));
+    }
+
+    #[test]
+    fn isolation_and_user_default_to_closed_and_nobody_and_are_read_when_given() {
+        let c = parse(Path::new("an.toml"), &good()).unwrap();
+        assert!(!c.allow_peer_to_peer && !c.allow_private_egress);
+        assert!(c.allow_to_host.is_empty());
+        assert_eq!(c.user, DEFAULT_USER);
+        assert_eq!(c.key_path, Path::new("an.toml"));
+        let text = good().replace(
+            "egress = \"eth0\"",
+            "egress = \"eth0\"\nallow_peer_to_peer = true\nallow_to_host = [22, 22, 9100]\n\
+             allow_private_egress = true\nuser = \"upmt\"",
+        );
+        let c = parse(Path::new("an.toml"), &text).unwrap();
+        assert!(c.allow_peer_to_peer && c.allow_private_egress);
+        assert_eq!(c.allow_to_host, vec![22, 9100]);
+        assert_eq!(c.user, "upmt");
+    }
+
+    #[test]
+    fn a_bad_port_or_user_is_refused_at_its_position() {
+        let text = good().replace(
+            "egress = \"eth0\"",
+            "egress = \"eth0\"\nallow_to_host = [0]",
+        );
+        let (line, col, msg) = err_of(&text);
+        assert_eq!((line, col), (7, 18));
+        assert!(msg.contains("ports from 1 to 65535"), "{msg}");
+        let text = good().replace("egress = \"eth0\"", "egress = \"eth0\"\nuser = \"a b\"");
+        let (line, col, msg) = err_of(&text);
+        assert_eq!((line, col), (7, 8));
+        assert!(msg.contains("account name"), "{msg}");
+    }
+
+    #[test]
+    fn a_world_readable_key_file_is_refused_with_the_command_that_fixes_it() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = std::env::temp_dir().join(format!("upmt-an-mode-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = dir.join("an.key");
+        std::fs::write(&key, format!("{KEY_C}\n")).unwrap();
+        let text = good().replace(
+            &format!("private_key = \"{KEY_A}\""),
+            "private_key_file = \"an.key\"",
+        );
+        let c = parse(&dir.join("an.toml"), &text).unwrap();
+        assert_eq!(c.key_path, key);
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let refused = check_key_file_mode(&c).map_err(|e| e.to_string());
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let accepted = check_key_file_mode(&c).map_err(|e| e.to_string());
+        std::fs::remove_dir_all(&dir).unwrap();
+        let msg = refused.expect_err("a world-readable key must be refused");
+        assert!(msg.contains("readable by others (mode 0644)"), "{msg}");
+        assert!(
+            msg.contains(&format!("chmod 600 {}", key.display())),
+            "{msg}"
+        );
+        assert_eq!(msg.lines().count(), 1);
+        accepted.expect("a key readable by owner and group only is accepted");
     }
 }

@@ -6,6 +6,20 @@
 //! the mobile host's current access network handed out. It is installed atomically with `nft -f -` and left in place at
 //! exit; nothing outside that one table is ever touched.
 //!
+//! The same table keeps the mobile hosts apart from each other and from the anchor's host, each
+//! drop behind a named counter (`nft list counter inet upmt_<tun> NAME`):
+//! - `peer_to_peer_dropped`: a packet from the TUN routed back into the TUN (one mobile host to
+//!   another), unless `allow_peer_to_peer`;
+//! - `to_host_dropped`: a packet from the TUN for the anchor's own stack (its tunnel address,
+//!   its public address, any local or broadcast address), except the redirected DNS, echo
+//!   requests to the anchor's tunnel addresses (the hosts' "is the tunnel up" check), replies to
+//!   connections the host opened, and the ports in `allow_to_host`;
+//! - `private_egress_dropped`: a packet from the TUN forwarded anywhere but the TUN toward a
+//!   private, loopback, link-local, shared (CGNAT), multicast or reserved range (the cloud
+//!   metadata service at 169.254.169.254 or fd00:ec2::254, the provider's internal network),
+//!   unless `allow_private_egress`. The redirected DNS is exempt; replies toward the virtual
+//!   subnets are never matched (they leave through the TUN).
+//!
 //! Why it stays: removing the table unregisters the last NAT and conntrack hooks in the network
 //! namespace. Until a restarted daemon installs it again, a mobile host's established
 //! connections are then neither tracked nor translated: a server's next segment to the
@@ -17,9 +31,43 @@ use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::{Ipv4Net, Ipv6Net};
+
+/// Destinations a mobile host may not reach through the anchor unless `allow_private_egress`:
+/// "this network", private, shared (CGNAT, where some clouds put their metadata service),
+/// loopback, link-local, IETF protocol assignments, multicast and reserved.
+pub const PRIVATE_V4: &[&str] = &[
+    "0.0.0.0/8",
+    "10.0.0.0/8",
+    "100.64.0.0/10",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "172.16.0.0/12",
+    "192.0.0.0/24",
+    "192.168.0.0/16",
+    "224.0.0.0/3",
+];
+
+/// The IPv6 twin of [`PRIVATE_V4`]: loopback, IPv4-mapped, local-use NAT64, unique local
+/// (where fd00:ec2::254 lives), site-local, link-local and multicast.
+pub const PRIVATE_V6: &[&str] = &[
+    "::1/128",
+    "::ffff:0:0/96",
+    "64:ff9b:1::/48",
+    "fc00::/7",
+    "fec0::/10",
+    "fe80::/10",
+    "ff00::/8",
+];
+
+/// Names of the counters on the isolation drops.
+pub const PEER_TO_PEER_COUNTER: &str = "peer_to_peer_dropped";
+/// See [`PEER_TO_PEER_COUNTER`].
+pub const TO_HOST_COUNTER: &str = "to_host_dropped";
+/// See [`PEER_TO_PEER_COUNTER`].
+pub const PRIVATE_EGRESS_COUNTER: &str = "private_egress_dropped";
 
 /// Why the kernel could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +95,14 @@ pub struct NatSpec {
     pub subnet6: Option<Ipv6Net>,
     /// Resolver for tunnelled DNS (only queries of its address family are redirected).
     pub dns: Option<IpAddr>,
+    /// The anchor's own tunnel addresses (echo requests to them are allowed).
+    pub anchor4: Ipv4Addr,
+    pub anchor6: Option<Ipv6Addr>,
+    /// Isolation opt-outs (see the module docs).
+    pub allow_peer_to_peer: bool,
+    /// Ports (tcp and udp) of the anchor's host that mobile hosts may reach.
+    pub allow_to_host: Vec<u16>,
+    pub allow_private_egress: bool,
 }
 
 impl NatSpec {
@@ -89,14 +145,71 @@ impl NatSpec {
                 )
             }
         };
+        // The redirected DNS, after the DNAT above: exempt from the host and egress drops.
+        let dns_accept = match self.dns {
+            None => String::new(),
+            Some(IpAddr::V4(a)) => format!(
+                "\t\tiifname \"{tun}\" ip daddr {a} meta l4proto {{ tcp, udp }} th dport 53 accept\n"
+            ),
+            Some(IpAddr::V6(a)) => format!(
+                "\t\tiifname \"{tun}\" ip6 daddr {a} meta l4proto {{ tcp, udp }} th dport 53 accept\n"
+            ),
+        };
+        let mut input = String::new();
+        input.push_str(&format!(
+            "\t\tiifname \"{tun}\" ct state {{ established, related }} accept\n\
+             \t\tiifname \"{tun}\" ip daddr {} icmp type echo-request accept\n",
+            self.anchor4
+        ));
+        if let Some(a6) = self.anchor6 {
+            input.push_str(&format!(
+                "\t\tiifname \"{tun}\" ip6 daddr {a6} icmpv6 type echo-request accept\n"
+            ));
+        }
+        input.push_str(&dns_accept);
+        if !self.allow_to_host.is_empty() {
+            let ports: Vec<String> = self.allow_to_host.iter().map(u16::to_string).collect();
+            input.push_str(&format!(
+                "\t\tiifname \"{tun}\" meta l4proto {{ tcp, udp }} th dport {{ {} }} accept\n",
+                ports.join(", ")
+            ));
+        }
+        input.push_str(&format!(
+            "\t\t# Everything else from the mobile hosts to this host's own addresses.\n\
+             \t\tiifname \"{tun}\" counter name {TO_HOST_COUNTER} drop\n"
+        ));
+        let mut isolation = String::new();
+        if !self.allow_peer_to_peer {
+            isolation.push_str(&format!(
+                "\t\t# One mobile host to another: hairpinned back into the tunnel.\n\
+                 \t\tiifname \"{tun}\" oifname \"{tun}\" counter name {PEER_TO_PEER_COUNTER} drop\n"
+            ));
+        }
+        if !self.allow_private_egress {
+            isolation.push_str(&dns_accept);
+            isolation.push_str(&format!(
+                "\t\t# Private, link-local and metadata ranges on the anchor's side.\n\
+                 \t\tiifname \"{tun}\" oifname != \"{tun}\" ip daddr {{ {} }} counter name {PRIVATE_EGRESS_COUNTER} drop\n\
+                 \t\tiifname \"{tun}\" oifname != \"{tun}\" ip6 daddr {{ {} }} counter name {PRIVATE_EGRESS_COUNTER} drop\n",
+                PRIVATE_V4.join(", "),
+                PRIVATE_V6.join(", "),
+            ));
+        }
         format!(
             "table inet {table}\n\
              delete table inet {table}\n\
              table inet {table} {{\n\
+             \tcounter {PEER_TO_PEER_COUNTER} {{ }}\n\
+             \tcounter {TO_HOST_COUNTER} {{ }}\n\
+             \tcounter {PRIVATE_EGRESS_COUNTER} {{ }}\n\
              {dns}\
              \tchain postrouting {{\n\
              \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
              {masq}\
+             \t}}\n\
+             \tchain input {{\n\
+             \t\ttype filter hook input priority filter; policy accept;\n\
+             {input}\
              \t}}\n\
              \tchain forward {{\n\
              \t\ttype filter hook forward priority mangle; policy accept;\n\
@@ -105,6 +218,7 @@ impl NatSpec {
              \t\t# Inner packets cross a smaller MTU than the endpoints think: clamp MSS both ways.\n\
              \t\tiifname \"{tun}\" tcp flags syn tcp option maxseg size set rt mtu\n\
              \t\toifname \"{tun}\" tcp flags syn tcp option maxseg size set rt mtu\n\
+             {isolation}\
              \t}}\n\
              }}\n"
         )
@@ -203,16 +317,46 @@ fn run_nft(nft: &std::path::Path, table: &str, script: &str) -> Result<(), NatEr
 
 /// Turns on IPv4 forwarding, and IPv6 forwarding when `v6`. Left on at exit: other services on
 /// the host may rely on it, and turning it off is not this daemon's call.
-pub fn enable_forwarding(v6: bool) -> Result<(), NatError> {
-    let mut knobs = vec!["/proc/sys/net/ipv4/ip_forward"];
-    if v6 {
-        knobs.push("/proc/sys/net/ipv6/conf/all/forwarding");
+///
+/// IPv6 forwarding on `all` makes every interface a router, and a router ignores router
+/// advertisements (`accept_ra = 1`): a VPS that learns its default route by SLAAC would lose it
+/// when the route expires. So before turning it on, an `egress` that accepts advertisements
+/// (`accept_ra = 1`) is set to `accept_ra = 2` (accept them even when forwarding); one where the
+/// operator turned them off (0) is left alone.
+pub fn enable_forwarding(v6: bool, egress: &str) -> Result<(), NatError> {
+    std::fs::write(IPV4_FORWARD, b"1").map_err(|source| NatError::Forwarding {
+        path: IPV4_FORWARD,
+        source,
+    })?;
+    if !v6 {
+        return Ok(());
     }
-    for path in knobs {
-        std::fs::write(path, b"1").map_err(|source| NatError::Forwarding { path, source })?;
+    let accept_ra = format!("/proc/sys/net/ipv6/conf/{egress}/accept_ra");
+    match std::fs::read_to_string(&accept_ra).map(|v| v.trim().to_owned()) {
+        Ok(v) if v == "1" => match std::fs::write(&accept_ra, b"2") {
+            Ok(()) => tracing::info!(
+                %egress,
+                "set accept_ra = 2 on the egress so it keeps accepting router advertisements \
+                 (and a SLAAC default route) once IPv6 forwarding is on"
+            ),
+            Err(e) => tracing::warn!(
+                %egress,
+                error = %e,
+                "cannot set accept_ra = 2 on the egress: with IPv6 forwarding on, a default \
+                 route learnt from router advertisements will expire"
+            ),
+        },
+        Ok(_) => {}
+        Err(e) => tracing::warn!(%egress, error = %e, "cannot read accept_ra of the egress"),
     }
-    Ok(())
+    std::fs::write(IPV6_FORWARD, b"1").map_err(|source| NatError::Forwarding {
+        path: IPV6_FORWARD,
+        source,
+    })
 }
+
+const IPV4_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+const IPV6_FORWARD: &str = "/proc/sys/net/ipv6/conf/all/forwarding";
 
 #[cfg(test)]
 mod tests {
@@ -225,6 +369,11 @@ mod tests {
             subnet: "10.77.0.0/24".parse().unwrap(),
             subnet6: v6.then(|| "fd77::/64".parse().unwrap()),
             dns: None,
+            anchor4: "10.77.0.1".parse().unwrap(),
+            anchor6: v6.then(|| "fd77::1".parse().unwrap()),
+            allow_peer_to_peer: false,
+            allow_to_host: Vec::new(),
+            allow_private_egress: false,
         }
     }
 
@@ -291,5 +440,82 @@ mod tests {
     fn the_ruleset_braces_balance() {
         let r = spec(true).ruleset();
         assert_eq!(r.matches('{').count(), r.matches('}').count());
+    }
+
+    #[test]
+    fn by_default_peers_are_isolated_from_each_other_the_host_and_private_ranges() {
+        let r = spec(true).ruleset();
+        assert!(r.contains("type filter hook input priority filter; policy accept;"));
+        assert!(r.contains(
+            "iifname \"upmt0\" oifname \"upmt0\" counter name peer_to_peer_dropped drop"
+        ));
+        assert!(r.contains("iifname \"upmt0\" counter name to_host_dropped drop"));
+        assert!(r.contains(
+            "iifname \"upmt0\" oifname != \"upmt0\" ip daddr { 0.0.0.0/8, 10.0.0.0/8, 100.64.0.0/10"
+        ));
+        assert!(r.contains("169.254.0.0/16"), "{r}");
+        assert!(r.contains("fc00::/7, fec0::/10, fe80::/10"), "{r}");
+        for counter in [
+            PEER_TO_PEER_COUNTER,
+            TO_HOST_COUNTER,
+            PRIVATE_EGRESS_COUNTER,
+        ] {
+            assert!(r.contains(&format!("\tcounter {counter} {{ }}\n")), "{r}");
+        }
+        // Only pings to the anchor's tunnel addresses get through to the host.
+        assert!(r.contains("iifname \"upmt0\" ip daddr 10.77.0.1 icmp type echo-request accept"));
+        assert!(r.contains("iifname \"upmt0\" ip6 daddr fd77::1 icmpv6 type echo-request accept"));
+        assert!(
+            !r.contains("th dport {"),
+            "no host port open by default:\n{r}"
+        );
+    }
+
+    #[test]
+    fn each_isolation_is_lifted_by_its_own_option() {
+        let mut s = spec(true);
+        s.allow_peer_to_peer = true;
+        let r = s.ruleset();
+        assert!(!r.contains("name peer_to_peer_dropped drop"));
+        assert!(r.contains("name to_host_dropped drop"));
+        assert!(r.contains("name private_egress_dropped drop"));
+
+        let mut s = spec(true);
+        s.allow_private_egress = true;
+        let r = s.ruleset();
+        assert!(r.contains("name peer_to_peer_dropped drop"));
+        assert!(!r.contains("name private_egress_dropped drop"));
+
+        let mut s = spec(true);
+        s.allow_to_host = vec![22, 8080];
+        let r = s.ruleset();
+        let open = "iifname \"upmt0\" meta l4proto { tcp, udp } th dport { 22, 8080 } accept";
+        let pos = |needle: &str| r.find(needle).unwrap_or_else(|| panic!("{needle}:\n{r}"));
+        assert!(pos(open) < pos("name to_host_dropped drop"), "{r}");
+    }
+
+    #[test]
+    fn the_redirected_dns_passes_the_host_and_egress_drops() {
+        let mut s = spec(false);
+        s.dns = Some("10.0.0.2".parse().unwrap());
+        let r = s.ruleset();
+        let accept =
+            "iifname \"upmt0\" ip daddr 10.0.0.2 meta l4proto { tcp, udp } th dport 53 accept";
+        assert_eq!(r.matches(accept).count(), 2, "{r}");
+        let pos = |needle: &str| r.find(needle).unwrap_or_else(|| panic!("{needle}:\n{r}"));
+        assert!(pos(accept) < pos("name to_host_dropped drop"));
+        assert!(r.rfind(accept).unwrap() < pos("name private_egress_dropped drop"));
+    }
+
+    #[test]
+    fn replies_toward_the_virtual_subnets_are_never_matched_by_the_egress_drop() {
+        let r = spec(true).ruleset();
+        for line in r
+            .lines()
+            .filter(|l| l.contains("private_egress_dropped drop"))
+        {
+            assert!(line.contains("oifname != \"upmt0\""), "{line}");
+            assert!(line.contains("iifname \"upmt0\""), "{line}");
+        }
     }
 }

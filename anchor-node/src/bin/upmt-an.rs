@@ -1,9 +1,10 @@
 //! `upmt-an`: the upmt anchor-node daemon and its key tools.
 //!
 //! `run` wires the library's pieces together in the order that gives the clearest error first
-//! (privilege, nft, config, socket, TUN, forwarding, NAT). At exit it leaves the persistent TUN
-//! and the NAT table in place, so a restart (an upgrade, a crash and systemd's `Restart=`) keeps
-//! the mobile hosts' connections: the kernel's NAT state outlives the daemon.
+//! (privilege, nft, config, key file mode, account, socket, metrics, TUN, forwarding, NAT), then
+//! drops to the configured account with only CAP_NET_ADMIN (see `privilege`). At exit it leaves
+//! the persistent TUN and the NAT table in place, so a restart (an upgrade, a crash and systemd's
+//! `Restart=`) keeps the mobile hosts' connections: the kernel's NAT state outlives the daemon.
 
 use std::io::Read as _;
 use std::path::PathBuf;
@@ -118,14 +119,19 @@ fn run(path: &std::path::Path) -> Result<()> {
     privilege::require_net_admin()?;
     let nft = nat::find_nft()?;
     let config = config::load(path)?;
+    config::check_key_file_mode(&config)?;
+    let account = match config.user.as_str() {
+        privilege::KEEP_ROOT => None,
+        name => Some(privilege::Account::lookup(name)?),
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(config, nft))
+    runtime.block_on(serve(config, nft, account))
 }
 
-async fn serve(config: Config, nft: PathBuf) -> Result<()> {
+async fn serve(config: Config, nft: PathBuf, account: Option<privilege::Account>) -> Result<()> {
     let shutdown = shutdown_signal()?;
     let udp = udp::bind(config.listen)?;
     let metrics_listener = match config.metrics {
@@ -146,13 +152,18 @@ async fn serve(config: Config, nft: PathBuf) -> Result<()> {
         mtu: config.mtu,
     };
     let device = tun::create(&tun_spec)?;
-    nat::enable_forwarding(config.subnet6.is_some())?;
+    nat::enable_forwarding(config.subnet6.is_some(), &config.egress)?;
     let spec = nat::NatSpec {
         tun: config.tun.clone(),
         egress: config.egress.clone(),
         subnet: config.subnet,
         subnet6: config.subnet6,
         dns: config.dns,
+        anchor4: config.anchor_address(),
+        anchor6: config.anchor_address6(),
+        allow_peer_to_peer: config.allow_peer_to_peer,
+        allow_to_host: config.allow_to_host.clone(),
+        allow_private_egress: config.allow_private_egress,
     };
     if let Some(dns) = config.dns {
         tracing::info!(%dns, "tunnelled DNS is redirected to this resolver");
@@ -162,6 +173,30 @@ async fn serve(config: Config, nft: PathBuf) -> Result<()> {
         tracing::info!(table = %spec.table(), "replacing a stale nftables table from an earlier run");
     }
     let guard = nat::NatGuard::install(nft, &spec)?;
+    let isolation = |allowed: bool| if allowed { "allowed" } else { "dropped" };
+    tracing::info!(
+        peer_to_peer = isolation(config.allow_peer_to_peer),
+        to_host = %if config.allow_to_host.is_empty() {
+            "dropped".to_owned()
+        } else {
+            format!("ports {:?} allowed", config.allow_to_host)
+        },
+        private_egress = isolation(config.allow_private_egress),
+        "mobile hosts' isolation"
+    );
+    match &account {
+        Some(account) => {
+            let caps = privilege::kept_capabilities(config.listen.port());
+            privilege::drop_to(account, &caps)?;
+            tracing::info!(
+                user = %account.name,
+                uid = account.uid,
+                capabilities = %format!("{:#x}", privilege::capability_mask(&caps)),
+                "dropped privileges"
+            );
+        }
+        None => tracing::warn!("user = \"root\": keeping every privilege"),
+    }
     tracing::info!(
         listen = %config.listen,
         tun = %config.tun,
