@@ -62,7 +62,7 @@
 //! the per-peer tables have grown to their working size (all of them are bounded).
 
 use crate::control::{CHALLENGE_LEN, ControlMessage};
-use crate::cookie::{CookieJar, Limiter, Verdict, random_bytes};
+use crate::cookie::{ChallengeGate, CookieJar, Limiter, Verdict, random_bytes};
 use crate::crypto::{Keypair, random_index};
 use crate::handshake::{Response, check_mac1, mac1_key};
 use crate::ip;
@@ -488,6 +488,7 @@ pub struct Anchor {
     drops: DropCounters,
     cookies: CookieJar,
     limiter: Limiter,
+    challenges: ChallengeGate,
     stats: AnchorStats,
 }
 
@@ -540,6 +541,7 @@ impl Anchor {
             drops: DropCounters::default(),
             cookies: CookieJar::new(&public, now),
             limiter: Limiter::new(now),
+            challenges: ChallengeGate::default(),
             stats: AnchorStats::default(),
         }
     }
@@ -738,7 +740,7 @@ impl Anchor {
                     },
                 );
             }
-            PathAction::Challenge(data) => {
+            PathAction::Challenge(data) if self.challenges.allow(id, path, datagram.len(), now) => {
                 self.stats.challenges_sent = self.stats.challenges_sent.saturating_add(1);
                 push_transmit(
                     &mut self.queue,
@@ -751,6 +753,7 @@ impl Anchor {
                     },
                 )?;
             }
+            PathAction::Challenge(_) => {}
         }
         if peer.endpoint(path) == Some(from) {
             peer.last_path = Some(path);
