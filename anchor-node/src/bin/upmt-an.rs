@@ -104,6 +104,18 @@ fn check(path: &std::path::Path) -> Result<()> {
     if let Some(m) = c.metrics {
         println!("  metrics     http://{m}/metrics");
     }
+    let open = |allowed: bool| if allowed { "allowed" } else { "dropped" };
+    println!(
+        "  isolation   peer to peer {}, to this host {}, private egress {}",
+        open(c.allow_peer_to_peer),
+        if c.allow_to_host.is_empty() {
+            "dropped".to_owned()
+        } else {
+            format!("ports {:?}", c.allow_to_host)
+        },
+        open(c.allow_private_egress)
+    );
+    println!("  user        {}", c.user);
     println!("  peers       {}", c.peers.len());
     for p in &c.peers {
         print!("    {:<16} {} {}", p.name, p.public_key, p.address);
