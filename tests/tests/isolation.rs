@@ -7,19 +7,23 @@
 //! drops both (see the ruleset's unit tests). By default all of them are dropped
 //! at the anchor, each by its counted nftables rule; with `allow_peer_to_peer`,
 //! `allow_to_host` and `allow_private_egress` all of them answer. The anchor also runs as
-//! `nobody` with CAP_NET_ADMIN alone. Needs root.
+//! `nobody` with CAP_NET_ADMIN alone. Every target is tried over IPv4 and IPv6. Needs root.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use upmt_tests::deploy::{AN_TUN, MH2_VIRTUAL_V4};
-use upmt_tests::topology::AN_V4;
+use upmt_tests::topology::{AN_V4, AN_V6};
 use upmt_tests::{DeployOptions, Deployment, Host, Lab, ProcHandle, wait_for};
 
 /// The port every listener of this test uses.
 const PORT: &str = "2222";
 const ANCHOR_TUNNEL: &str = "10.77.0.1";
 const METADATA: &str = "100.100.100.200";
+/// The IPv6 twins: B's, the anchor's tunnel address, and one cloud's IPv6 metadata service.
+const B_V6: &str = "fd77::3";
+const ANCHOR_TUNNEL_V6: &str = "fd77::1";
+const METADATA_V6: &str = "fd00:ec2::254";
 /// How long a connection attempt may take before it counts as dropped.
 const CONNECT_TIMEOUT: &str = "2";
 
@@ -71,6 +75,15 @@ fn lab(name: &str) -> Lab {
     let inet = lab.inet();
     inet.ip(&["addr", "add", &format!("{METADATA}/32"), "dev", "to-an"])
         .expect("metadata address");
+    inet.ip(&[
+        "addr",
+        "add",
+        &format!("{METADATA_V6}/128"),
+        "dev",
+        "to-an",
+        "nodad",
+    ])
+    .expect("metadata IPv6 address");
     inet.run_input(
         &["nft", "-f", "-"],
         format!(
@@ -78,6 +91,7 @@ fn lab(name: &str) -> Lab {
              \tchain input {{\n\
              \t\ttype filter hook input priority filter; policy accept;\n\
              \t\tip daddr {METADATA} iifname != \"to-an\" drop\n\
+             \t\tip6 daddr {METADATA_V6} iifname != \"to-an\" drop\n\
              \t}}\n}}\n"
         )
         .as_bytes(),
@@ -114,29 +128,43 @@ fn listen(host: Host<'_>, addrs: &[&str]) -> ProcHandle {
     proc
 }
 
+/// Every address host A tries, both families: B, the anchor's tunnel and public addresses, the
+/// metadata service.
+fn targets() -> Vec<String> {
+    [
+        MH2_VIRTUAL_V4.to_string(),
+        B_V6.to_owned(),
+        ANCHOR_TUNNEL.to_owned(),
+        ANCHOR_TUNNEL_V6.to_owned(),
+        AN_V4.to_string(),
+        AN_V6.to_string(),
+        METADATA.to_owned(),
+        METADATA_V6.to_owned(),
+    ]
+    .into()
+}
+
 /// Starts the three kinds of listener and returns what host A reaches through the tunnel:
 /// address -> greeting (`-` for nothing).
 fn probe_from_a(lab: &Lab) -> HashMap<String, String> {
     let b = MH2_VIRTUAL_V4.to_string();
-    let an_public = AN_V4.to_string();
-    let _b = listen(lab.mh2(), &[&b]);
-    let _an = listen(lab.an(), &[ANCHOR_TUNNEL, &an_public]);
-    let _metadata = listen(lab.inet(), &[METADATA]);
+    let (an_public, an_public6) = (AN_V4.to_string(), AN_V6.to_string());
+    let _b = listen(lab.mh2(), &[&b, B_V6]);
+    let _an = listen(
+        lab.an(),
+        &[ANCHOR_TUNNEL, ANCHOR_TUNNEL_V6, &an_public, &an_public6],
+    );
+    let _metadata = listen(lab.inet(), &[METADATA, METADATA_V6]);
     let script = lab.dir().join("probe.py");
     std::fs::write(&script, PROBE_PY).expect("write the probe");
-    let out = lab
-        .mh()
-        .run_stdout(&[
-            "python3",
-            script.to_str().expect("utf-8 path"),
-            CONNECT_TIMEOUT,
-            PORT,
-            &b,
-            ANCHOR_TUNNEL,
-            &an_public,
-            METADATA,
-        ])
-        .expect("run the probe");
+    let mut args = vec![
+        "python3".to_owned(),
+        script.to_str().expect("utf-8 path").to_owned(),
+        CONNECT_TIMEOUT.to_owned(),
+        PORT.to_owned(),
+    ];
+    args.extend(targets());
+    let out = lab.mh().run_stdout(&args).expect("run the probe");
     out.lines()
         .filter_map(|l| l.split_once(' '))
         .map(|(a, r)| (a.to_owned(), r.to_owned()))
@@ -179,8 +207,7 @@ fn by_default_a_mobile_host_reaches_neither_another_host_nor_the_anchors_service
     );
 
     let reached = probe_from_a(&lab);
-    let b = MH2_VIRTUAL_V4.to_string();
-    for target in [b.as_str(), ANCHOR_TUNNEL, &AN_V4.to_string(), METADATA] {
+    for target in &targets() {
         assert_eq!(
             reached.get(target).map(String::as_str),
             Some("-"),
@@ -190,9 +217,9 @@ fn by_default_a_mobile_host_reaches_neither_another_host_nor_the_anchors_service
     }
     // Each attempt reached the anchor and was dropped there by its own rule (a SYN and its
     // retransmissions), not lost on the way.
-    assert!(counter(&lab, "peer_to_peer_dropped") >= 1);
-    assert!(counter(&lab, "to_host_dropped") >= 2);
-    assert!(counter(&lab, "private_egress_dropped") >= 1);
+    assert!(counter(&lab, "peer_to_peer_dropped") >= 2);
+    assert!(counter(&lab, "to_host_dropped") >= 4);
+    assert!(counter(&lab, "private_egress_dropped") >= 2);
     // The tunnel itself still works for both hosts (the deployment pinged the anchor through
     // each), and host B is still connected.
     assert!(upmt.mh2.as_ref().is_some_and(ProcHandle::is_running));
@@ -208,9 +235,7 @@ fn with_the_opt_ins_the_other_host_the_anchors_services_and_metadata_answer() {
         ),
     );
     let reached = probe_from_a(&lab);
-    let an_public = AN_V4.to_string();
-    let b = MH2_VIRTUAL_V4.to_string();
-    for target in [b.as_str(), ANCHOR_TUNNEL, &an_public, METADATA] {
+    for target in &targets() {
         assert_eq!(
             reached.get(target).map(String::as_str),
             Some(format!("hello_from_{target}").as_str()),
