@@ -97,17 +97,20 @@ pub fn capability_mask(caps: &[u32]) -> u64 {
 }
 
 /// Switches to `account` (unless the daemon does not run as root, when only the capabilities are
-/// reduced) and keeps exactly `caps`. Must run while the process has a single thread.
-pub fn drop_to(account: &Account, caps: &[u32]) -> Result<(), PrivilegeError> {
+/// reduced) and keeps exactly `caps`; true when it switched accounts. Must run while the
+/// process has a single thread.
+pub fn drop_to(account: &Account, caps: &[u32]) -> Result<bool, PrivilegeError> {
     let threads = thread_count();
     if threads > 1 {
         return Err(PrivilegeError::Threads(threads));
     }
     let step = |step: &'static str| move |source| PrivilegeError::Drop { step, source };
+    // SAFETY: geteuid has no preconditions.
+    let switch = unsafe { libc::geteuid() } == 0;
     // SAFETY (all calls below): plain syscalls with valid arguments; the pointers passed are to
     // live locals of the sizes the kernel expects.
     unsafe {
-        if libc::geteuid() == 0 {
+        if switch {
             check(libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0))
                 .map_err(step("PR_SET_KEEPCAPS"))?;
             check(libc::setgroups(0, std::ptr::null())).map_err(step("setgroups"))?;
@@ -142,7 +145,7 @@ pub fn drop_to(account: &Account, caps: &[u32]) -> Result<(), PrivilegeError> {
         check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))
             .map_err(step("PR_SET_NO_NEW_PRIVS"))?;
     }
-    Ok(())
+    Ok(switch)
 }
 
 const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;

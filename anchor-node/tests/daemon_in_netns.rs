@@ -242,6 +242,14 @@ fn the_daemon_sets_up_its_tun_and_nat_receives_and_cleans_up_at_sigterm() {
             .trim(),
         "1"
     );
+    // The egress keeps accepting router advertisements (a SLAAC default route) although IPv6
+    // forwarding is on, and the log says so.
+    assert_eq!(
+        ns.exec_ok(&["cat", "/proc/sys/net/ipv6/conf/eg0/accept_ra"])
+            .trim(),
+        "2"
+    );
+    assert!(daemon.log().contains("set accept_ra = 2 on the egress"));
     let table = ns.exec_ok(&["nft", "list", "table", "inet", "upmt_upmtt0"]);
     assert!(
         table.contains("oifname \"eg0\" ip saddr 10.77.0.0/24 masquerade"),

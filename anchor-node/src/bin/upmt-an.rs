@@ -199,13 +199,13 @@ async fn serve(config: Config, nft: PathBuf, account: Option<privilege::Account>
     match &account {
         Some(account) => {
             let caps = privilege::kept_capabilities(config.listen.port());
-            privilege::drop_to(account, &caps)?;
-            tracing::info!(
-                user = %account.name,
-                uid = account.uid,
-                capabilities = %format!("{:#x}", privilege::capability_mask(&caps)),
-                "dropped privileges"
-            );
+            let capabilities = format!("{:#x}", privilege::capability_mask(&caps));
+            if privilege::drop_to(account, &caps)? {
+                tracing::info!(user = %account.name, uid = account.uid, %capabilities, "dropped privileges");
+            } else {
+                // Started without root (file capabilities): no account to switch from.
+                tracing::info!(%capabilities, "dropped privileges: kept only these capabilities");
+            }
         }
         None => tracing::warn!("user = \"root\": keeping every privilege"),
     }
