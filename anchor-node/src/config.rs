@@ -501,7 +501,7 @@ impl Validator<'_> {
                 file = dir.join(file);
             }
         }
-        let text = std::fs::read_to_string(&file).map_err(|e| {
+        let text = read_key_text(&file).map_err(|e| {
             self.err(
                 f.span(),
                 format!("cannot read private_key_file {}: {e}", file.display()),
@@ -538,6 +538,28 @@ impl Validator<'_> {
             ))
         }
     }
+}
+
+/// The largest private key file read (a key is 44 characters).
+const MAX_KEY_FILE_BYTES: u64 = 4096;
+
+/// Reads a key file the way configs are read: a regular file of bounded size, so `/dev/zero`
+/// or a FIFO is refused instead of read forever.
+fn read_key_text(path: &Path) -> std::io::Result<String> {
+    use std::io::Read as _;
+    let file = std::fs::File::open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let mut text = String::new();
+    file.take(MAX_KEY_FILE_BYTES + 1)
+        .read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_KEY_FILE_BYTES {
+        return Err(std::io::Error::other(format!(
+            "larger than {MAX_KEY_FILE_BYTES} bytes"
+        )));
+    }
+    Ok(text)
 }
 
 /// Why the daemon refuses its private key file.
@@ -990,5 +1012,16 @@ address = "10.77.0.3"
         );
         assert_eq!(msg.lines().count(), 1);
         accepted.expect("a key readable by owner and group only is accepted");
+    }
+
+    #[test]
+    fn a_private_key_file_that_is_not_a_regular_file_is_refused_without_reading_it() {
+        let text = good().replace(
+            &format!("private_key = \"{KEY_A}\""),
+            "private_key_file = \"/dev/zero\"",
+        );
+        let (line, _, msg) = err_of(&text);
+        assert_eq!(line, 2);
+        assert!(msg.contains("/dev/zero: not a regular file"), "{msg}");
     }
 }
