@@ -39,6 +39,8 @@ pub struct Snapshot {
     pub io_errors: u64,
     /// The core's flood-defence, path-validation and queue-bound counters (not drops).
     pub core: CoreStats,
+    /// Packets the nftables isolation rules dropped, per rule (empty when not read).
+    pub isolation_drops: Vec<(&'static str, u64)>,
 }
 
 /// The core's `AnchorStats` plus the limiter's table size, copied out for rendering.
@@ -210,6 +212,20 @@ impl Snapshot {
              # TYPE upmt_core_rate_limited_sources gauge\nupmt_core_rate_limited_sources {}",
             self.core.rate_limited_sources
         );
+        if !self.isolation_drops.is_empty() {
+            out.push_str(
+                "# HELP upmt_isolation_dropped_packets_total Packets from mobile hosts dropped by \
+                 the anchor's isolation rules (its nftables counters), by rule.\n\
+                 # TYPE upmt_isolation_dropped_packets_total counter\n",
+            );
+            for (rule, n) in &self.isolation_drops {
+                let _ = writeln!(
+                    out,
+                    "upmt_isolation_dropped_packets_total{{rule=\"{}\"}} {n}",
+                    escape(rule)
+                );
+            }
+        }
         out
     }
 

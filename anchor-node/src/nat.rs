@@ -62,6 +62,13 @@ pub const PRIVATE_V6: &[&str] = &[
     "ff00::/8",
 ];
 
+/// The isolation rules as metrics label them, with their counters' names.
+pub const ISOLATION_COUNTERS: [(&str, &str); 3] = [
+    ("peer_to_peer", PEER_TO_PEER_COUNTER),
+    ("to_host", TO_HOST_COUNTER),
+    ("private_egress", PRIVATE_EGRESS_COUNTER),
+];
+
 /// Names of the counters on the isolation drops.
 pub const PEER_TO_PEER_COUNTER: &str = "peer_to_peer_dropped";
 /// See [`PEER_TO_PEER_COUNTER`].
@@ -358,6 +365,189 @@ pub fn enable_forwarding(v6: bool, egress: &str) -> Result<(), NatError> {
 const IPV4_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
 const IPV6_FORWARD: &str = "/proc/sys/net/ipv6/conf/all/forwarding";
 
+/// Packets and bytes of one named nftables counter.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CounterValue {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Reads the table's named counters over nfnetlink (NFT_MSG_GETOBJ), for the metrics endpoint.
+/// The socket is opened at setup; the requests need CAP_NET_ADMIN, which the daemon keeps after
+/// dropping to its unprivileged account (running `nft` would not work then: a child of a
+/// non-root process starts without capabilities).
+pub struct CounterReader {
+    fd: std::os::fd::OwnedFd,
+    table: String,
+    seq: std::cell::Cell<u32>,
+}
+
+const NFNL_SUBSYS_NFTABLES: u16 = 10;
+const NFT_MSG_NEWOBJ: u16 = 18;
+const NFT_MSG_GETOBJ: u16 = 19;
+const NFTA_OBJ_TABLE: u16 = 1;
+const NFTA_OBJ_NAME: u16 = 2;
+const NFTA_OBJ_TYPE: u16 = 3;
+const NFTA_OBJ_DATA: u16 = 4;
+const NFT_OBJECT_COUNTER: u32 = 1;
+const NFTA_COUNTER_BYTES: u16 = 1;
+const NFTA_COUNTER_PACKETS: u16 = 2;
+const NLA_TYPE_MASK: u16 = 0x3fff;
+
+impl CounterReader {
+    /// A netlink socket for the counters of `inet table`.
+    pub fn open(table: &str) -> std::io::Result<CounterReader> {
+        use std::os::fd::FromRawFd as _;
+        // SAFETY: socket(2) with constant arguments; the fd is owned right away.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::NETLINK_NETFILTER,
+            )
+        };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: a fresh fd that nothing else owns.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        let timeout = libc::timeval {
+            tv_sec: 1,
+            tv_usec: 0,
+        };
+        // SAFETY: a valid fd and a pointer to a live timeval of its exact size. A counter read
+        // never blocks the event loop for long, even if the kernel did not answer.
+        unsafe {
+            use std::os::fd::AsRawFd as _;
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&raw const timeout).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            );
+        }
+        Ok(CounterReader {
+            fd,
+            table: table.to_owned(),
+            seq: std::cell::Cell::new(0),
+        })
+    }
+
+    /// The current value of counter `name`.
+    pub fn read(&self, name: &str) -> std::io::Result<CounterValue> {
+        use std::os::fd::AsRawFd as _;
+        let seq = self.seq.get().wrapping_add(1);
+        self.seq.set(seq);
+        let request = getobj_request(&self.table, name, seq);
+        // SAFETY: a valid fd and a live buffer of the given length.
+        let sent = unsafe {
+            libc::send(
+                self.fd.as_raw_fd(),
+                request.as_ptr().cast(),
+                request.len(),
+                0,
+            )
+        };
+        if sent < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut buf = [0u8; 4096];
+        loop {
+            // SAFETY: a valid fd and a live buffer of the given length.
+            let n =
+                unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            match parse_getobj_reply(&buf[..n as usize], seq)? {
+                Some(value) => return Ok(value),
+                None => continue, // an answer to an earlier, timed-out request
+            }
+        }
+    }
+}
+
+fn push_attr(out: &mut Vec<u8>, kind: u16, payload: &[u8]) {
+    let len = 4 + payload.len();
+    out.extend_from_slice(&(len as u16).to_ne_bytes());
+    out.extend_from_slice(&kind.to_ne_bytes());
+    out.extend_from_slice(payload);
+    out.resize(out.len().next_multiple_of(4), 0);
+}
+
+fn getobj_request(table: &str, name: &str, seq: u32) -> Vec<u8> {
+    let mut msg = vec![0u8; 16];
+    // nfgenmsg: family inet, version 0, resource id 0.
+    msg.extend_from_slice(&[libc::NFPROTO_INET as u8, 0, 0, 0]);
+    let cstr = |s: &str| {
+        let mut v = s.as_bytes().to_vec();
+        v.push(0);
+        v
+    };
+    push_attr(&mut msg, NFTA_OBJ_TABLE, &cstr(table));
+    push_attr(&mut msg, NFTA_OBJ_NAME, &cstr(name));
+    push_attr(&mut msg, NFTA_OBJ_TYPE, &NFT_OBJECT_COUNTER.to_be_bytes());
+    let len = msg.len() as u32;
+    msg[0..4].copy_from_slice(&len.to_ne_bytes());
+    msg[4..6].copy_from_slice(&(NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETOBJ).to_ne_bytes());
+    msg[6..8].copy_from_slice(&(libc::NLM_F_REQUEST as u16).to_ne_bytes());
+    msg[8..12].copy_from_slice(&seq.to_ne_bytes());
+    msg
+}
+
+/// The counter in a reply to request `seq`; `None` for a message of another request.
+fn parse_getobj_reply(buf: &[u8], seq: u32) -> std::io::Result<Option<CounterValue>> {
+    let bad = |what: &str| std::io::Error::other(format!("nfnetlink reply: {what}"));
+    let u16_at = |b: &[u8], i: usize| b.get(i..i + 2).map(|x| u16::from_ne_bytes([x[0], x[1]]));
+    let u32_at = |b: &[u8], i: usize| {
+        b.get(i..i + 4)
+            .map(|x| u32::from_ne_bytes([x[0], x[1], x[2], x[3]]))
+    };
+    let len = u32_at(buf, 0).ok_or_else(|| bad("truncated header"))? as usize;
+    let kind = u16_at(buf, 4).ok_or_else(|| bad("truncated header"))?;
+    let msg = buf.get(..len).ok_or_else(|| bad("truncated message"))?;
+    if u32_at(msg, 8) != Some(seq) {
+        return Ok(None);
+    }
+    if kind == libc::NLMSG_ERROR as u16 {
+        let errno = u32_at(msg, 16).ok_or_else(|| bad("truncated error"))? as i32;
+        return Err(std::io::Error::from_raw_os_error(-errno));
+    }
+    if kind != (NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWOBJ) {
+        return Err(bad("unexpected message type"));
+    }
+    let data = attrs(&msg[20..])
+        .find(|(t, _)| *t == NFTA_OBJ_DATA)
+        .ok_or_else(|| bad("no object data"))?
+        .1;
+    let mut value = CounterValue::default();
+    for (t, payload) in attrs(data) {
+        let be64 = || {
+            payload
+                .get(..8)
+                .map(|x| u64::from_be_bytes(x.try_into().unwrap_or([0; 8])))
+        };
+        match t {
+            NFTA_COUNTER_PACKETS => value.packets = be64().ok_or_else(|| bad("short packets"))?,
+            NFTA_COUNTER_BYTES => value.bytes = be64().ok_or_else(|| bad("short bytes"))?,
+            _ => {}
+        }
+    }
+    Ok(Some(value))
+}
+
+/// The (type, payload) netlink attributes in `b`.
+fn attrs(mut b: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    std::iter::from_fn(move || {
+        let len = usize::from(u16::from_ne_bytes([*b.first()?, *b.get(1)?]));
+        let kind = u16::from_ne_bytes([*b.get(2)?, *b.get(3)?]) & NLA_TYPE_MASK;
+        let payload = b.get(4..len)?;
+        b = b.get(len.next_multiple_of(4)..).unwrap_or(&[]);
+        Some((kind, payload))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -517,5 +707,37 @@ mod tests {
             assert!(line.contains("oifname != \"upmt0\""), "{line}");
             assert!(line.contains("iifname \"upmt0\""), "{line}");
         }
+    }
+
+    #[test]
+    fn a_counter_request_names_the_table_and_the_counter_and_a_reply_is_decoded() {
+        let req = getobj_request("upmt_upmt0", "to_host_dropped", 7);
+        assert_eq!(
+            u32::from_ne_bytes(req[0..4].try_into().unwrap()) as usize,
+            req.len()
+        );
+        let found: Vec<(u16, Vec<u8>)> = attrs(&req[20..]).map(|(t, p)| (t, p.to_vec())).collect();
+        assert_eq!(found[0], (NFTA_OBJ_TABLE, b"upmt_upmt0\0".to_vec()));
+        assert_eq!(found[1], (NFTA_OBJ_NAME, b"to_host_dropped\0".to_vec()));
+        assert_eq!(found[2], (NFTA_OBJ_TYPE, 1u32.to_be_bytes().to_vec()));
+
+        let mut inner = Vec::new();
+        push_attr(&mut inner, NFTA_COUNTER_BYTES, &300u64.to_be_bytes());
+        push_attr(&mut inner, NFTA_COUNTER_PACKETS, &5u64.to_be_bytes());
+        let mut reply = vec![0u8; 16];
+        reply.extend_from_slice(&[1, 0, 0, 0]);
+        push_attr(&mut reply, NFTA_OBJ_DATA | 0x8000, &inner);
+        let len = reply.len() as u32;
+        reply[0..4].copy_from_slice(&len.to_ne_bytes());
+        reply[4..6].copy_from_slice(&(NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWOBJ).to_ne_bytes());
+        reply[8..12].copy_from_slice(&7u32.to_ne_bytes());
+        assert_eq!(
+            parse_getobj_reply(&reply, 7).unwrap(),
+            Some(CounterValue {
+                packets: 5,
+                bytes: 300
+            })
+        );
+        assert_eq!(parse_getobj_reply(&reply, 8).unwrap(), None);
     }
 }

@@ -2,11 +2,11 @@
 //! missing privilege is one clear line instead of an EPERM from deep inside TUN setup), and the
 //! drop to an unprivileged account once setup is done.
 //!
-//! After setup the daemon only reads and writes file descriptors it already holds (the TUN, the
+//! After setup the daemon reads and writes file descriptors it already holds (the TUN, the
 //! tunnel socket, the metrics listener) and leaves the TUN and the nftables table in place at
-//! exit, so it needs no privilege at all; it keeps CAP_NET_ADMIN (and CAP_NET_BIND_SERVICE for
-//! a port below 1024) as boringtun does, so that work which does need it later (re-creating a
-//! TUN, resizing socket buffers past the sysctl limit) is possible without root. The drop follows
+//! exit (a restart starts as root again). The one privileged thing it still does is read its
+//! table's drop counters over nfnetlink for the metrics, which needs CAP_NET_ADMIN: that, and
+//! CAP_NET_BIND_SERVICE for a port below 1024, is all it keeps, as boringtun does. The drop follows
 //! boringtun: PR_SET_KEEPCAPS, setgroups, setgid, setuid, then capset to exactly the kept set,
 //! with no inheritable or ambient capabilities and PR_SET_NO_NEW_PRIVS, so nothing it could
 //! exec regains more. glibc applies set*id to every thread; capset only to the calling one, so

@@ -321,6 +321,17 @@ fn the_daemon_sets_up_its_tun_and_nat_receives_and_cleans_up_at_sigterm() {
         Some(0),
         "{text}"
     );
+    // The isolation counters are read over netlink by the unprivileged daemon.
+    for rule in ["peer_to_peer", "to_host", "private_egress"] {
+        assert_eq!(
+            metric(
+                &text,
+                &format!("upmt_isolation_dropped_packets_total{{rule=\"{rule}\"}}")
+            ),
+            Some(0),
+            "{text}"
+        );
+    }
     assert!(
         daemon.child.try_wait().expect("try_wait").is_none(),
         "daemon died:\n{}",

@@ -220,6 +220,19 @@ fn by_default_a_mobile_host_reaches_neither_another_host_nor_the_anchors_service
     assert!(counter(&lab, "peer_to_peer_dropped") >= 2);
     assert!(counter(&lab, "to_host_dropped") >= 4);
     assert!(counter(&lab, "private_egress_dropped") >= 2);
+    // The unprivileged anchor reads the same counters for its metrics.
+    let metric = |rule: &str| {
+        upmt.an_metric(&format!(
+            "upmt_isolation_dropped_packets_total{{rule=\"{rule}\"}}"
+        ))
+        .expect("anchor metrics")
+    };
+    assert_eq!(
+        metric("peer_to_peer"),
+        counter(&lab, "peer_to_peer_dropped")
+    );
+    assert!(metric("to_host") >= 4);
+    assert!(metric("private_egress") >= 2);
     // The tunnel itself still works for both hosts (the deployment pinged the anchor through
     // each), and host B is still connected.
     assert!(upmt.mh2.as_ref().is_some_and(ProcHandle::is_running));

@@ -185,6 +185,8 @@ async fn serve(config: Config, nft: PathBuf, account: Option<privilege::Account>
         tracing::info!(table = %spec.table(), "replacing a stale nftables table from an earlier run");
     }
     let guard = nat::NatGuard::install(nft, &spec)?;
+    let counters = nat::CounterReader::open(guard.table())
+        .context("cannot open a netlink socket for the nftables counters")?;
     let isolation = |allowed: bool| if allowed { "allowed" } else { "dropped" };
     tracing::info!(
         peer_to_peer = isolation(config.allow_peer_to_peer),
@@ -224,7 +226,8 @@ async fn serve(config: Config, nft: PathBuf, account: Option<privilege::Account>
         rx
     });
     let anchor = Anchor::new(anchor_config(&config), clock::now());
-    let event_loop = EventLoop::new(anchor, udp, device, config.mtu, scrapes);
+    let event_loop =
+        EventLoop::new(anchor, udp, device, config.mtu, scrapes).with_isolation_counters(counters);
     let result = event_loop.run(shutdown).await;
 
     // The table and the TUN stay whatever ended the loop: removing them would reset every
