@@ -13,15 +13,15 @@ use ipnet::{Ipv4Net, Ipv6Net};
 use serde::Deserialize;
 use toml::Spanned;
 use upmt_proto::keys::{PublicKey, StaticSecret};
+use upmt_sys::config::{ConfigText, line_col, shown};
+
+pub use upmt_sys::config::ConfigError;
 
 /// Where the config lives when `--config` is not given.
 pub const DEFAULT_PATH: &str = "/etc/upmt/an.toml";
 
 /// The account the daemon drops to after setup when the config names none.
 pub const DEFAULT_USER: &str = "nobody";
-
-/// Linux limits interface names to IFNAMSIZ - 1 bytes.
-const MAX_IFNAME: usize = 15;
 
 /// One mobile host allowed to connect.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,8 +57,9 @@ pub struct Config {
     pub allow_private_egress: bool,
     /// The account the daemon runs as after setup ("root" keeps root).
     pub user: String,
-    /// The file the private key was read from: `private_key_file`, or the config itself.
-    pub key_path: PathBuf,
+    /// The private key is written in the config itself (not in `private_key_file`, whose
+    /// mode is checked when it is read).
+    pub key_in_config: bool,
     pub peers: Vec<Peer>,
 }
 
@@ -72,24 +73,6 @@ impl Config {
     pub fn anchor_address6(&self) -> Option<Ipv6Addr> {
         self.subnet6.map(first_host6)
     }
-}
-
-/// Why a config could not be used.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read config {path}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path}:{line}:{col}: {message}")]
-    Invalid {
-        path: PathBuf,
-        line: usize,
-        col: usize,
-        message: String,
-    },
 }
 
 #[derive(Deserialize)]
@@ -126,63 +109,37 @@ struct RawPeer {
     address6: Option<Spanned<String>>,
 }
 
-/// Reads and validates the config at `path`.
+/// Reads and validates the config at `path` (a regular file of at most 16 MiB: `/dev/zero` or
+/// a FIFO is refused before it is read).
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    use std::io::Read as _;
-    let read_err = |source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    };
-    // A config is a regular file of bounded size: `/dev/zero` or a FIFO must not be read
-    // forever, and a directory gets a clearer error than EISDIR.
-    let file = std::fs::File::open(path).map_err(read_err)?;
-    let meta = file.metadata().map_err(read_err)?;
-    if !meta.is_file() {
-        return Err(read_err(std::io::Error::other("not a regular file")));
-    }
-    let mut text = String::new();
-    file.take(MAX_CONFIG_BYTES + 1)
-        .read_to_string(&mut text)
-        .map_err(read_err)?;
-    if text.len() as u64 > MAX_CONFIG_BYTES {
-        return Err(read_err(std::io::Error::other(format!(
-            "larger than {MAX_CONFIG_BYTES} bytes"
-        ))));
-    }
+    // Zeroed after parsing: it may hold `private_key = "..."`.
+    let text = zeroize::Zeroizing::new(upmt_sys::config::read(path)?);
     parse(path, &text)
 }
 
 /// The longest peer name (it lands in logs and metrics labels).
 pub const MAX_PEER_NAME: usize = 64;
 
-/// The largest config file read (room for tens of thousands of peers).
-pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
-
 /// Parses and validates `text` as if read from `path` (which names errors and anchors a
 /// relative `private_key_file`).
 pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-    let v = Validator { path, text };
-    let raw: RawConfig = toml::from_str(text).map_err(|e| {
-        let span = e.span().unwrap_or(0..0);
-        v.err(span, e.message().to_owned())
-    })?;
+    let v = Validator {
+        path,
+        source: ConfigText::new(path, text),
+    };
+    let raw: RawConfig =
+        toml::from_str(text).map_err(|e| v.source.parser_error(e.span(), e.message()))?;
     v.validate(raw)
 }
 
 struct Validator<'a> {
     path: &'a Path,
-    text: &'a str,
+    source: ConfigText<'a>,
 }
 
 impl Validator<'_> {
     fn err(&self, span: Range<usize>, message: String) -> ConfigError {
-        let (line, col) = line_col(self.text, span.start);
-        ConfigError::Invalid {
-            path: self.path.to_owned(),
-            line,
-            col,
-            message,
-        }
+        self.source.error(span, message)
     }
 
     fn validate(&self, raw: RawConfig) -> Result<Config, ConfigError> {
@@ -190,20 +147,16 @@ impl Validator<'_> {
             self.err(
                 raw.listen.span(),
                 format!(
-                    "expected a socket address like \"0.0.0.0:51900\" or \"[::]:51900\", got {:?}",
-                    raw.listen.get_ref()
+                    "expected a socket address like \"0.0.0.0:51900\" or \"[::]:51900\", got {}",
+                    shown(raw.listen.get_ref())
                 ),
             )
         })?;
 
-        let mut key_path = self.path.to_owned();
+        let key_in_config = raw.private_key.is_some();
         let private_key = match (&raw.private_key, &raw.private_key_file) {
             (Some(k), None) => self.key(k, "private_key")?,
-            (None, Some(f)) => {
-                let (key, path) = self.key_file(f)?;
-                key_path = path;
-                key
-            }
+            (None, Some(f)) => self.key_file(f)?,
             (Some(_), Some(f)) => {
                 return Err(self.err(
                     f.span(),
@@ -238,8 +191,8 @@ impl Validator<'_> {
                 self.err(
                     raw.subnet.span(),
                     format!(
-                        "expected an IPv4 network like \"10.77.0.0/24\" (prefix at most /30, no host bits), got {:?}",
-                        raw.subnet.get_ref()
+                        "expected an IPv4 network like \"10.77.0.0/24\" (prefix at most /30, no host bits), got {}",
+                        shown(raw.subnet.get_ref())
                     ),
                 )
             })?;
@@ -254,8 +207,8 @@ impl Validator<'_> {
                         self.err(
                             s.span(),
                             format!(
-                                "expected an IPv6 network like \"fd77::/64\" (prefix at most /126, no host bits), got {:?}",
-                                s.get_ref()
+                                "expected an IPv6 network like \"fd77::/64\" (prefix at most /126, no host bits), got {}",
+                                shown(s.get_ref())
                             ),
                         )
                     })?,
@@ -283,8 +236,8 @@ impl Validator<'_> {
                 self.err(
                     m.span(),
                     format!(
-                        "expected a socket address like \"127.0.0.1:9100\", got {:?}",
-                        m.get_ref()
+                        "expected a socket address like \"127.0.0.1:9100\", got {}",
+                        shown(m.get_ref())
                     ),
                 )
             })?),
@@ -301,8 +254,8 @@ impl Validator<'_> {
                         self.err(
                             d.span(),
                             format!(
-                                "expected the IP address of a DNS resolver like \"9.9.9.9\" (not loopback: the kernel does not route redirected packets there), got {:?}",
-                                d.get_ref()
+                                "expected the IP address of a DNS resolver like \"9.9.9.9\" (not loopback: the kernel does not route redirected packets there), got {}",
+                                shown(d.get_ref())
                             ),
                         )
                     })?,
@@ -399,8 +352,8 @@ impl Validator<'_> {
                     self.err(
                         p.address.span(),
                         format!(
-                            "expected an IPv4 host address inside subnet {subnet} other than the anchor's {anchor4}, got {:?}",
-                            p.address.get_ref()
+                            "expected an IPv4 host address inside subnet {subnet} other than the anchor's {anchor4}, got {}",
+                            shown(p.address.get_ref())
                         ),
                     )
                 })?;
@@ -428,9 +381,9 @@ impl Validator<'_> {
                             self.err(
                                 a.span(),
                                 format!(
-                                    "expected an IPv6 host address inside subnet6 {net6} other than the anchor's {}, got {:?}",
+                                    "expected an IPv6 host address inside subnet6 {net6} other than the anchor's {}, got {}",
                                     first_host6(net6),
-                                    a.get_ref()
+                                    shown(a.get_ref())
                                 ),
                             )
                         })?;
@@ -465,13 +418,13 @@ impl Validator<'_> {
             allow_to_host,
             allow_private_egress: raw.allow_private_egress,
             user,
-            key_path,
+            key_in_config,
             peers,
         })
     }
 
     fn dup(&self, span: Range<usize>, what: &str, peer: &str, first: Range<usize>) -> ConfigError {
-        let (line, col) = line_col(self.text, first.start);
+        let (line, col) = line_col(self.source.text, first.start);
         self.err(
             span,
             format!("duplicate {what} in peer {peer:?}: already used at {line}:{col}"),
@@ -493,83 +446,41 @@ impl Validator<'_> {
         })
     }
 
-    fn key_file(&self, f: &Spanned<String>) -> Result<(StaticSecret, PathBuf), ConfigError> {
-        let mut file = PathBuf::from(f.get_ref());
-        if file.is_relative() {
-            // Relative to the config, so a config directory can be moved as a whole.
-            if let Some(dir) = self.path.parent() {
-                file = dir.join(file);
-            }
-        }
-        let text = read_key_text(&file).map_err(|e| {
-            self.err(
-                f.span(),
-                format!("cannot read private_key_file {}: {e}", file.display()),
-            )
-        })?;
-        let key = text.trim().parse::<StaticSecret>().map_err(|_| {
-            self.err(
-                f.span(),
-                format!(
-                    "expected {} to hold a 32-byte key in standard base64 (as `upmt-an genkey` prints)",
-                    file.display()
-                ),
-            )
-        })?;
-        Ok((key, file))
+    fn key_file(&self, f: &Spanned<String>) -> Result<StaticSecret, ConfigError> {
+        self.source.private_key_file(f.span(), f.get_ref())
     }
 
+    /// An interface name by the kernel's rules that can also stand in the nftables ruleset:
+    /// there it is a quoted string in which `*` is a wildcard and `"` ends the string, and the
+    /// tun's name is part of the table's name, so only letters, digits, '_', '-' and '.' pass.
     fn ifname(&self, s: &Spanned<String>, field: &str) -> Result<String, ConfigError> {
         let name = s.get_ref();
-        let ok = !name.is_empty()
-            && name.len() <= MAX_IFNAME
-            && name.starts_with(|c: char| c.is_ascii_alphabetic())
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
-        if ok {
-            Ok(name.clone())
-        } else {
-            Err(self.err(
+        upmt_sys::ifname::check(name)
+            .map_err(|why| self.err(s.span(), format!("invalid {field}: {why}")))?;
+        if !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        {
+            return Err(self.err(
                 s.span(),
                 format!(
-                    "expected {field} to be an interface name (a letter, then letters, digits, '_', '-' or '.', at most {MAX_IFNAME} bytes), got {name:?}"
+                    "invalid {field}: {} cannot be named in the nftables ruleset: expected an interface name of letters, digits, '_', '-' or '.'",
+                    shown(name)
                 ),
-            ))
+            ));
         }
+        Ok(name.clone())
     }
 }
 
-/// The largest private key file read (a key is 44 characters).
-const MAX_KEY_FILE_BYTES: u64 = 4096;
-
-/// Reads a key file the way configs are read: a regular file of bounded size, so `/dev/zero`
-/// or a FIFO is refused instead of read forever.
-fn read_key_text(path: &Path) -> std::io::Result<String> {
-    use std::io::Read as _;
-    let file = std::fs::File::open(path)?;
-    if !file.metadata()?.is_file() {
-        return Err(std::io::Error::other("not a regular file"));
-    }
-    let mut text = String::new();
-    file.take(MAX_KEY_FILE_BYTES + 1)
-        .read_to_string(&mut text)?;
-    if text.len() as u64 > MAX_KEY_FILE_BYTES {
-        return Err(std::io::Error::other(format!(
-            "larger than {MAX_KEY_FILE_BYTES} bytes"
-        )));
-    }
-    Ok(text)
-}
-
-/// Why the daemon refuses its private key file.
+/// Why the daemon refuses a config that holds its private key.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyFileError {
     #[error(
-        "private key file {path} is readable by others (mode {mode:04o}): run `chmod 600 {path}`"
+        "config {path} holds the private key and is open to group or others (mode {mode:04o}), so the key may be known: run `chmod 600 {path}`"
     )]
-    WorldReadable { path: PathBuf, mode: u32 },
-    #[error("cannot stat private key file {path}")]
+    TooOpen { path: PathBuf, mode: u32 },
+    #[error("cannot stat config {path}")]
     Stat {
         path: PathBuf,
         #[source]
@@ -577,12 +488,15 @@ pub enum KeyFileError {
     },
 }
 
-/// Refuses a key file (the config itself when the key is inline) that any user can read: the
-/// key is the anchor's identity, and anyone holding it can impersonate the anchor to every
-/// mobile host.
+/// Refuses a config that holds the private key inline when group or others can open it, as
+/// `private_key_file` is refused then ([`upmt_sys::keys`]): the key is the anchor's identity,
+/// and anyone holding it can impersonate the anchor to every mobile host.
 pub fn check_key_file_mode(config: &Config) -> Result<(), KeyFileError> {
     use std::os::unix::fs::PermissionsExt as _;
-    let path = &config.key_path;
+    if !config.key_in_config {
+        return Ok(());
+    }
+    let path = &config.path;
     let mode = std::fs::metadata(path)
         .map_err(|source| KeyFileError::Stat {
             path: path.clone(),
@@ -591,8 +505,8 @@ pub fn check_key_file_mode(config: &Config) -> Result<(), KeyFileError> {
         .permissions()
         .mode()
         & 0o7777;
-    if mode & 0o004 != 0 {
-        return Err(KeyFileError::WorldReadable {
+    if mode & upmt_sys::keys::GROUP_OR_OTHER != 0 {
+        return Err(KeyFileError::TooOpen {
             path: path.clone(),
             mode,
         });
@@ -606,16 +520,6 @@ fn first_host4(net: Ipv4Net) -> Ipv4Addr {
 
 fn first_host6(net: Ipv6Net) -> Ipv6Addr {
     Ipv6Addr::from(u128::from(net.network()).wrapping_add(1))
-}
-
-/// 1-based line and column (in characters) of byte `offset` in `text`.
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let offset = offset.min(text.len());
-    let before = text.get(..offset).unwrap_or(text);
-    let line = before.matches('\n').count() + 1;
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    let col = before[line_start..].chars().count() + 1;
-    (line, col)
 }
 
 #[cfg(test)]
@@ -654,8 +558,11 @@ address = "10.77.0.3"
         match parse(Path::new("an.toml"), text) {
             Ok(_) => panic!("config unexpectedly accepted:\n{text}"),
             Err(ConfigError::Invalid {
-                line, col, message, ..
-            }) => (line, col, message),
+                line,
+                column,
+                message,
+                ..
+            }) => (line, column, message),
             Err(e) => panic!("unexpected error kind: {e}"),
         }
     }
@@ -762,9 +669,13 @@ address = "10.77.0.3"
             &format!("private_key = \"{KEY_A}\""),
             "private_key_file = \"/nonexistent/an.key\"",
         );
-        let (line, col, msg) = err_of(&text);
-        assert_eq!((line, col), (2, 20));
-        assert!(msg.contains("/nonexistent/an.key"), "{msg}");
+        match parse(Path::new("an.toml"), &text) {
+            Err(e @ ConfigError::KeyFile { line, column, .. }) => {
+                assert_eq!((line, column), (2, 20));
+                assert!(e.to_string().contains("/nonexistent/an.key"), "{e}");
+            }
+            other => panic!("expected a KeyFile error, got {other:?}"),
+        }
     }
 
     #[test]
@@ -772,6 +683,12 @@ address = "10.77.0.3"
         let dir = std::env::temp_dir().join(format!("upmt-an-cfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("an.key"), format!("{KEY_C}\n")).unwrap();
+        // A key file only its owner can open, as the daemon demands.
+        std::fs::set_permissions(
+            dir.join("an.key"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
         let text = good().replace(
             &format!("private_key = \"{KEY_A}\""),
             "private_key_file = \"an.key\"",
@@ -779,6 +696,52 @@ address = "10.77.0.3"
         let parsed = parse(&dir.join("an.toml"), &text);
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(parsed.expect("valid").private_key.as_bytes(), &[2; 32]);
+    }
+
+    #[test]
+    fn the_config_debug_prints_no_private_key() {
+        let c = parse(
+            Path::new("an.toml"),
+            &good().replace(KEY_A, "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc="),
+        )
+        .unwrap();
+        assert_eq!(c.private_key.as_bytes(), &[7; 32]);
+        let shown = format!("{c:?} {c:#?}");
+        assert!(!shown.contains("BwcHBwcH"), "{shown}");
+        assert!(!shown.contains("7, 7"), "{shown}");
+        assert!(!shown.contains("7,\n"), "{shown}");
+        assert!(shown.contains("redacted"), "{shown}");
+    }
+
+    #[test]
+    fn a_private_key_file_that_is_dev_zero_or_open_to_others_is_refused_at_its_setting() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = std::env::temp_dir().join(format!("upmt-an-cfg-open-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("an.key"), format!("{KEY_C}\n")).unwrap();
+        std::fs::set_permissions(dir.join("an.key"), std::fs::Permissions::from_mode(0o640))
+            .unwrap();
+        let with = |file: &str| {
+            good().replace(
+                &format!("private_key = \"{KEY_A}\""),
+                &format!("private_key_file = \"{file}\""),
+            )
+        };
+        let open = parse(&dir.join("an.toml"), &with("an.key"));
+        let zero = parse(&dir.join("an.toml"), &with("/dev/zero"));
+        std::fs::remove_dir_all(&dir).unwrap();
+        let open = upmt_sys::display_chain(&open.unwrap_err());
+        assert!(
+            open.starts_with(&format!("{}:2:20: ", dir.join("an.toml").display())),
+            "{open}"
+        );
+        assert!(open.contains("mode 0640"), "{open}");
+        assert!(
+            open.contains(&format!("chmod 600 {}", dir.join("an.key").display())),
+            "{open}"
+        );
+        let zero = upmt_sys::display_chain(&zero.unwrap_err());
+        assert!(zero.contains("not a regular file"), "{zero}");
     }
 
     #[test]
@@ -947,19 +910,12 @@ address = "10.77.0.3"
     }
 
     #[test]
-    fn line_col_counts_characters_not_bytes() {
-        assert_eq!(line_col("é = 1\nab", 7), (2, 1));
-        assert_eq!(line_col("é = 1\nab", 8), (2, 2));
-        assert_eq!(line_col("", 5), (1, 1));
-    }
-
-    #[test]
     fn isolation_and_user_default_to_closed_and_nobody_and_are_read_when_given() {
         let c = parse(Path::new("an.toml"), &good()).unwrap();
         assert!(!c.allow_peer_to_peer && !c.allow_private_egress);
         assert!(c.allow_to_host.is_empty());
         assert_eq!(c.user, DEFAULT_USER);
-        assert_eq!(c.key_path, Path::new("an.toml"));
+        assert!(c.key_in_config);
         let text = good().replace(
             "egress = \"eth0\"",
             "egress = \"eth0\"\nallow_peer_to_peer = true\nallow_to_host = [22, 22, 9100]\n\
@@ -987,41 +943,25 @@ address = "10.77.0.3"
     }
 
     #[test]
-    fn a_world_readable_key_file_is_refused_with_the_command_that_fixes_it() {
+    fn a_config_holding_the_key_open_to_others_is_refused_with_the_command_that_fixes_it() {
         use std::os::unix::fs::PermissionsExt as _;
         let dir = std::env::temp_dir().join(format!("upmt-an-mode-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let key = dir.join("an.key");
-        std::fs::write(&key, format!("{KEY_C}\n")).unwrap();
-        let text = good().replace(
-            &format!("private_key = \"{KEY_A}\""),
-            "private_key_file = \"an.key\"",
-        );
-        let c = parse(&dir.join("an.toml"), &text).unwrap();
-        assert_eq!(c.key_path, key);
-        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let path = dir.join("an.toml");
+        std::fs::write(&path, good()).unwrap();
+        let c = parse(&path, &good()).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         let refused = check_key_file_mode(&c).map_err(|e| e.to_string());
-        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         let accepted = check_key_file_mode(&c).map_err(|e| e.to_string());
         std::fs::remove_dir_all(&dir).unwrap();
-        let msg = refused.expect_err("a world-readable key must be refused");
-        assert!(msg.contains("readable by others (mode 0644)"), "{msg}");
+        let msg = refused.expect_err("a world-readable config with the key must be refused");
+        assert!(msg.contains("open to group or others (mode 0644)"), "{msg}");
         assert!(
-            msg.contains(&format!("chmod 600 {}", key.display())),
+            msg.contains(&format!("chmod 600 {}", path.display())),
             "{msg}"
         );
         assert_eq!(msg.lines().count(), 1);
-        accepted.expect("a key readable by owner and group only is accepted");
-    }
-
-    #[test]
-    fn a_private_key_file_that_is_not_a_regular_file_is_refused_without_reading_it() {
-        let text = good().replace(
-            &format!("private_key = \"{KEY_A}\""),
-            "private_key_file = \"/dev/zero\"",
-        );
-        let (line, _, msg) = err_of(&text);
-        assert_eq!(line, 2);
-        assert!(msg.contains("/dev/zero: not a regular file"), "{msg}");
+        accepted.expect("a config readable by its owner only is accepted");
     }
 }

@@ -22,9 +22,10 @@ use tun_rs::AsyncDevice;
 use upmt_proto::anchor::{Anchor, Event};
 use upmt_proto::time::Instant;
 use upmt_proto::{DropReason, HEADER_LEN, TAG_LEN};
+use upmt_sys::clock;
 
 use crate::metrics::{self, CoreStats, PeerSnapshot, Snapshot};
-use crate::{clock, nat};
+use crate::nat;
 
 /// Inputs handled per readiness event before the loop looks at other sources again.
 pub const BATCH: usize = 64;
@@ -381,7 +382,7 @@ impl EventLoop {
             Some((at, why)) => {
                 timer.as_mut().reset(clock::to_tokio(at, now, tnow));
                 *armed = true;
-                *reason = why;
+                *reason = why.as_str();
             }
             None => *armed = false,
         }
@@ -413,7 +414,7 @@ impl EventLoop {
             tun_rx_packets: self.counters.tun_rx,
             tun_tx_packets: self.counters.tun_tx,
             io_errors: self.counters.io_errors,
-            core: CoreStats::from_core(self.anchor.stats(), self.anchor.rate_limited_sources()),
+            core: CoreStats::from_core(&self.anchor.stats(), self.anchor.rate_limited_sources()),
             isolation_drops: self.isolation.as_ref().map_or_else(Vec::new, |reader| {
                 nat::ISOLATION_COUNTERS
                     .iter()

@@ -3,7 +3,7 @@
 //!
 //! It reads the TOML config ([`config`]), creates the TUN ([`tun`]), binds the tunnel socket
 //! ([`udp`]), turns on forwarding and installs its own nftables table ([`nat`]), and runs one
-//! event loop ([`event_loop`]) that feeds the core packets and [`clock`] readings and sends what
+//! event loop ([`event_loop`]) that feeds the core packets and `upmt_sys::clock` readings and sends what
 //! the core hands back. Counters are served by [`metrics`].
 //!
 //! It is restart-safe: the TUN is persistent and the nftables table stays at exit, so a restarted
@@ -13,7 +13,6 @@
 //! It never implements protocol logic (handshakes, crypto, replay, path choice live in the
 //! core) and never touches nftables state outside its own `inet upmt_<tun>` table.
 
-pub mod clock;
 pub mod config;
 pub mod event_loop;
 pub mod metrics;

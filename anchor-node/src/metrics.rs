@@ -1,17 +1,35 @@
-//! Counters for operators and tests: a snapshot type, its Prometheus text rendering, and a tiny
-//! HTTP/1.0 responder that serves it.
+//! Counters for operators and tests: a snapshot type, its rendering in the Prometheus text
+//! format (version 0.0.4, written by `prometheus-client`), and the HTTP endpoint that serves it
+//! (`hyper`, HTTP/1 only).
 //!
 //! The event loop owns the core, so the server never reads counters itself: each scrape sends
 //! a request over a channel and the loop answers with a fresh snapshot between two batches.
-//! The responder serves only `GET /metrics` (and `/`); it never keeps a connection open.
+//! The endpoint serves only `GET /metrics` (and `/`); it answers one request per connection and
+//! never keeps a connection open.
 
+use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _, prometheus_text};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
+
+/// How long one scrape may take, from accept to the last byte (a slow or silent client is cut).
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Counters of one configured peer.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -117,114 +135,12 @@ impl CoreStats {
 impl Snapshot {
     /// Prometheus text exposition format, version 0.0.4.
     pub fn render(&self) -> String {
-        let mut out = String::with_capacity(2048);
-        out.push_str("# HELP upmt_drops_total Packets dropped by the anchor, by reason.\n");
-        out.push_str("# TYPE upmt_drops_total counter\n");
-        for (reason, n) in &self.drops {
-            let _ = writeln!(out, "upmt_drops_total{{reason=\"{}\"}} {n}", escape(reason));
-        }
-        let per_peer: [PeerMetric; 6] = [
-            (
-                "upmt_peer_connected",
-                "gauge",
-                "1 when the peer has a session.",
-                |p| u64::from(p.connected),
-            ),
-            (
-                "upmt_peer_paths",
-                "gauge",
-                "Paths the peer currently has.",
-                |p| p.paths,
-            ),
-            (
-                "upmt_peer_rx_bytes",
-                "counter",
-                "Inner bytes received from the peer.",
-                |p| p.rx_bytes,
-            ),
-            (
-                "upmt_peer_tx_bytes",
-                "counter",
-                "Inner bytes sent to the peer.",
-                |p| p.tx_bytes,
-            ),
-            (
-                "upmt_peer_rx_packets",
-                "counter",
-                "Inner packets received from the peer.",
-                |p| p.rx_packets,
-            ),
-            (
-                "upmt_peer_tx_packets",
-                "counter",
-                "Inner packets sent to the peer.",
-                |p| p.tx_packets,
-            ),
-        ];
-        for (metric, kind, help, get) in per_peer {
-            let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} {kind}");
-            for p in &self.peers {
-                let _ = writeln!(out, "{metric}{{peer=\"{}\"}} {}", escape(&p.name), get(p));
-            }
-        }
-        for (metric, help, v) in [
-            (
-                "upmt_udp_rx_datagrams_total",
-                "Datagrams read from the tunnel socket.",
-                self.udp_rx_datagrams,
-            ),
-            (
-                "upmt_udp_tx_datagrams_total",
-                "Datagrams sent on the tunnel socket.",
-                self.udp_tx_datagrams,
-            ),
-            (
-                "upmt_tun_rx_packets_total",
-                "Packets read from the tun device.",
-                self.tun_rx_packets,
-            ),
-            (
-                "upmt_tun_tx_packets_total",
-                "Packets written to the tun device.",
-                self.tun_tx_packets,
-            ),
-            (
-                "upmt_io_errors_total",
-                "Socket or tun errors other than would-block.",
-                self.io_errors,
-            ),
-        ] {
-            let _ = writeln!(
-                out,
-                "# HELP {metric} {help}\n# TYPE {metric} counter\n{metric} {v}"
-            );
-        }
-        for (name, help, v) in self.core.counters() {
-            let _ = writeln!(
-                out,
-                "# HELP upmt_core_{name}_total {help}\n# TYPE upmt_core_{name}_total counter\n\
-                 upmt_core_{name}_total {v}"
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP upmt_core_rate_limited_sources Source IPs the handshake limiter tracks now.\n\
-             # TYPE upmt_core_rate_limited_sources gauge\nupmt_core_rate_limited_sources {}",
-            self.core.rate_limited_sources
-        );
-        if !self.isolation_drops.is_empty() {
-            out.push_str(
-                "# HELP upmt_isolation_dropped_packets_total Packets from mobile hosts dropped by \
-                 the anchor's isolation rules (its nftables counters), by rule.\n\
-                 # TYPE upmt_isolation_dropped_packets_total counter\n",
-            );
-            for (rule, n) in &self.isolation_drops {
-                let _ = writeln!(
-                    out,
-                    "upmt_isolation_dropped_packets_total{{rule=\"{}\"}} {n}",
-                    escape(rule)
-                );
-            }
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(self.clone()));
+        let mut out = String::with_capacity(4096);
+        // Writing to a String does not fail, and every name and label here is valid.
+        if let Err(e) = prometheus_text::encode(&mut out, &registry) {
+            tracing::warn!(error = %e, "rendering the metrics failed");
         }
         out
     }
@@ -287,16 +203,139 @@ impl Snapshot {
 /// Name, type, help text and accessor of one per-peer series.
 type PeerMetric = (
     &'static str,
-    &'static str,
+    MetricType,
     &'static str,
     fn(&PeerSnapshot) -> u64,
 );
 
-fn escape(label: &str) -> String {
-    label
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// The byte and packet totals only ever grow, but their names (which dashboards and tests use)
+/// predate the `_total` suffix that the encoder gives every counter, so they are untyped.
+const PER_PEER: [PeerMetric; 6] = [
+    (
+        "upmt_peer_connected",
+        MetricType::Gauge,
+        "1 when the peer has a session.",
+        |p| u64::from(p.connected),
+    ),
+    (
+        "upmt_peer_paths",
+        MetricType::Gauge,
+        "Paths the peer currently has.",
+        |p| p.paths,
+    ),
+    (
+        "upmt_peer_rx_bytes",
+        MetricType::Unknown,
+        "Inner bytes received from the peer.",
+        |p| p.rx_bytes,
+    ),
+    (
+        "upmt_peer_tx_bytes",
+        MetricType::Unknown,
+        "Inner bytes sent to the peer.",
+        |p| p.tx_bytes,
+    ),
+    (
+        "upmt_peer_rx_packets",
+        MetricType::Unknown,
+        "Inner packets received from the peer.",
+        |p| p.rx_packets,
+    ),
+    (
+        "upmt_peer_tx_packets",
+        MetricType::Unknown,
+        "Inner packets sent to the peer.",
+        |p| p.tx_packets,
+    ),
+];
+
+/// The snapshot is the collector: the registry asks it for its series at each render, in a
+/// fixed order, so nothing is copied into atomics first.
+impl Collector for Snapshot {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut drops = encoder.encode_descriptor(
+            "upmt_drops",
+            "Packets dropped by the anchor, by reason.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (reason, n) in &self.drops {
+            let labels = [("reason", *reason)];
+            ConstCounter::new(*n).encode(drops.encode_family(&labels)?)?;
+        }
+        for (name, kind, help, get) in PER_PEER {
+            let mut metric = encoder.encode_descriptor(name, help, None, kind)?;
+            for p in &self.peers {
+                let labels = [("peer", p.name.as_str())];
+                // A gauge's encoding is the bare value, right for gauges and untyped series.
+                ConstGauge::new(get(p)).encode(metric.encode_family(&labels)?)?;
+            }
+        }
+        let driver = [
+            (
+                "upmt_udp_rx_datagrams",
+                "Datagrams read from the tunnel socket.",
+                self.udp_rx_datagrams,
+            ),
+            (
+                "upmt_udp_tx_datagrams",
+                "Datagrams sent on the tunnel socket.",
+                self.udp_tx_datagrams,
+            ),
+            (
+                "upmt_tun_rx_packets",
+                "Packets read from the tun device.",
+                self.tun_rx_packets,
+            ),
+            (
+                "upmt_tun_tx_packets",
+                "Packets written to the tun device.",
+                self.tun_tx_packets,
+            ),
+            (
+                "upmt_io_errors",
+                "Socket or tun errors other than would-block.",
+                self.io_errors,
+            ),
+        ];
+        for (name, help, v) in driver {
+            counter(&mut encoder, name, help, v)?;
+        }
+        for (name, help, v) in self.core.counters() {
+            counter(&mut encoder, &format!("upmt_core_{name}"), help, v)?;
+        }
+        let limiter = encoder.encode_descriptor(
+            "upmt_core_rate_limited_sources",
+            "Source IPs the handshake limiter tracks now.",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(self.core.rate_limited_sources).encode(limiter)?;
+        if !self.isolation_drops.is_empty() {
+            let mut isolation = encoder.encode_descriptor(
+                "upmt_isolation_dropped_packets",
+                "Packets from mobile hosts dropped by the anchor's isolation rules (its nftables counters), by rule.",
+                None,
+                MetricType::Counter,
+            )?;
+            for (rule, n) in &self.isolation_drops {
+                let labels = [("rule", *rule)];
+                ConstCounter::new(*n).encode(isolation.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One unlabelled counter; the encoder appends `_total` to `name`.
+fn counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> Result<(), std::fmt::Error> {
+    let metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    ConstCounter::new(value).encode(metric)
 }
 
 /// A scrape asking the event loop for a snapshot.
@@ -320,59 +359,50 @@ pub async fn serve(listener: TcpListener, requests: mpsc::Sender<Request>) {
         };
         let requests = requests.clone();
         tokio::spawn(async move {
-            let r = tokio::time::timeout(Duration::from_secs(5), respond(stream, requests)).await;
-            if !matches!(r, Ok(Ok(()))) {
-                tracing::debug!(%peer, "metrics request failed or timed out");
+            let service = service_fn(move |request| answer(request, requests.clone()));
+            let connection = http1::Builder::new()
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(stream), service);
+            match tokio::time::timeout(SCRAPE_TIMEOUT, connection).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "metrics request failed"),
+                Err(_) => tracing::debug!(%peer, "metrics request timed out"),
             }
         });
     }
 }
 
-async fn respond(
-    mut stream: tokio::net::TcpStream,
+/// Answers one request: the snapshot for `GET /metrics` (or `/`), a short error otherwise.
+async fn answer<B>(
+    request: hyper::Request<B>,
     requests: mpsc::Sender<Request>,
-) -> std::io::Result<()> {
-    let mut buf = [0u8; 2048];
-    let mut len = 0;
-    // Read the request head; the body (there should be none) is ignored.
-    while !buf[..len].windows(4).any(|w| w == b"\r\n\r\n")
-        && !buf[..len].windows(2).any(|w| w == b"\n\n")
-    {
-        if len == buf.len() {
-            break;
-        }
-        let n = stream.read(&mut buf[len..]).await?;
-        if n == 0 {
-            break;
-        }
-        len += n;
-    }
-    let first_line = buf[..len].split(|&b| b == b'\n').next().unwrap_or_default();
-    let mut words = first_line.split(|&b| b == b' ');
-    let method = words.next().unwrap_or_default();
-    let target = words.next().unwrap_or_default();
-    let (status, body) = if method != b"GET" {
-        ("405 Method Not Allowed", String::from("only GET\n"))
-    } else if target != b"/metrics" && target != b"/" {
-        ("404 Not Found", String::from("try /metrics\n"))
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let path = request.uri().path();
+    let (status, body) = if request.method() != Method::GET {
+        (StatusCode::METHOD_NOT_ALLOWED, String::from("only GET\n"))
+    } else if path != "/metrics" && path != "/" {
+        (StatusCode::NOT_FOUND, String::from("try /metrics\n"))
     } else {
         let (tx, rx) = oneshot::channel();
-        if requests.send(tx).await.is_err() {
-            ("503 Service Unavailable", String::from("shutting down\n"))
-        } else {
-            match rx.await {
-                Ok(snapshot) => ("200 OK", snapshot.render()),
-                Err(_) => ("503 Service Unavailable", String::from("shutting down\n")),
-            }
+        let snapshot = match requests.send(tx).await {
+            Ok(()) => rx.await.ok(),
+            Err(_) => None,
+        };
+        match snapshot {
+            Some(snapshot) => (StatusCode::OK, snapshot.render()),
+            None => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                String::from("shutting down\n"),
+            ),
         }
     };
-    let head = format!(
-        "HTTP/1.0 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static(prometheus_text::CONTENT_TYPE),
     );
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body.as_bytes()).await?;
-    stream.shutdown().await
+    Ok(response)
 }
 
 #[cfg(test)]
@@ -475,5 +505,71 @@ mod tests {
         assert!(s.contains("drops: truncated=2"), "{s}");
         assert!(!s.contains("bad_version"), "{s}");
         assert!(s.contains("peer ph\"one up paths 2"), "{s}");
+    }
+
+    /// Sends `request` to the endpoint at `addr` and returns the whole answer.
+    async fn http(addr: SocketAddr, request: &str) -> String {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        stream.write_all(request.as_bytes()).await.expect("send");
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.expect("read");
+        answer
+    }
+
+    #[tokio::test]
+    async fn the_endpoint_serves_a_fresh_snapshot_and_refuses_other_paths_and_methods() {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let (tx, mut rx) = mpsc::channel::<Request>(4);
+        tokio::spawn(serve(listener, tx));
+        // The event loop's part: answer two scrapes with a snapshot, then drop the third's
+        // reply as a loop that is shutting down does.
+        tokio::spawn(async move {
+            let mut scrapes = 0;
+            while let Some(reply) = rx.recv().await {
+                scrapes += 1;
+                if scrapes <= 2 {
+                    let _ = reply.send(sample());
+                }
+            }
+        });
+
+        let ok = http(addr, "GET /metrics HTTP/1.1\r\nHost: an\r\n\r\n").await;
+        assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
+        assert!(
+            ok.contains("content-type: text/plain; version=0.0.4; charset=utf-8\r\n"),
+            "{ok}"
+        );
+        assert!(ok.contains("connection: close\r\n"), "{ok}");
+        assert!(
+            ok.contains("\r\n\r\n# HELP upmt_drops_total ")
+                && ok.contains("upmt_drops_total{reason=\"truncated\"} 2\n"),
+            "{ok}"
+        );
+        let root = http(addr, "GET / HTTP/1.0\r\n\r\n").await;
+        assert!(root.starts_with("HTTP/1.0 200 OK\r\n"), "{root}");
+
+        let missing = http(addr, "GET /nope HTTP/1.1\r\nHost: an\r\n\r\n").await;
+        assert!(
+            missing.starts_with("HTTP/1.1 404 Not Found\r\n"),
+            "{missing}"
+        );
+        assert!(missing.ends_with("\r\n\r\ntry /metrics\n"), "{missing}");
+        let post = http(
+            addr,
+            "POST /metrics HTTP/1.1\r\nHost: an\r\nContent-Length: 0\r\n\r\n",
+        )
+        .await;
+        assert!(
+            post.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"),
+            "{post}"
+        );
+
+        let gone = http(addr, "GET /metrics HTTP/1.1\r\nHost: an\r\n\r\n").await;
+        assert!(
+            gone.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+            "{gone}"
+        );
     }
 }

@@ -1,6 +1,5 @@
-//! Privileges: a check that the daemon holds CAP_NET_ADMIN before it touches the network (so a
-//! missing privilege is one clear line instead of an EPERM from deep inside TUN setup), and the
-//! drop to an unprivileged account once setup is done.
+//! The drop to an unprivileged account once setup is done (the check that the daemon holds
+//! CAP_NET_ADMIN at all is `upmt_sys::caps`).
 //!
 //! After setup the daemon reads and writes file descriptors it already holds (the TUN, the
 //! tunnel socket, the metrics listener) and leaves the TUN and the nftables table in place at
@@ -24,10 +23,6 @@ pub const KEEP_ROOT: &str = "root";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PrivilegeError {
-    #[error(
-        "missing privilege: CAP_NET_ADMIN is required (run as root or grant it with setcap cap_net_admin+ep)"
-    )]
-    NoNetAdmin,
     #[error(
         "no user {0:?} to drop privileges to: create it (useradd --system {0}) or set user = \"root\" to keep root"
     )]
@@ -176,44 +171,9 @@ fn thread_count() -> usize {
     std::fs::read_dir("/proc/self/task").map_or(1, |d| d.count())
 }
 
-/// Fails unless the effective capability set holds CAP_NET_ADMIN.
-pub fn require_net_admin() -> Result<(), PrivilegeError> {
-    match std::fs::read_to_string("/proc/self/status") {
-        Ok(status) if has_net_admin(&status) => Ok(()),
-        Ok(_) => Err(PrivilegeError::NoNetAdmin),
-        // Without /proc we cannot tell; let the operations themselves report.
-        Err(_) => Ok(()),
-    }
-}
-
-fn has_net_admin(status: &str) -> bool {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-        .is_some_and(|caps| caps & (1 << CAP_NET_ADMIN) != 0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn root_capabilities_include_net_admin() {
-        assert!(has_net_admin("Name:\tx\nCapEff:\t000001ffffffffff\n"));
-    }
-
-    #[test]
-    fn an_unprivileged_process_lacks_net_admin() {
-        assert!(!has_net_admin("CapEff:\t0000000000000000\n"));
-        assert!(!has_net_admin("CapEff:\t0000000000000800\n"));
-        assert!(has_net_admin("CapEff:\t0000000000001000\n"));
-    }
-
-    #[test]
-    fn a_status_without_capabilities_counts_as_unprivileged() {
-        assert!(!has_net_admin("Name:\tx\n"));
-    }
 
     #[test]
     fn only_net_admin_is_kept_unless_the_port_is_privileged() {

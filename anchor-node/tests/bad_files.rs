@@ -1,11 +1,13 @@
-//! Bad config files: empty, truncated, wrong types, unknown keys, huge values, binary garbage,
-//! not a regular file. `upmt-an check` and `upmt-an run` refuse each with one clear line and a
+//! Bad config files: the table every daemon runs (`upmt_sys::testing`: empty, truncated, binary
+//! garbage, huge values, a missing file, a directory, `/dev/zero`, a file over 16 MiB) and the
+//! anchor's own cases. `upmt-an check` and `upmt-an run` refuse each with one clear line and a
 //! non-zero status, and `run` leaves nothing behind (no TUN, no nftables table). `run` happens
 //! in a throwaway network namespace (needs root; skipped otherwise).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
+
+use upmt_sys::testing::{self, Case};
 
 const BIN: &str = env!("CARGO_BIN_EXE_upmt-an");
 
@@ -18,10 +20,9 @@ fn good() -> String {
     .replace("upmt0", "upmtbad0")
 }
 
-/// (case name, file bytes, text the error must contain)
-fn cases() -> Vec<(&'static str, Vec<u8>, &'static str)> {
+/// The shared cases, then the anchor's own.
+fn cases() -> Vec<Case> {
     let good = good();
-    let cut = good.find("private_key").expect("key line") + 20;
     let mut many_peers = good.replace("10.77.0.0/24", "10.0.0.0/8");
     for i in 0..100_000u32 {
         let ip = std::net::Ipv4Addr::from(0x0a01_0000 + i);
@@ -33,52 +34,36 @@ fn cases() -> Vec<(&'static str, Vec<u8>, &'static str)> {
             "[[peer]]\nname = \"p{i}\"\npublic_key = \"{key}\"\naddress = \"{ip}\"\n"
         ));
     }
-    vec![
-        ("empty", Vec::new(), ":1:1: missing field"),
-        (
-            "truncated",
-            good.as_bytes()[..cut].to_vec(),
-            "invalid basic string",
-        ),
-        (
+    let with_number = |v: &str| {
+        good.replace(
+            "egress = \"eth0\"",
+            &format!("egress = \"eth0\"\nmtu = {v}"),
+        )
+    };
+    let mut cases = testing::common_cases(&good, "listen", &with_number);
+    cases.extend([
+        Case::new(
             "wrong type",
-            good.replace("listen = \"0.0.0.0:51900\"", "listen = 5")
-                .into_bytes(),
+            good.replace("listen = \"0.0.0.0:51900\"", "listen = 5"),
             ":6:10: invalid type",
         ),
-        (
+        Case::new(
             "unknown key in a peer",
-            good.replace("name = \"laptop\"", "name = \"laptop\"\ncolour = \"red\"")
-                .into_bytes(),
+            good.replace("name = \"laptop\"", "name = \"laptop\"\ncolour = \"red\""),
             "unknown field `colour`",
         ),
-        (
-            "huge mtu",
-            good.replace(
-                "egress = \"eth0\"",
-                "egress = \"eth0\"\nmtu = 1000000000000",
-            )
-            .into_bytes(),
-            "expected u16",
-        ),
-        (
+        Case::new("huge mtu", with_number("1000000000000"), "expected u16"),
+        Case::new(
             "a 10 MB peer name",
             good.replace(
                 "name = \"laptop\"",
                 &format!("name = \"{}\"", "x".repeat(10 << 20)),
-            )
-            .into_bytes(),
+            ),
             "at most 64 bytes",
         ),
-        ("100k peers", many_peers.into_bytes(), ""),
-        (
-            "binary garbage",
-            (0..4096u32)
-                .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-                .collect(),
-            "",
-        ),
-    ]
+        Case::new("100k peers", many_peers, ""),
+    ]);
+    cases
 }
 
 fn base64_of(bytes: &[u8; 32]) -> String {
@@ -101,81 +86,25 @@ fn base64_of(bytes: &[u8; 32]) -> String {
     out
 }
 
-fn dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("upmt-an-bad-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&d).expect("temp dir");
-    d
-}
-
-fn run_with_timeout(cmd: &mut Command, limit: Duration) -> Output {
-    let child = cmd
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let pid = child.id();
-    // Drained on another thread, so a chatty child cannot block on a full pipe.
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(limit) {
-        Ok(out) => out.expect("output"),
-        Err(_) => {
-            // SAFETY: kill has no memory preconditions; the pid is our own unreaped child.
-            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-            panic!("{cmd:?} did not finish within {limit:?}");
-        }
-    }
-}
-
-fn assert_refused(what: &str, path: &Path, out: &Output, must_contain: &str) {
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{what}: accepted\n{err}");
-    assert_eq!(
-        err.trim_end().lines().count(),
-        1,
-        "{what}: not one line:\n{err:.2000}"
-    );
-    assert!(err.len() < 600, "{what}: an error of {} bytes", err.len());
-    assert!(
-        err.contains(&path.display().to_string()),
-        "{what}: no file name: {err}"
-    );
-    assert!(
-        err.contains(must_contain),
-        "{what}: expected {must_contain:?} in {err}"
-    );
-}
-
 #[test]
 fn check_refuses_every_bad_file_with_one_line_naming_the_file() {
-    let d = dir("check");
-    for (what, bytes, needle) in cases() {
+    let d = testing::temp_dir("an-bad-check");
+    for case in cases() {
         let path = d.join("bad.toml");
-        std::fs::write(&path, &bytes).expect("write");
-        let out = run_with_timeout(
-            Command::new(BIN).args(["check", "--config"]).arg(&path),
-            Duration::from_secs(20),
-        );
-        if what == "100k peers" && out.status.success() {
+        std::fs::write(&path, &case.bytes).expect("write");
+        let out = testing::check(BIN, &path);
+        if case.what == "100k peers" && out.status.success() {
             // A big but valid config is allowed; it must only be handled in bounded time.
             continue;
         }
-        assert_refused(what, &path, &out, needle);
+        testing::assert_refused(&case.what, &path, &out, &case.must_contain, case.positioned);
     }
     let _ = std::fs::remove_dir_all(&d);
 }
 
 #[test]
-fn a_config_that_is_not_a_regular_file_is_refused_without_reading_it_forever() {
-    for path in ["/dev/zero", "/tmp"] {
-        let out = run_with_timeout(
-            Command::new(BIN).args(["check", "--config", path]),
-            Duration::from_secs(10),
-        );
-        assert_refused(path, Path::new(path), &out, "");
-    }
+fn a_path_that_is_no_config_file_is_refused_without_reading_it_forever() {
+    testing::assert_check_refuses_what_is_no_config_file(BIN, "an-not-a-file");
 }
 
 fn is_root() -> bool {
@@ -195,25 +124,26 @@ fn run_refuses_bad_files_and_leaves_no_tun_and_no_nft_table() {
         .status()
         .expect("ip");
     assert!(status.success(), "ip netns add");
-    let d = dir("run");
+    let d = testing::temp_dir("an-bad-run");
     let cleanup = || {
         let _ = Command::new("ip").args(["netns", "del", &ns]).status();
         let _ = std::fs::remove_dir_all(&d);
     };
     let result = std::panic::catch_unwind(|| {
-        for (what, bytes, needle) in cases() {
+        for case in cases() {
+            let what = &case.what;
             if what == "100k peers" {
                 continue; // a valid config: `run` would start
             }
             let path = d.join("bad.toml");
-            std::fs::write(&path, &bytes).expect("write");
-            let out = run_with_timeout(
+            std::fs::write(&path, &case.bytes).expect("write");
+            let out = testing::run_with_timeout(
                 Command::new("ip")
                     .args(["netns", "exec", &ns, BIN, "run", "--config"])
                     .arg(&path),
                 Duration::from_secs(20),
             );
-            assert_refused(what, &path, &out, needle);
+            testing::assert_refused(what, &path, &out, &case.must_contain, case.positioned);
             let links = Command::new("ip")
                 .args(["-n", &ns, "-o", "link", "show"])
                 .output()
@@ -239,4 +169,9 @@ fn run_refuses_bad_files_and_leaves_no_tun_and_no_nft_table() {
     if let Err(e) = result {
         std::panic::resume_unwind(e);
     }
+}
+
+#[test]
+fn check_refuses_a_key_file_readable_by_others_naming_the_chmod_that_fixes_it() {
+    testing::assert_check_refuses_an_open_key_file(BIN, &good(), "an-key");
 }

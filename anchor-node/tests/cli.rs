@@ -113,3 +113,8 @@ fn check_reports_a_bad_config_with_file_line_and_column() {
     );
     assert_eq!(err.lines().count(), 1, "{err}");
 }
+
+#[test]
+fn genkey_out_writes_a_new_key_file_of_mode_0600() {
+    upmt_sys::testing::assert_genkey_out_writes_a_0600_file(BIN, "an-genkey");
+}

@@ -484,7 +484,7 @@ fn a_world_readable_key_is_refused_in_one_line_before_anything_is_set_up() {
     let err = stderr(&out);
     assert!(
         err.contains(&format!(
-            "is readable by others (mode 0644): run `chmod 600 {}`",
+            "is open to group or others (mode 0644), so the key may be known: run `chmod 600 {}`",
             config.display()
         )),
         "{err}"

@@ -8,14 +8,18 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use base64::Engine as _;
 use serde::Deserialize;
 use serde_spanned::Spanned;
-use upmt_policy::line_col;
+use upmt_paft::MAX_UPLINKS;
+use upmt_proto::keys::{PublicKey, StaticSecret};
+use upmt_sys::config::{ConfigText, shown};
+use upmt_sys::ifname;
+
+pub use upmt_sys::config::ConfigError;
+pub use upmt_sys::file::MAX_FILE_BYTES;
 
 /// Default SO_MARK of the daemon's own sockets; the routing rules exempt it from the TUN.
 pub const DEFAULT_FWMARK: u32 = 0x5550;
@@ -27,17 +31,10 @@ pub const DEFAULT_TABLE: u32 = 5550;
 pub const DEFAULT_RULE_PRIORITY: u32 = 5550;
 /// Default TUN name.
 pub const DEFAULT_TUN: &str = "upmt0";
-/// Linux interface names hold at most 15 bytes (IFNAMSIZ - 1).
-const IFNAME_MAX: usize = 15;
-/// The largest config or policy file read. Far above any real one; it only stops `/dev/zero`
-/// or a runaway file from being read into memory whole.
-pub const MAX_FILE_BYTES: u64 = 16 << 20;
+/// The longest probe interval, keepalive, path timeout or hold-down the config takes.
+pub const MAX_PROBE_TIME: Duration = Duration::from_secs(3600);
 /// The longest uplink name (it lands in logs, the policy and `upmt status`).
 pub const MAX_UPLINK_NAME: usize = 64;
-/// How many characters of a user-supplied value an error message echoes.
-const SHOWN_CHARS: usize = 64;
-/// How many characters of the TOML parser's own message are kept (it may quote a value).
-const PARSER_MESSAGE_CHARS: usize = 240;
 
 /// A validated configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,9 +42,9 @@ pub struct Config {
     /// The anchor node's UDP endpoint.
     pub anchor: SocketAddr,
     /// The anchor's static public key (X25519, 32 bytes).
-    pub anchor_public_key: [u8; 32],
+    pub anchor_public_key: PublicKey,
     /// This host's static private key (X25519, 32 bytes).
-    pub private_key: [u8; 32],
+    pub private_key: StaticSecret,
     /// Name of the TUN device.
     pub tun: String,
     /// SO_MARK of the daemon's own sockets.
@@ -105,39 +102,6 @@ pub struct UplinkConfig {
     pub path_index: u8,
 }
 
-/// What went wrong reading a configuration.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read config file {path}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    /// The file is not valid, at a known place.
-    #[error("{path}:{line}:{column}: {message}")]
-    Invalid {
-        path: PathBuf,
-        line: usize,
-        column: usize,
-        message: String,
-    },
-    /// The `private_key_file` named in the config could not be read.
-    #[error("{config}: cannot read private_key_file {key_file}")]
-    KeyFileRead {
-        config: PathBuf,
-        key_file: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    /// The `private_key_file` does not hold a key.
-    #[error(
-        "{key_file}: expected one base64 X25519 private key (44 characters, as `upmt genkey` prints)"
-    )]
-    KeyFileInvalid { key_file: PathBuf },
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
@@ -176,29 +140,18 @@ struct RawUplink {
 impl Config {
     /// Reads and validates the file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = read_bounded(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        // Zeroed after parsing: it may hold `private_key = "..."`.
+        let text = zeroize::Zeroizing::new(upmt_sys::config::read(path)?);
         Config::parse(&text, path)
     }
 
     /// Validates `text`, the contents of the file at `path` (used for error messages and to
     /// resolve a relative `private_key_file`).
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let at = |span: Range<usize>, message: String| {
-            let (line, column) = line_col(text, span.start);
-            ConfigError::Invalid {
-                path: path.to_owned(),
-                line,
-                column,
-                message,
-            }
-        };
-        let raw: RawConfig = toml::from_str(text).map_err(|e| {
-            let message = clip(e.message().trim(), PARSER_MESSAGE_CHARS);
-            at(e.span().unwrap_or(0..0), message)
-        })?;
+        let source = ConfigText::new(path, text);
+        let at = |span, message: String| source.error(span, message);
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| source.parser_error(e.span(), e.message()))?;
 
         let anchor: SocketAddr = raw.anchor.get_ref().parse().map_err(|_| {
             at(
@@ -212,7 +165,7 @@ impl Config {
         if anchor.port() == 0 {
             return Err(at(raw.anchor.span(), "anchor port must not be 0".into()));
         }
-        let anchor_public_key = decode_key(raw.anchor_public_key.get_ref()).ok_or_else(|| {
+        let anchor_public_key = raw.anchor_public_key.get_ref().trim().parse::<PublicKey>().map_err(|_| {
             at(
                 raw.anchor_public_key.span(),
                 "invalid anchor_public_key: expected a base64 X25519 public key (44 characters, as `upmt pubkey` prints)".into(),
@@ -220,13 +173,13 @@ impl Config {
         })?;
 
         let private_key = match (&raw.private_key, &raw.private_key_file) {
-            (Some(k), None) => decode_key(k.get_ref()).ok_or_else(|| {
+            (Some(k), None) => k.get_ref().trim().parse::<StaticSecret>().map_err(|_| {
                 at(
                     k.span(),
                     "invalid private_key: expected a base64 X25519 private key (44 characters, as `upmt genkey` prints)".into(),
                 )
             })?,
-            (None, Some(f)) => read_key_file(path, f.get_ref())?,
+            (None, Some(f)) => source.private_key_file(f.span(), f.get_ref())?,
             (Some(_), Some(f)) => {
                 return Err(at(
                     f.span(),
@@ -243,7 +196,7 @@ impl Config {
 
         let tun = match raw.tun {
             Some(t) => {
-                check_ifname(t.get_ref())
+                ifname::check(t.get_ref())
                     .map_err(|why| at(t.span(), format!("invalid tun: {why}")))?;
                 t.into_inner()
             }
@@ -325,10 +278,15 @@ impl Config {
                 "no uplink: expected at least one [[uplink]] with name and interface".into(),
             ));
         }
-        if raw.uplink.len() > usize::from(u8::MAX) + 1 {
+        // The forwarding table keeps per-uplink state for MAX_UPLINKS uplinks only; flows of
+        // an uplink beyond them could never be placed and would be held forever.
+        if let Some(extra) = raw.uplink.get(MAX_UPLINKS) {
             return Err(at(
-                raw.uplink[256].name.span(),
-                "too many uplinks: at most 256".into(),
+                extra.name.span(),
+                format!(
+                    "too many uplinks: the data path supports at most {MAX_UPLINKS}, this is uplink {}",
+                    MAX_UPLINKS + 1
+                ),
             ));
         }
         let mut names = HashSet::new();
@@ -357,7 +315,10 @@ impl Config {
                 ));
             }
             let interface = u.interface.get_ref();
-            check_ifname(interface)
+            // A trailing '*' (`rmnet_data*`, the Qualcomm data interfaces) is accepted as a
+            // pattern; the daemon does not match it against the interfaces present yet, so such
+            // an uplink stays unusable until matching lands.
+            ifname::check_pattern(interface)
                 .map_err(|why| at(u.interface.span(), format!("invalid interface: {why}")))?;
             if interface == &tun {
                 return Err(at(
@@ -381,15 +342,24 @@ impl Config {
 
         let mut probe = ProbeConfig::default();
         if let Some(p) = raw.probe {
-            // Zero would make the core probe in a busy loop or give up on every path at once.
+            // Zero would make the core probe in a busy loop or give up on every path at once;
+            // beyond an hour a path would never be probed or declared down in practice, and a
+            // huge value overflows the core's `Instant + Duration`.
             let positive = |v: Spanned<u64>, name: &str, unit: fn(u64) -> Duration| {
-                if *v.get_ref() == 0 {
+                let value = *v.get_ref();
+                let max = MAX_PROBE_TIME.as_nanos() / unit(1).as_nanos();
+                if value == 0 {
                     Err(at(
                         v.span(),
                         format!("invalid probe.{name}: must be at least 1"),
                     ))
+                } else if u128::from(value) > max {
+                    Err(at(
+                        v.span(),
+                        format!("invalid probe.{name}: must be at most {max} (one hour)"),
+                    ))
                 } else {
-                    Ok(unit(*v.get_ref()))
+                    Ok(unit(value))
                 }
             };
             if let Some(v) = p.active_interval_ms {
@@ -434,7 +404,7 @@ impl Config {
         let Some(path) = &self.policy else {
             return Ok(upmt_policy::Policy::tunnel_everything(&names));
         };
-        let text = read_bounded(path).map_err(|source| PolicyLoadError::Read {
+        let text = upmt_sys::file::read_bounded(path).map_err(|source| PolicyLoadError::Read {
             path: path.clone(),
             source,
         })?;
@@ -456,94 +426,6 @@ pub enum PolicyLoadError {
     /// The file is not a valid policy (the message names file, line and column).
     #[error("invalid policy")]
     Invalid(#[source] upmt_policy::PolicyError),
-}
-
-/// Decodes a standard-base64 32-byte key (the `wg` format).
-pub fn decode_key(text: &str) -> Option<[u8; 32]> {
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(text.trim())
-        .ok()?;
-    bytes.try_into().ok()
-}
-
-fn read_key_file(config: &Path, key_file: &str) -> Result<[u8; 32], ConfigError> {
-    let key_path = Path::new(key_file);
-    let key_path = if key_path.is_relative() {
-        config.parent().unwrap_or(Path::new(".")).join(key_path)
-    } else {
-        key_path.to_owned()
-    };
-    let text = read_bounded(&key_path).map_err(|source| ConfigError::KeyFileRead {
-        config: config.to_owned(),
-        key_file: key_path.clone(),
-        source,
-    })?;
-    decode_key(&text).ok_or(ConfigError::KeyFileInvalid { key_file: key_path })
-}
-
-fn check_ifname(name: &str) -> Result<(), String> {
-    if name.is_empty() {
-        return Err("empty interface name".into());
-    }
-    if name.len() > IFNAME_MAX {
-        return Err(format!(
-            "{} is longer than {IFNAME_MAX} bytes, the kernel's limit",
-            shown(name)
-        ));
-    }
-    if name == "."
-        || name == ".."
-        || name
-            .chars()
-            .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
-    {
-        return Err(format!(
-            "{} is not a valid interface name (no '/', ':', whitespace; not '.' or '..')",
-            shown(name)
-        ));
-    }
-    Ok(())
-}
-
-/// Reads a regular file of at most [`MAX_FILE_BYTES`] as UTF-8 text. A FIFO, a device such as
-/// `/dev/zero` or a directory is refused before anything is read, so `check` cannot hang or
-/// exhaust memory on them.
-fn read_bounded(path: &Path) -> std::io::Result<String> {
-    use std::io::Read as _;
-    let file = std::fs::File::open(path)?;
-    if !file.metadata()?.is_file() {
-        return Err(std::io::Error::other("not a regular file"));
-    }
-    let mut bytes = Vec::new();
-    file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > MAX_FILE_BYTES {
-        return Err(std::io::Error::other(format!(
-            "larger than {MAX_FILE_BYTES} bytes"
-        )));
-    }
-    String::from_utf8(bytes).map_err(|_| {
-        std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            "stream did not contain valid UTF-8",
-        )
-    })
-}
-
-/// `value` quoted for an error message, cut to its first [`SHOWN_CHARS`] characters so a
-/// megabyte-long value gives a short line.
-fn shown(value: &str) -> String {
-    match value.char_indices().nth(SHOWN_CHARS) {
-        Some((cut, _)) => format!("{:?}…", &value[..cut]),
-        None => format!("{value:?}"),
-    }
-}
-
-/// `message` cut to its first `max` characters, with an ellipsis when something was cut.
-fn clip(message: &str, max: usize) -> String {
-    match message.char_indices().nth(max) {
-        Some((cut, _)) => format!("{}…", &message[..cut]),
-        None => message.to_owned(),
-    }
 }
 
 #[cfg(test)]
@@ -676,8 +558,8 @@ mod tests {
     fn a_full_config_parses_with_paths_in_file_order_and_defaults() {
         let c = parse(&good()).expect("valid config");
         assert_eq!(c.anchor, "203.0.113.2:51900".parse().unwrap());
-        assert_eq!(c.anchor_public_key[0..3], [0, 1, 2]);
-        assert_eq!(c.private_key[0..3], [32, 33, 34]);
+        assert_eq!(c.anchor_public_key.as_bytes()[0..3], [0, 1, 2]);
+        assert_eq!(c.private_key.as_bytes()[0..3], [32, 33, 34]);
         assert_eq!(c.tun, "upmt0");
         assert_eq!(c.fwmark, DEFAULT_FWMARK);
         assert_eq!(c.table, DEFAULT_TABLE);
@@ -716,7 +598,7 @@ mod tests {
         )
         .unwrap();
         let e = c.load_policy().unwrap_err();
-        let shown = crate::event_loop::display_chain(&e);
+        let shown = upmt_sys::display_chain(&e);
         assert!(shown.contains("policy.toml:4:"), "{shown}");
         assert!(shown.contains("unknown uplink \"lte\""), "{shown}");
         std::fs::write(dir.join("policy.toml"), "version = 1\n").unwrap();
@@ -803,6 +685,90 @@ mod tests {
         let c = parse(&format!("{}[probe]\nhold_down_ms = 500\n", good())).unwrap();
         assert_eq!(c.probe.hold_down, Duration::from_millis(500));
         assert_eq!(c.probe.path_timeout, ProbeConfig::default().path_timeout);
+    }
+
+    #[test]
+    fn a_probe_timing_over_an_hour_is_refused_at_its_value_and_an_hour_is_taken() {
+        for (key, over, hour) in [
+            ("active_interval_ms", "3600001", "3600000"),
+            ("idle_keepalive_s", "3601", "3600"),
+            ("path_timeout_ms", "3600001", "3600000"),
+            ("hold_down_ms", "18446744073709551615", "3600000"),
+        ] {
+            let (line, column, message) = invalid(&format!("{}[probe]\n{key} = {over}\n", good()));
+            assert_eq!((line, column), (12, key.len() + 4), "{key}");
+            assert!(message.contains(&format!("probe.{key}")), "{message}");
+            assert!(message.contains("at most"), "{message}");
+            let c = parse(&format!("{}[probe]\n{key} = {hour}\n", good())).expect(key);
+            let longest = [
+                c.probe.active_interval,
+                c.probe.idle_keepalive,
+                c.probe.path_timeout,
+                c.probe.hold_down,
+            ];
+            assert!(longest.contains(&MAX_PROBE_TIME), "{key}: {longest:?}");
+        }
+    }
+
+    #[test]
+    fn more_uplinks_than_the_paft_supports_are_refused_at_the_first_extra_one() {
+        let mut text = good();
+        for i in 2..=MAX_UPLINKS {
+            text.push_str(&format!(
+                "[[uplink]]\nname = \"u{i}\"\ninterface = \"eth{i}\"\n"
+            ));
+        }
+        // Uplinks 1 and 2 take lines 5 to 10; each further one three lines.
+        let extra_name_line = 11 + 3 * (MAX_UPLINKS - 2) + 1;
+        let (line, column, message) = invalid(&text);
+        assert_eq!((line, column), (extra_name_line, 8));
+        assert!(message.contains("at most 8"), "{message}");
+        let fits: String = text
+            .lines()
+            .take(extra_name_line - 2)
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert_eq!(parse(&fits).expect("8 uplinks").uplinks.len(), MAX_UPLINKS);
+    }
+
+    #[test]
+    fn the_config_debug_prints_no_private_key() {
+        let c = parse(&good()).unwrap();
+        let shown = format!("{c:?} {c:#?}");
+        assert!(!shown.contains(KEY_B), "{shown}");
+        assert!(!shown.contains("32, 33, 34"), "{shown}");
+        assert!(!shown.contains("32,\n"), "{shown}");
+        assert!(shown.contains("redacted"), "{shown}");
+    }
+
+    #[test]
+    fn a_private_key_file_that_is_dev_zero_or_open_to_others_is_refused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = std::env::temp_dir().join(format!("upmt-mh-config-open-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("mh.key"), format!("{KEY_B}\n")).unwrap();
+        std::fs::set_permissions(dir.join("mh.key"), std::fs::Permissions::from_mode(0o644))
+            .unwrap();
+        let with = |file: &str| {
+            good().replace(
+                &format!("private_key = \"{KEY_B}\""),
+                &format!("private_key_file = \"{file}\""),
+            )
+        };
+        let open = Config::parse(&with("mh.key"), &dir.join("mh.toml"));
+        let zero = Config::parse(&with("/dev/zero"), &dir.join("mh.toml"));
+        std::fs::remove_dir_all(&dir).unwrap();
+        let open = upmt_sys::display_chain(&open.unwrap_err());
+        assert!(
+            open.starts_with(&format!("{}:3:20: ", dir.join("mh.toml").display())),
+            "{open}"
+        );
+        assert!(
+            open.contains(&format!("chmod 600 {}", dir.join("mh.key").display())),
+            "{open}"
+        );
+        let zero = upmt_sys::display_chain(&zero.unwrap_err());
+        assert!(zero.contains("not a regular file"), "{zero}");
     }
 
     #[test]
@@ -896,13 +862,19 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("upmt-mh-config-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("mh.key"), format!("{KEY_B}\n")).unwrap();
+        // A key file only its owner can open, as the daemon demands.
+        std::fs::set_permissions(
+            dir.join("mh.key"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
         let text = good().replace(
             &format!("private_key = \"{KEY_B}\""),
             "private_key_file = \"mh.key\"",
         );
         let result = Config::parse(&text, &dir.join("mh.toml"));
         std::fs::remove_dir_all(&dir).unwrap();
-        assert_eq!(result.expect("valid").private_key[0], 32);
+        assert_eq!(result.expect("valid").private_key.as_bytes()[0], 32);
     }
 
     #[test]
@@ -912,10 +884,10 @@ mod tests {
             "private_key_file = \"/nonexistent/upmt.key\"",
         );
         match parse(&text) {
-            Err(e @ ConfigError::KeyFileRead { .. }) => {
+            Err(e @ ConfigError::KeyFile { .. }) => {
                 assert!(e.to_string().contains("/nonexistent/upmt.key"), "{e}")
             }
-            other => panic!("expected KeyFileRead, got {other:?}"),
+            other => panic!("expected a KeyFile error, got {other:?}"),
         }
     }
 
@@ -924,6 +896,12 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("upmt-mh-config-bad-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("mh.key"), "garbage").unwrap();
+        // A key file only its owner can open, as the daemon demands.
+        std::fs::set_permissions(
+            dir.join("mh.key"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
         let text = good().replace(
             &format!("private_key = \"{KEY_B}\""),
             "private_key_file = \"mh.key\"",
@@ -931,7 +909,13 @@ mod tests {
         let result = Config::parse(&text, &dir.join("mh.toml"));
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(
-            matches!(result, Err(ConfigError::KeyFileInvalid { .. })),
+            matches!(
+                result,
+                Err(ConfigError::KeyFile {
+                    source: upmt_sys::keys::KeyFileError::Invalid,
+                    ..
+                })
+            ),
             "{result:?}"
         );
     }
@@ -1004,6 +988,18 @@ mod tests {
     }
 
     #[test]
+    fn an_uplink_interface_may_end_in_a_star_as_a_pattern() {
+        let c = parse(&good().replace("rmnet_data0", "rmnet_data*")).expect("a pattern uplink");
+        assert_eq!(c.uplinks[1].interface, "rmnet_data*");
+        let (line, _, message) = invalid(&good().replace("rmnet_data0", "*"));
+        assert_eq!(line, 10);
+        assert!(message.contains("every interface"), "{message}");
+        let (line, _, message) = invalid(&good().replace("rmnet_data0", "a b*"));
+        assert_eq!(line, 10);
+        assert!(message.contains("not a valid interface name"), "{message}");
+    }
+
+    #[test]
     fn empty_interface_is_refused() {
         let (_, _, message) = invalid(&good().replace("rmnet_data0", ""));
         assert!(message.contains("empty interface name"), "{message}");
@@ -1014,13 +1010,5 @@ mod tests {
         let e = Config::load(Path::new("/nonexistent/upmt/mh.toml")).unwrap_err();
         assert!(matches!(e, ConfigError::Read { .. }));
         assert!(e.to_string().contains("/nonexistent/upmt/mh.toml"), "{e}");
-    }
-
-    #[test]
-    fn line_col_counts_from_one_in_characters() {
-        assert_eq!(line_col("ab\ncé=x", 0), (1, 1));
-        assert_eq!(line_col("ab\ncé=x", 3), (2, 1));
-        assert_eq!(line_col("ab\ncé=x", 6), (2, 3));
-        assert_eq!(line_col("ab", 99), (1, 3));
     }
 }

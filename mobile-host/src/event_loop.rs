@@ -22,6 +22,7 @@ use upmt_mh_core::api::{ErrorKind, ErrorReply, ReloadReply, Request, Response};
 use upmt_mh_core::{MobileHost, RoutingIntent, Uplinks};
 use upmt_paft::UplinkId;
 use upmt_proto::PathId;
+use upmt_sys::display_chain;
 
 use crate::appid::{self, Worker};
 use crate::config::{Config, PolicyLoadError, UplinkConfig};
@@ -622,16 +623,4 @@ fn enable_src_valid_mark() {
     if let Err(e) = std::fs::write(path, "1") {
         tracing::debug!(error = %e, "could not set src_valid_mark");
     }
-}
-
-/// `error: cause: cause` on one line.
-pub fn display_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }

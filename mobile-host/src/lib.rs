@@ -3,14 +3,13 @@
 //!
 //! It owns everything the core must not do: the TUN device, one UDP socket per uplink (bound to
 //! its interface and marked so it never loops into the TUN), rtnetlink routing (wg-quick's
-//! scheme), the app-lookup thread, the control socket, the `CLOCK_BOOTTIME` clock, signals, and
+//! scheme), the app-lookup thread, the control socket, signals, and
 //! the config file. It never parses or builds protocol messages and never decides anything: it
 //! feeds the core and applies what the core asks for ([`event_loop`], [`setup`]). It needs no
 //! shell tools and no nftables (Android has neither).
 
 pub mod appid;
 pub mod cli;
-pub mod clock;
 pub mod config;
 pub mod control;
 pub mod event_loop;

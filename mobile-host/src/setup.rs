@@ -19,14 +19,14 @@ use crate::routing::TunAddressing;
 
 /// The core's clock reading: CLOCK_BOOTTIME, so time spent suspended counts.
 pub fn now() -> Instant {
-    Instant::from_duration(crate::clock::boottime())
+    Instant::from_duration(upmt_sys::clock::boottime())
 }
 
 /// The core's start for `config` deciding with `policy`.
 pub fn host_config(config: &Config, policy: Policy) -> Result<HostConfig, TooManyUplinks> {
     Ok(HostConfig {
         client: client_config(config),
-        client_seed: crate::clock::unix_nanos(),
+        client_seed: upmt_sys::clock::unix_nanos(),
         anchor: config.anchor,
         uplinks: Uplinks::new(config.uplinks.iter().map(|u| u.name.clone()).collect())?,
         interfaces: config.uplinks.iter().map(|u| u.interface.clone()).collect(),
@@ -40,10 +40,7 @@ pub fn host_config(config: &Config, policy: Policy) -> Result<HostConfig, TooMan
 
 /// The core's config for `config`: keys and the `[probe]` timings.
 pub fn client_config(config: &Config) -> ClientConfig {
-    let mut c = ClientConfig::new(
-        StaticSecret::from_bytes(config.private_key),
-        PublicKey::from_bytes(config.anchor_public_key),
-    );
+    let mut c = ClientConfig::new(config.private_key.clone(), config.anchor_public_key);
     c.probe_interval = config.probe.active_interval;
     c.keepalive = config.probe.idle_keepalive;
     c.path_timeout = config.probe.path_timeout;

@@ -166,7 +166,7 @@ mod tests {
 
     #[tokio::test]
     async fn opening_on_a_missing_interface_says_interface_not_found() {
-        let Some(true) = crate::sys::has_net_admin() else {
+        let Some(true) = upmt_sys::caps::has_net_admin() else {
             // SO_BINDTODEVICE needs CAP_NET_RAW; without it the error is EPERM, not ENODEV.
             return;
         };
@@ -180,7 +180,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_open_socket_on_loopback_is_marked_and_has_big_buffers() {
-        let Some(true) = crate::sys::has_net_admin() else {
+        let Some(true) = upmt_sys::caps::has_net_admin() else {
             return;
         };
         let sock = match open("lo", "127.0.0.1:9".parse().unwrap(), 0x5550) {

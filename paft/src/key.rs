@@ -1,4 +1,5 @@
-//! Flow keys and the allocation-free parse of an IP packet into one.
+//! Flow keys and the allocation-free parse of an IP packet into one: the workspace's only
+//! IPv4/IPv6/TCP/UDP/ICMP header parser (the protocol crate uses it too).
 //!
 //! A [`FlowKey`] is the 5-tuple of a packet as it was sent by the flow's initiator. The
 //! table stores flows under the initiator's key; packets of the other direction are looked
@@ -108,8 +109,27 @@ impl FlowKey {
     }
 }
 
-/// Parses an IPv4 or IPv6 packet into its key and TCP flags. Never allocates or panics.
-pub fn parse_packet(packet: &[u8]) -> Result<PacketMeta, ParseError> {
+/// The IP layer of a packet: addresses, transport protocol and where the transport header is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IpHeader {
+    /// Source address.
+    pub src: IpAddr,
+    /// Destination address.
+    pub dst: IpAddr,
+    /// Transport protocol number (after the IPv6 extension headers).
+    pub proto: u8,
+    /// Offset of the transport header.
+    pub l4_start: usize,
+    /// End of the IP packet (a TUN read may carry trailing padding behind it).
+    pub end: usize,
+    /// False for a fragment other than the first: it carries no transport header.
+    pub first_fragment: bool,
+}
+
+/// Parses the IP layer of an IPv4 or IPv6 packet (lengths checked, IPv6 extension headers
+/// walked). Never allocates or panics. A later fragment is not an error here.
+#[inline]
+pub fn parse_ip(packet: &[u8]) -> Result<IpHeader, ParseError> {
     let first = *packet.first().ok_or(ParseError::Empty)?;
     match first >> 4 {
         4 => parse_v4(packet),
@@ -118,7 +138,45 @@ pub fn parse_packet(packet: &[u8]) -> Result<PacketMeta, ParseError> {
     }
 }
 
-fn parse_v4(p: &[u8]) -> Result<PacketMeta, ParseError> {
+/// Parses an IPv4 or IPv6 packet into its key and TCP flags. Never allocates or panics.
+#[inline]
+pub fn parse_packet(packet: &[u8]) -> Result<PacketMeta, ParseError> {
+    let h = parse_ip(packet)?;
+    if !h.first_fragment {
+        return Err(ParseError::NonFirstFragment);
+    }
+    transport(
+        h.proto,
+        h.src,
+        h.dst,
+        packet.get(h.l4_start..h.end).unwrap_or(&[]),
+    )
+}
+
+/// The key of any IP packet, with ports 0 where the packet does not carry them (a later
+/// fragment, a transport header cut short). For a caller that must not refuse a packet the
+/// strict [`parse_packet`] would: the anchor looks up the peer and checks the source of every
+/// packet, fragments included, and the kernel behind it judges the rest.
+pub fn parse_key_lenient(packet: &[u8]) -> Result<FlowKey, ParseError> {
+    let h = parse_ip(packet)?;
+    let ported = h
+        .first_fragment
+        .then(|| transport(h.proto, h.src, h.dst, packet.get(h.l4_start..h.end)?).ok())
+        .flatten();
+    Ok(ported.map_or(
+        FlowKey {
+            proto: h.proto,
+            src: h.src,
+            dst: h.dst,
+            sport: 0,
+            dport: 0,
+        },
+        |m| m.key,
+    ))
+}
+
+#[inline]
+fn parse_v4(p: &[u8]) -> Result<IpHeader, ParseError> {
     if p.len() < 20 {
         return Err(ParseError::Truncated("ipv4"));
     }
@@ -130,16 +188,17 @@ fn parse_v4(p: &[u8]) -> Result<PacketMeta, ParseError> {
         return Err(ParseError::Truncated("ipv4"));
     }
     let frag_offset = u16::from_be_bytes([p[6], p[7]]) & 0x1fff;
-    if frag_offset != 0 {
-        return Err(ParseError::NonFirstFragment);
-    }
-    let proto = p[9];
-    let src = IpAddr::V4(Ipv4Addr::new(p[12], p[13], p[14], p[15]));
-    let dst = IpAddr::V4(Ipv4Addr::new(p[16], p[17], p[18], p[19]));
-    transport(proto, src, dst, &p[ihl..total])
+    Ok(IpHeader {
+        src: IpAddr::V4(Ipv4Addr::new(p[12], p[13], p[14], p[15])),
+        dst: IpAddr::V4(Ipv4Addr::new(p[16], p[17], p[18], p[19])),
+        proto: p[9],
+        l4_start: ihl,
+        end: total,
+        first_fragment: frag_offset == 0,
+    })
 }
 
-fn parse_v6(p: &[u8]) -> Result<PacketMeta, ParseError> {
+fn parse_v6(p: &[u8]) -> Result<IpHeader, ParseError> {
     if p.len() < 40 {
         return Err(ParseError::Truncated("ipv6"));
     }
@@ -151,6 +210,14 @@ fn parse_v6(p: &[u8]) -> Result<PacketMeta, ParseError> {
     }
     let src = IpAddr::V6(Ipv6Addr::from(octets16(&p[8..24])));
     let dst = IpAddr::V6(Ipv6Addr::from(octets16(&p[24..40])));
+    let header = |proto, l4_start, first_fragment| IpHeader {
+        src,
+        dst,
+        proto,
+        l4_start,
+        end,
+        first_fragment,
+    };
     let mut next = p[6];
     let mut off = 40;
     for _ in 0..MAX_EXT_HEADERS {
@@ -163,13 +230,14 @@ fn parse_v6(p: &[u8]) -> Result<PacketMeta, ParseError> {
                     .ok_or(ParseError::Truncated("ipv6 extension"))?;
                 (usize::from(hdr[1]) + 1) * 8
             }
-            // fragment: fixed 8 bytes; only the first fragment carries ports.
+            // fragment: fixed 8 bytes; only the first fragment carries ports, and what
+            // follows a later one's header is data, not headers.
             44 => {
                 let hdr = p
                     .get(off..off + 8)
                     .ok_or(ParseError::Truncated("ipv6 fragment"))?;
                 if u16::from_be_bytes([hdr[2], hdr[3]]) >> 3 != 0 {
-                    return Err(ParseError::NonFirstFragment);
+                    return Ok(header(hdr[0], off + 8, false));
                 }
                 8
             }
@@ -180,7 +248,7 @@ fn parse_v6(p: &[u8]) -> Result<PacketMeta, ParseError> {
                     .ok_or(ParseError::Truncated("ipv6 ah"))?;
                 (usize::from(hdr[1]) + 2) * 4
             }
-            _ => return transport(next, src, dst, p.get(off..end).unwrap_or(&[])),
+            _ => return Ok(header(next, off, true)),
         };
         next = p[off];
         off += len;

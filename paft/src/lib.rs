@@ -1,6 +1,8 @@
-//! upmt-paft: the per-application forwarding table (PAFT), used by both the mobile host and
-//! the anchor node. It maps a flow's 5-tuple to its app, owner uid, uplink, pinning,
-//! per-uplink counters and conntrack-like expiry state.
+//! upmt-paft: the per-application forwarding table (PAFT) of the mobile host. It maps a flow's
+//! 5-tuple to its app, owner uid, uplink, pinning, per-uplink counters and conntrack-like expiry
+//! state. The anchor node keeps no PAFT (its per-flow downlink path lives in `upmt-proto`'s
+//! anchor core), but the packet parser here is the workspace's only one: `upmt-proto` uses
+//! [`parse_ip`] and [`parse_key_lenient`] for the anchor's flow key and spoofing check.
 //!
 //! It is a pure data structure: it never does IO, never reads a clock and never spawns.
 //! Time comes in as `now: Duration` since an epoch the caller picks (the daemons use their
@@ -29,7 +31,10 @@ mod key;
 mod table;
 mod track;
 
-pub use key::{FlowKey, PacketMeta, ParseError, parse_packet, proto, tcp_flags};
+pub use key::{
+    FlowKey, IpHeader, PacketMeta, ParseError, parse_ip, parse_key_lenient, parse_packet, proto,
+    tcp_flags,
+};
 pub use table::{
     AppId, Config, Counters, Entry, FlowId, InsertError, MAX_UPLINKS, NewFlow, Paft, UnknownFlow,
     UplinkId,

@@ -55,6 +55,19 @@ pub struct FlowKey {
     pub local_port: u16,
 }
 
+impl From<&upmt_paft::FlowKey> for FlowKey {
+    /// The flow of a PAFT key in the direction the mobile host initiated it (its source is the
+    /// mobile host's address): reverse a key read from a packet toward the mobile host first.
+    fn from(key: &upmt_paft::FlowKey) -> Self {
+        FlowKey {
+            protocol: key.proto,
+            remote: key.dst,
+            remote_port: key.dport,
+            local_port: key.sport,
+        }
+    }
+}
+
 /// One control message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ControlMessage {

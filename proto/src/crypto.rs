@@ -1,17 +1,16 @@
 //! Transport keys of one session: in-place ChaCha20-Poly1305 (ring) and the replay window.
 //!
 //! Nonce = 4 zero bytes || counter (u64 LE); associated data = the 16-byte transport header, so
-//! kind, path and indices are authenticated. Sealing and opening work in the caller's buffer:
-//! nothing here allocates.
+//! kind, path, indices and counter are authenticated. Each path numbers its packets in its own
+//! counter space and has its own replay window (see [`crate::replay`] for the layout and the
+//! arithmetic). Sealing and opening work in the caller's buffer: nothing here allocates per
+//! packet (a receive window is made once per path and key).
 
-use crate::replay::ReplayWindow;
+use crate::replay::{MAX_PATH_COUNTER, PathWindows, path_counter};
 use crate::time::Instant;
 use crate::wire::{Kind, TransportHeader, TransportRepr};
 use crate::{DropReason, HEADER_LEN, PathId, SessionIndex, TAG_LEN};
 use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, Tag, UnboundKey};
-
-/// Stop sending on a key well before the counter could wrap (WireGuard's REJECT_AFTER_MESSAGES).
-const MAX_COUNTER: u64 = u64::MAX - (1 << 13);
 
 fn nonce(counter: u64) -> Nonce {
     let mut n = [0u8; 12];
@@ -43,8 +42,9 @@ pub(crate) struct Keypair {
     pub(crate) local_index: SessionIndex,
     /// The peer's index: we put it in the packets we send.
     pub(crate) remote_index: SessionIndex,
-    next_counter: u64,
-    replay: ReplayWindow,
+    /// The next packet number of each path (indexed by path id).
+    next_counters: [u64; 256],
+    replay: PathWindows,
     pub(crate) created: Instant,
 }
 
@@ -61,8 +61,8 @@ impl Keypair {
             recv: key(recv),
             local_index,
             remote_index,
-            next_counter: 0,
-            replay: ReplayWindow::new(),
+            next_counters: [0; 256],
+            replay: PathWindows::new(),
             created,
         }
     }
@@ -83,11 +83,12 @@ impl Keypair {
         if buf.len() < total {
             return Err(DropReason::TooBig);
         }
-        if self.next_counter >= MAX_COUNTER {
+        let next = &mut self.next_counters[usize::from(path.0)];
+        if *next >= MAX_PATH_COUNTER {
             return Err(DropReason::Expired);
         }
-        let counter = self.next_counter;
-        self.next_counter += 1;
+        let counter = path_counter(path.0, *next);
+        *next += 1;
         let repr = TransportRepr {
             kind,
             path,
@@ -155,14 +156,18 @@ mod tests {
 
         let mut flipped = wire;
         flipped[1] ^= 1; // the path id is associated data
-        assert_eq!(b.open(0, &mut flipped[..n]), Err(DropReason::Forged));
+        assert_eq!(
+            b.open(path_counter(3, 0), &mut flipped[..n]),
+            Err(DropReason::Forged)
+        );
 
+        let counter = path_counter(3, 0);
         let mut copy = wire;
-        let r = b.open(0, &mut copy[..n]).unwrap();
+        let r = b.open(counter, &mut copy[..n]).unwrap();
         assert_eq!(&copy[r], b"hello");
 
         let mut again = wire;
-        assert_eq!(b.open(0, &mut again[..n]), Err(DropReason::Replayed));
+        assert_eq!(b.open(counter, &mut again[..n]), Err(DropReason::Replayed));
     }
 
     #[test]

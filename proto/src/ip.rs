@@ -1,146 +1,37 @@
-//! Small pure helpers over inner IP packets: header parsing and TCP MSS clamping.
+//! Small pure helpers over inner IP packets: the lenient 5-tuple parse the anchor uses, and TCP
+//! MSS clamping.
 //!
-//! Both work on a borrowed packet as read from or written to a TUN, never allocate, and never
-//! panic on truncated or garbage input: anything they cannot make sense of is `None` / `false`.
+//! Header parsing itself is the PAFT's ([`upmt_paft::parse_ip`], [`upmt_paft::parse_packet`]):
+//! one parser for the workspace, in the crate whose key it produces. This crate depends on
+//! `upmt-paft` rather than the other way round because the table is a leaf with no crypto and no
+//! IO, which the mobile host's per-packet path wants small, while the anchor needs a parser for
+//! its spoofing check and flow key.
+//!
+//! Both helpers work on a borrowed packet as read from or written to a TUN, never allocate, and
+//! never panic on truncated or garbage input: anything they cannot make sense of is `None` /
+//! `false`.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+pub use upmt_paft::FlowKey as PacketKey;
+use upmt_paft::{parse_ip, parse_key_lenient};
 
 /// IP protocol number of ICMP.
-pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_ICMP: u8 = upmt_paft::proto::ICMP;
 /// IP protocol number of TCP.
-pub const PROTO_TCP: u8 = 6;
+pub const PROTO_TCP: u8 = upmt_paft::proto::TCP;
 /// IP protocol number of UDP.
-pub const PROTO_UDP: u8 = 17;
+pub const PROTO_UDP: u8 = upmt_paft::proto::UDP;
 /// IP protocol number of ICMPv6.
-pub const PROTO_ICMPV6: u8 = 58;
+pub const PROTO_ICMPV6: u8 = upmt_paft::proto::ICMPV6;
 
-/// What the cores and daemons need to know about an inner packet.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct PacketInfo {
-    /// Source address.
-    pub src: IpAddr,
-    /// Destination address.
-    pub dst: IpAddr,
-    /// Transport protocol number (after IPv6 extension headers, when they could be skipped).
-    pub protocol: u8,
-    /// Source port (TCP/UDP), ICMP echo identifier, or 0.
-    pub src_port: u16,
-    /// Destination port (TCP/UDP), ICMP echo identifier, or 0.
-    pub dst_port: u16,
-}
-
-/// Where the transport header starts, and whether this packet carries it (not a later fragment).
-pub(crate) struct Layout {
-    pub(crate) src: IpAddr,
-    pub(crate) dst: IpAddr,
-    pub(crate) protocol: u8,
-    pub(crate) transport: usize,
-    pub(crate) first_fragment: bool,
+/// The 5-tuple of an inner IPv4 or IPv6 packet in its own direction; `None` if it is not one.
+/// Ports are 0 when the packet is a later fragment or too short to hold them (see
+/// [`upmt_paft::parse_key_lenient`]).
+pub fn parse(packet: &[u8]) -> Option<PacketKey> {
+    parse_key_lenient(packet).ok()
 }
 
 fn be16(b: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_be_bytes([*b.get(at)?, *b.get(at + 1)?]))
-}
-
-pub(crate) fn layout(p: &[u8]) -> Option<Layout> {
-    match p.first()? >> 4 {
-        4 => {
-            if p.len() < 20 {
-                return None;
-            }
-            let ihl = usize::from(p[0] & 0x0f) * 4;
-            if ihl < 20 || p.len() < ihl {
-                return None;
-            }
-            let frag_offset = be16(p, 6)? & 0x1fff;
-            Some(Layout {
-                src: IpAddr::V4(Ipv4Addr::new(p[12], p[13], p[14], p[15])),
-                dst: IpAddr::V4(Ipv4Addr::new(p[16], p[17], p[18], p[19])),
-                protocol: p[9],
-                transport: ihl,
-                first_fragment: frag_offset == 0,
-            })
-        }
-        6 => {
-            if p.len() < 40 {
-                return None;
-            }
-            let mut src = [0u8; 16];
-            src.copy_from_slice(&p[8..24]);
-            let mut dst = [0u8; 16];
-            dst.copy_from_slice(&p[24..40]);
-            let mut next = p[6];
-            let mut at = 40usize;
-            let mut first_fragment = true;
-            // A bounded walk: a packet cannot hold more than a handful of extension headers that
-            // matter, and a loop bound keeps garbage from costing more than that.
-            for _ in 0..8 {
-                match next {
-                    0 | 43 | 60 => {
-                        next = *p.get(at)?;
-                        at += (usize::from(*p.get(at + 1)?) + 1) * 8;
-                    }
-                    44 => {
-                        next = *p.get(at)?;
-                        first_fragment = be16(p, at + 2)? & 0xfff8 == 0;
-                        at += 8;
-                    }
-                    _ => break,
-                }
-            }
-            Some(Layout {
-                src: IpAddr::V6(Ipv6Addr::from(src)),
-                dst: IpAddr::V6(Ipv6Addr::from(dst)),
-                protocol: next,
-                transport: at,
-                first_fragment,
-            })
-        }
-        _ => None,
-    }
-}
-
-/// Parses an inner IPv4 or IPv6 packet; `None` if it is not one. Ports are 0 when the packet is
-/// a later fragment or too short to hold them.
-pub fn parse(packet: &[u8]) -> Option<PacketInfo> {
-    let l = layout(packet)?;
-    let t = l.transport;
-    let (src_port, dst_port) = if !l.first_fragment {
-        (0, 0)
-    } else {
-        match l.protocol {
-            PROTO_TCP | PROTO_UDP => (
-                be16(packet, t).unwrap_or(0),
-                be16(packet, t + 2).unwrap_or(0),
-            ),
-            // Echo request/reply: the identifier plays the role of a port for both directions.
-            PROTO_ICMP | PROTO_ICMPV6 => match packet.get(t) {
-                Some(0 | 8 | 128 | 129) => {
-                    let id = be16(packet, t + 4).unwrap_or(0);
-                    (id, id)
-                }
-                _ => (0, 0),
-            },
-            _ => (0, 0),
-        }
-    };
-    Some(PacketInfo {
-        src: l.src,
-        dst: l.dst,
-        protocol: l.protocol,
-        src_port,
-        dst_port,
-    })
-}
-
-/// The source address of an IP packet, cheaper than a full [`parse`].
-pub fn source(packet: &[u8]) -> Option<IpAddr> {
-    layout(packet).map(|l| l.src)
-}
-
-/// The destination address of an IP packet.
-pub fn destination(packet: &[u8]) -> Option<IpAddr> {
-    layout(packet).map(|l| l.dst)
 }
 
 /// One's-complement update of a checksum for a 16-bit word changing from `old` to `new`
@@ -156,13 +47,13 @@ fn checksum_update(sum: u16, old: u16, new: u16) -> u16 {
 /// Lowers the MSS option of a TCP SYN to `max_mss` and fixes the TCP checksum (IPv4 and IPv6).
 /// Returns true if the packet changed. Any other packet is left alone.
 pub fn clamp_tcp_mss(packet: &mut [u8], max_mss: u16) -> bool {
-    let Some(l) = layout(packet) else {
+    let Ok(l) = parse_ip(packet) else {
         return false;
     };
-    if l.protocol != PROTO_TCP || !l.first_fragment {
+    if l.proto != PROTO_TCP || !l.first_fragment {
         return false;
     }
-    let t = l.transport;
+    let t = l.l4_start;
     let Some(tcp) = packet.get(t..t + 20) else {
         return false;
     };
@@ -219,6 +110,7 @@ pub fn clamp_tcp_mss(packet: &mut [u8], max_mss: u16) -> bool {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
     fn sum16(data: &[u8], mut acc: u32) -> u32 {
         for c in data.chunks(2) {
@@ -241,8 +133,8 @@ mod tests {
 
     /// Full TCP checksum with the pseudo header, to check the incremental update against.
     fn tcp_checksum(p: &[u8]) -> u16 {
-        let l = layout(p).unwrap();
-        let seg = &p[l.transport..];
+        let l = parse_ip(p).unwrap();
+        let seg = &p[l.l4_start..l.end];
         let mut acc = 0u32;
         match (l.src, l.dst) {
             (IpAddr::V4(s), IpAddr::V4(d)) => {
@@ -301,10 +193,7 @@ mod tests {
         let i = parse(&p).unwrap();
         assert_eq!(i.src, IpAddr::V4(Ipv4Addr::new(10, 9, 0, 2)));
         assert_eq!(i.dst, IpAddr::V4(Ipv4Addr::new(93, 184, 216, 34)));
-        assert_eq!(
-            (i.protocol, i.src_port, i.dst_port),
-            (PROTO_TCP, 0xc001, 443)
-        );
+        assert_eq!((i.proto, i.sport, i.dport), (PROTO_TCP, 0xc001, 443));
     }
 
     #[test]
@@ -312,10 +201,7 @@ mod tests {
         let p = syn(true, &[2, 4, 0x05, 0xb4]);
         let i = parse(&p).unwrap();
         assert_eq!(i.src, "fd00::2".parse::<IpAddr>().unwrap());
-        assert_eq!(
-            (i.protocol, i.src_port, i.dst_port),
-            (PROTO_TCP, 0xc001, 443)
-        );
+        assert_eq!((i.proto, i.sport, i.dport), (PROTO_TCP, 0xc001, 443));
     }
 
     #[test]
@@ -325,7 +211,7 @@ mod tests {
         ];
         p.extend_from_slice(&[8, 0, 0, 0, 0x12, 0x34, 0, 1]);
         let i = parse(&p).unwrap();
-        assert_eq!((i.src_port, i.dst_port), (0x1234, 0x1234));
+        assert_eq!((i.sport, i.dport), (0x1234, 0x1234));
     }
 
     #[test]

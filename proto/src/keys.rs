@@ -1,13 +1,16 @@
 //! Static X25519 keys: the identities of mobile hosts and anchors.
 //!
 //! Text form is standard base64 of the 32 bytes (44 characters), as in WireGuard, so keys can be
-//! pasted between config files. A secret's `Debug` never prints the key. Nothing here touches the
-//! filesystem; loading and file permissions are the daemons' job.
+//! pasted between config files. A secret's `Debug` never prints the key, and its bytes (and the
+//! scratch copies made while decoding or printing it) are zeroed when dropped. Nothing here
+//! touches the filesystem; loading and file permissions are the daemons' job.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use core::fmt;
 use core::str::FromStr;
+
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 /// Why a key string was refused.
 #[derive(Debug, thiserror::Error)]
@@ -24,10 +27,10 @@ pub enum KeyError {
 }
 
 fn decode32(s: &str) -> Result<[u8; 32], KeyError> {
-    let mut out = [0u8; 33];
+    let mut out = Zeroizing::new([0u8; 33]);
     // Decoding into a 33-byte slice lets a 33-byte key report its length instead of overflowing.
     let n = STANDARD
-        .decode_slice(s.trim(), &mut out)
+        .decode_slice(s.trim(), &mut out[..])
         .map_err(|e| match e {
             base64::DecodeSliceError::DecodeError(e) => KeyError::Base64(e),
             base64::DecodeSliceError::OutputSliceTooSmall => {
@@ -42,8 +45,9 @@ fn decode32(s: &str) -> Result<[u8; 32], KeyError> {
     Ok(k)
 }
 
-/// An X25519 private key.
-#[derive(Clone, PartialEq, Eq)]
+/// An X25519 private key. Its bytes are zeroed when it is dropped; a clone is a second copy
+/// that is zeroed on its own drop.
+#[derive(Clone, PartialEq, Eq, Zeroize, ZeroizeOnDrop)]
 pub struct StaticSecret([u8; 32]);
 
 impl StaticSecret {
@@ -80,7 +84,12 @@ impl fmt::Debug for StaticSecret {
 /// Base64 of the secret: only for writing key files, never for logs.
 impl fmt::Display for StaticSecret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&STANDARD.encode(self.0))
+        // Encoded on the stack and zeroed after, so no heap copy of the key outlives the call.
+        let mut text = Zeroizing::new([0u8; 44]);
+        let n = STANDARD
+            .encode_slice(self.0, &mut text[..])
+            .map_err(|_| fmt::Error)?;
+        f.write_str(core::str::from_utf8(&text[..n]).map_err(|_| fmt::Error)?)
     }
 }
 
@@ -163,6 +172,36 @@ mod tests {
         let dbg = format!("{s:?}");
         assert!(!dbg.contains(&s.to_string()));
         assert!(dbg.contains("redacted"));
+    }
+
+    #[test]
+    fn a_secret_inside_a_struct_debug_prints_no_key_bytes() {
+        #[derive(Debug)]
+        #[allow(dead_code)]
+        struct Holder {
+            key: StaticSecret,
+        }
+        let s = StaticSecret::from_bytes([0xab; 32]);
+        let dbg = format!("{:?} {:#?}", Holder { key: s.clone() }, s);
+        assert!(!dbg.contains(&s.to_string()), "{dbg}");
+        assert!(!dbg.contains("171"), "no decimal byte list: {dbg}");
+        assert!(!dbg.to_lowercase().contains("abab"), "no hex: {dbg}");
+    }
+
+    #[test]
+    fn a_zeroized_secret_holds_no_key_bytes() {
+        let mut s = StaticSecret::from_bytes([0xab; 32]);
+        s.zeroize();
+        assert_eq!(s.as_bytes(), &[0; 32]);
+    }
+
+    #[test]
+    fn display_of_a_secret_is_its_44_character_base64() {
+        let s = StaticSecret::from_bytes([1; 32]);
+        assert_eq!(
+            s.to_string(),
+            "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE="
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@
 //!    `encapsulate` for every packet read from the TUN;
 //! 2. drain `poll_transmit` until it returns `None`, sending each datagram;
 //! 3. drain `poll_event` until it returns `None`;
-//! 4. re-arm one timer at `poll_timeout`.
+//! 4. re-arm one timer at `poll_timeout` (it also names the [`timer::Timer`] that is due, for logs).
 //!
 //! Drops: a core counts every datagram it drops in its own [`DropCounters`] (see `drops()`) and
 //! returns the [`DropReason`]; drivers only log it, they must not count it again.
@@ -27,8 +27,12 @@ pub mod cookie;
 pub mod fuzzing;
 pub mod ip;
 pub mod keys;
+pub mod queue;
 pub mod replay;
+#[doc(hidden)]
+pub mod sim;
 pub mod time;
+pub mod timer;
 pub mod wire;
 
 mod crypto;

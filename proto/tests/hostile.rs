@@ -240,6 +240,44 @@ fn a_full_transmit_queue_is_counted_and_answers_nothing_more() {
 }
 
 #[test]
+fn a_peer_moving_flows_nonstop_is_obeyed_but_raises_a_bounded_number_of_events() {
+    let mut pair = connected_pair(&[5, 5]);
+    pair.anchor_events.clear();
+    let moves = 300u16;
+    for i in 0..moves {
+        let flow = upmt_proto::control::FlowKey {
+            protocol: 17,
+            remote: CH_V4.into(),
+            remote_port: 443,
+            local_port: 8000 + i,
+        };
+        pair.client.move_flows(&[flow], P1, pair.now);
+        pair.flush();
+        pair.run_for(Duration::from_millis(1));
+    }
+    // Soon enough that the moved-to path is still fresh at the anchor.
+    pair.run_for(Duration::from_millis(200));
+    assert_eq!(pair.client.pending_signals(), 0, "every move was acked");
+    let raised = pair
+        .anchor_events
+        .iter()
+        .filter(|e| matches!(e, anchor::Event::FlowMoved { .. }))
+        .count() as u64;
+    // 300 ms of moves: the burst plus three refills at most.
+    let budget = u64::from(anchor::SIGNAL_EVENT_BURST)
+        + 300 / anchor::SIGNAL_EVENT_REFILL.as_millis() as u64;
+    assert!(raised <= budget, "{raised} events for {moves} moves");
+    assert!(raised >= u64::from(anchor::SIGNAL_EVENT_BURST));
+    assert_eq!(
+        raised + pair.anchor.stats().signal_events_suppressed,
+        u64::from(moves)
+    );
+    // The moves themselves all took effect, the last ones included.
+    assert_eq!(pair.anchor_send(&down(8000 + moves - 1, 1)), Ok(P1));
+    assert_eq!(pair.anchor_send(&down(8000, 2)), Ok(P1));
+}
+
+#[test]
 fn captured_packets_raced_from_alternating_addresses_earn_one_challenge_per_resend_interval() {
     let mut pair = connected_pair(&[20]);
     let real = pair.links[0].addr;

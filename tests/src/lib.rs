@@ -5,18 +5,18 @@
 //! (`an`) and a correspondent host (`ch`) — with IPv4 and IPv6 everywhere (addresses in
 //! [`topology`]). Tests run programs in a namespace ([`Host::run`], [`Host::spawn`] with a chosen
 //! `argv[0]`), start servers on the CH ([`Lab::start_http_server`],
-//! [`Lab::start_iperf3_server`]), and measure which uplink carried what ([`Host::link_counters`],
-//! [`Lab::whoami_via`]) while disturbing links ([`Host::set_link`], [`Host::blackhole`],
-//! [`Host::tbf`]).
+//! [`Lab::start_iperf3_server`]), download from it with curl ([`Lab::download`]: sha256, curl's
+//! figures and interface counters), and measure which uplink carried what
+//! ([`Host::link_counters`], [`Lab::whoami_via`]) while disturbing links ([`Host::set_link`],
+//! [`Host::blackhole`], [`Host::tbf`]).
 //!
 //! ```no_run
 //! use upmt_tests::{Family, Lab};
 //! let lab = Lab::new("curl_download")?;
 //! let http = lab.start_http_server()?;
-//! let before = lab.mh().link_counters("wifi")?;
-//! lab.mh().run(&["curl", "-sS", "-o", "/dev/null", &http.url(Family::V4, "big.bin")])?;
-//! let used = lab.mh().link_counters("wifi")?.since(&before);
-//! assert!(used.rx_bytes > 32 * 1024 * 1024);
+//! let got = lab.download("big.bin").family(Family::V4).count("wifi").run()?;
+//! assert_eq!(got.sha256.as_deref(), http.sha256("big.bin"));
+//! assert!(got.counters("wifi").rx_bytes > 32 * 1024 * 1024);
 //! # Ok::<(), upmt_tests::LabError>(())
 //! ```
 //!
@@ -28,6 +28,7 @@
 
 pub mod bins;
 pub mod deploy;
+pub mod download;
 pub mod error;
 pub mod exec;
 pub mod lab;
@@ -38,6 +39,7 @@ pub mod topology;
 
 pub use bins::bin_path;
 pub use deploy::{DeployOptions, Deployment};
+pub use download::{Download, Downloaded, RunningDownload};
 pub use error::{LabError, Result};
 pub use lab::{Cmd, Host, Lab, Role, check_environment, list_namespaces, sweep_stale};
 pub use measure::{LinkCounters, NftCounter, sha256_bytes, sha256_file, wait_for};

@@ -5,14 +5,15 @@
 //! file:line:col and the old policy stays; a non-root user is refused. Needs root; each test
 //! builds its own lab.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use upmt_tests::topology::{MH_CELL_IF, MH_WIFI_IF};
 use upmt_tests::{
-    BIG_FILE_SIZE, DeployOptions, Deployment, Family, Lab, MID_FILE_SIZE, bin_path, sha256_file,
+    BIG_FILE_SIZE, DeployOptions, Deployment, Downloaded, Lab, MID_FILE_SIZE, RunningDownload,
+    bin_path,
 };
 
 /// The app name the downloads run under (argv[0], as `exec -a` sets it).
@@ -71,7 +72,7 @@ fn deploy(lab: &Lab) -> Setup<'_> {
     }
 }
 
-impl Setup<'_> {
+impl<'a> Setup<'a> {
     /// Runs `upmt --socket S ARGS` in the MH's namespace, whatever its exit status.
     fn upmt(&self, args: &[&str]) -> Output {
         let bin = bin_path("upmt").expect("the upmt binary (cargo build --workspace --bins)");
@@ -148,24 +149,22 @@ impl Setup<'_> {
         }
     }
 
-    /// Starts curl under [`APP`] downloading `name` to a file in the lab's directory.
-    fn start_download(&self, url: &str, out: &Path) -> upmt_tests::ProcHandle {
+    /// Starts curl under [`APP`] downloading the served file `name`.
+    fn start_download(&self, name: &str) -> RunningDownload<'a> {
         self.lab
-            .mh()
-            .command(&[
-                "curl",
-                "-sS",
-                "--fail",
-                "--max-time",
-                "60",
-                "-o",
-                out.to_str().expect("utf-8 path"),
-                url,
-            ])
-            .argv0(APP)
+            .download(name)
+            .app(APP)
+            .max_time(Duration::from_secs(60))
             .label("curl")
-            .spawn()
+            .start()
             .expect("starting curl")
+    }
+
+    /// Waits for a download to end and asserts that curl succeeded.
+    fn finish(&self, curl: RunningDownload<'_>, timeout: Duration) -> Downloaded {
+        let got = curl.wait(timeout).expect("curl's result");
+        assert!(got.success(), "curl: {}\n{}", got.log, self.upmt.logs());
+        got
     }
 }
 
@@ -216,8 +215,7 @@ fn a_download_moved_from_wifi_to_cell_finishes_intact_in_the_same_connection() {
     let http = lab.start_http_server().expect("http server");
     // 32 MiB at 40 Mbit/s: about 7 s.
     s.rate_limit(40_000_000);
-    let out = lab.dir().join("moved.bin");
-    let curl = s.start_download(&http.url(Family::V4, "big.bin"), &out);
+    let curl = s.start_download("big.bin");
 
     let flow = s.wait_flows(APP, 1).remove(0);
     assert_eq!(flow["uplink"], "wifi", "{flow}");
@@ -249,12 +247,8 @@ fn a_download_moved_from_wifi_to_cell_finishes_intact_in_the_same_connection() {
     .unwrap_or_else(|e| panic!("{e}\n{}", s.upmt.logs()));
 
     // curl exits 0 only if its one connection delivered the whole file.
-    curl.wait_success(Duration::from_secs(60))
-        .unwrap_or_else(|e| panic!("curl: {e}\n{}", s.upmt.logs()));
-    assert_eq!(
-        sha256_file(&out).expect("sha256").as_str(),
-        http.sha256("big.bin").expect("served file")
-    );
+    let got = s.finish(curl, Duration::from_secs(60));
+    assert_eq!(got.sha256.as_deref(), http.sha256("big.bin"));
     let cell = lab
         .mh()
         .link_counters(MH_CELL_IF)
@@ -282,9 +276,7 @@ fn moving_an_app_moves_all_of_its_flows_and_unpin_hands_them_back() {
     let http = lab.start_http_server().expect("http server");
     // Two 2 MiB downloads sharing 8 Mbit/s: about 4 s.
     s.rate_limit(8_000_000);
-    let url = http.url(Family::V4, "mid.bin");
-    let outs = [lab.dir().join("a.bin"), lab.dir().join("b.bin")];
-    let curls: Vec<_> = outs.iter().map(|o| s.start_download(&url, o)).collect();
+    let curls = [s.start_download("mid.bin"), s.start_download("mid.bin")];
     let flows = s.wait_flows(APP, 2);
     assert!(flows.iter().all(|f| f["uplink"] == "wifi"), "{flows:?}");
 
@@ -336,17 +328,10 @@ fn moving_an_app_moves_all_of_its_flows_and_unpin_hands_them_back() {
         assert_eq!(f["uplink"], "wifi", "{f}");
     }
 
-    for (curl, out) in curls.iter().zip(&outs) {
-        curl.wait_success(Duration::from_secs(60))
-            .unwrap_or_else(|e| panic!("curl: {e}\n{}", s.upmt.logs()));
-        assert_eq!(
-            sha256_file(out).expect("sha256").as_str(),
-            http.sha256("mid.bin").expect("served")
-        );
-        assert_eq!(
-            std::fs::metadata(out).map(|m| m.len()).ok(),
-            Some(MID_FILE_SIZE as u64)
-        );
+    for curl in curls {
+        let got = s.finish(curl, Duration::from_secs(60));
+        assert_eq!(got.sha256.as_deref(), http.sha256("mid.bin"));
+        assert_eq!(got.size, MID_FILE_SIZE as u64);
     }
 }
 
@@ -355,11 +340,7 @@ fn a_broken_policy_reload_prints_file_line_col_and_the_old_policy_stays() {
     let lab = lab("cli_reload");
     let s = deploy(&lab);
     // One flow of the app, so `upmt apps` lists it with its rule.
-    let http = lab.start_http_server().expect("http server");
-    let out = lab.dir().join("small.txt");
-    s.start_download(&http.url(Family::V4, "small.txt"), &out)
-        .wait_success(Duration::from_secs(20))
-        .expect("curl");
+    s.finish(s.start_download("small.txt"), Duration::from_secs(20));
     let rule_of = |s: &Setup<'_>| {
         s.json(&["apps"])["apps"]
             .as_array()

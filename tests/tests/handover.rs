@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use upmt_tests::topology::{MH_CELL_IF, MH_WIFI_IF};
-use upmt_tests::{DeployOptions, Deployment, Family, Lab, sha256_file};
+use upmt_tests::{DeployOptions, Deployment, Downloaded, Lab};
 
 /// Each uplink's downlink rate, so the 32 MiB download lasts several seconds.
 const SHAPED_BITS_PER_SEC: u64 = 50_000_000;
@@ -32,11 +32,7 @@ fn deploy<'a>(lab: &'a Lab) -> Deployment<'a> {
 /// What a disturbed download ended with.
 struct Outcome {
     sha_ok: bool,
-    curl_ok: bool,
-    connects: Option<u32>,
-    wifi_rx: u64,
-    cell_rx: u64,
-    log: String,
+    got: Downloaded,
 }
 
 /// Downloads big.bin with curl on the MH while `disturb` runs after [`DISTURB_AFTER`].
@@ -49,27 +45,13 @@ fn disturbed_download(
     for router in [lab.rwifi(), lab.rcell()] {
         router.tbf("lan", SHAPED_BITS_PER_SEC).expect("tbf");
     }
-    let out = lab.dir().join("handover-download.bin");
     let curl = lab
-        .mh()
-        .command(&[
-            "curl",
-            "-sS",
-            "--fail",
-            "--max-time",
-            "120",
-            "-w",
-            "\nnum_connects=%{num_connects}\n",
-            "-o",
-            out.to_str().expect("utf-8 path"),
-            &http.url(Family::V4, "big.bin"),
-        ])
+        .download("big.bin")
         .label("handover-curl")
-        .spawn()
+        .count(MH_WIFI_IF)
+        .count(MH_CELL_IF)
+        .start()
         .expect("curl");
-    let mh = lab.mh();
-    let wifi0 = mh.link_counters(MH_WIFI_IF).expect("counters");
-    let cell0 = mh.link_counters(MH_CELL_IF).expect("counters");
     let t0 = Instant::now();
     while t0.elapsed() < DISTURB_AFTER && curl.is_running() {
         std::thread::sleep(Duration::from_millis(20));
@@ -79,37 +61,20 @@ fn disturbed_download(
         "the download ended before the disturbance"
     );
     disturb(lab, upmt);
-    let status = curl.wait_with_timeout(Duration::from_secs(125));
-    let log = curl.log();
-    let connects = log
-        .lines()
-        .find_map(|l| l.strip_prefix("num_connects="))
-        .and_then(|n| n.trim().parse().ok());
-    let sha = sha256_file(&out).unwrap_or_default();
+    let got = curl.wait(Duration::from_secs(125)).expect("curl's result");
     Outcome {
-        sha_ok: Some(sha.as_str()) == http.sha256("big.bin"),
-        curl_ok: status.is_some_and(|s| s.success()),
-        connects,
-        wifi_rx: mh
-            .link_counters(MH_WIFI_IF)
-            .expect("counters")
-            .since(&wifi0)
-            .rx_bytes,
-        cell_rx: mh
-            .link_counters(MH_CELL_IF)
-            .expect("counters")
-            .since(&cell0)
-            .rx_bytes,
-        log,
+        sha_ok: got.sha256.as_deref() == http.sha256("big.bin"),
+        got,
     }
 }
 
 fn assert_survived(what: &str, o: &Outcome, upmt: &Deployment<'_>, cell_carries_rest: bool) {
-    let logs = || format!("curl: {}\n{}", o.log, upmt.logs());
-    assert!(o.curl_ok, "{what}: curl failed\n{}", logs());
+    let got = &o.got;
+    let logs = || format!("curl: {}\n{}", got.log, upmt.logs());
+    assert!(got.success(), "{what}: curl failed\n{}", logs());
     assert!(o.sha_ok, "{what}: sha256 mismatch\n{}", logs());
     assert_eq!(
-        o.connects,
+        got.num_connects,
         Some(1),
         "{what}: not one TCP connection\n{}",
         logs()
@@ -117,12 +82,14 @@ fn assert_survived(what: &str, o: &Outcome, upmt: &Deployment<'_>, cell_carries_
     if cell_carries_rest {
         // Wi-Fi carried the first ~1.5 s at 50 Mbit/s (< 12 MiB); cell must have the rest.
         let total = upmt_tests::BIG_FILE_SIZE as u64;
+        let wifi_rx = got.counters(MH_WIFI_IF).rx_bytes;
+        let cell_rx = got.counters(MH_CELL_IF).rx_bytes;
         assert!(
-            o.cell_rx >= (total - o.wifi_rx.min(total)) * 8 / 10,
+            cell_rx >= (total - wifi_rx.min(total)) * 8 / 10,
             "{what}: cell carried {} of {} bytes, wifi {}\n{}",
-            o.cell_rx,
+            cell_rx,
             total,
-            o.wifi_rx,
+            wifi_rx,
             logs()
         );
     }

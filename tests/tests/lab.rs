@@ -10,9 +10,7 @@ use std::time::{Duration, Instant};
 use upmt_tests::topology::{
     CH_V4, MH_CELL_IF, MH_WIFI_IF, RCELL_WAN_V4, RCELL_WAN_V6, RWIFI_WAN_V4, RWIFI_WAN_V6,
 };
-use upmt_tests::{
-    BIG_FILE_SIZE, Family, Lab, Role, list_namespaces, sha256_file, sweep_stale, wait_for,
-};
+use upmt_tests::{BIG_FILE_SIZE, Family, Lab, Role, list_namespaces, sweep_stale, wait_for};
 
 fn lab(name: &str) -> Lab {
     match Lab::new(name) {
@@ -73,29 +71,19 @@ fn big_file_downloads_intact_and_counters_show_the_uplink_that_carried_it() {
         (MH_CELL_IF, MH_WIFI_IF, Family::V4),
         (MH_WIFI_IF, MH_CELL_IF, Family::V6),
     ] {
-        let dest = lab.dir().join(format!("download-{uplink}.bin"));
-        let dest_str = dest.to_str().expect("utf-8 temp path");
-        let before = mh.link_counters(uplink).expect("counters");
-        let before_other = mh.link_counters(other).expect("counters");
-        mh.command(&[
-            "curl",
-            "-sS",
-            "--fail",
-            "--interface",
-            uplink,
-            "-o",
-            dest_str,
-            &http.url(family, "big.bin"),
-        ])
-        .timeout(Duration::from_secs(60))
-        .run()
-        .expect("download");
-        assert_eq!(sha256_file(&dest).expect("hash"), want, "over {uplink}");
-        let used = mh.link_counters(uplink).expect("counters").since(&before);
-        let unused = mh
-            .link_counters(other)
-            .expect("counters")
-            .since(&before_other);
+        let got = mh
+            .download("big.bin")
+            .family(family)
+            .interface(uplink)
+            .max_time(Duration::from_secs(50))
+            .count(uplink)
+            .count(other)
+            .run()
+            .expect("download");
+        assert!(got.success(), "download over {uplink}: {}", got.log);
+        assert_eq!(got.sha256.as_deref(), Some(want.as_str()), "over {uplink}");
+        let used = got.counters(uplink);
+        let unused = got.counters(other);
         assert!(used.rx_bytes >= BIG_FILE_SIZE as u64, "{uplink}: {used:?}");
         assert!(unused.rx_bytes < 64 * 1024, "{other} carried {unused:?}");
     }
@@ -305,24 +293,19 @@ fn a_blackhole_drops_silently_and_its_removal_restores_traffic() {
 #[test]
 fn tbf_limits_the_download_rate() {
     let lab = lab("tbf");
-    let http = lab.start_http_server().expect("http server");
+    lab.start_http_server().expect("http server");
     // 8 Mbit/s on the router's side of the cellular link: mid.bin (2 MiB) needs about 2 s.
     lab.rcell().tbf("lan", 8_000_000).expect("tbf");
     let started = Instant::now();
-    lab.mh()
-        .command(&[
-            "curl",
-            "-sS",
-            "--fail",
-            "--interface",
-            MH_CELL_IF,
-            "-o",
-            "/dev/null",
-            &http.url(Family::V4, "mid.bin"),
-        ])
-        .timeout(Duration::from_secs(60))
+    let got = lab
+        .mh()
+        .download("mid.bin")
+        .interface(MH_CELL_IF)
+        .max_time(Duration::from_secs(50))
+        .discard()
         .run()
         .expect("download");
+    assert!(got.success(), "download: {}", got.log);
     let elapsed = started.elapsed();
     assert!(
         elapsed > Duration::from_millis(1500),

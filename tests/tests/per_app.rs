@@ -7,28 +7,11 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use upmt_tests::topology::{MH_CELL_IF, MH_WIFI_IF, RWIFI_WAN_V4};
-use upmt_tests::{
-    BIG_FILE_SIZE, DeployOptions, Deployment, Family, Lab, LinkCounters, sha256_file,
-};
+use upmt_tests::{BIG_FILE_SIZE, DeployOptions, Deployment, Family, Lab, LinkCounters};
 
-const POLICY: &str = r#"version = 1
-
-[[rule]]
-app = "com.example.video"
-uplinks = ["wifi"]
-
-[[rule]]
-app = "com.example.store"
-uplinks = ["cell"]
-
-[[rule]]
-uid = 4242
-action = "bypass"
-
-[default]
-uplinks = ["wifi"]
-when_none = "any"
-"#;
+/// Video on wifi, the store on cell, uid 4242 bypassed, the rest on wifi (shared with the core's
+/// scenario tests).
+const POLICY: &str = include_str!("../../mobile-host/core/tests/fixtures/two-apps-policy.toml");
 
 fn lab(name: &str) -> Lab {
     Lab::new(name).unwrap_or_else(|e| panic!("building the lab for {name}: {e}"))
@@ -54,36 +37,25 @@ fn two_apps_download_at_once_one_over_wifi_and_one_over_cell() {
     let lab = lab("perapp_split");
     let upmt = deploy(&lab);
     let http = lab.start_http_server().expect("http server");
-    let url = http.url(Family::V4, "big.bin");
     let (wifi0, cell0) = counters(&lab);
 
     let mut running = Vec::new();
     for app in ["com.example.video", "com.example.store"] {
-        let out = lab.dir().join(format!("{app}.bin"));
-        let proc = lab
-            .mh()
-            .command(&[
-                "curl",
-                "-sS",
-                "--fail",
-                "--max-time",
-                "120",
-                "-o",
-                out.to_str().expect("utf-8 path"),
-                &url,
-            ])
-            .argv0(app)
+        let download = lab
+            .download("big.bin")
+            .app(app)
             .label(app)
-            .spawn()
+            .start()
             .unwrap_or_else(|e| panic!("starting {app}: {e}"));
-        running.push((app, proc, out));
+        running.push((app, download));
     }
-    for (app, proc, out) in &running {
-        proc.wait_success(Duration::from_secs(130))
-            .unwrap_or_else(|e| panic!("{app}: {e}\n{}\n{}", proc.log(), upmt.logs()));
-        let sha = sha256_file(out).expect("sha256");
+    for (app, download) in running {
+        let got = download
+            .wait(Duration::from_secs(130))
+            .unwrap_or_else(|e| panic!("{app}: {e}\n{}", upmt.logs()));
+        assert!(got.success(), "{app}: {}\n{}", got.log, upmt.logs());
         assert_eq!(
-            Some(sha.as_str()),
+            got.sha256.as_deref(),
             http.sha256("big.bin"),
             "{app}'s download"
         );
@@ -148,8 +120,7 @@ fn a_bypass_app_reaches_the_ch_directly_and_others_through_the_anchor() {
 fn an_app_whose_only_uplink_is_down_gets_no_connection_and_leaks_nothing() {
     let lab = lab("perapp_block");
     let upmt = deploy(&lab);
-    let http = lab.start_http_server().expect("http server");
-    let url = http.url(Family::V4, "mid.bin");
+    lab.start_http_server().expect("http server");
     lab.mh().set_link(MH_CELL_IF, false).expect("cell down");
     // Let the daemon see the uplink go (link re-check every few seconds, path timeout).
     upmt_tests::wait_for(
@@ -160,31 +131,16 @@ fn an_app_whose_only_uplink_is_down_gets_no_connection_and_leaks_nothing() {
     .unwrap_or_else(|e| panic!("{e}\n{}", upmt.logs()));
 
     let attempt = |app: &str| {
-        let before = lab.mh().link_counters(MH_WIFI_IF).expect("counters");
-        let out = lab
-            .mh()
-            .command(&[
-                "curl",
-                "-sS",
-                "--fail",
-                "--connect-timeout",
-                "5",
-                "--max-time",
-                "10",
-                "-o",
-                "/dev/null",
-                &url,
-            ])
-            .argv0(app)
-            .timeout(Duration::from_secs(20))
-            .run_unchecked()
+        let got = lab
+            .download("mid.bin")
+            .app(app)
+            .connect_timeout(Duration::from_secs(5))
+            .max_time(Duration::from_secs(10))
+            .discard()
+            .count(MH_WIFI_IF)
+            .run()
             .expect("run curl");
-        let used = lab
-            .mh()
-            .link_counters(MH_WIFI_IF)
-            .expect("counters")
-            .since(&before);
-        (out.status.success(), used)
+        (got.success(), got.counters(MH_WIFI_IF))
     };
     // The control: an app allowed on wifi downloads there.
     let (ok, control) = attempt("com.example.video");
@@ -223,25 +179,14 @@ uplinks = ["wifi", "cell"]
         ..DeployOptions::default()
     };
     let upmt = Deployment::start(&lab, &options).unwrap_or_else(|e| panic!("deploying upmt: {e}"));
-    let http = lab.start_http_server().expect("http server");
-    let url = http.url(Family::V4, "small.txt");
+    lab.start_http_server().expect("http server");
     let fetch = |app: &str| {
-        lab.mh()
-            .command(&[
-                "curl",
-                "-sS",
-                "--fail",
-                "--max-time",
-                "3",
-                "-o",
-                "/dev/null",
-                &url,
-            ])
-            .argv0(app)
-            .timeout(Duration::from_secs(10))
-            .run_unchecked()
+        lab.download("small.txt")
+            .app(app)
+            .max_time(Duration::from_secs(3))
+            .discard()
+            .run()
             .expect("running curl")
-            .status
             .success()
     };
     assert!(

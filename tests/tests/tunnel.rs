@@ -10,7 +10,7 @@ use upmt_proto::time::Instant;
 use upmt_proto::{PathId, client};
 use upmt_tests::deploy::{AN_PORT, MH_TUN};
 use upmt_tests::topology::{AN_V4, AN_V6, MH_CELL_IF, MH_WIFI_IF};
-use upmt_tests::{BIG_FILE_SIZE, DeployOptions, Deployment, Family, Lab, sha256_file};
+use upmt_tests::{BIG_FILE_SIZE, DeployOptions, Deployment, Downloaded, Family, Lab};
 
 fn lab(name: &str) -> Lab {
     Lab::new(name).unwrap_or_else(|e| panic!("building the lab for {name}: {e}"))
@@ -20,26 +20,18 @@ fn deploy<'a>(lab: &'a Lab, options: &DeployOptions) -> Deployment<'a> {
     Deployment::start(lab, options).unwrap_or_else(|e| panic!("deploying upmt: {e}"))
 }
 
-/// Downloads `name` from the CH with curl in the MH namespace and returns the file's sha256.
-fn download(lab: &Lab, family: Family, name: &str) -> String {
-    let http = lab.start_http_server().expect("http server");
-    let out = lab.dir().join(format!("download-{name}-{}", family.flag()));
-    lab.mh()
-        .command(&[
-            "curl",
-            "-sS",
-            "--fail",
-            "--max-time",
-            "120",
-            family.flag(),
-            "-o",
-            out.to_str().expect("utf-8 path"),
-            &http.url(family, name),
-        ])
-        .timeout(Duration::from_secs(130))
+/// Downloads `name` from the CH with curl in the MH namespace, counting on `count`; panics
+/// with the daemons' logs when curl fails.
+fn download(lab: &Lab, family: Family, name: &str, count: &[&str]) -> Downloaded {
+    let mut download = lab.download(name).family(family);
+    for ifname in count {
+        download = download.count(ifname);
+    }
+    let got = download
         .run()
         .unwrap_or_else(|e| panic!("curl {name}: {e}\n{}", lab.logs()));
-    sha256_file(&out).expect("sha256 of the download")
+    assert!(got.success(), "curl {name}: {}\n{}", got.log, lab.logs());
+    got
 }
 
 #[test]
@@ -52,23 +44,13 @@ fn curl_downloads_a_big_file_through_the_tunnel_and_the_ch_sees_the_anchor() {
     let seen = lab.whoami_via(None, Family::V4).expect("whoami");
     assert_eq!(seen, IpAddr::V4(AN_V4), "{}", upmt.logs());
 
-    let wifi_before = lab.mh().link_counters(MH_WIFI_IF).expect("counters");
-    let tun_before = lab.mh().link_counters(MH_TUN).expect("counters");
-    let sha = download(&lab, Family::V4, "big.bin");
-    assert_eq!(Some(sha.as_str()), http.sha256("big.bin"));
+    let got = download(&lab, Family::V4, "big.bin", &[MH_WIFI_IF, MH_TUN]);
+    assert_eq!(got.sha256.as_deref(), http.sha256("big.bin"));
 
     // The bytes came in through the TUN, and under it through the wifi uplink (path 0, the
     // first uplink, carries traffic while it is up), encrypted: a little more than the file.
-    let tun = lab
-        .mh()
-        .link_counters(MH_TUN)
-        .expect("counters")
-        .since(&tun_before);
-    let wifi = lab
-        .mh()
-        .link_counters(MH_WIFI_IF)
-        .expect("counters")
-        .since(&wifi_before);
+    let tun = got.counters(MH_TUN);
+    let wifi = got.counters(MH_WIFI_IF);
     assert!(tun.rx_bytes >= BIG_FILE_SIZE as u64, "tun rx {tun:?}");
     assert!(wifi.rx_bytes >= BIG_FILE_SIZE as u64, "wifi rx {wifi:?}");
     assert!(upmt.mh.is_running() && upmt.an.is_running());
@@ -81,8 +63,8 @@ fn ipv6_inside_the_tunnel_reaches_the_ch_from_the_anchor() {
     let http = lab.start_http_server().expect("http server");
     let seen = lab.whoami_via(None, Family::V6).expect("whoami over IPv6");
     assert_eq!(seen, IpAddr::V6(AN_V6), "{}", upmt.logs());
-    let sha = download(&lab, Family::V6, "mid.bin");
-    assert_eq!(Some(sha.as_str()), http.sha256("mid.bin"));
+    let got = download(&lab, Family::V6, "mid.bin", &[]);
+    assert_eq!(got.sha256.as_deref(), http.sha256("mid.bin"));
 }
 
 #[test]
@@ -197,8 +179,8 @@ fn hostile_datagrams_are_dropped_and_counted_and_the_session_survives() {
 
     // The anchor is alive and the live session still carries traffic.
     assert!(upmt.an.is_running(), "{}", upmt.logs());
-    let sha = download(&lab, Family::V4, "mid.bin");
-    assert_eq!(Some(sha.as_str()), http.sha256("mid.bin"));
+    let got = download(&lab, Family::V4, "mid.bin", &[]);
+    assert_eq!(got.sha256.as_deref(), http.sha256("mid.bin"));
 }
 
 #[test]
@@ -207,14 +189,9 @@ fn the_session_starts_on_cell_when_wifi_is_down() {
     lab.mh().set_link(MH_WIFI_IF, false).expect("wifi down");
     let upmt = deploy(&lab, &DeployOptions::default());
     let http = lab.start_http_server().expect("http server");
-    let cell_before = lab.mh().link_counters(MH_CELL_IF).expect("counters");
-    let sha = download(&lab, Family::V4, "mid.bin");
-    assert_eq!(Some(sha.as_str()), http.sha256("mid.bin"));
-    let cell = lab
-        .mh()
-        .link_counters(MH_CELL_IF)
-        .expect("counters")
-        .since(&cell_before);
+    let got = download(&lab, Family::V4, "mid.bin", &[MH_CELL_IF]);
+    assert_eq!(got.sha256.as_deref(), http.sha256("mid.bin"));
+    let cell = got.counters(MH_CELL_IF);
     assert!(
         cell.rx_bytes as usize >= upmt_tests::MID_FILE_SIZE,
         "cell rx {cell:?}"

@@ -14,9 +14,10 @@ use clap::{Parser, Subcommand};
 use tokio::sync::mpsc;
 use upmt_anchor_node::config::{self, Config};
 use upmt_anchor_node::event_loop::EventLoop;
-use upmt_anchor_node::{anchor_config, clock, metrics, nat, privilege, tun, udp};
+use upmt_anchor_node::{anchor_config, metrics, nat, privilege, tun, udp};
 use upmt_proto::anchor::Anchor;
 use upmt_proto::keys::StaticSecret;
+use upmt_sys::{caps, clock};
 
 #[derive(Parser)]
 #[command(name = "upmt-an", version, about = "upmt anchor node")]
@@ -38,7 +39,11 @@ enum Command {
         config: PathBuf,
     },
     /// Print a new base64 private key.
-    Genkey,
+    Genkey {
+        /// Write the key to this new file, created with mode 0600, instead of standard output.
+        #[arg(long, value_name = "PATH")]
+        out: Option<PathBuf>,
+    },
     /// Read a base64 private key on stdin, print its public key.
     Pubkey,
 }
@@ -56,7 +61,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Run { config } => run(&config),
         Command::Check { config } => check(&config),
-        Command::Genkey => genkey(),
+        Command::Genkey { out } => genkey(out.as_deref()),
         Command::Pubkey => pubkey(),
     };
     match result {
@@ -69,9 +74,15 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn genkey() -> Result<()> {
+/// Prints a new key, or writes it to a new file of mode 0600 (`genkey > an.key` would leave it
+/// as the umask says, often readable by all, and `run` refuses such a key file).
+fn genkey(out: Option<&std::path::Path>) -> Result<()> {
     let key = StaticSecret::generate().context("cannot generate a key")?;
-    println!("{key}");
+    match out {
+        Some(path) => upmt_sys::keys::write_private_key(path, &key)
+            .with_context(|| format!("cannot write a new key file {}", path.display()))?,
+        None => println!("{key}"),
+    }
     Ok(())
 }
 
@@ -128,7 +139,7 @@ fn check(path: &std::path::Path) -> Result<()> {
 }
 
 fn run(path: &std::path::Path) -> Result<()> {
-    privilege::require_net_admin()?;
+    caps::require_net_admin("upmt-an")?;
     let nft = nat::find_nft()?;
     let config = config::load(path)?;
     config::check_key_file_mode(&config)?;

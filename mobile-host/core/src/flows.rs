@@ -790,17 +790,8 @@ mod tests {
     use super::*;
     use crate::owner::Source;
 
-    const POLICY: &str = r#"version = 1
-[[rule]]
-app = "com.example.video"
-uplinks = ["wifi"]
-[[rule]]
-app = "com.example.store"
-uplinks = ["cell"]
-[[rule]]
-uid = 4242
-action = "bypass"
-"#;
+    /// Video on wifi, the store on cell, uid 4242 bypassed, the rest on wifi.
+    const POLICY: &str = include_str!("../tests/fixtures/two-apps-policy.toml");
 
     fn up(n: u8) -> UplinkId {
         UplinkId::new(n).expect("below MAX_UPLINKS")

@@ -1,133 +1,130 @@
 //! TCP resets for blocked flows: given a TCP segment an app sent into the TUN, the RST (with
 //! ACK) that its peer would send, written back into the TUN so the app fails at once instead
 //! of retrying into a black hole. IPv4 and IPv6; no allocation. Never builds anything else.
+//!
+//! `etherparse` reads the segment (following IPv6 extension headers) and writes the headers
+//! and their checksums.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use etherparse::{
+    IpNumber, Ipv4Header, Ipv6FlowLabel, Ipv6Header, NetSlice, SlicedPacket, TcpHeader,
+    TransportSlice,
+};
 
-use upmt_paft::{parse_packet, proto, tcp_flags};
-
-const TCP_HDR: usize = 20;
+/// The reset's IPv4 TTL and IPv6 hop limit.
+const HOP_LIMIT: u8 = 64;
 
 /// Writes into `out` the RST answering `packet` (a TCP segment read from the TUN) and
 /// returns its length; `None` when `packet` is not TCP, is itself a RST, or `out` is too small.
 pub fn tcp_reset(packet: &[u8], out: &mut [u8]) -> Option<usize> {
-    let meta = parse_packet(packet).ok()?;
-    let key = meta.key;
-    if key.proto != proto::TCP || meta.tcp_flags & tcp_flags::RST != 0 {
+    let sliced = SlicedPacket::from_ip(packet).ok()?;
+    let Some(TransportSlice::Tcp(segment)) = sliced.transport else {
+        return None;
+    };
+    if segment.rst() {
         return None;
     }
-    let (ip_hdr, l4) = match key.src {
-        IpAddr::V4(_) => (20, usize::from(packet.first()? & 0x0f) * 4),
-        IpAddr::V6(_) => (40, 40),
-    };
-    // The parser accepted the packet, so it holds its TCP header; extension headers in v6
-    // are not followed here (a SYN from an app has none), so check the next header.
-    if matches!(key.src, IpAddr::V6(_)) && packet.get(6) != Some(&proto::TCP) {
-        return None;
-    }
-    let tcp = packet.get(l4..)?;
-    let data_off = usize::from(tcp.get(12)? >> 4) * 4;
-    let payload = match key.src {
-        IpAddr::V4(_) => {
-            usize::from(u16::from_be_bytes([packet[2], packet[3]])).saturating_sub(l4 + data_off)
-        }
-        IpAddr::V6(_) => {
-            usize::from(u16::from_be_bytes([packet[4], packet[5]])).saturating_sub(data_off)
-        }
-    };
-    let seq = u32::from_be_bytes(tcp.get(4..8)?.try_into().ok()?);
-    let ack = u32::from_be_bytes(tcp.get(8..12)?.try_into().ok()?);
-    let flags = meta.tcp_flags;
-    let syn_fin = u32::from(flags & tcp_flags::SYN != 0) + u32::from(flags & tcp_flags::FIN != 0);
+    let mut reset = TcpHeader::new(segment.destination_port(), segment.source_port(), 0, 0);
+    reset.rst = true;
     // RFC 9293 3.10.7.1: if the segment has ACK, the reset takes its sequence from it;
     // otherwise seq 0 and ACK of everything the segment occupied.
-    let (r_seq, r_ack, r_flags) = if flags & tcp_flags::ACK != 0 {
-        (ack, 0, tcp_flags::RST)
+    if segment.ack() {
+        reset.sequence_number = segment.acknowledgment_number();
     } else {
-        (
-            0,
-            seq.wrapping_add(payload as u32).wrapping_add(syn_fin),
-            tcp_flags::RST | tcp_flags::ACK,
-        )
-    };
-    let total = ip_hdr + TCP_HDR;
-    let out = out.get_mut(..total)?;
-    out.fill(0);
-    match (key.src, key.dst) {
-        (IpAddr::V4(src), IpAddr::V4(dst)) => {
-            out[0] = 0x45;
-            out[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-            out[8] = 64;
-            out[9] = proto::TCP;
-            out[12..16].copy_from_slice(&dst.octets());
-            out[16..20].copy_from_slice(&src.octets());
-            let c = checksum(0, &out[..20]);
-            out[10..12].copy_from_slice(&c.to_be_bytes());
-        }
-        (IpAddr::V6(src), IpAddr::V6(dst)) => {
-            out[0] = 0x60;
-            out[4..6].copy_from_slice(&(TCP_HDR as u16).to_be_bytes());
-            out[6] = proto::TCP;
-            out[7] = 64;
-            out[8..24].copy_from_slice(&dst.octets());
-            out[24..40].copy_from_slice(&src.octets());
-        }
-        _ => return None,
+        let occupied =
+            segment.payload().len() as u32 + u32::from(segment.syn()) + u32::from(segment.fin());
+        reset.ack = true;
+        reset.acknowledgment_number = segment.sequence_number().wrapping_add(occupied);
     }
-    let t = &mut out[ip_hdr..];
-    t[0..2].copy_from_slice(&key.dport.to_be_bytes());
-    t[2..4].copy_from_slice(&key.sport.to_be_bytes());
-    t[4..8].copy_from_slice(&r_seq.to_be_bytes());
-    t[8..12].copy_from_slice(&r_ack.to_be_bytes());
-    t[12] = (TCP_HDR as u8 / 4) << 4;
-    t[13] = r_flags;
-    let pseudo = pseudo_sum(key.dst, key.src, TCP_HDR as u32);
-    let c = checksum(pseudo, &out[ip_hdr..total]);
-    out[ip_hdr + 16..ip_hdr + 18].copy_from_slice(&c.to_be_bytes());
+    let tcp_len = TcpHeader::MIN_LEN as u16;
+    match sliced.net? {
+        NetSlice::Ipv4(ip) => {
+            let from = ip.header();
+            let mut header = Ipv4Header::new(
+                tcp_len,
+                HOP_LIMIT,
+                IpNumber::TCP,
+                from.destination(),
+                from.source(),
+            )
+            .ok()?;
+            header.header_checksum = header.calc_header_checksum();
+            reset.checksum = reset.calc_checksum_ipv4(&header, &[]).ok()?;
+            emit(out, &header.to_bytes(), &reset)
+        }
+        NetSlice::Ipv6(ip) => {
+            let from = ip.header();
+            let header = Ipv6Header {
+                traffic_class: 0,
+                flow_label: Ipv6FlowLabel::ZERO,
+                payload_length: tcp_len,
+                next_header: IpNumber::TCP,
+                hop_limit: HOP_LIMIT,
+                source: from.destination(),
+                destination: from.source(),
+            };
+            reset.checksum = reset.calc_checksum_ipv6(&header, &[]).ok()?;
+            emit(out, &header.to_bytes(), &reset)
+        }
+        NetSlice::Arp(_) => None,
+    }
+}
+
+/// Copies the IP header and then the TCP header into `out`; `None` when it is too small.
+fn emit(out: &mut [u8], ip: &[u8], tcp: &TcpHeader) -> Option<usize> {
+    let tcp = tcp.to_bytes();
+    let total = ip.len() + tcp.len();
+    let (ip_out, tcp_out) = out.get_mut(..total)?.split_at_mut(ip.len());
+    ip_out.copy_from_slice(ip);
+    tcp_out.copy_from_slice(&tcp);
     Some(total)
-}
-
-fn pseudo_sum(src: IpAddr, dst: IpAddr, len: u32) -> u32 {
-    let mut sum = u32::from(proto::TCP) + len;
-    let mut add = |b: &[u8]| {
-        for w in b.chunks(2) {
-            sum += u32::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)]));
-        }
-    };
-    match (src, dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            add(&s.octets());
-            add(&d.octets());
-        }
-        _ => {
-            add(&v6(src).octets());
-            add(&v6(dst).octets());
-        }
-    }
-    sum
-}
-
-fn v6(a: IpAddr) -> Ipv6Addr {
-    match a {
-        IpAddr::V6(a) => a,
-        IpAddr::V4(a) => Ipv4Addr::to_ipv6_mapped(&a),
-    }
-}
-
-/// The Internet checksum of `data`, starting from a partial `sum`.
-fn checksum(mut sum: u32, data: &[u8]) -> u16 {
-    for w in data.chunks(2) {
-        sum += u32::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)]));
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    use upmt_paft::{parse_packet, proto, tcp_flags};
+
     use super::*;
+
+    /// The TCP pseudo-header's sum, written out independently of the code under test.
+    fn pseudo_sum(src: IpAddr, dst: IpAddr, len: u32) -> u32 {
+        let mut sum = u32::from(proto::TCP) + len;
+        let mut add = |b: &[u8]| {
+            for w in b.chunks(2) {
+                sum += u32::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)]));
+            }
+        };
+        match (src, dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                add(&s.octets());
+                add(&d.octets());
+            }
+            _ => {
+                add(&v6(src).octets());
+                add(&v6(dst).octets());
+            }
+        }
+        sum
+    }
+
+    fn v6(a: IpAddr) -> Ipv6Addr {
+        match a {
+            IpAddr::V6(a) => a,
+            IpAddr::V4(a) => Ipv4Addr::to_ipv6_mapped(&a),
+        }
+    }
+
+    /// The Internet checksum of `data`, starting from a partial `sum`: 0 over a valid header.
+    fn checksum(mut sum: u32, data: &[u8]) -> u16 {
+        for w in data.chunks(2) {
+            sum += u32::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)]));
+        }
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        !(sum as u16)
+    }
 
     fn syn_v4() -> Vec<u8> {
         let mut p = vec![0u8; 40];
@@ -180,6 +177,35 @@ mod tests {
         let meta = parse_packet(&out[..n]).unwrap();
         assert_eq!(meta.tcp_flags, tcp_flags::RST);
         assert_eq!(u32::from_be_bytes(out[44..48].try_into().unwrap()), 777);
+        let pseudo = pseudo_sum(meta.key.src, meta.key.dst, 20);
+        assert_eq!(checksum(pseudo, &out[40..60]), 0);
+    }
+
+    #[test]
+    fn a_syn_behind_an_ipv6_hop_by_hop_header_is_answered_from_its_tcp_header() {
+        let mut p = vec![0u8; 40 + 8 + 20];
+        p[0] = 0x60;
+        p[4..6].copy_from_slice(&28u16.to_be_bytes());
+        p[6] = 0; // hop-by-hop options
+        p[7] = 64;
+        p[8..24].copy_from_slice(&"fd77::2".parse::<Ipv6Addr>().unwrap().octets());
+        p[24..40].copy_from_slice(&"2001:db8:4::2".parse::<Ipv6Addr>().unwrap().octets());
+        // Next header TCP, length 0 (8 bytes), a PadN option filling the rest.
+        p[40..48].copy_from_slice(&[proto::TCP, 0, 1, 4, 0, 0, 0, 0]);
+        p[48..50].copy_from_slice(&40000u16.to_be_bytes());
+        p[50..52].copy_from_slice(&443u16.to_be_bytes());
+        p[52..56].copy_from_slice(&5000u32.to_be_bytes());
+        p[60] = 5 << 4;
+        p[61] = tcp_flags::SYN;
+        let mut out = [0u8; 128];
+        let n = tcp_reset(&p, &mut out).unwrap();
+        assert_eq!(n, 60);
+        assert_eq!(out[6], proto::TCP, "the reset has no extension header");
+        assert_eq!(u16::from_be_bytes([out[40], out[41]]), 443);
+        assert_eq!(u16::from_be_bytes([out[42], out[43]]), 40000);
+        assert_eq!(out[53], tcp_flags::RST | tcp_flags::ACK);
+        assert_eq!(u32::from_be_bytes(out[48..52].try_into().unwrap()), 5001);
+        let meta = parse_packet(&out[..n]).unwrap();
         let pseudo = pseudo_sum(meta.key.src, meta.key.dst, 20);
         assert_eq!(checksum(pseudo, &out[40..60]), 0);
     }

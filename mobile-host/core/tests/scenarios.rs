@@ -22,17 +22,8 @@ const CH_V4: Ipv4Addr = Ipv4Addr::new(93, 184, 216, 34);
 const WIFI: usize = 0;
 const CELL: usize = 1;
 
-const POLICY: &str = r#"version = 1
-[[rule]]
-app = "com.example.video"
-uplinks = ["wifi"]
-[[rule]]
-app = "com.example.store"
-uplinks = ["cell"]
-[[rule]]
-uid = 4242
-action = "bypass"
-"#;
+/// Video on wifi, the store on cell, uid 4242 bypassed, the rest on wifi.
+const POLICY: &str = include_str!("fixtures/two-apps-policy.toml");
 
 struct Link {
     delay: Duration,

@@ -71,7 +71,7 @@ impl Resolver {
             Ok(Some(s)) => s,
             Ok(None) => return Owner::unknown(),
             Err(e) => {
-                tracing::debug!(error = %crate::event_loop::display_chain(&e), ?key, "sock_diag lookup failed");
+                tracing::debug!(error = %upmt_sys::display_chain(&e), ?key, "sock_diag lookup failed");
                 return Owner::unknown();
             }
         };

@@ -12,7 +12,6 @@ use tracing_subscriber::EnvFilter;
 use upmt_mobile_host::config::Config;
 use upmt_mobile_host::control::{self, server};
 use upmt_mobile_host::event_loop::Daemon;
-use upmt_mobile_host::setup::StaticSecret;
 use upmt_mobile_host::{sys, uplink};
 
 const DEFAULT_CONFIG: &str = "/etc/upmt/mh.toml";
@@ -60,7 +59,7 @@ fn main() {
 
 fn check(path: &std::path::Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
-    let public = StaticSecret::from_bytes(config.private_key).public_key();
+    let public = config.private_key.public_key();
     println!("{}: ok", path.display());
     println!("anchor        {}", config.anchor);
     println!("public key    {public}");
@@ -94,7 +93,7 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
 
 fn run(path: &std::path::Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
-    sys::require_net_admin()?;
+    upmt_sys::caps::require_net_admin("upmt-mh")?;
     sys::tun_device_path()?;
     // One thread: the loop is a single task, and netlink's connection task is light.
     let runtime = tokio::runtime::Builder::new_current_thread()

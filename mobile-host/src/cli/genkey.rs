@@ -1,6 +1,9 @@
-//! `upmt genkey`: prints a new random private key, base64, like `wg genkey`.
+//! `upmt genkey`: prints a new random private key, base64, like `wg genkey`; with `--out PATH`
+//! writes it to a new file of mode 0600 instead (`upmt genkey > key` would leave it as the
+//! umask says, often readable by all, and the daemon refuses such a key file).
 
 use std::io::Write;
+use std::path::Path;
 
 use anyhow::Context as _;
 
@@ -11,6 +14,13 @@ pub fn run(out: &mut impl Write) -> anyhow::Result<()> {
     let secret = StaticSecret::generate().context("cannot generate a key")?;
     writeln!(out, "{secret}").context("cannot write the key")?;
     Ok(())
+}
+
+/// Writes a fresh private key to a new file at `path` with mode 0600.
+pub fn to_file(path: &Path) -> anyhow::Result<()> {
+    let secret = StaticSecret::generate().context("cannot generate a key")?;
+    upmt_sys::keys::write_private_key(path, &secret)
+        .with_context(|| format!("cannot write a new key file {}", path.display()))
 }
 
 #[cfg(test)]

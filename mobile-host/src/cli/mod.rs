@@ -67,7 +67,11 @@ pub enum Command {
     /// Print events as they happen (tunnel up/down, flow moved, app blocked) until interrupted.
     Watch,
     /// Print a new private key (base64), like `wg genkey`.
-    Genkey,
+    Genkey {
+        /// Write the key to this new file, created with mode 0600, instead of standard output.
+        #[arg(long, value_name = "PATH")]
+        out: Option<PathBuf>,
+    },
     /// Read a private key on stdin, print its public key, like `wg pubkey`.
     Pubkey,
 }
@@ -75,7 +79,8 @@ pub enum Command {
 /// Runs one command, writing its output to `out`. Errors are complete one-line messages.
 pub fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
     let command = match cli.command {
-        Command::Genkey => return genkey::run(out),
+        Command::Genkey { out: Some(path) } => return genkey::to_file(&path),
+        Command::Genkey { out: None } => return genkey::run(out),
         Command::Pubkey => return pubkey::run(&mut std::io::stdin().lock(), out),
         command => command,
     };
@@ -95,7 +100,7 @@ pub fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
             Command::Unpin(what) => unpin::run(client, what, json, out).await,
             Command::Policy(what) => policy::run(client, what, json, out).await,
             Command::Watch => watch::run(client, json, out).await,
-            Command::Genkey | Command::Pubkey => Ok(()),
+            Command::Genkey { .. } | Command::Pubkey => Ok(()),
         }
     })
 }

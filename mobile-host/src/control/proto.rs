@@ -151,6 +151,27 @@ pub async fn read_frame<T: serde::de::DeserializeOwned>(
     }
 }
 
+/// Decodes a request frame, or the error response that refuses it.
+pub(crate) fn parse_request(body: &[u8]) -> Result<Request, Response> {
+    let frame: LooseFrame = serde_json::from_slice(body).map_err(|e| {
+        Response::error(
+            ErrorKind::BadRequest,
+            format!("not a control request frame: {e}"),
+        )
+    })?;
+    if frame.version != PROTOCOL_VERSION {
+        return Err(Response::error(
+            ErrorKind::UnsupportedVersion,
+            format!(
+                "the daemon speaks control protocol version {PROTOCOL_VERSION}, the client {}; use the upmt that came with the daemon",
+                frame.version
+            ),
+        ));
+    }
+    serde_json::from_value(frame.request)
+        .map_err(|e| Response::error(ErrorKind::BadRequest, format!("unknown request: {e}")))
+}
+
 /// The fuzz entry point for `mobile-host/fuzz` target `control_frame` and the corpus replay
 /// test: `bytes` is read as a stream of length-prefixed frames, and each frame body (and, so
 /// the fuzzer need not learn the prefix, `bytes` itself) goes through the daemon's request
@@ -167,7 +188,7 @@ pub fn fuzz_decode(bytes: &[u8]) {
 }
 
 fn fuzz_body(body: &[u8]) {
-    if let Ok(request) = super::server::parse_request(body) {
+    if let Ok(request) = parse_request(body) {
         let frame = encode(&RequestFrame::from(request.clone()))
             .unwrap_or_else(|e| panic!("a parsed request does not encode: {e}"));
         let mut rest = frame.as_slice();

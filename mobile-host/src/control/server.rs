@@ -23,8 +23,7 @@ use tokio::sync::{broadcast, watch};
 use tokio::task::JoinSet;
 
 use super::proto::{
-    self, ErrorKind, Event, FrameError, LooseFrame, PROTOCOL_VERSION, Request, Response,
-    ResponseFrame,
+    self, ErrorKind, Event, FrameError, Request, Response, ResponseFrame, parse_request,
 };
 
 /// Connections still open at shutdown get this long to finish their request.
@@ -341,27 +340,6 @@ async fn connection<H: Handler>(
             return;
         }
     }
-}
-
-/// Decodes a request frame, or the error response that refuses it.
-pub(crate) fn parse_request(body: &[u8]) -> Result<Request, Response> {
-    let frame: LooseFrame = serde_json::from_slice(body).map_err(|e| {
-        Response::error(
-            ErrorKind::BadRequest,
-            format!("not a control request frame: {e}"),
-        )
-    })?;
-    if frame.version != PROTOCOL_VERSION {
-        return Err(Response::error(
-            ErrorKind::UnsupportedVersion,
-            format!(
-                "the daemon speaks control protocol version {PROTOCOL_VERSION}, the client {}; use the upmt that came with the daemon",
-                frame.version
-            ),
-        ));
-    }
-    serde_json::from_value(frame.request)
-        .map_err(|e| Response::error(ErrorKind::BadRequest, format!("unknown request: {e}")))
 }
 
 /// Streams events until the client closes, the daemon stops, or the event source is gone.

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use upmt_tests::topology::MH_WIFI_IF;
-use upmt_tests::{DeployOptions, Deployment, Family, Lab};
+use upmt_tests::{DeployOptions, Deployment, Lab};
 
 /// Each uplink's rate, so the download lasts several seconds.
 const SHAPED_BITS_PER_SEC: u64 = 50_000_000;
@@ -52,7 +52,6 @@ pub fn run(lab: &Lab, runs: usize) -> Result<()> {
     for router in [lab.rwifi(), lab.rcell()] {
         router.tbf("lan", SHAPED_BITS_PER_SEC)?;
     }
-    let url = http.url(Family::V4, "big.bin");
     let want = http.sha256("big.bin").context("big.bin served")?.to_owned();
     println!(
         "{:<18} {:>5} {:>12} {:>12} {:>22} {:>22}",
@@ -62,7 +61,7 @@ pub fn run(lab: &Lab, runs: usize) -> Result<()> {
         let mut gaps = Vec::with_capacity(runs);
         let mut lost = Vec::with_capacity(runs);
         for i in 0..runs {
-            let m = one_run(lab, kind, &url, &want)
+            let m = one_run(lab, kind, &want)
                 .with_context(|| format!("{} run {}", kind.name(), i + 1))?;
             gaps.push(m.gap);
             lost.push(m.udp_lost);
@@ -97,7 +96,7 @@ fn udp_lost(log: &str) -> Result<u64> {
         .with_context(|| format!("iperf3 reported no lost_packets: {}", json["error"]))
 }
 
-fn one_run(lab: &Lab, kind: Kind, url: &str, want: &str) -> Result<Measured> {
+fn one_run(lab: &Lab, kind: Kind, want: &str) -> Result<Measured> {
     let options = DeployOptions {
         mh_extra: format!(
             "control_socket = \"{}\"",
@@ -113,8 +112,6 @@ fn one_run(lab: &Lab, kind: Kind, url: &str, want: &str) -> Result<Measured> {
         mh.set_link(MH_WIFI_IF, false)?;
         std::thread::sleep(Duration::from_secs(2));
     }
-    let out = lab.dir().join("bench-handover.bin");
-    let _ = std::fs::remove_file(&out);
     let rate = (UDP_PPS * 200 * 8).to_string();
     let secs = UDP_SECS.to_string();
     let udp = mh
@@ -134,19 +131,11 @@ fn one_run(lab: &Lab, kind: Kind, url: &str, want: &str) -> Result<Measured> {
         ])
         .label("bench-udp")
         .spawn()?;
-    let curl = mh
-        .command(&[
-            "curl",
-            "-sS",
-            "--fail",
-            "--max-time",
-            "60",
-            "-o",
-            out.to_str().context("utf-8 dir")?,
-            url,
-        ])
+    let curl = lab
+        .download("big.bin")
+        .max_time(Duration::from_secs(60))
         .label("bench-curl")
-        .spawn()?;
+        .start()?;
     let t0 = Instant::now();
     let (mut done, mut last_size, mut last_growth, mut gap) = (false, 0u64, t0, Duration::ZERO);
     while curl.is_running() && t0.elapsed() < Duration::from_secs(60) {
@@ -163,7 +152,7 @@ fn one_run(lab: &Lab, kind: Kind, url: &str, want: &str) -> Result<Measured> {
             }
             last_growth = now;
         }
-        let size = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
+        let size = curl.bytes_so_far();
         if size > last_size {
             if done {
                 gap = gap.max(now - last_growth);
@@ -173,8 +162,11 @@ fn one_run(lab: &Lab, kind: Kind, url: &str, want: &str) -> Result<Measured> {
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    let status = curl.wait_with_timeout(Duration::from_secs(5));
-    let sha = upmt_tests::sha256_file(&out)?;
+    let got = curl.wait(Duration::from_secs(5))?;
+    // 32 MiB per run: not kept until the lab goes.
+    if let Some(path) = &got.path {
+        let _ = std::fs::remove_file(path);
+    }
     udp.wait_with_timeout(Duration::from_secs(UDP_SECS + 10))
         .context("iperf3 UDP did not finish")?;
     let udp_lost = udp_lost(&udp.log())?;
@@ -183,10 +175,11 @@ fn one_run(lab: &Lab, kind: Kind, url: &str, want: &str) -> Result<Measured> {
     mh.set_link(MH_WIFI_IF, true)?;
     let _ = mh.restore_default_routes(Some(MH_WIFI_IF));
     drop(upmt);
-    if !status.is_some_and(|s| s.success()) || sha != want {
+    let intact = got.sha256.as_deref() == Some(want);
+    if !got.success() || !intact {
         bail!(
-            "the download did not survive: curl {status:?}, sha256 ok {}",
-            sha == want
+            "the download did not survive: curl {:?}, sha256 ok {intact}",
+            got.status
         );
     }
     Ok(Measured { gap, udp_lost })

@@ -48,25 +48,13 @@ pub fn run(lab: &Lab) -> Result<()> {
         "  (each uplink shaped to {} Mbit/s so it lasts; one TCP connection, curl)",
         SHAPED_BITS_PER_SEC / 1_000_000
     );
-    let out = lab.dir().join("demo-download.bin");
-    let curl = lab
-        .mh()
-        .command(&[
-            "curl",
-            "-sS",
-            "--fail",
-            "--max-time",
-            "120",
-            "-o",
-            out.to_str().context("lab dir is utf-8")?,
-            &http.url(Family::V4, "big.bin"),
-        ])
-        .label("demo-curl")
-        .spawn()?;
-
     let mh = lab.mh();
-    let wifi0 = mh.link_counters(MH_WIFI_IF)?;
-    let cell0 = mh.link_counters(MH_CELL_IF)?;
+    let curl = lab
+        .download("big.bin")
+        .label("demo-curl")
+        .count(MH_WIFI_IF)
+        .count(MH_CELL_IF)
+        .start()?;
     println!(
         "  {:>6}  {:>10}  {:>10}  {:>12}",
         "t", "wifi rx", "cell rx", "downloaded"
@@ -79,7 +67,7 @@ pub fn run(lab: &Lab) -> Result<()> {
     let mut next_line = t0;
     while curl.is_running() && t0.elapsed() < Duration::from_secs(120) {
         let now = Instant::now();
-        let size = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
+        let size = curl.bytes_so_far();
         if size > last_size {
             longest_gap = longest_gap.max(now - last_progress);
             last_size = size;
@@ -94,8 +82,8 @@ pub fn run(lab: &Lab) -> Result<()> {
             );
         }
         if now >= next_line {
-            let wifi = mh.link_counters(MH_WIFI_IF)?.since(&wifi0);
-            let cell = mh.link_counters(MH_CELL_IF)?.since(&cell0);
+            let wifi = curl.counters_so_far(MH_WIFI_IF)?;
+            let cell = curl.counters_so_far(MH_CELL_IF)?;
             println!(
                 "  {:>5.1}s  {:>10}  {:>10}  {:>12}",
                 (now - t0).as_secs_f64(),
@@ -107,28 +95,29 @@ pub fn run(lab: &Lab) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let status = curl
-        .wait_with_timeout(Duration::from_secs(5))
-        .context("curl did not finish")?;
+    let got = curl.wait(Duration::from_secs(5))?;
+    let status = got.status.context("curl did not finish")?;
     let elapsed = t0.elapsed();
-    let size = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
-    let sha = upmt_tests::sha256_file(&out)?;
     let want = http.sha256("big.bin").context("big.bin is served")?;
-    let wifi = mh.link_counters(MH_WIFI_IF)?.since(&wifi0);
-    let cell = mh.link_counters(MH_CELL_IF)?.since(&cell0);
+    let intact = got.sha256.as_deref() == Some(want);
     println!(
         "  done in {:.1?}: curl {status}, {} bytes, sha256 {}",
         elapsed,
-        size,
-        if sha == want { "ok" } else { "MISMATCH" }
+        got.size,
+        if intact { "ok" } else { "MISMATCH" }
     );
+    let connections = match got.num_connects {
+        Some(1) => "one TCP connection throughout".to_owned(),
+        Some(n) => format!("{n} TCP connections"),
+        None => "TCP connections not reported".to_owned(),
+    };
     println!(
-        "  received over wifi {}, over cell {}; longest stall {:.2?}; one TCP connection throughout",
-        mib(wifi.rx_bytes),
-        mib(cell.rx_bytes),
-        longest_gap
+        "  received over wifi {}, over cell {}; longest stall {:.2?}; {connections}",
+        mib(got.counters(MH_WIFI_IF).rx_bytes),
+        mib(got.counters(MH_CELL_IF).rx_bytes),
+        longest_gap,
     );
-    if !status.success() || sha != want {
+    if !status.success() || !intact {
         bail!("the download did not survive the handover\n{}", upmt.logs());
     }
     mh.set_link(MH_WIFI_IF, true)?;

@@ -1,0 +1,157 @@
+//! The anchor's data plane: which path each flow's downlink takes, and the uplink checks.
+
+use super::peer::{PathEntry, Peer};
+use super::{Anchor, FlowKey, MAX_FLOWS_PER_PEER};
+use crate::time::Instant;
+use crate::wire::Kind;
+use crate::{DropReason, HEADER_LEN, PathId, TAG_LEN, Transmit, ip};
+use core::time::Duration;
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+
+/// Flow -> the path it last came up on or was moved to, with the sequence number of the last
+/// explicit move (0: none), bounded, oldest inserted evicted first.
+#[derive(Default)]
+pub(super) struct FlowTable {
+    map: HashMap<FlowKey, (PathId, u64)>,
+    order: VecDeque<FlowKey>,
+}
+
+impl FlowTable {
+    /// Learns `path` from uplink data.
+    pub(super) fn record(&mut self, key: FlowKey, path: PathId) {
+        if let Some(p) = self.map.get_mut(&key) {
+            p.0 = path;
+            return;
+        }
+        self.insert(key, (path, 0));
+    }
+
+    /// Applies an explicit move; false when an equal or newer move was already applied.
+    pub(super) fn apply_move(&mut self, key: FlowKey, path: PathId, seq: u64) -> bool {
+        if let Some(p) = self.map.get_mut(&key) {
+            if seq <= p.1 {
+                return false;
+            }
+            *p = (path, seq);
+            return true;
+        }
+        self.insert(key, (path, seq));
+        true
+    }
+
+    fn insert(&mut self, key: FlowKey, value: (PathId, u64)) {
+        if self.map.len() >= MAX_FLOWS_PER_PEER
+            && let Some(old) = self.order.pop_front()
+        {
+            self.map.remove(&old);
+        }
+        self.map.insert(key, value);
+        self.order.push_back(key);
+    }
+
+    fn get(&self, key: &FlowKey) -> Option<PathId> {
+        self.map.get(key).map(|v| v.0)
+    }
+
+    pub(super) fn clear(&mut self) {
+        self.map.clear();
+        self.order.clear();
+    }
+}
+
+impl Peer {
+    /// An uplink inner packet: refused unless its source is the peer's own virtual address;
+    /// otherwise its flow is recorded as living on `path`.
+    pub(super) fn uplink(&mut self, plain: &[u8], path: PathId) -> Result<(), DropReason> {
+        let key = ip::parse(plain).ok_or(DropReason::NotIp)?;
+        let own = match key.src {
+            IpAddr::V4(a) => a == self.config.virtual_ipv4,
+            IpAddr::V6(a) => Some(a) == self.config.virtual_ipv6,
+        };
+        if !own {
+            return Err(DropReason::SpoofedSource);
+        }
+        self.flows.record(FlowKey::from(&key), path);
+        Ok(())
+    }
+
+    /// The path and validated endpoint for `flow`'s downlink (see the module docs). Fresh
+    /// first: the flow's path, else the freshest one; then, when nothing is fresh, the flow's
+    /// or the latest path unless said down; then any validated one.
+    fn downlink_path(
+        &self,
+        flow: &FlowKey,
+        now: Instant,
+        stale: Duration,
+    ) -> Option<(PathId, SocketAddr)> {
+        let wanted = self.flows.get(flow).or(self.last_path);
+        let entry = |p: PathId| self.paths.iter().find(|e| e.id == p);
+        let fresh = |e: &&PathEntry| e.fresh(now, stale);
+        wanted
+            .and_then(entry)
+            .filter(fresh)
+            .or_else(|| self.paths.iter().filter(fresh).max_by_key(|e| e.last_rx))
+            .or_else(|| {
+                [self.flows.get(flow), self.last_path]
+                    .into_iter()
+                    .flatten()
+                    .filter_map(entry)
+                    .find(|e| e.endpoint.is_some() && !e.down)
+            })
+            .or_else(|| {
+                self.paths
+                    .iter()
+                    .filter(|e| e.endpoint.is_some())
+                    .min_by_key(|e| e.down)
+            })
+            .and_then(|e| Some((e.id, e.endpoint?)))
+    }
+}
+
+impl Anchor {
+    /// `buf[HEADER_LEN..HEADER_LEN + len]` holds an inner packet read from the TUN; its
+    /// destination picks the peer; the downlink path is the one the flow last came up on or was
+    /// moved to, unless that path is down or stale (see the module docs), else the freshest path.
+    pub fn encapsulate(
+        &mut self,
+        buf: &mut [u8],
+        len: usize,
+        now: Instant,
+    ) -> Result<Transmit, DropReason> {
+        let r = self.encapsulate_inner(buf, len, now);
+        if let Err(reason) = r {
+            self.drops.add(reason);
+        }
+        r
+    }
+
+    fn encapsulate_inner(
+        &mut self,
+        buf: &mut [u8],
+        len: usize,
+        now: Instant,
+    ) -> Result<Transmit, DropReason> {
+        let end = HEADER_LEN.checked_add(len).ok_or(DropReason::TooBig)?;
+        if end.checked_add(TAG_LEN).is_none_or(|n| n > buf.len()) {
+            return Err(DropReason::TooBig);
+        }
+        let key = ip::parse(&buf[HEADER_LEN..end]).ok_or(DropReason::NotIp)?;
+        let id = *self.by_addr.get(&key.dst).ok_or(DropReason::UnknownPeer)?;
+        let peer = &mut self.peers[id.0 as usize];
+        // The flow as its first packet would have left the mobile host.
+        let flow = FlowKey::from(&key.reversed());
+        let (path, dst) = peer
+            .downlink_path(&flow, now, self.config.path_stale_after)
+            .ok_or(DropReason::NoSession)?;
+        let keys = peer.current.as_mut().ok_or(DropReason::NoSession)?;
+        let n = keys.seal(Kind::Data, path, buf, len)?;
+        peer.tx_packets += 1;
+        peer.tx_bytes += n as u64;
+        Ok(Transmit {
+            path,
+            dst: Some(dst),
+            len: n,
+        })
+    }
+}

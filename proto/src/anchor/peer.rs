@@ -1,0 +1,231 @@
+//! One mobile host as the anchor keeps it: its keypairs, its paths and their validation.
+
+use super::control::EventBudget;
+use super::flows::FlowTable;
+use super::{CHALLENGE_RESEND, CHALLENGE_TIMEOUT, PeerConfig};
+use crate::control::CHALLENGE_LEN;
+use crate::cookie::random_bytes;
+use crate::crypto::Keypair;
+use crate::time::Instant;
+use crate::{PathId, SessionIndex};
+use core::time::Duration;
+use std::net::SocketAddr;
+
+#[derive(Clone, Copy, Debug)]
+struct Challenge {
+    addr: SocketAddr,
+    data: [u8; CHALLENGE_LEN],
+    sent_at: Instant,
+}
+
+pub(super) struct PathEntry {
+    pub(super) id: PathId,
+    /// The validated address downlink goes to, if any.
+    pub(super) endpoint: Option<SocketAddr>,
+    challenge: Option<Challenge>,
+    /// The last authenticated packet from the validated endpoint.
+    pub(super) last_rx: Option<Instant>,
+    /// The client said this path is down.
+    pub(super) down: bool,
+    /// Sequence number of the last applied `PathStatus` (0: none).
+    pub(super) status_seq: u64,
+}
+
+impl PathEntry {
+    fn new(id: PathId) -> Self {
+        PathEntry {
+            id,
+            endpoint: None,
+            challenge: None,
+            last_rx: None,
+            down: false,
+            status_seq: 0,
+        }
+    }
+
+    /// Validated, not said to be down, and heard from within `stale`.
+    pub(super) fn fresh(&self, now: Instant, stale: Duration) -> bool {
+        self.endpoint.is_some()
+            && !self.down
+            && self
+                .last_rx
+                .is_some_and(|t| now.saturating_duration_since(t) < stale)
+    }
+}
+
+/// What an authenticated packet means for its path.
+pub(super) enum PathAction {
+    Nothing,
+    /// `from` just became the path's endpoint.
+    Validated,
+    /// Send this challenge to `from`.
+    Challenge([u8; CHALLENGE_LEN]),
+}
+
+pub(super) struct Peer {
+    pub(super) config: PeerConfig,
+    pub(super) last_timestamp: Option<u64>,
+    pub(super) current: Option<Keypair>,
+    pub(super) previous: Option<Keypair>,
+    pub(super) next: Option<Keypair>,
+    pub(super) connected: bool,
+    pub(super) paths: Vec<PathEntry>,
+    /// The latest handshake: (its session index, path, source address).
+    pub(super) origin: Option<(SessionIndex, PathId, SocketAddr)>,
+    pub(super) last_path: Option<PathId>,
+    pub(super) flows: FlowTable,
+    /// Events its signals may still raise (see `control.rs`).
+    pub(super) signal_events: EventBudget,
+    pub(super) last_rx: Option<Instant>,
+    pub(super) rx_packets: u64,
+    pub(super) rx_bytes: u64,
+    pub(super) tx_packets: u64,
+    pub(super) tx_bytes: u64,
+}
+
+impl Peer {
+    pub(super) fn new(config: PeerConfig) -> Self {
+        Peer {
+            config,
+            last_timestamp: None,
+            current: None,
+            previous: None,
+            next: None,
+            connected: false,
+            paths: Vec::new(),
+            origin: None,
+            last_path: None,
+            flows: FlowTable::default(),
+            signal_events: EventBudget::default(),
+            last_rx: None,
+            rx_packets: 0,
+            rx_bytes: 0,
+            tx_packets: 0,
+            tx_bytes: 0,
+        }
+    }
+
+    pub(super) fn endpoint(&self, path: PathId) -> Option<SocketAddr> {
+        self.paths
+            .iter()
+            .find(|p| p.id == path)
+            .and_then(|p| p.endpoint)
+    }
+
+    /// The entry of `path`, created on first mention.
+    pub(super) fn path_entry(&mut self, path: PathId) -> &mut PathEntry {
+        let i = match self.paths.iter().position(|p| p.id == path) {
+            Some(i) => i,
+            None => {
+                self.paths.push(PathEntry::new(path));
+                self.paths.len() - 1
+            }
+        };
+        &mut self.paths[i]
+    }
+
+    /// Opens a transport datagram with the keypair of `idx`. The second value is true when
+    /// that keypair is the *next* one, which this packet confirms.
+    pub(super) fn open(
+        &mut self,
+        idx: SessionIndex,
+        counter: u64,
+        datagram: &mut [u8],
+    ) -> Result<(core::ops::Range<usize>, bool), crate::DropReason> {
+        match (&mut self.current, &mut self.previous, &mut self.next) {
+            (Some(k), _, _) if k.local_index == idx => Ok((k.open(counter, datagram)?, false)),
+            (_, Some(k), _) if k.local_index == idx => Ok((k.open(counter, datagram)?, false)),
+            (_, _, Some(k)) if k.local_index == idx => Ok((k.open(counter, datagram)?, true)),
+            _ => Err(crate::DropReason::UnknownSession),
+        }
+    }
+
+    /// The next keypair becomes current; returns the local index of the one that fell out.
+    pub(super) fn confirm_next(&mut self) -> Option<SessionIndex> {
+        let dropped = self.previous.take().map(|k| k.local_index);
+        self.previous = self.current.take();
+        self.current = self.next.take();
+        dropped
+    }
+
+    /// Path validation for an authenticated packet of session `idx` on `path` from `from`;
+    /// `response` is the payload of a PathResponse it carried. See the module docs.
+    pub(super) fn observe(
+        &mut self,
+        idx: SessionIndex,
+        path: PathId,
+        from: SocketAddr,
+        response: Option<[u8; CHALLENGE_LEN]>,
+        now: Instant,
+    ) -> PathAction {
+        let origin = self
+            .origin
+            .is_some_and(|(i, p, a)| i == idx && p == path && a == from);
+        let entry = self.path_entry(path);
+        if entry.endpoint == Some(from) {
+            entry.challenge = None;
+            return PathAction::Nothing;
+        }
+        let answered = response.is_some_and(|d| {
+            entry.challenge.is_some_and(|c| {
+                c.addr == from
+                    && crate::handshake::ct_eq(&c.data, &d)
+                    && now.saturating_duration_since(c.sent_at) <= CHALLENGE_TIMEOUT
+            })
+        });
+        if origin || answered {
+            entry.endpoint = Some(from);
+            entry.challenge = None;
+            return PathAction::Validated;
+        }
+        match &mut entry.challenge {
+            Some(c) if c.addr == from => {
+                if now.saturating_duration_since(c.sent_at) < CHALLENGE_RESEND {
+                    PathAction::Nothing
+                } else {
+                    c.sent_at = now;
+                    PathAction::Challenge(c.data)
+                }
+            }
+            slot => {
+                let data = random_bytes(u64::from(idx.0) ^ u64::from(path.0) << 32);
+                *slot = Some(Challenge {
+                    addr: from,
+                    data,
+                    sent_at: now,
+                });
+                PathAction::Challenge(data)
+            }
+        }
+    }
+
+    /// An authenticated packet on `path` from `from`: if that is the path's validated endpoint,
+    /// the path is fresh and the latest one.
+    pub(super) fn heard_on(&mut self, path: PathId, from: SocketAddr, now: Instant) {
+        if self.endpoint(path) == Some(from) {
+            self.last_path = Some(path);
+            if let Some(e) = self.paths.iter_mut().find(|e| e.id == path) {
+                e.last_rx = Some(now);
+            }
+        }
+    }
+
+    /// When the session is forgotten if nothing arrives.
+    pub(super) fn deadline(&self, timeout: Duration) -> Option<Instant> {
+        let newest = [&self.current, &self.previous, &self.next]
+            .into_iter()
+            .flatten()
+            .map(|k| k.created)
+            .max()?;
+        Some(self.last_rx.map_or(newest, |rx| rx.max(newest)) + timeout)
+    }
+
+    /// Forgets the session: its keypairs (their local indices are returned), paths and flows.
+    pub(super) fn forget_session(&mut self) -> impl Iterator<Item = SessionIndex> + use<> {
+        let keys = [self.current.take(), self.previous.take(), self.next.take()];
+        self.paths.clear();
+        self.flows.clear();
+        self.last_path = None;
+        keys.into_iter().flatten().map(|k| k.local_index)
+    }
+}

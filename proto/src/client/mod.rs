@@ -1,0 +1,488 @@
+//! The mobile host's core: one session to one anchor over several paths.
+//!
+//! The driver declares paths (one UDP socket per uplink, connected to the anchor) with
+//! `handle_path_up` / `handle_path_down`. The client handshakes on the first declared path and,
+//! when no answer comes within `handshake_retry`, tries again with a fresh handshake on the next
+//! path. Once connected, any path carries data (`encapsulate` takes the path the driver's policy
+//! chose) and every declared path is probed: the answers give the path's RTT and loss and keep it
+//! Up.
+//!
+//! # Probing and liveness
+//! Probe timing balances detection time against a phone's battery:
+//! - *active* (data sent or received within `active_window`, default 5 s): every path is probed
+//!   every `probe_interval` (default 200 ms);
+//! - *idle*: one probe per `keepalive` (default 25 s), just often enough to keep NAT bindings;
+//! - a path with a probe outstanding is probed every `probe_interval` until answered, and a Down
+//!   path every `down_probe_interval` (default 1 s), to see it come back.
+//!
+//! A path is Down when a probe sent on it stays without any authenticated answer on that path
+//! for `path_timeout` (default 700 ms, about three active probes): a blackholed path is found
+//! within `probe_interval + path_timeout` (<= 0.9 s) while active, and within one keepalive plus
+//! `path_timeout` when idle. A link the driver reports gone (`handle_path_down`) is Down at once.
+//!
+//! # Signalling the anchor
+//! The anchor learns each move at once: when a path goes Down (timeout or the driver) the client
+//! sends `PathStatus { down }` on a live path, and `PathStatus { up }` when it answers again;
+//! [`Client::move_flows`] sends one `FlowMove` per flow, on the flow's new path. Each signal is
+//! resent every `signal_retry` (doubling, at most 2 s, rotating over the usable paths) until
+//! the anchor's `SignalAck` for its sequence number arrives. Sequence numbers grow with the
+//! unix clock, so a restarted client's signals are still newer than its old ones.
+//!
+//! # Hold-down
+//! [`Client::path_usable`] says whether the driver should put traffic on a path: a path that
+//! came back Up is usable only after staying Up for `hold_down` (default 3 s) while another
+//! path has been Up that long, so a flapping preferred link does not drag flows back and forth.
+//!
+//! # Session lifetime
+//! After `rekey_after` a new handshake runs while the old keys keep working; the old receive key
+//! is kept after the switch for packets still in flight. When every path is Down and nothing
+//! authenticated arrived for `path_timeout` (the anchor restarted and forgot us, or every uplink
+//! is blackholed), the client reports `Disconnected` and handshakes again, still sending on the
+//! old keys meanwhile so that a mere blip loses nothing.
+//!
+//! Path validation: the anchor answers a packet from an address it has not validated for that
+//! path with a `PathChallenge`; the client echoes it at once in a `PathResponse` on the same
+//! path, so NAT rebinding costs one round trip.
+//!
+//! Handshake floods: an anchor under load answers an init with a CookieReply; the client keeps
+//! the cookie (for a little less than its 2-minute life), resends the pending init at once with
+//! `mac2` set (once per init, so forged replies cannot make it loop) and puts mac2 on later
+//! inits while the cookie lasts.
+//!
+//! Bounds: the transmit queue holds at most [`MAX_QUEUED_TRANSMITS`] datagrams and the event
+//! queue [`MAX_EVENTS`]; past that, the datagram or event is lost and counted as the anchor
+//! counts it (see [`crate::queue`] and [`Client::queue_stats`]).
+//!
+//! Code layout: `handshake.rs` (connect, rekey, retries, cookies), `paths.rs` (liveness,
+//! probes, hold-down), `signals.rs` (acked path status and flow moves); this file holds the
+//! struct, the inputs and outputs, and the timer table.
+//!
+//! Never does IO or reads a clock; never allocates per packet (the queues are allocated once at
+//! their bound).
+
+mod handshake;
+mod paths;
+mod signals;
+
+pub use crate::control::FlowKey;
+pub use crate::queue::QueueStats;
+pub use paths::{PathState, PathStats};
+pub use signals::{MAX_PENDING_SIGNALS, SignalStats};
+
+use crate::control::ControlMessage;
+use crate::cookie::cookie_key;
+use crate::crypto::Keypair;
+use crate::handshake::mac1_key;
+use crate::keys::{PublicKey, StaticSecret};
+use crate::queue::Queues;
+use crate::time::Instant;
+use crate::timer::{Timer, TimerTable};
+use crate::wire::{self, COOKIE_LEN, INIT_LEN, Kind, TransportHeader, TransportRepr};
+use crate::{DropCounters, DropReason, HEADER_LEN, PathId, SessionParams, TAG_LEN, Transmit};
+use core::ops::Range;
+use core::time::Duration;
+use handshake::{Pending, Purpose};
+use paths::{Path, micros};
+use ring::aead::LessSafeKey;
+use signals::Signals;
+
+/// Datagrams waiting for `poll_transmit`.
+pub const MAX_QUEUED_TRANSMITS: usize = 256;
+/// Events waiting for `poll_event`.
+pub const MAX_EVENTS: usize = 256;
+
+/// Settings of a [`Client`].
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// The mobile host's identity.
+    pub static_secret: StaticSecret,
+    /// The anchor's identity.
+    pub anchor_public: PublicKey,
+    /// Probe interval on an Up path while idle: keeps NAT bindings (default 25 s).
+    pub keepalive: Duration,
+    /// Probe interval on every path while active, and while a probe is unanswered
+    /// (default 200 ms).
+    pub probe_interval: Duration,
+    /// Probe interval on a Down path (default 1 s).
+    pub down_probe_interval: Duration,
+    /// Data sent or received within this long makes the session active (default 5 s).
+    pub active_window: Duration,
+    /// A path whose probe got no authenticated answer for this long is Down (default 700 ms).
+    pub path_timeout: Duration,
+    /// A path that came back Up is usable after this long Up (default 3 s).
+    pub hold_down: Duration,
+    /// First resend of an unacknowledged signal (default 150 ms, then doubling).
+    pub signal_retry: Duration,
+    /// Time before a handshake init is resent, on the next path (default 1 s).
+    pub handshake_retry: Duration,
+    /// Age of a session after which a new handshake starts (default 120 s).
+    pub rekey_after: Duration,
+}
+
+impl ClientConfig {
+    /// A config with the default timers.
+    pub fn new(static_secret: StaticSecret, anchor_public: PublicKey) -> Self {
+        ClientConfig {
+            static_secret,
+            anchor_public,
+            keepalive: Duration::from_secs(25),
+            probe_interval: Duration::from_millis(200),
+            down_probe_interval: Duration::from_secs(1),
+            active_window: Duration::from_secs(5),
+            path_timeout: Duration::from_millis(700),
+            hold_down: Duration::from_secs(3),
+            signal_retry: Duration::from_millis(150),
+            handshake_retry: Duration::from_secs(1),
+            rekey_after: Duration::from_secs(120),
+        }
+    }
+}
+
+/// What happened, for the driver.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A session is established (first time, or again after `Disconnected`).
+    Connected(SessionParams),
+    /// Every path went silent: the session is presumed lost and a new handshake is running.
+    Disconnected,
+    /// A path answers again.
+    PathUp(PathId),
+    /// A path stopped answering, or the driver said its link is gone.
+    PathDown(PathId),
+    /// The session's keys were replaced by a new handshake.
+    Rekeyed,
+}
+
+/// A datagram waiting to be built by `poll_transmit`.
+#[derive(Clone, Copy, Debug)]
+enum Queued {
+    Init,
+    Probe(PathId),
+    /// An answer on the path its request came on (a probe's ack, a challenge's response).
+    Reply {
+        path: PathId,
+        msg: ControlMessage,
+    },
+    /// The pending signal with this sequence number (skipped if acked meanwhile).
+    Signal(u64),
+}
+
+/// The mobile host's protocol core. See the crate docs for the calling order.
+pub struct Client {
+    config: ClientConfig,
+    mac1_key: [u8; 32],
+    cookie_key: LessSafeKey,
+    /// The latest cookie from the anchor and when it arrived.
+    cookie: Option<([u8; COOKIE_LEN], Instant)>,
+    created: Instant,
+    unix_nanos_at_created: u64,
+    last_timestamp: u64,
+    paths: Vec<Path>,
+    pending: Option<Pending>,
+    /// Rotates the path of successive handshake attempts.
+    attempt: usize,
+    current: Option<Keypair>,
+    previous: Option<Keypair>,
+    params: Option<SessionParams>,
+    connected: bool,
+    /// Last authenticated packet on any path of the session.
+    last_rx: Option<Instant>,
+    queues: Queues<Queued, Event>,
+    drops: DropCounters,
+    signals: Signals,
+    /// The last data packet sent or received.
+    last_activity: Option<Instant>,
+}
+
+impl Client {
+    /// A client that will handshake as soon as a path is up.
+    pub fn new(config: ClientConfig, now: Instant, unix_nanos_at_now: u64) -> Self {
+        let mac1_key = mac1_key(&config.anchor_public);
+        let cookie_key = cookie_key(&config.anchor_public);
+        Client {
+            config,
+            mac1_key,
+            cookie_key,
+            cookie: None,
+            created: now,
+            unix_nanos_at_created: unix_nanos_at_now,
+            last_timestamp: 0,
+            paths: Vec::new(),
+            pending: None,
+            attempt: 0,
+            current: None,
+            previous: None,
+            params: None,
+            connected: false,
+            last_rx: None,
+            queues: Queues::new(MAX_QUEUED_TRANSMITS, MAX_EVENTS),
+            drops: DropCounters::default(),
+            signals: Signals::new(),
+            last_activity: None,
+        }
+    }
+
+    /// The driver has a socket for `path` (its link is up). Starts the handshake if none runs.
+    pub fn handle_path_up(&mut self, path: PathId, now: Instant) {
+        if self.path(path).is_none() {
+            self.paths.push(Path::new(path, now));
+        }
+        if self.current.is_none() && self.pending.is_none() {
+            self.start_handshake(Purpose::Connect, now);
+        }
+    }
+
+    /// The driver lost the link of `path`. A handshake waiting on it moves to another path.
+    pub fn handle_path_down(&mut self, path: PathId, now: Instant) {
+        let Some(i) = self.paths.iter().position(|p| p.id == path) else {
+            return;
+        };
+        let p = self.paths.remove(i);
+        if p.state == PathState::Up {
+            self.queues.push_event(Event::PathDown(path));
+            self.signal(signals::SignalBody::PathStatus { path, down: true }, now);
+        }
+        if let Some(pending) = &self.pending
+            && pending.path == path
+        {
+            let purpose = pending.purpose;
+            self.start_handshake(purpose, now);
+        }
+    }
+
+    /// Decrypts in place. `Ok(Some(range))`: an inner IP packet at `datagram[range]` for the TUN;
+    /// `Ok(None)`: consumed (handshake or control; see `poll_transmit` / `poll_event`).
+    pub fn handle_datagram(
+        &mut self,
+        path: PathId,
+        datagram: &mut [u8],
+        now: Instant,
+    ) -> Result<Option<Range<usize>>, DropReason> {
+        let r = self.handle_datagram_inner(path, datagram, now);
+        if let Err(reason) = r {
+            self.drops.add(reason);
+        }
+        r
+    }
+
+    fn handle_datagram_inner(
+        &mut self,
+        path: PathId,
+        datagram: &mut [u8],
+        now: Instant,
+    ) -> Result<Option<Range<usize>>, DropReason> {
+        match wire::peek_kind(datagram)? {
+            Kind::HandshakeInit => Err(DropReason::UnknownKind),
+            Kind::CookieReply => {
+                self.handle_cookie(datagram, now)?;
+                Ok(None)
+            }
+            Kind::HandshakeResp => {
+                self.handle_resp(path, datagram, now)?;
+                Ok(None)
+            }
+            Kind::Data | Kind::Control => {
+                let h = TransportHeader::new_checked(&*datagram)?;
+                let repr = TransportRepr::parse(&h)?;
+                let idx = repr.receiver_index;
+                let keys = match (&mut self.current, &mut self.previous) {
+                    (Some(k), _) if k.local_index == idx => k,
+                    (_, Some(k)) if k.local_index == idx => k,
+                    _ => return Err(DropReason::UnknownSession),
+                };
+                let range = keys.open(repr.counter, datagram)?;
+                self.on_authenticated(path, now);
+                let plain = &datagram[range.clone()];
+                if repr.kind == Kind::Data {
+                    if !matches!(plain.first().map(|b| b >> 4), Some(4 | 6)) {
+                        return Err(DropReason::NotIp);
+                    }
+                    self.note_activity(now);
+                    return Ok(Some(range));
+                }
+                self.handle_control(path, ControlMessage::parse(plain)?, now)?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// An authenticated control message from the anchor on `path`.
+    fn handle_control(
+        &mut self,
+        path: PathId,
+        msg: ControlMessage,
+        now: Instant,
+    ) -> Result<(), DropReason> {
+        let reply = match msg {
+            ControlMessage::Probe { seq, sent_us } => ControlMessage::ProbeAck {
+                seq,
+                echo_us: sent_us,
+            },
+            ControlMessage::PathChallenge { data } => ControlMessage::PathResponse { data },
+            ControlMessage::ProbeAck { seq, echo_us } => {
+                if let Some(p) = self.path_mut(path) {
+                    p.on_probe_ack(seq, echo_us, now);
+                }
+                return Ok(());
+            }
+            ControlMessage::SignalAck { seq } => {
+                self.on_signal_ack(seq);
+                return Ok(());
+            }
+            // The client never challenges and is never signalled.
+            ControlMessage::PathResponse { .. }
+            | ControlMessage::PathStatus { .. }
+            | ControlMessage::FlowMove { .. } => return Ok(()),
+        };
+        self.queues
+            .push_transmit(Queued::Reply { path, msg: reply })
+    }
+
+    /// `buf[HEADER_LEN..HEADER_LEN + len]` holds an inner IP packet and `buf` has at least
+    /// `TAG_LEN` more bytes. Writes header and tag in place; returns the datagram length.
+    pub fn encapsulate(
+        &mut self,
+        path: PathId,
+        buf: &mut [u8],
+        len: usize,
+        now: Instant,
+    ) -> Result<usize, DropReason> {
+        let r = self.encapsulate_inner(path, buf, len);
+        match r {
+            Ok(_) => {
+                if let Some(p) = self.path_mut(path) {
+                    p.tx_packets += 1;
+                }
+                self.note_activity(now);
+            }
+            Err(reason) => self.drops.add(reason),
+        }
+        r
+    }
+
+    fn encapsulate_inner(
+        &mut self,
+        path: PathId,
+        buf: &mut [u8],
+        len: usize,
+    ) -> Result<usize, DropReason> {
+        let keys = self.current.as_mut().ok_or(DropReason::NoSession)?;
+        let first = buf.get(HEADER_LEN).ok_or(DropReason::TooBig)?;
+        if len == 0 || !matches!(first >> 4, 4 | 6) {
+            return Err(DropReason::NotIp);
+        }
+        keys.seal(Kind::Data, path, buf, len)
+    }
+
+    /// The next datagram to send, written into `buf` (at least 1500 bytes is always enough).
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        while let Some(q) = self.queues.pop_transmit() {
+            if let Some(t) = self.build(q, now, buf) {
+                return Some(t);
+            }
+        }
+        None
+    }
+
+    fn build(&mut self, q: Queued, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        let (path, msg) = match q {
+            Queued::Init => {
+                let p = self.pending.as_ref()?;
+                buf.get_mut(..INIT_LEN)?.copy_from_slice(&p.bytes);
+                let path = p.path;
+                if let Some(pp) = self.path_mut(path) {
+                    pp.tx_packets += 1;
+                }
+                return Some(Transmit {
+                    path,
+                    dst: None,
+                    len: INIT_LEN,
+                });
+            }
+            Queued::Probe(path) => {
+                let seq = self.path_mut(path)?.next_probe_seq();
+                (
+                    path,
+                    ControlMessage::Probe {
+                        seq,
+                        sent_us: micros(now),
+                    },
+                )
+            }
+            Queued::Reply { path, msg } => (path, msg),
+            Queued::Signal(seq) => self.build_signal(seq)?,
+        };
+        let keys = self.current.as_mut()?;
+        let body = buf.get_mut(HEADER_LEN..HEADER_LEN + msg.buffer_len() + TAG_LEN)?;
+        let n = msg.emit(body).ok()?;
+        let len = keys.seal(Kind::Control, path, buf, n).ok()?;
+        if let Some(p) = self.path_mut(path) {
+            p.tx_packets += 1;
+        }
+        Some(Transmit {
+            path,
+            dst: None,
+            len,
+        })
+    }
+
+    /// Every armed deadline, by timer.
+    fn timers(&self) -> TimerTable {
+        let mut timers = TimerTable::default();
+        self.handshake_timers(&mut timers);
+        if self.current.is_some() {
+            self.path_timers(&mut timers);
+            self.signal_timers(&mut timers);
+        }
+        timers
+    }
+
+    /// When `handle_timeout` must be called next, and why.
+    pub fn poll_timeout(&self) -> Option<(Instant, Timer)> {
+        self.timers().next()
+    }
+
+    /// Runs the timers due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.expire_paths(now);
+        self.handshake_timeouts(now);
+        if self.current.is_some() {
+            self.send_due_probes(now);
+            self.send_due_signals(now);
+        }
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.queues.pop_event()
+    }
+
+    /// The parameters of the current session.
+    pub fn session(&self) -> Option<&SessionParams> {
+        self.params.as_ref().filter(|_| self.current.is_some())
+    }
+
+    /// Drops so far, counted by this core.
+    pub fn drops(&self) -> &DropCounters {
+        &self.drops
+    }
+
+    /// Overflows of the transmit and event queues (see [`crate::queue`]).
+    pub fn queue_stats(&self) -> QueueStats {
+        self.queues.stats
+    }
+
+    /// Fuzzing hook: seals `buf[HEADER_LEN..HEADER_LEN + len]` as a Control packet with the
+    /// current keys, whatever it holds.
+    pub(crate) fn seal_control_raw(
+        &mut self,
+        path: PathId,
+        buf: &mut [u8],
+        len: usize,
+    ) -> Option<usize> {
+        self.current
+            .as_mut()?
+            .seal(Kind::Control, path, buf, len)
+            .ok()
+    }
+}

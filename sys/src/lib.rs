@@ -1,0 +1,25 @@
+//! upmt-sys: the small pieces of system support that both daemons (`upmt-mh` and `upmt-an`)
+//! need, written once so the two cannot drift apart.
+//!
+//! - [`clock`]: `CLOCK_BOOTTIME` (counts suspended time) and Unix time;
+//! - [`caps`]: whether the process holds CAP_NET_ADMIN;
+//! - [`file`]: the bounded, regular-file-only read used for configs, policies and keys;
+//! - [`keys`]: private key files (the same bounded read, plus a permission check);
+//! - [`config`]: the one [`config::ConfigError`] shape (file:line:column: what was expected);
+//! - [`ifname`]: the kernel's interface-name rules;
+//! - [`error`]: an error and its causes on one line.
+//!
+//! It holds no protocol logic and no daemon state: the pure cores stay in `proto/`, `paft/` and
+//! `policy/`, and nothing here decides anything about packets or paths.
+
+pub mod caps;
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod file;
+pub mod ifname;
+pub mod keys;
+#[doc(hidden)]
+pub mod testing;
+
+pub use error::display_chain;
