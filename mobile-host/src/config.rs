@@ -851,6 +851,29 @@ mod tests {
     }
 
     #[test]
+    fn the_magisk_modules_example_config_is_valid_once_the_anchor_key_is_filled_in() {
+        let text = include_str!("../../scripts/magisk/mh.toml.example")
+            .replace("REPLACE-WITH-THE-ANCHORS-PUBLIC-KEY-44-CHARS=", KEY_A)
+            .replace(
+                "private_key_file = \"mh.key\"",
+                &format!("private_key = \"{KEY_B}\""),
+            );
+        let c = Config::parse(&text, Path::new(ANDROID_CONFIG)).expect("the example must parse");
+        assert_eq!(c.platform, Platform::Android);
+        assert_eq!(c.control_socket, Path::new(ANDROID_SOCKET));
+        assert_eq!(c.anchors.len(), 2);
+        assert_eq!(c.uplinks[1].interface, "rmnet_data*");
+        // As shipped, the placeholder key is refused at its line.
+        let raw = include_str!("../../scripts/magisk/mh.toml.example");
+        match Config::parse(raw, Path::new(ANDROID_CONFIG)) {
+            Err(ConfigError::Invalid { message, .. }) => {
+                assert!(message.contains("anchor_public_key"), "{message}")
+            }
+            other => panic!("expected the placeholder key refused, got {other:?}"),
+        }
+    }
+
+    #[test]
     fn ipv6_anchor_and_explicit_mark_table_priority_are_honoured() {
         let text = good().replace("203.0.113.2:51900", "[2001:db8::2]:51900") + "";
         let text = text.replace(

@@ -97,12 +97,14 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
             .map_or_else(|| "root only".to_owned(), |g| format!("root and group {g}"))
     );
     for u in &config.uplinks {
+        let now = if u.interface.ends_with('*') {
+            "a pattern: the daemon picks among the interfaces it matches".to_owned()
+        } else {
+            format!("{:?} now", uplink::link_state(&u.interface))
+        };
         println!(
-            "uplink        path {} {} on {} ({:?} now)",
-            u.path_index,
-            u.name,
-            u.interface,
-            uplink::link_state(&u.interface)
+            "uplink        path {} {} on {} ({now})",
+            u.path_index, u.name, u.interface,
         );
     }
     Ok(())
