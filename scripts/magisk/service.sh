@@ -6,7 +6,8 @@
 # /data/adb/upmt/upmt-mh.log. POSIX sh only: Android runs this with mksh.
 
 MODDIR=${0%/*}
-DATA=/data/adb/upmt
+# UPMT_DATA only lets the tests run this script in a scratch directory.
+DATA=${UPMT_DATA:-/data/adb/upmt}
 CONFIG=$DATA/mh.toml
 LOG=$DATA/service.log
 DAEMON_LOG=$DATA/upmt-mh.log
@@ -54,6 +55,7 @@ fi
 
 if [ ! -f "$CONFIG" ]; then
     log "no $CONFIG: not starting upmt-mh (start from $DATA/mh.toml.example, then reboot)"
+    rm -f "$DATA/service.pid"
     exit 0
 fi
 

@@ -5,7 +5,8 @@
 # (config, keys, logs) stays unless /data/adb/upmt/remove-on-uninstall exists. POSIX sh only.
 
 MODDIR=${0%/*}
-DATA=/data/adb/upmt
+# UPMT_DATA only lets the tests run this script in a scratch directory.
+DATA=${UPMT_DATA:-/data/adb/upmt}
 CONFIG=$DATA/mh.toml
 LOG=$DATA/service.log
 BIN=$MODDIR/system/bin/upmt-mh

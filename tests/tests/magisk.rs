@@ -55,10 +55,15 @@ fn installed(tool: &str) -> bool {
 
 /// Builds the module from two stand-in binaries; returns (scratch, stage dir, zip).
 fn build(tag: &str) -> (Scratch, PathBuf, PathBuf) {
+    build_with(tag, "stand-in upmt-mh\n")
+}
+
+/// The same, with `mh` as the daemon's stand-in.
+fn build_with(tag: &str, mh_text: &str) -> (Scratch, PathBuf, PathBuf) {
     let scratch = Scratch::new(tag);
     let mh = scratch.0.join("upmt-mh.standin");
     let cli = scratch.0.join("upmt.standin");
-    std::fs::write(&mh, "stand-in upmt-mh\n").unwrap();
+    std::fs::write(&mh, mh_text).unwrap();
     std::fs::write(&cli, "stand-in upmt\n").unwrap();
     let stage = scratch.0.join("stage");
     let zip = scratch.0.join("out/upmt.zip");
@@ -230,7 +235,7 @@ fn service_sh_waits_for_boot_keeps_cellular_up_and_runs_the_daemon_from_data_adb
     let (_scratch, stage, _) = build("service");
     let service = std::fs::read_to_string(stage.join("service.sh")).unwrap();
     for needle in [
-        "DATA=/data/adb/upmt",
+        "DATA=${UPMT_DATA:-/data/adb/upmt}",
         "CONFIG=$DATA/mh.toml",
         "getprop sys.boot_completed",
         "settings put global mobile_data_always_on 1",
@@ -268,4 +273,154 @@ fn a_missing_binary_is_refused_with_its_path_and_how_to_build_it() {
     assert!(err.contains("nope not found"), "{err}");
     assert!(err.contains("scripts/cross-aarch64"), "{err}");
     assert!(!scratch.0.join("x.zip").exists());
+}
+
+/// A daemon that records its arguments and exits at once with status 3 from `run`.
+const FAILING_DAEMON: &str = "#!/bin/sh\necho \"upmt-mh $*\" >>\"$UPMT_DATA/calls\"\n\
+    case \"$1\" in run) sleep 0.2; exit 3 ;; esac\nexit 0\n";
+
+/// Android's `getprop` (booted) and `settings` (records its arguments; the user's setting was 0).
+fn fake_android_tools(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    for (name, text) in [
+        ("getprop", "#!/bin/sh\necho 1\n"),
+        (
+            "settings",
+            "#!/bin/sh\necho \"settings $*\" >>\"$UPMT_DATA/calls\"\n[ \"$1\" = get ] && echo 0\nexit 0\n",
+        ),
+    ] {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// Waits up to `limit` for `cond`.
+fn eventually(limit: std::time::Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    cond()
+}
+
+#[test]
+fn service_sh_restarts_a_failing_daemon_with_backoff_and_uninstall_sh_stops_it_and_cleans_up() {
+    let (scratch, stage, _) = build_with("respawn", FAILING_DAEMON);
+    let tools = scratch.0.join("tools");
+    fake_android_tools(&tools);
+    let data = scratch.0.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("mh.toml"), "# stand-in\n").unwrap();
+    let path = format!(
+        "{}:{}",
+        tools.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut service = Command::new("sh")
+        .arg(stage.join("service.sh"))
+        .env("PATH", &path)
+        .env("UPMT_DATA", &data)
+        .spawn()
+        .expect("start service.sh");
+    let calls = data.join("calls");
+    let log = data.join("service.log");
+    // Starts at 0 s, 1.2 s (after 1 s) and 3.4 s (after 2 s more).
+    let restarted = eventually(std::time::Duration::from_secs(8), || {
+        read(&calls).matches("upmt-mh run --config").count() >= 3
+    });
+    let uninstall = run(Command::new("sh")
+        .arg(stage.join("uninstall.sh"))
+        .env("PATH", &path)
+        .env("UPMT_DATA", &data));
+    let stopped = eventually(std::time::Duration::from_secs(5), || {
+        service.try_wait().ok().flatten().is_some()
+    });
+    if !stopped {
+        let _ = service.kill();
+    }
+    let _ = service.wait();
+    let (calls_text, log_text) = (read(&calls), read(&log));
+    assert!(
+        restarted,
+        "three starts expected:\n{calls_text}\n{log_text}"
+    );
+    assert!(stopped, "uninstall.sh stops the service loop:\n{log_text}");
+    assert!(uninstall.status.success());
+    let config = data.join("mh.toml");
+    assert!(
+        calls_text.contains(&format!("upmt-mh run --config {}", config.display())),
+        "{calls_text}"
+    );
+    assert!(
+        calls_text.contains("settings put global mobile_data_always_on 1"),
+        "{calls_text}"
+    );
+    for line in [
+        "boot completed",
+        "mobile_data_always_on = 1",
+        "exited with status 3",
+        "restarting in 1s",
+        "restarting in 2s",
+    ] {
+        assert!(
+            log_text.contains(line),
+            "service.log lacks {line:?}:\n{log_text}"
+        );
+    }
+    assert!(
+        calls_text.contains(&format!("upmt-mh stop --config {}", config.display())),
+        "uninstall.sh asks the daemon to remove its rules:\n{calls_text}"
+    );
+    assert!(
+        eventually(std::time::Duration::from_secs(3), || read(&calls)
+            .contains("settings put global mobile_data_always_on 0")),
+        "the user's setting is put back:\n{}",
+        read(&calls)
+    );
+    assert!(data.is_dir(), "the data directory stays unless asked");
+    assert!(!data.join("service.pid").exists() && !data.join("upmt-mh.pid").exists());
+
+    std::fs::write(data.join("remove-on-uninstall"), "").unwrap();
+    let again = run(Command::new("sh")
+        .arg(stage.join("uninstall.sh"))
+        .env("PATH", &path)
+        .env("UPMT_DATA", &data));
+    assert!(again.status.success());
+    assert!(!data.exists(), "removed when the user asked");
+}
+
+#[test]
+fn service_sh_without_a_config_sets_up_cellular_and_starts_nothing() {
+    let (scratch, stage, _) = build_with("noconfig", FAILING_DAEMON);
+    let tools = scratch.0.join("tools");
+    fake_android_tools(&tools);
+    let data = scratch.0.join("data");
+    let out = run(Command::new("sh")
+        .arg(stage.join("service.sh"))
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                tools.display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        )
+        .env("UPMT_DATA", &data));
+    assert!(out.status.success());
+    assert_eq!(mode(&data), 0o700, "the data directory is root's alone");
+    let log = read(&data.join("service.log"));
+    assert!(log.contains("not starting upmt-mh"), "{log}");
+    assert!(!read(&data.join("calls")).contains("upmt-mh run"));
+    assert!(
+        !data.join("service.pid").exists(),
+        "no loop is left to stop"
+    );
 }
