@@ -4,7 +4,7 @@
 //! answers. The daemon tries `ce0`, gives up on it after its trial, settles on `cell`, and
 //! `upmt status` shows the real interface. Needs root; each test builds its own lab.
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -16,7 +16,7 @@ use upmt_tests::{DeployOptions, Deployment, Lab, bin_path};
 const IMS_IF: &str = "ce0";
 const IMS_PEER: &str = "ims-peer";
 
-fn status(lab: &Lab, socket: &PathBuf) -> Value {
+fn status(lab: &Lab, socket: &Path) -> Value {
     let bin = bin_path("upmt").expect("the upmt binary (cargo build --workspace --bins)");
     let out = lab
         .mh()
