@@ -45,6 +45,9 @@ pub struct DeployOptions {
     pub log: String,
     /// A policy file for the MH, written as `policy.toml` next to its config and named by it.
     pub mh_policy: Option<String>,
+    /// The MH's `anchor` value as TOML (e.g. a list of an IPv4 and an IPv6 endpoint); `None`:
+    /// the AN's IPv4 endpoint.
+    pub mh_anchor: Option<String>,
 }
 
 impl Default for DeployOptions {
@@ -59,6 +62,7 @@ impl Default for DeployOptions {
             an_extra_peers: String::new(),
             log: "info,upmt=debug".to_owned(),
             mh_policy: None,
+            mh_anchor: None,
         }
     }
 }
@@ -112,8 +116,12 @@ impl<'a> Deployment<'a> {
         }
         let _ = write!(
             mh_toml,
-            "anchor = \"{AN_V4}:{AN_PORT}\"\nanchor_public_key = \"{}\"\nprivate_key = \"{mh_secret}\"\n\
+            "anchor = {}\nanchor_public_key = \"{}\"\nprivate_key = \"{mh_secret}\"\n\
              tun = \"{MH_TUN}\"\n{}\n",
+            options
+                .mh_anchor
+                .clone()
+                .unwrap_or_else(|| format!("\"{AN_V4}:{AN_PORT}\"")),
             an_secret.public_key(),
             options.mh_extra,
         );

@@ -8,7 +8,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use upmt_tests::topology::{MH_CELL_IF, MH_WIFI_IF};
+use upmt_tests::deploy::AN_PORT;
+use upmt_tests::topology::{AN_V4, AN_V6, MH_CELL_IF, MH_WIFI_IF};
 use upmt_tests::{DeployOptions, Deployment, Lab, bin_path};
 
 /// The IMS-like interface: one end of a veth pair whose other end has no address, so what is
@@ -114,4 +115,39 @@ fn a_cellular_uplink_named_by_pattern_skips_the_silent_interface_and_settles_on_
     let cell = tunnel(&later, "cell").expect("cell tunnel");
     assert_eq!(cell["interface"], MH_CELL_IF, "{later:#}");
     assert_eq!(cell["state"], "up", "{later:#}");
+}
+
+#[test]
+fn an_ipv6_only_cellular_uplink_reaches_a_dual_stack_anchor_over_ipv6() {
+    let lab = Lab::new("uplinks-v6only").unwrap_or_else(|e| panic!("building the lab: {e}"));
+    // As under 464XLAT on a phone: the cellular interface has IPv6 only; IPv4 would need the
+    // CLAT, which the tunnel socket bound to the interface cannot use.
+    lab.mh()
+        .run(&["ip", "-4", "addr", "flush", "dev", MH_CELL_IF])
+        .expect("flushing cell's IPv4 addresses");
+    let socket = lab.dir().join("mh.sock");
+    let options = DeployOptions {
+        uplinks: vec![("cell".to_owned(), MH_CELL_IF.to_owned())],
+        mh_anchor: Some(format!("[\"{AN_V4}:{AN_PORT}\", \"[{AN_V6}]:{AN_PORT}\"]")),
+        mh_extra: format!("control_socket = \"{}\"\n", socket.display()),
+        ..DeployOptions::default()
+    };
+    let upmt = Deployment::start(&lab, &options).unwrap_or_else(|e| panic!("deploying: {e}"));
+    let start = Instant::now();
+    upmt.wait_connected(Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e}"));
+    eprintln!(
+        "session up over IPv6-only cellular in {:?}",
+        start.elapsed()
+    );
+    let s = status(&lab, &socket);
+    let cell = tunnel(&s, "cell").unwrap_or_else(|| panic!("no cell tunnel: {s:#}"));
+    assert_eq!(cell["state"], "up", "{s:#}");
+    let local = cell["local"].as_str().unwrap_or_default();
+    assert!(
+        local
+            .parse::<std::net::SocketAddr>()
+            .is_ok_and(|a| a.is_ipv6()),
+        "the cell tunnel's socket is IPv6: {s:#}"
+    );
 }
