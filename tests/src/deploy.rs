@@ -50,6 +50,9 @@ pub struct DeployOptions {
     /// Also run a second mobile host (peer `phone2`, [`MH2_VIRTUAL_V4`]) in the lab's `mh2`
     /// namespace, which [`Lab::add_second_mh`] must have built.
     pub second_mh: bool,
+    /// The MH's `anchor` value as TOML (e.g. a list of an IPv4 and an IPv6 endpoint); `None`:
+    /// the AN's IPv4 endpoint.
+    pub mh_anchor: Option<String>,
 }
 
 impl Default for DeployOptions {
@@ -65,6 +68,7 @@ impl Default for DeployOptions {
             log: "info,upmt=debug".to_owned(),
             mh_policy: None,
             second_mh: false,
+            mh_anchor: None,
         }
     }
 }
@@ -135,8 +139,12 @@ impl<'a> Deployment<'a> {
         }
         let _ = write!(
             mh_toml,
-            "anchor = \"{AN_V4}:{AN_PORT}\"\nanchor_public_key = \"{}\"\nprivate_key = \"{mh_secret}\"\n\
+            "anchor = {}\nanchor_public_key = \"{}\"\nprivate_key = \"{mh_secret}\"\n\
              tun = \"{MH_TUN}\"\n{}\n",
+            options
+                .mh_anchor
+                .clone()
+                .unwrap_or_else(|| format!("\"{AN_V4}:{AN_PORT}\"")),
             an_secret.public_key(),
             options.mh_extra,
         );
