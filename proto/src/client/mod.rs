@@ -34,7 +34,9 @@
 //! path has been Up that long, so a flapping preferred link does not drag flows back and forth.
 //!
 //! # Session lifetime
-//! After `rekey_after` a new handshake runs while the old keys keep working; the old receive key
+//! After `rekey_after`, the next packet sent (data, or a path's probe at its deadline: no timer of
+//! its own wakes an idle session for it, as in WireGuard) starts a new handshake while the old
+//! keys keep working; the old receive key
 //! is kept after the switch for packets still in flight. Keys live at most `reject_after`
 //! (180 s, WireGuard's REJECT_AFTER_TIME) or until a path's counter space is spent: a session
 //! whose rekeys all failed then reports `Disconnected`, sends and accepts nothing on the old keys
@@ -388,6 +390,15 @@ impl Client {
                     p.tx_packets += 1;
                 }
                 self.note_activity(now);
+                // Lazy rekey: the first packet after `rekey_after` starts it.
+                if self.pending.is_none()
+                    && self
+                        .current
+                        .as_ref()
+                        .is_some_and(|k| now >= k.created + self.config.rekey_after)
+                {
+                    self.start_handshake(Purpose::Rekey, now);
+                }
             }
             Err(reason) => {
                 self.drops.add(reason);
