@@ -115,3 +115,97 @@ fn the_first_packet_after_the_rekey_interval_starts_the_rekey() {
     assert!(pair.connected());
     assert_eq!(pair.anchor_rx.len(), 1);
 }
+
+/// A pair on one path behind a NAT that forgets a binding after `nat_timeout` of outbound
+/// silence, with keepalive learning up to 10 min; connected and past the active window.
+fn pair_behind_nat(nat_timeout: Duration) -> Pair {
+    let mut pair = Pair::new(&[20], |c| {
+        c.keepalive = KEEPALIVE;
+        c.keepalive_max = Some(Duration::from_secs(600));
+    });
+    pair.links[0].nat_timeout = Some(nat_timeout);
+    pair.run_for(Duration::from_secs(10));
+    assert!(pair.connected());
+    pair
+}
+
+#[test]
+fn keepalive_learning_rises_toward_the_nat_timeout_and_falls_back_when_a_binding_is_lost() {
+    let p0 = upmt_proto::PathId(0);
+    let nat = Duration::from_secs(90);
+    let mut pair = pair_behind_nat(nat);
+    pair.run_for(Duration::from_secs(3600));
+    let learned = pair.client.path_keepalive(p0).unwrap();
+    assert!(
+        learned < nat && learned + Duration::from_secs(20) >= nat,
+        "after an hour the keepalive is {learned:?}, the NAT forgets after {nat:?}"
+    );
+    assert!(
+        pair.client.path_binding_lost_after(p0).is_some(),
+        "the probe never found the NAT's limit"
+    );
+    // Once learned, the binding holds: no more rebinding in the next hour, fewer keepalives.
+    let rebinds = pair.links[0].nat_rebinds;
+    assert!(rebinds <= 2, "{rebinds} bindings lost while learning");
+    let sent = pair.uplink_log.len();
+    pair.run_for(Duration::from_secs(3600));
+    assert_eq!(
+        pair.links[0].nat_rebinds, rebinds,
+        "a learned interval lost the binding"
+    );
+    let per_hour = pair.uplink_log.len() - sent;
+    assert!(
+        per_hour < 3600 / KEEPALIVE.as_secs() as usize,
+        "{per_hour} datagrams in an idle hour: no fewer than at the fixed keepalive"
+    );
+    assert!(pair.connected());
+    assert_eq!(
+        pair.client.path_stats(p0).unwrap().state,
+        upmt_proto::client::PathState::Up
+    );
+
+    // The NAT now forgets after 30 s: the first lost binding brings the interval below it at
+    // once; relearning may lose one more, then it holds.
+    let nat = Duration::from_secs(30);
+    pair.links[0].nat_timeout = Some(nat);
+    let rebinds = pair.links[0].nat_rebinds;
+    let changed = pair.now;
+    while pair.links[0].nat_rebinds == rebinds {
+        pair.run_for(Duration::from_secs(1));
+        assert!(
+            pair.now - changed < Duration::from_secs(200),
+            "no binding lost"
+        );
+    }
+    // The challenge's round trip.
+    pair.run_for(Duration::from_millis(100));
+    let fallback = pair.client.path_keepalive(p0).unwrap();
+    assert!(
+        fallback < nat,
+        "after a lost binding the keepalive is {fallback:?}"
+    );
+    pair.run_for(Duration::from_secs(1200));
+    let after = pair.links[0].nat_rebinds;
+    assert!(
+        after <= rebinds + 2,
+        "{} bindings lost relearning",
+        after - rebinds
+    );
+    pair.run_for(Duration::from_secs(1200));
+    assert_eq!(
+        pair.links[0].nat_rebinds, after,
+        "the relearned interval loses bindings"
+    );
+    assert!(pair.client.path_keepalive(p0).unwrap() < nat);
+    assert!(pair.connected());
+}
+
+#[test]
+fn without_learning_the_keepalive_stays_fixed_behind_any_nat() {
+    let p0 = upmt_proto::PathId(0);
+    let mut pair = Pair::new(&[20], |c| c.keepalive = KEEPALIVE);
+    pair.links[0].nat_timeout = Some(Duration::from_secs(90));
+    pair.run_for(Duration::from_secs(1800));
+    assert_eq!(pair.client.path_keepalive(p0), Some(KEEPALIVE));
+    assert_eq!(pair.links[0].nat_rebinds, 0);
+}

@@ -71,12 +71,14 @@
 //! their bound).
 
 mod handshake;
+mod natlearn;
 mod paths;
 mod signals;
 
 pub use crate::control::FlowKey;
 pub use crate::queue::QueueStats;
 pub use handshake::{REJECT_AFTER_TIME, REKEY_ATTEMPT_TIME, REKEY_TIMEOUT};
+pub use natlearn::KeepaliveLearner;
 pub use paths::{PathState, PathStats};
 pub use signals::{MAX_PENDING_SIGNALS, SignalStats};
 
@@ -111,6 +113,9 @@ pub struct ClientConfig {
     pub anchor_public: PublicKey,
     /// Probe interval on an Up path while idle: keeps NAT bindings (default 25 s).
     pub keepalive: Duration,
+    /// Learn each path's NAT binding lifetime and stretch its idle keepalive up to this
+    /// (see [`KeepaliveLearner`]); `None`: every path keeps `keepalive` (the default).
+    pub keepalive_max: Option<Duration>,
     /// Probe interval on every path while active, and while a probe is unanswered
     /// (default 200 ms).
     pub probe_interval: Duration,
@@ -144,6 +149,7 @@ impl ClientConfig {
             static_secret,
             anchor_public,
             keepalive: Duration::from_secs(25),
+            keepalive_max: None,
             probe_interval: Duration::from_millis(200),
             down_probe_interval: Duration::from_secs(1),
             active_window: Duration::from_secs(5),
@@ -256,7 +262,11 @@ impl Client {
     /// The driver has a socket for `path` (its link is up). Starts the handshake if none runs.
     pub fn handle_path_up(&mut self, path: PathId, now: Instant) {
         if self.path(path).is_none() {
-            self.paths.push(Path::new(path, now));
+            let learner = self
+                .config
+                .keepalive_max
+                .map(|max| KeepaliveLearner::new(self.config.keepalive, max));
+            self.paths.push(Path::new(path, now).learning(learner));
         }
         if self.pending.is_none() && (self.current.is_none() || self.keys_expired) {
             self.start_handshake(Purpose::Connect, now);
@@ -354,7 +364,12 @@ impl Client {
                 seq,
                 echo_us: sent_us,
             },
-            ControlMessage::PathChallenge { data } => ControlMessage::PathResponse { data },
+            ControlMessage::PathChallenge { data } => {
+                if let Some(p) = self.path_mut(path) {
+                    p.on_challenge();
+                }
+                ControlMessage::PathResponse { data }
+            }
             ControlMessage::ProbeAck { seq, echo_us } => {
                 if let Some(p) = self.path_mut(path) {
                     p.on_probe_ack(seq, echo_us, now);
@@ -387,7 +402,7 @@ impl Client {
         match r {
             Ok(_) => {
                 if let Some(p) = self.path_mut(path) {
-                    p.tx_packets += 1;
+                    p.on_sent(now);
                 }
                 self.note_activity(now);
                 // Lazy rekey: the first packet after `rekey_after` starts it.
@@ -447,7 +462,7 @@ impl Client {
                 buf.get_mut(..INIT_LEN)?.copy_from_slice(&p.bytes);
                 let path = p.path;
                 if let Some(pp) = self.path_mut(path) {
-                    pp.tx_packets += 1;
+                    pp.on_sent(now);
                 }
                 return Some(Transmit {
                     path,
@@ -476,7 +491,7 @@ impl Client {
         let n = msg.emit(body).ok()?;
         let len = keys.seal(Kind::Control, path, buf, n).ok()?;
         if let Some(p) = self.path_mut(path) {
-            p.tx_packets += 1;
+            p.on_sent(now);
         }
         Some(Transmit {
             path,
