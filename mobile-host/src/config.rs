@@ -82,6 +82,9 @@ pub fn default_socket() -> &'static str {
 }
 /// The longest probe interval, keepalive, path timeout or hold-down the config takes.
 pub const MAX_PROBE_TIME: Duration = Duration::from_secs(3600);
+/// The longest idle keepalive `idle_keepalive_s = "auto"` learns, unless
+/// `idle_keepalive_max_s` says otherwise.
+pub const DEFAULT_KEEPALIVE_MAX: Duration = Duration::from_secs(300);
 /// The longest uplink name (it lands in logs, the policy and `upmt status`).
 pub const MAX_UPLINK_NAME: usize = 64;
 
@@ -130,6 +133,9 @@ pub struct ProbeConfig {
     pub active_interval: Duration,
     /// One keepalive probe per this while idle, enough for NAT bindings (`keepalive`).
     pub idle_keepalive: Duration,
+    /// With `idle_keepalive_s = "auto"`: learn each uplink's NAT binding lifetime, starting at
+    /// `idle_keepalive` and stretching up to this (`keepalive_max`).
+    pub idle_keepalive_max: Option<Duration>,
     /// A probe unanswered this long marks its path down (`path_timeout`).
     pub path_timeout: Duration,
     /// How long a returning preferred path must stay up before traffic moves back (`hold_down`).
@@ -142,6 +148,7 @@ impl Default for ProbeConfig {
         ProbeConfig {
             active_interval: Duration::from_millis(200),
             idle_keepalive: Duration::from_secs(25),
+            idle_keepalive_max: None,
             path_timeout: Duration::from_millis(700),
             hold_down: Duration::from_secs(3),
         }
@@ -223,9 +230,18 @@ impl<'de> Deserialize<'de> for RawAnchor {
 #[serde(deny_unknown_fields)]
 struct RawProbe {
     active_interval_ms: Option<Spanned<u64>>,
-    idle_keepalive_s: Option<Spanned<u64>>,
+    idle_keepalive_s: Option<Spanned<RawKeepalive>>,
+    idle_keepalive_max_s: Option<Spanned<u64>>,
     path_timeout_ms: Option<Spanned<u64>>,
     hold_down_ms: Option<Spanned<u64>>,
+}
+
+/// `idle_keepalive_s`: seconds, or `"auto"`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawKeepalive {
+    Seconds(u64),
+    Word(String),
 }
 
 #[derive(Deserialize)]
@@ -578,8 +594,42 @@ impl Config {
             if let Some(v) = p.active_interval_ms {
                 probe.active_interval = positive(v, "active_interval_ms", Duration::from_millis)?;
             }
+            let mut auto = false;
             if let Some(v) = p.idle_keepalive_s {
-                probe.idle_keepalive = positive(v, "idle_keepalive_s", Duration::from_secs)?;
+                let span = v.span();
+                match v.into_inner() {
+                    RawKeepalive::Seconds(n) => {
+                        probe.idle_keepalive = positive(
+                            Spanned::new(span.clone(), n),
+                            "idle_keepalive_s",
+                            Duration::from_secs,
+                        )?;
+                    }
+                    RawKeepalive::Word(w) if w == "auto" => auto = true,
+                    RawKeepalive::Word(w) => {
+                        return Err(at(
+                            span,
+                            format!(
+                                "invalid probe.idle_keepalive_s: expected seconds or \"auto\", found \"{w}\""
+                            ),
+                        ));
+                    }
+                }
+            }
+            match p.idle_keepalive_max_s {
+                Some(v) if !auto => {
+                    return Err(at(
+                        v.span(),
+                        "invalid probe.idle_keepalive_max_s: only with idle_keepalive_s = \"auto\""
+                            .to_owned(),
+                    ));
+                }
+                Some(v) => {
+                    probe.idle_keepalive_max =
+                        Some(positive(v, "idle_keepalive_max_s", Duration::from_secs)?);
+                }
+                None if auto => probe.idle_keepalive_max = Some(DEFAULT_KEEPALIVE_MAX),
+                None => {}
             }
             if let Some(v) = p.path_timeout_ms {
                 probe.path_timeout = positive(v, "path_timeout_ms", Duration::from_millis)?;
@@ -923,6 +973,7 @@ mod tests {
             ProbeConfig {
                 active_interval: Duration::from_millis(50),
                 idle_keepalive: Duration::from_secs(15),
+                idle_keepalive_max: None,
                 path_timeout: Duration::from_millis(300),
                 hold_down: Duration::from_secs(1),
             }
@@ -930,6 +981,28 @@ mod tests {
         let c = parse(&format!("{}[probe]\nhold_down_ms = 500\n", good())).unwrap();
         assert_eq!(c.probe.hold_down, Duration::from_millis(500));
         assert_eq!(c.probe.path_timeout, ProbeConfig::default().path_timeout);
+    }
+
+    #[test]
+    fn an_auto_keepalive_learns_up_to_its_maximum_from_the_default_start() {
+        let c = parse(&format!("{}[probe]\nidle_keepalive_s = \"auto\"\n", good())).unwrap();
+        assert_eq!(c.probe.idle_keepalive, Duration::from_secs(25));
+        assert_eq!(c.probe.idle_keepalive_max, Some(DEFAULT_KEEPALIVE_MAX));
+        let c = parse(&format!(
+            "{}[probe]\nidle_keepalive_s = \"auto\"\nidle_keepalive_max_s = 120\n",
+            good()
+        ))
+        .unwrap();
+        assert_eq!(c.probe.idle_keepalive_max, Some(Duration::from_secs(120)));
+        let (_, _, message) = invalid(&format!(
+            "{}[probe]\nidle_keepalive_s = \"often\"\n",
+            good()
+        ));
+        assert!(message.contains("\"auto\""), "{message}");
+        let (line, _, message) =
+            invalid(&format!("{}[probe]\nidle_keepalive_max_s = 120\n", good()));
+        assert_eq!(line, 12);
+        assert!(message.contains("only with"), "{message}");
     }
 
     #[test]

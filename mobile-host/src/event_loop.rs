@@ -35,7 +35,9 @@ use crate::uplink::{self, LinkState, Lister};
 
 /// Packets handled per source per loop turn, so one busy source cannot starve the others.
 pub const BATCH: usize = 64;
-/// How often uplinks that are down are looked at again (until link events come from netlink).
+/// How often uplinks and routing are looked at again while there is a reason: an uplink without
+/// a socket (its interface is missing, down, or refused a socket), no link or rule events from
+/// netlink, or a routing repair that failed. Otherwise the events cover it and nothing ticks.
 pub const RECHECK_INTERVAL: Duration = Duration::from_secs(3);
 /// Largest datagram or packet handled: a UDP payload's maximum, so GRO/GSO can come later.
 const MAX_PACKET: usize = 65_535;
@@ -242,11 +244,13 @@ impl Daemon {
         let mut recheck = tokio::time::interval(RECHECK_INTERVAL);
         recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Link changes from netlink re-check the uplinks at once; the RECHECK_INTERVAL poll
-        // stays as a safety net (and the only source if netlink is unavailable).
+        // runs only while an uplink is unavailable (a socket that failed to open gets no event
+        // when it would work) or when netlink gives no events.
         let mut links = crate::linkwatch::spawn()
             .map_err(|e| tracing::warn!(error = %display_chain(&e), "no link events; uplinks are polled only"))
             .ok();
-        // Deleted rules are put back at once; the RECHECK_INTERVAL tick checks them too.
+        // Deleted rules are put back at once; the RECHECK_INTERVAL tick checks them only
+        // without rule events or after a repair failed.
         let mut rules = crate::rulewatch::spawn(self.key)
             .map_err(|e| tracing::warn!(error = %display_chain(&e), "no rule events; routing is checked every few seconds only"))
             .ok();
@@ -258,11 +262,21 @@ impl Daemon {
                 None
             }
         };
+        let mut routing_unrepaired = false;
         loop {
             let before = setup::now();
             let deadline = self.host.poll_timeout();
+            let recheck_due = links.is_none()
+                || rules.is_none()
+                || routing_unrepaired
+                || self.uplinks.iter().any(|u| u.socket.is_none());
             let wake = {
-                let timer = tokio::time::sleep(setup::until(deadline, before));
+                let timer = async {
+                    match deadline {
+                        Some(at) => tokio::time::sleep(setup::until(at, before)).await,
+                        None => std::future::pending().await,
+                    }
+                };
                 let tun_ready = async {
                     match &self.tun {
                         Some(tun) => tun.device.readable().await,
@@ -299,7 +313,7 @@ impl Daemon {
                 };
                 tokio::select! {
                     () = &mut shutdown => Wake::Shutdown,
-                    _ = recheck.tick() => Wake::Recheck,
+                    _ = recheck.tick(), if recheck_due => Wake::Recheck,
                     Some(()) = hup => Wake::Hangup,
                     Some(()) = rules_lost => Wake::RulesLost,
                     Some(e) = link => Wake::Link(e),
@@ -319,9 +333,9 @@ impl Daemon {
                 }
                 Wake::Recheck => {
                     self.recheck_uplinks(now).await;
-                    self.repair_routing().await;
+                    routing_unrepaired = !self.repair_routing().await;
                 }
-                Wake::RulesLost => self.repair_routing().await,
+                Wake::RulesLost => routing_unrepaired = !self.repair_routing().await,
                 Wake::Link(e) => {
                     // An uplink whose link or address went away loses its socket at once (a
                     // connected socket keeps a vanished source address); recheck reopens it.
@@ -364,7 +378,7 @@ impl Daemon {
             }
             // Due timers run on every turn, not only on the timer's wake: the tokio timer does
             // not count suspended time, CLOCK_BOOTTIME does.
-            if self.host.poll_timeout() <= now {
+            if self.host.poll_timeout().is_some_and(|at| at <= now) {
                 // Read what already waits on the uplinks first: a loop that ran late under CPU
                 // pressure must not call a path dead whose answers sit unread in its socket.
                 for i in 0..self.uplinks.len() {
@@ -628,16 +642,25 @@ impl Daemon {
 
     /// Puts back what someone deleted (netd rewriting its rules); the session and the flows
     /// are not touched. A failure is logged and retried on the next check.
-    async fn repair_routing(&mut self) {
+    /// Puts back routing entries someone deleted; false when that failed (retried on the
+    /// next recheck tick).
+    async fn repair_routing(&mut self) -> bool {
         let started = std::time::Instant::now();
         match self.ensure_routing().await {
-            Ok(done) if done.added > 0 => tracing::warn!(
-                added = done.added,
-                took_ms = started.elapsed().as_millis() as u64,
-                "routing entries were deleted by someone else; put back"
-            ),
-            Ok(_) => {}
-            Err(e) => tracing::error!(error = %display_chain(&e), "cannot repair routing"),
+            Ok(done) => {
+                if done.added > 0 {
+                    tracing::warn!(
+                        added = done.added,
+                        took_ms = started.elapsed().as_millis() as u64,
+                        "routing entries were deleted by someone else; put back"
+                    );
+                }
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %display_chain(&e), "cannot repair routing");
+                false
+            }
         }
     }
 

@@ -43,6 +43,7 @@ pub fn client_config(config: &Config) -> ClientConfig {
     let mut c = ClientConfig::new(config.private_key.clone(), config.anchor_public_key);
     c.probe_interval = config.probe.active_interval;
     c.keepalive = config.probe.idle_keepalive;
+    c.keepalive_max = config.probe.idle_keepalive_max;
     c.path_timeout = config.probe.path_timeout;
     c.hold_down = config.probe.hold_down;
     c

@@ -40,6 +40,13 @@ pub struct Link {
     pub rng: u64,
     /// The client's public (post-NAT) address on this link.
     pub addr: SocketAddr,
+    /// A NAT on the link that forgets its binding after this long without an outbound
+    /// datagram: the next one gets a new public port. `None`: the binding never expires.
+    pub nat_timeout: Option<Duration>,
+    /// When the last datagram went out through the NAT.
+    pub nat_last_out: Option<Instant>,
+    /// Bindings the NAT forgot so far.
+    pub nat_rebinds: u32,
 }
 
 /// A datagram on its way.
@@ -146,6 +153,9 @@ impl Pair {
                 drop_one_in: 0,
                 rng: 0x9e37_79b9_7f4a_7c15 ^ i as u64,
                 addr: link_addr(i as u8),
+                nat_timeout: None,
+                nat_last_out: None,
+                nat_rebinds: 0,
             })
             .collect::<Vec<_>>();
         let n = links.len();
@@ -230,6 +240,15 @@ impl Pair {
         let lost = link.drop_one_in > 0 && link.rng.is_multiple_of(u64::from(link.drop_one_in));
         if link.blackholed || lost {
             return;
+        }
+        if to_anchor {
+            if let (Some(timeout), Some(last)) = (link.nat_timeout, link.nat_last_out)
+                && self.now.saturating_duration_since(last) > timeout
+            {
+                link.addr.set_port(link.addr.port().wrapping_add(1000));
+                link.nat_rebinds += 1;
+            }
+            link.nat_last_out = Some(self.now);
         }
         let at = self.now + link.delay;
         self.inflight.push(InFlight {

@@ -198,3 +198,42 @@ fn the_session_starts_on_cell_when_wifi_is_down() {
     );
     assert!(upmt.mh.is_running());
 }
+
+#[test]
+fn an_idle_tunnel_sends_only_its_keepalives_on_each_uplink() {
+    // A short keepalive keeps the window short: 4 keepalives per uplink in 40 s.
+    const KEEPALIVE_S: u64 = 10;
+    const WINDOW: Duration = Duration::from_secs(40);
+    let lab = lab("tunnel_idle");
+    let options = DeployOptions {
+        mh_extra: format!("[probe]\nidle_keepalive_s = {KEEPALIVE_S}\n"),
+        log: "info".to_owned(),
+        ..DeployOptions::default()
+    };
+    let upmt = deploy(&lab, &options);
+    // The handshake's and the connect ping's active window pass.
+    std::thread::sleep(Duration::from_secs(20));
+    let mh = lab.mh();
+    let before = [MH_WIFI_IF, MH_CELL_IF].map(|i| mh.link_counters(i).expect("counters"));
+    std::thread::sleep(WINDOW);
+    let after = [MH_WIFI_IF, MH_CELL_IF].map(|i| mh.link_counters(i).expect("counters"));
+    let keepalives = WINDOW.as_secs() / KEEPALIVE_S + 1;
+    for (i, ifname) in [MH_WIFI_IF, MH_CELL_IF].into_iter().enumerate() {
+        let sent = after[i].since(&before[i]).tx_packets;
+        // Each keepalive may need the kernel to re-check the router's MAC address first (one
+        // ARP probe once its neighbour entry went stale): twice the keepalives at most.
+        assert!(
+            sent <= 2 * keepalives,
+            "{ifname} sent {sent} packets in an idle {WINDOW:?}, expected at most {} \
+             ({keepalives} keepalives)\n{}",
+            2 * keepalives,
+            upmt.logs()
+        );
+        assert!(
+            sent >= keepalives - 2,
+            "{ifname} sent {sent} packets in {WINDOW:?}: its keepalives are missing\n{}",
+            upmt.logs()
+        );
+    }
+    assert!(upmt.mh.is_running() && upmt.an.is_running());
+}

@@ -583,8 +583,22 @@ impl Flows {
         changed
     }
 
+    /// When [`Flows::housekeeping`] must run next: at the next flow expiry, or on the caller's
+    /// regular tick (`tick`) while lookups are pending or flows are held or provisional (those
+    /// live seconds). `None`: nothing to expire, no need to wake.
+    pub fn housekeeping_deadline(&self, tick: Duration) -> Option<Duration> {
+        let transient =
+            !(self.pending.is_empty() && self.held.is_empty() && self.provisional.is_empty());
+        match (self.paft.poll_timeout(), transient) {
+            (Some(expiry), true) => Some(expiry.min(tick)),
+            (Some(expiry), false) => Some(expiry),
+            (None, true) => Some(tick),
+            (None, false) => None,
+        }
+    }
+
     /// Timers: expires idle flows, gives up lookups older than [`PENDING_TIMEOUT`], forgets
-    /// held flows idle for [`HELD_IDLE`]. Call about once a second.
+    /// held flows idle for [`HELD_IDLE`]. Call when [`Flows::housekeeping_deadline`] says.
     pub fn housekeeping(&mut self, now: Duration) {
         self.expired.clear();
         self.paft.expire(now, &mut self.expired);

@@ -53,8 +53,9 @@ use crate::flows::{Flows, Outcome, TunAction, UNKNOWN_APP};
 use crate::owner::Owner;
 use crate::uplinks::Uplinks;
 
-/// How often idle flows expire, stalled lookups are given up and a returning uplink's hold-down
-/// is looked at.
+/// How often stalled lookups are given up, held flows forgotten and a returning uplink's
+/// hold-down looked at, while there are any; idle flows expire at their own deadline, and with
+/// none of these the host sets no timer of its own.
 pub const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
 /// Resets waiting to be written into the TUN; beyond this a blocked flow's segment gets none
 /// (the app retries and gets one then).
@@ -475,7 +476,7 @@ impl MobileHost {
         if self.selector_deadline().is_some_and(|at| at <= now) {
             self.select(now);
         }
-        if now >= self.next_housekeeping {
+        if self.housekeeping_deadline().is_some_and(|at| at <= now) {
             self.next_housekeeping = now + HOUSEKEEPING_INTERVAL;
             self.flows.housekeeping(now.as_duration());
             // A returning uplink's hold-down ends without an event of its own.
@@ -661,21 +662,41 @@ impl MobileHost {
     }
 
     /// When [`MobileHost::handle_timeout`] must run next.
-    pub fn poll_timeout(&self) -> Instant {
-        let mut at = self.next_housekeeping;
-        if let Some((client, _)) = self.client.poll_timeout() {
-            at = at.min(client);
-        }
-        if let Some(lookup) = self.flows.lookup_deadline() {
-            at = at.min(Instant::from_duration(lookup));
-        }
-        if let Some(trial) = self.selector_deadline() {
-            at = at.min(trial);
-        }
-        at
+    /// `None`: nothing is due until an input arrives.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        [
+            self.housekeeping_deadline(),
+            self.client.poll_timeout().map(|(at, _)| at),
+            self.flows.lookup_deadline().map(Instant::from_duration),
+            self.selector_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     // ---- internals ----
+
+    /// When the flows need housekeeping (see [`Flows::housekeeping_deadline`]), or a returning
+    /// uplink's hold-down is looked at (on the regular tick while one runs).
+    fn housekeeping_deadline(&self) -> Option<Instant> {
+        let tick = self.next_housekeeping;
+        let flows = self
+            .flows
+            .housekeeping_deadline(tick.as_duration())
+            .map(Instant::from_duration);
+        let holding_down = self
+            .links
+            .iter()
+            .zip(&self.statuses)
+            .any(|(l, s)| l.live && l.available && !s.up);
+        match (flows, holding_down) {
+            (Some(at), true) => Some(at.min(tick)),
+            (Some(at), false) => Some(at),
+            (None, true) => Some(tick),
+            (None, false) => None,
+        }
+    }
 
     fn encapsulate(
         &mut self,

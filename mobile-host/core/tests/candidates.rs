@@ -171,13 +171,15 @@ impl Net {
     fn run_for(&mut self, d: Duration) {
         let limit = self.now + d;
         for _ in 0..1_000_000 {
-            let mut next = self.host.poll_timeout();
-            if let Some(f) = self.inflight.iter().map(|f| f.at).min() {
-                next = next.min(f);
-            }
-            if let Some((t, _)) = self.anchor.poll_timeout() {
-                next = next.min(t);
-            }
+            let next = [
+                self.host.poll_timeout(),
+                self.inflight.iter().map(|f| f.at).min(),
+                self.anchor.poll_timeout().map(|(t, _)| t),
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(limit + Duration::from_millis(1));
             if next > limit {
                 self.now = limit;
                 return;

@@ -191,13 +191,17 @@ impl Net {
     fn run_for(&mut self, d: Duration) {
         let limit = self.now + d;
         for _ in 0..1_000_000 {
-            let mut next = self.host.poll_timeout();
-            if let Some(f) = self.inflight.iter().map(|f| f.at).min() {
-                next = next.min(f);
-            }
-            if let Some((t, _)) = self.anchor.poll_timeout() {
-                next = next.min(t);
-            }
+            let Some(next) = [
+                self.host.poll_timeout(),
+                self.inflight.iter().map(|f| f.at).min(),
+                self.anchor.poll_timeout().map(|(t, _)| t),
+            ]
+            .into_iter()
+            .flatten()
+            .min() else {
+                self.now = limit;
+                return;
+            };
             if next > limit {
                 self.now = limit;
                 return;

@@ -36,8 +36,12 @@ use procfs::{ProcLimits, ProcTable};
 /// Requests waiting for the worker; beyond this, new flows get the default rule at once.
 pub const QUEUE: usize = 256;
 /// How often an idle worker takes in process events, so the kernel's queue of them does not
-/// overflow while no flow starts.
+/// overflow while no flow starts; while none come, the wait doubles up to [`IDLE_POLL_MAX`]
+/// (a phone asleep starts few processes). Without process events the worker only wakes for
+/// requests.
 const IDLE_POLL: Duration = Duration::from_millis(500);
+/// The longest wait between two reads of process events while none come.
+const IDLE_POLL_MAX: Duration = Duration::from_secs(8);
 /// Processes the worker reads per step while it primes its index at start, between which it
 /// answers waiting requests (a few milliseconds each).
 const PRIME_STEP: usize = 32;
@@ -254,14 +258,22 @@ impl Resolver {
     }
 
     /// Takes in the process events the kernel queued.
-    pub fn poll_events(&mut self) {
+    /// Takes in the process events waiting; returns how many there were.
+    pub fn poll_events(&mut self) -> usize {
         let Some(events) = &mut self.events else {
-            return;
+            return 0;
         };
         events.drain(&mut self.event_buf);
+        let n = self.event_buf.len();
         for e in self.event_buf.drain(..) {
             self.owners.procs.apply(e);
         }
+        n
+    }
+
+    /// Whether process events keep the index fresh (then they must be read now and then).
+    pub fn has_events(&self) -> bool {
+        self.events.is_some()
     }
 
     /// The owner of the local socket that sent a packet with `key`.
@@ -348,16 +360,26 @@ impl Worker {
                 // behind a read of every process.
                 let mut priming = true;
                 let mut batch = Vec::with_capacity(QUEUE);
+                let mut idle_poll = IDLE_POLL;
                 loop {
-                    let wait = if priming { Duration::ZERO } else { IDLE_POLL };
-                    match rx.recv_timeout(wait) {
-                        Ok(key) => batch.push((key, Instant::now())),
+                    let received = if priming {
+                        rx.recv_timeout(Duration::ZERO)
+                    } else if resolver.has_events() {
+                        rx.recv_timeout(idle_poll)
+                    } else {
+                        rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
+                    };
+                    match received {
+                        Ok(key) => {
+                            idle_poll = IDLE_POLL;
+                            batch.push((key, Instant::now()));
+                        }
                         Err(RecvTimeoutError::Timeout) if priming => {
                             priming = !resolver.prime_step(PRIME_STEP);
                             continue;
                         }
                         Err(RecvTimeoutError::Timeout) => {
-                            resolver.poll_events();
+                            idle_poll = next_idle_poll(idle_poll, resolver.poll_events());
                             continue;
                         }
                         Err(RecvTimeoutError::Disconnected) => return,
@@ -419,10 +441,31 @@ impl Worker {
     }
 }
 
+/// The wait before the next idle read of process events, after a read that found `seen`:
+/// back to [`IDLE_POLL`] when some came, else twice the last, at most [`IDLE_POLL_MAX`].
+fn next_idle_poll(last: Duration, seen: usize) -> Duration {
+    if seen > 0 {
+        IDLE_POLL
+    } else {
+        (last * 2).min(IDLE_POLL_MAX)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::procfs::tests::FakeProc;
     use super::*;
+
+    #[test]
+    fn the_idle_poll_backs_off_while_no_process_events_come_and_resets_when_some_do() {
+        let mut wait = IDLE_POLL;
+        for _ in 0..10 {
+            wait = next_idle_poll(wait, 0);
+        }
+        assert_eq!(wait, IDLE_POLL_MAX);
+        assert_eq!(next_idle_poll(IDLE_POLL, 0), IDLE_POLL * 2);
+        assert_eq!(next_idle_poll(wait, 3), IDLE_POLL);
+    }
 
     /// A fake /proc with a packages.list beside it.
     fn setup(tag: &str, packages: &str) -> (FakeProc, Owners) {

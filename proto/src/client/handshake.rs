@@ -159,26 +159,31 @@ impl Client {
         let _ = self.queues.push_transmit(Queued::Init);
     }
 
-    /// The handshake-retry, key-expiry, rekey and silent-session deadlines.
+    /// The handshake-retry, key-expiry and silent-session deadlines.
+    ///
+    /// Rekeying is lazy, as in WireGuard: no timer wakes an idle session for it; the next packet
+    /// sent after `rekey_after` (data, or the probe of a path's next probe deadline) starts
+    /// it. Key expiry is lazy too while no handshake runs: keys past `reject_after` neither
+    /// send nor accept anything, and the next packet finds them expired and handshakes afresh.
+    /// While a handshake runs (a rekey that keeps failing) the expiry is a timer, so the
+    /// session reports `Disconnected` on time.
     pub(super) fn handshake_timers(&self, timers: &mut TimerTable) {
         if let Some(p) = &self.pending {
             timers.set_earliest(Timer::HandshakeRetry, p.retry_at);
         }
         if let Some(keys) = &self.current
             && !self.keys_expired
+            && self.pending.is_some()
         {
             timers.set_earliest(Timer::KeyExpiry, keys.created + self.config.reject_after);
         }
-        if let Some(keys) = &self.current
+        if self.current.is_some()
             && self.pending.is_none()
             && !self.given_up
+            && let Some(rx) = self.last_rx
+            && self.all_paths_down()
         {
-            timers.set_earliest(Timer::Rekey, keys.created + self.config.rekey_after);
-            if let Some(rx) = self.last_rx
-                && self.all_paths_down()
-            {
-                timers.set_earliest(Timer::SessionSilent, rx + self.config.path_timeout);
-            }
+            timers.set_earliest(Timer::SessionSilent, rx + self.config.path_timeout);
         }
     }
 

@@ -34,7 +34,9 @@
 //! path has been Up that long, so a flapping preferred link does not drag flows back and forth.
 //!
 //! # Session lifetime
-//! After `rekey_after` a new handshake runs while the old keys keep working; the old receive key
+//! After `rekey_after`, the next packet sent (data, or a path's probe at its deadline: no timer of
+//! its own wakes an idle session for it, as in WireGuard) starts a new handshake while the old
+//! keys keep working; the old receive key
 //! is kept after the switch for packets still in flight. Keys live at most `reject_after`
 //! (180 s, WireGuard's REJECT_AFTER_TIME) or until a path's counter space is spent: a session
 //! whose rekeys all failed then reports `Disconnected`, sends and accepts nothing on the old keys
@@ -69,12 +71,14 @@
 //! their bound).
 
 mod handshake;
+mod natlearn;
 mod paths;
 mod signals;
 
 pub use crate::control::FlowKey;
 pub use crate::queue::QueueStats;
 pub use handshake::{REJECT_AFTER_TIME, REKEY_ATTEMPT_TIME, REKEY_TIMEOUT};
+pub use natlearn::KeepaliveLearner;
 pub use paths::{PathState, PathStats};
 pub use signals::{MAX_PENDING_SIGNALS, SignalStats};
 
@@ -109,6 +113,9 @@ pub struct ClientConfig {
     pub anchor_public: PublicKey,
     /// Probe interval on an Up path while idle: keeps NAT bindings (default 25 s).
     pub keepalive: Duration,
+    /// Learn each path's NAT binding lifetime and stretch its idle keepalive up to this
+    /// (see [`KeepaliveLearner`]); `None`: every path keeps `keepalive` (the default).
+    pub keepalive_max: Option<Duration>,
     /// Probe interval on every path while active, and while a probe is unanswered
     /// (default 200 ms).
     pub probe_interval: Duration,
@@ -142,6 +149,7 @@ impl ClientConfig {
             static_secret,
             anchor_public,
             keepalive: Duration::from_secs(25),
+            keepalive_max: None,
             probe_interval: Duration::from_millis(200),
             down_probe_interval: Duration::from_secs(1),
             active_window: Duration::from_secs(5),
@@ -254,7 +262,11 @@ impl Client {
     /// The driver has a socket for `path` (its link is up). Starts the handshake if none runs.
     pub fn handle_path_up(&mut self, path: PathId, now: Instant) {
         if self.path(path).is_none() {
-            self.paths.push(Path::new(path, now));
+            let learner = self
+                .config
+                .keepalive_max
+                .map(|max| KeepaliveLearner::new(self.config.keepalive, max));
+            self.paths.push(Path::new(path, now).learning(learner));
         }
         if self.pending.is_none() && (self.current.is_none() || self.keys_expired) {
             self.start_handshake(Purpose::Connect, now);
@@ -352,7 +364,12 @@ impl Client {
                 seq,
                 echo_us: sent_us,
             },
-            ControlMessage::PathChallenge { data } => ControlMessage::PathResponse { data },
+            ControlMessage::PathChallenge { data } => {
+                if let Some(p) = self.path_mut(path) {
+                    p.on_challenge();
+                }
+                ControlMessage::PathResponse { data }
+            }
             ControlMessage::ProbeAck { seq, echo_us } => {
                 if let Some(p) = self.path_mut(path) {
                     p.on_probe_ack(seq, echo_us, now);
@@ -385,9 +402,18 @@ impl Client {
         match r {
             Ok(_) => {
                 if let Some(p) = self.path_mut(path) {
-                    p.tx_packets += 1;
+                    p.on_sent(now);
                 }
                 self.note_activity(now);
+                // Lazy rekey: the first packet after `rekey_after` starts it.
+                if self.pending.is_none()
+                    && self
+                        .current
+                        .as_ref()
+                        .is_some_and(|k| now >= k.created + self.config.rekey_after)
+                {
+                    self.start_handshake(Purpose::Rekey, now);
+                }
             }
             Err(reason) => {
                 self.drops.add(reason);
@@ -436,7 +462,7 @@ impl Client {
                 buf.get_mut(..INIT_LEN)?.copy_from_slice(&p.bytes);
                 let path = p.path;
                 if let Some(pp) = self.path_mut(path) {
-                    pp.tx_packets += 1;
+                    pp.on_sent(now);
                 }
                 return Some(Transmit {
                     path,
@@ -465,7 +491,7 @@ impl Client {
         let n = msg.emit(body).ok()?;
         let len = keys.seal(Kind::Control, path, buf, n).ok()?;
         if let Some(p) = self.path_mut(path) {
-            p.tx_packets += 1;
+            p.on_sent(now);
         }
         Some(Transmit {
             path,

@@ -1,5 +1,6 @@
 //! The client's paths: liveness, probing, RTT and loss, hold-down.
 
+use super::natlearn::KeepaliveLearner;
 use super::signals::SignalBody;
 use super::{Client, Event, Queued};
 use crate::PathId;
@@ -49,6 +50,12 @@ pub(super) struct Path {
     loss: f32,
     pub(super) tx_packets: u64,
     rx_packets: u64,
+    /// When anything was last sent on it (what keeps its NAT binding).
+    last_tx: Option<Instant>,
+    /// The idle keepalive outstanding, with the silence before it.
+    idle_gap: Option<Duration>,
+    /// Its learned keepalive interval, when learning is on.
+    learner: Option<KeepaliveLearner>,
 }
 
 impl Path {
@@ -66,7 +73,47 @@ impl Path {
             loss: 0.0,
             tx_packets: 0,
             rx_packets: 0,
+            last_tx: None,
+            idle_gap: None,
+            learner: None,
         }
+    }
+
+    /// Learns this path's NAT binding lifetime with `learner`.
+    pub(super) fn learning(mut self, learner: Option<KeepaliveLearner>) -> Self {
+        self.learner = learner;
+        self
+    }
+
+    /// A datagram went out on this path.
+    pub(super) fn on_sent(&mut self, now: Instant) {
+        self.tx_packets += 1;
+        self.last_tx = Some(now);
+    }
+
+    /// The anchor challenged this path: it saw a new source address. After an idle keepalive
+    /// that means the NAT forgot the binding during the silence before it.
+    pub(super) fn on_challenge(&mut self) {
+        if let (Some(gap), Some(l)) = (self.idle_gap.take(), &mut self.learner) {
+            l.binding_lost(gap);
+            // The next keepalive was scheduled at the interval that just failed.
+            let interval = l.interval();
+            if let Some(sent) = self.last_tx {
+                self.next_probe = self.next_probe.min(sent + interval);
+            }
+        }
+    }
+
+    /// The idle keepalive interval of this path.
+    fn keepalive(&self, base: Duration) -> Duration {
+        self.learner
+            .as_ref()
+            .map_or(base, KeepaliveLearner::interval)
+    }
+
+    /// What was learned of this path's NAT, if learning is on.
+    pub(super) fn learner(&self) -> Option<&KeepaliveLearner> {
+        self.learner.as_ref()
     }
 
     /// The sequence number of the probe about to be sent.
@@ -87,6 +134,10 @@ impl Path {
         }
         self.loss *= 0.875;
         self.acked_upto = seq + 1;
+        // Answered without a challenge first: the binding outlived the silence.
+        if let (Some(gap), Some(l)) = (self.idle_gap.take(), &mut self.learner) {
+            l.binding_held(gap);
+        }
         let sample = Duration::from_micros(micros(now).saturating_sub(echo_us));
         self.srtt = Some(match self.srtt {
             None => sample,
@@ -125,6 +176,16 @@ impl Client {
         };
         p.state == PathState::Up
             && (settled(p) || !self.paths.iter().any(|o| o.id != path && settled(o)))
+    }
+
+    /// The idle keepalive interval of `path` now (learned, or the configured one).
+    pub fn path_keepalive(&self, path: PathId) -> Option<Duration> {
+        self.path(path).map(|p| p.keepalive(self.config.keepalive))
+    }
+
+    /// The shortest silence seen to lose `path`'s NAT binding, when learning is on.
+    pub fn path_binding_lost_after(&self, path: PathId) -> Option<Duration> {
+        self.path(path)?.learner()?.lost()
     }
 
     /// Measurements of `path`, if the driver declared it up.
@@ -239,7 +300,12 @@ impl Client {
             let interval = match p.state {
                 PathState::Down => self.config.down_probe_interval,
                 PathState::Up if active || outstanding => self.config.probe_interval,
-                PathState::Up => self.config.keepalive,
+                PathState::Up => p.keepalive(self.config.keepalive),
+            };
+            // An idle keepalive tests the binding: remember the silence it ended.
+            p.idle_gap = match (p.state, active || outstanding, p.last_tx) {
+                (PathState::Up, false, Some(last)) => Some(now.saturating_duration_since(last)),
+                _ => None,
             };
             p.next_probe = now + interval;
             let id = p.id;

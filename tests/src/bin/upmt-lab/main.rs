@@ -5,6 +5,7 @@
 
 mod bench;
 mod bench_handover;
+mod bench_idle;
 mod demo;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -47,10 +48,45 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         runs: usize,
     },
+    /// Print what an idle tunnel costs per minute: each daemon's wake-ups, CPU ticks and RSS,
+    /// and the packets sent on each of the MH's uplinks, with 0, 1 and 50 idle TCP flows.
+    BenchIdle {
+        /// Numbers of idle flows, one deployment each.
+        #[arg(long, value_delimiter = ',', default_value = "0,1,50")]
+        flows: Vec<usize>,
+        /// `idle_keepalive_s` settings as TOML values (`25`, `'"auto"'`), or `default`.
+        #[arg(long, value_delimiter = ',', default_value = "default")]
+        keepalive: Vec<String>,
+        /// Seconds the tunnel settles before measuring.
+        #[arg(long, default_value_t = 20)]
+        settle: u64,
+        /// Seconds measured.
+        #[arg(long, default_value_t = 60)]
+        window: u64,
+    },
+    /// Holds idle TCP connections open (the bench's idle flows; runs inside a namespace).
+    #[command(hide = true)]
+    HoldTcp {
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        #[arg(long)]
+        connect: Option<std::net::SocketAddr>,
+        #[arg(long, default_value_t = 1)]
+        count: usize,
+    },
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    if let Command::HoldTcp {
+        listen,
+        connect,
+        count,
+    } = cli.command
+    {
+        // Stopped by SIGTERM's default action: it holds nothing to clean up.
+        return bench_idle::hold_tcp(listen, connect, count);
+    }
     install_stop_handler()?;
     match cli.command {
         Command::Up => {
@@ -91,6 +127,29 @@ fn main() -> Result<()> {
             let lab = Lab::new("upmt-lab-bench-ho").context("building the lab")?;
             bench_handover::run(&lab, runs)?;
         }
+        Command::BenchIdle {
+            flows,
+            keepalive,
+            settle,
+            window,
+        } => {
+            if window == 0 {
+                anyhow::bail!("--window must be at least 1");
+            }
+            let keepalives = keepalive
+                .into_iter()
+                .map(|k| (k != "default").then_some(k))
+                .collect();
+            let lab = Lab::new("upmt-lab-bench-idle").context("building the lab")?;
+            let options = bench_idle::Options {
+                flows,
+                keepalives,
+                settle: Duration::from_secs(settle),
+                window: Duration::from_secs(window),
+            };
+            bench_idle::run(&lab, &options)?;
+        }
+        Command::HoldTcp { .. } => unreachable!("handled before the stop handler"),
     }
     Ok(())
 }

@@ -1,0 +1,258 @@
+//! `upmt-lab bench-idle`: what an idle tunnel costs. For each number of idle flows (TCP
+//! connections a client in the MH's namespace holds open to a server on the CH, sending nothing),
+//! a fresh deployment settles, then over a window it counts, per idle minute:
+//! - wake-ups of each daemon: voluntary + involuntary context switches summed over all its
+//!   threads (`/proc/PID/task/*/status`);
+//! - packets sent on each of the MH's uplinks (interface counters);
+//! - CPU ticks of each daemon (utime + stime from `/proc/PID/stat`);
+//! - each daemon's RSS at the end of the window.
+//!
+//! The idle flows are held by this same binary (`upmt-lab hold-tcp`), run in the namespaces.
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use upmt_tests::topology::{CH_V4, MH_CELL_IF, MH_WIFI_IF};
+use upmt_tests::{DeployOptions, Deployment, Lab, LinkCounters};
+
+/// The port the CH's idle-flow server listens on.
+const HOLD_PORT: u16 = 7070;
+
+/// What the bench varies and how long it waits.
+pub struct Options {
+    pub flows: Vec<usize>,
+    /// `idle_keepalive_s` values as TOML (`25`, `"auto"`); empty: the daemon's default.
+    pub keepalives: Vec<Option<String>>,
+    pub settle: Duration,
+    pub window: Duration,
+}
+
+/// A snapshot of one process's counters.
+#[derive(Clone, Copy, Debug, Default)]
+struct ProcSample {
+    switches: u64,
+    ticks: u64,
+    rss_kib: u64,
+}
+
+fn sample(pid: u32) -> Result<ProcSample> {
+    let mut switches = 0;
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .with_context(|| format!("listing the threads of pid {pid}"))?;
+    for task in tasks {
+        let Ok(task) = task else { continue };
+        // A thread may exit between the listing and the read.
+        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
+            continue;
+        };
+        for line in status.lines() {
+            if let Some(v) = line
+                .strip_prefix("voluntary_ctxt_switches:")
+                .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
+            {
+                switches += v.trim().parse::<u64>().unwrap_or(0);
+            }
+        }
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')').context("malformed /proc/PID/stat")? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of stat(5), 12 and 13 here (state is 3).
+    let num = |i: usize| -> Result<u64> {
+        fields
+            .get(i)
+            .and_then(|f| f.parse().ok())
+            .context("malformed /proc/PID/stat")
+    };
+    let ticks = num(11)? + num(12)?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    let rss_kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0);
+    Ok(ProcSample {
+        switches,
+        ticks,
+        rss_kib,
+    })
+}
+
+/// One row of the table.
+struct Row {
+    flows: usize,
+    keepalive: String,
+    mh: (f64, f64, u64),
+    an: (f64, f64, u64),
+    wifi_tx: f64,
+    cell_tx: f64,
+}
+
+pub fn run(lab: &Lab, options: &Options) -> Result<()> {
+    let exe = std::env::current_exe().context("locating upmt-lab")?;
+    let server = lab
+        .ch()
+        .command(&[
+            exe.as_os_str(),
+            "hold-tcp".as_ref(),
+            "--listen".as_ref(),
+            format!("0.0.0.0:{HOLD_PORT}").as_ref(),
+        ])
+        .label("hold-tcp-server")
+        .spawn()
+        .context("starting the CH's idle-flow server")?;
+    let mut rows = Vec::new();
+    for keepalive in &options.keepalives {
+        for &flows in &options.flows {
+            let row = one(lab, &exe, flows, keepalive.as_deref(), options)
+                .with_context(|| format!("{flows} flows, keepalive {keepalive:?}"))?;
+            rows.push(row);
+        }
+    }
+    drop(server);
+    let minutes = options.window.as_secs_f64() / 60.0;
+    println!(
+        "per idle minute, after a {} s settle, over {} s:",
+        options.settle.as_secs(),
+        options.window.as_secs()
+    );
+    println!(
+        "{:>5} {:>9} | {:>9} {:>8} {:>8} | {:>9} {:>8} {:>8} | {:>8} {:>8}",
+        "flows",
+        "keepalive",
+        "MH wakes",
+        "MH tick",
+        "MH RSS",
+        "AN wakes",
+        "AN tick",
+        "AN RSS",
+        "wifi tx",
+        "cell tx"
+    );
+    for r in rows {
+        println!(
+            "{:>5} {:>9} | {:>9.1} {:>8.1} {:>5} MB | {:>9.1} {:>8.1} {:>5} MB | {:>8.1} {:>8.1}",
+            r.flows,
+            r.keepalive,
+            r.mh.0 / minutes,
+            r.mh.1 / minutes,
+            r.mh.2 / 1024,
+            r.an.0 / minutes,
+            r.an.1 / minutes,
+            r.an.2 / 1024,
+            r.wifi_tx / minutes,
+            r.cell_tx / minutes
+        );
+    }
+    Ok(())
+}
+
+fn one(
+    lab: &Lab,
+    exe: &std::path::Path,
+    flows: usize,
+    keepalive: Option<&str>,
+    options: &Options,
+) -> Result<Row> {
+    let mh_extra = match keepalive {
+        Some(k) => format!("[probe]\nidle_keepalive_s = {k}\n"),
+        None => String::new(),
+    };
+    let deploy = DeployOptions {
+        mh_extra,
+        log: "info".to_owned(),
+        ..DeployOptions::default()
+    };
+    let upmt = Deployment::start(lab, &deploy)?;
+    let holder = if flows > 0 {
+        let h = lab
+            .mh()
+            .command(&[
+                exe.as_os_str(),
+                "hold-tcp".as_ref(),
+                "--connect".as_ref(),
+                format!("{CH_V4}:{HOLD_PORT}").as_ref(),
+                "--count".as_ref(),
+                flows.to_string().as_ref(),
+            ])
+            .label("hold-tcp-client")
+            .spawn()?;
+        let t0 = Instant::now();
+        while !h.log().contains("holding") {
+            if !h.is_running() || t0.elapsed() > Duration::from_secs(20) {
+                bail!("the idle flows did not open: {}", h.log());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Some(h)
+    } else {
+        None
+    };
+    std::thread::sleep(options.settle);
+    let mh = lab.mh();
+    let counters = || -> Result<(LinkCounters, LinkCounters)> {
+        Ok((mh.link_counters(MH_WIFI_IF)?, mh.link_counters(MH_CELL_IF)?))
+    };
+    let (mh0, an0, links0) = (sample(upmt.mh.pid())?, sample(upmt.an.pid())?, counters()?);
+    std::thread::sleep(options.window);
+    let (mh1, an1, links1) = (sample(upmt.mh.pid())?, sample(upmt.an.pid())?, counters()?);
+    if let Some(h) = &holder
+        && !h.is_running()
+    {
+        bail!("the idle flows closed during the window: {}", h.log());
+    }
+    drop(holder);
+    drop(upmt);
+    let diff = |a: ProcSample, b: ProcSample| {
+        (
+            b.switches.saturating_sub(a.switches) as f64,
+            b.ticks.saturating_sub(a.ticks) as f64,
+            b.rss_kib,
+        )
+    };
+    Ok(Row {
+        flows,
+        keepalive: keepalive.unwrap_or("default").to_owned(),
+        mh: diff(mh0, mh1),
+        an: diff(an0, an1),
+        wifi_tx: links1.0.since(&links0.0).tx_packets as f64,
+        cell_tx: links1.1.since(&links0.1).tx_packets as f64,
+    })
+}
+
+/// `upmt-lab hold-tcp`: with `listen`, accepts TCP connections and keeps them open, reading
+/// nothing; with `connect`, opens `count` connections and keeps them open. Runs until killed.
+pub fn hold_tcp(
+    listen: Option<SocketAddr>,
+    connect: Option<SocketAddr>,
+    count: usize,
+) -> Result<()> {
+    let mut held = Vec::new();
+    if let Some(addr) = listen {
+        let listener = TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
+        println!("listening on {addr}");
+        for stream in listener.incoming() {
+            held.push(stream.context("accepting")?);
+        }
+    } else if let Some(addr) = connect
+        && count > 0
+    {
+        for i in 0..count {
+            let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+                .with_context(|| format!("connection {} to {addr}", i + 1))?;
+            held.push(s);
+        }
+        println!("holding {count} connections to {addr}");
+        // Blocks until the peer closes the first one (it never does while the lab is up).
+        let mut buf = [0u8; 1];
+        let _ = held[0].read(&mut buf);
+    } else {
+        bail!("hold-tcp needs --listen, or --connect and a --count of at least 1");
+    }
+    Ok(())
+}
