@@ -4,6 +4,7 @@
 //! exits.
 
 mod bench;
+mod bench_connect;
 mod bench_handover;
 mod demo;
 
@@ -46,6 +47,21 @@ enum Command {
         /// Runs per event.
         #[arg(long, default_value_t = 5)]
         runs: usize,
+    },
+    /// Print the time to connect and to the first byte of short HTTP requests through upmt
+    /// and over the direct path (median and p99), under a crowd of processes holding sockets,
+    /// with processes starting steadily and in bursts; then the MH's memory across many
+    /// short flows.
+    BenchConnect {
+        /// Requests per path and condition.
+        #[arg(long, default_value_t = 200)]
+        requests: usize,
+        /// Idle processes holding sockets on the MH.
+        #[arg(long, default_value_t = 1000)]
+        idle: usize,
+        /// Short UDP flows sent for the memory figure (0: skip it).
+        #[arg(long, default_value_t = 100_000)]
+        flows: usize,
     },
 }
 
@@ -90,6 +106,17 @@ fn main() -> Result<()> {
             }
             let lab = Lab::new("upmt-lab-bench-ho").context("building the lab")?;
             bench_handover::run(&lab, runs)?;
+        }
+        Command::BenchConnect {
+            requests,
+            idle,
+            flows,
+        } => {
+            if requests == 0 {
+                anyhow::bail!("--requests must be at least 1");
+            }
+            let lab = Lab::new("upmt-lab-bench-conn").context("building the lab")?;
+            bench_connect::run(&lab, requests, idle, flows)?;
         }
     }
     Ok(())
