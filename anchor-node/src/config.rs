@@ -20,6 +20,9 @@ pub use upmt_sys::config::ConfigError;
 /// Where the config lives when `--config` is not given.
 pub const DEFAULT_PATH: &str = "/etc/upmt/an.toml";
 
+/// The account the daemon drops to after setup when the config names none.
+pub const DEFAULT_USER: &str = "nobody";
+
 /// One mobile host allowed to connect.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Peer {
@@ -46,6 +49,17 @@ pub struct Config {
     pub dns: Option<IpAddr>,
     /// A path silent this long is skipped for downlink (the core's `path_stale_after`).
     pub path_stale_after: std::time::Duration,
+    /// Mobile hosts may reach each other through the anchor.
+    pub allow_peer_to_peer: bool,
+    /// Ports (tcp and udp) of the anchor's own host that mobile hosts may reach.
+    pub allow_to_host: Vec<u16>,
+    /// Mobile hosts may reach private, link-local and metadata ranges on the anchor's side.
+    pub allow_private_egress: bool,
+    /// The account the daemon runs as after setup ("root" keeps root).
+    pub user: String,
+    /// The private key is written in the config itself (not in `private_key_file`, whose
+    /// mode is checked when it is read).
+    pub key_in_config: bool,
     pub peers: Vec<Peer>,
 }
 
@@ -75,6 +89,13 @@ struct RawConfig {
     metrics: Option<Spanned<String>>,
     dns: Option<Spanned<String>>,
     path_stale_after_ms: Option<Spanned<u64>>,
+    #[serde(default)]
+    allow_peer_to_peer: bool,
+    #[serde(default)]
+    allow_to_host: Vec<Spanned<u16>>,
+    #[serde(default)]
+    allow_private_egress: bool,
+    user: Option<Spanned<String>>,
     #[serde(default)]
     peer: Vec<RawPeer>,
 }
@@ -132,6 +153,7 @@ impl Validator<'_> {
             )
         })?;
 
+        let key_in_config = raw.private_key.is_some();
         let private_key = match (&raw.private_key, &raw.private_key_file) {
             (Some(k), None) => self.key(k, "private_key")?,
             (None, Some(f)) => self.key_file(f)?,
@@ -253,6 +275,38 @@ impl Validator<'_> {
             }
         };
 
+        let mut allow_to_host = Vec::with_capacity(raw.allow_to_host.len());
+        for port in &raw.allow_to_host {
+            let p = *port.get_ref();
+            if p == 0 {
+                return Err(self.err(
+                    port.span(),
+                    "expected allow_to_host to list ports from 1 to 65535, got 0".into(),
+                ));
+            }
+            if !allow_to_host.contains(&p) {
+                allow_to_host.push(p);
+            }
+        }
+        let user = match &raw.user {
+            None => DEFAULT_USER.to_owned(),
+            Some(u) => {
+                let name = u.get_ref();
+                let ok = !name.is_empty()
+                    && name.len() <= 32
+                    && name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+                if !ok {
+                    return Err(self.err(
+                        u.span(),
+                        format!("expected user to be an account name like \"upmt\" (or \"root\" to keep root), got {name:?}"),
+                    ));
+                }
+                name.clone()
+            }
+        };
+
         let anchor4 = first_host4(subnet);
         let anchor6 = subnet6.map(first_host6);
         let mut peers = Vec::with_capacity(raw.peer.len());
@@ -360,6 +414,11 @@ impl Validator<'_> {
             metrics,
             dns,
             path_stale_after,
+            allow_peer_to_peer: raw.allow_peer_to_peer,
+            allow_to_host,
+            allow_private_egress: raw.allow_private_egress,
+            user,
+            key_in_config,
             peers,
         })
     }
@@ -412,6 +471,47 @@ impl Validator<'_> {
         }
         Ok(name.clone())
     }
+}
+
+/// Why the daemon refuses a config that holds its private key.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyFileError {
+    #[error(
+        "config {path} holds the private key and is open to group or others (mode {mode:04o}), so the key may be known: run `chmod 600 {path}`"
+    )]
+    TooOpen { path: PathBuf, mode: u32 },
+    #[error("cannot stat config {path}")]
+    Stat {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Refuses a config that holds the private key inline when group or others can open it, as
+/// `private_key_file` is refused then ([`upmt_sys::keys`]): the key is the anchor's identity,
+/// and anyone holding it can impersonate the anchor to every mobile host.
+pub fn check_key_file_mode(config: &Config) -> Result<(), KeyFileError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    if !config.key_in_config {
+        return Ok(());
+    }
+    let path = &config.path;
+    let mode = std::fs::metadata(path)
+        .map_err(|source| KeyFileError::Stat {
+            path: path.clone(),
+            source,
+        })?
+        .permissions()
+        .mode()
+        & 0o7777;
+    if mode & upmt_sys::keys::GROUP_OR_OTHER != 0 {
+        return Err(KeyFileError::TooOpen {
+            path: path.clone(),
+            mode,
+        });
+    }
+    Ok(())
 }
 
 fn first_host4(net: Ipv4Net) -> Ipv4Addr {
@@ -807,5 +907,61 @@ address = "10.77.0.3"
         let (line, _, msg) = err_of(&text);
         assert_eq!(line, 12);
         assert!(msg.contains("needs subnet6"), "{msg}");
+    }
+
+    #[test]
+    fn isolation_and_user_default_to_closed_and_nobody_and_are_read_when_given() {
+        let c = parse(Path::new("an.toml"), &good()).unwrap();
+        assert!(!c.allow_peer_to_peer && !c.allow_private_egress);
+        assert!(c.allow_to_host.is_empty());
+        assert_eq!(c.user, DEFAULT_USER);
+        assert!(c.key_in_config);
+        let text = good().replace(
+            "egress = \"eth0\"",
+            "egress = \"eth0\"\nallow_peer_to_peer = true\nallow_to_host = [22, 22, 9100]\n\
+             allow_private_egress = true\nuser = \"upmt\"",
+        );
+        let c = parse(Path::new("an.toml"), &text).unwrap();
+        assert!(c.allow_peer_to_peer && c.allow_private_egress);
+        assert_eq!(c.allow_to_host, vec![22, 9100]);
+        assert_eq!(c.user, "upmt");
+    }
+
+    #[test]
+    fn a_bad_port_or_user_is_refused_at_its_position() {
+        let text = good().replace(
+            "egress = \"eth0\"",
+            "egress = \"eth0\"\nallow_to_host = [0]",
+        );
+        let (line, col, msg) = err_of(&text);
+        assert_eq!((line, col), (7, 18));
+        assert!(msg.contains("ports from 1 to 65535"), "{msg}");
+        let text = good().replace("egress = \"eth0\"", "egress = \"eth0\"\nuser = \"a b\"");
+        let (line, col, msg) = err_of(&text);
+        assert_eq!((line, col), (7, 8));
+        assert!(msg.contains("account name"), "{msg}");
+    }
+
+    #[test]
+    fn a_config_holding_the_key_open_to_others_is_refused_with_the_command_that_fixes_it() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = std::env::temp_dir().join(format!("upmt-an-mode-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("an.toml");
+        std::fs::write(&path, good()).unwrap();
+        let c = parse(&path, &good()).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let refused = check_key_file_mode(&c).map_err(|e| e.to_string());
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let accepted = check_key_file_mode(&c).map_err(|e| e.to_string());
+        std::fs::remove_dir_all(&dir).unwrap();
+        let msg = refused.expect_err("a world-readable config with the key must be refused");
+        assert!(msg.contains("open to group or others (mode 0644)"), "{msg}");
+        assert!(
+            msg.contains(&format!("chmod 600 {}", path.display())),
+            "{msg}"
+        );
+        assert_eq!(msg.lines().count(), 1);
+        accepted.expect("a config readable by its owner only is accepted");
     }
 }

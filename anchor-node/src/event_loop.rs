@@ -25,6 +25,7 @@ use upmt_proto::{DropReason, HEADER_LEN, TAG_LEN};
 use upmt_sys::clock;
 
 use crate::metrics::{self, CoreStats, PeerSnapshot, Snapshot};
+use crate::nat;
 
 /// Inputs handled per readiness event before the loop looks at other sources again.
 pub const BATCH: usize = 64;
@@ -85,6 +86,7 @@ pub struct EventLoop {
     counters: DriverCounters,
     scrapes: Option<mpsc::Receiver<metrics::Request>>,
     bounds: BoundWatch,
+    isolation: Option<nat::CounterReader>,
 }
 
 /// The bound-related counters as of the last warning, to warn about what grew since.
@@ -152,7 +154,14 @@ impl EventLoop {
             counters: DriverCounters::default(),
             scrapes,
             bounds: BoundWatch::new(),
+            isolation: None,
         }
+    }
+
+    /// Reports the nftables isolation counters in snapshots.
+    pub fn with_isolation_counters(mut self, reader: nat::CounterReader) -> Self {
+        self.isolation = Some(reader);
+        self
     }
 
     /// Runs until `shutdown` resolves (Ok) or the socket or TUN fails (Err).
@@ -406,6 +415,18 @@ impl EventLoop {
             tun_tx_packets: self.counters.tun_tx,
             io_errors: self.counters.io_errors,
             core: CoreStats::from_core(&self.anchor.stats(), self.anchor.rate_limited_sources()),
+            isolation_drops: self.isolation.as_ref().map_or_else(Vec::new, |reader| {
+                nat::ISOLATION_COUNTERS
+                    .iter()
+                    .filter_map(|(rule, counter)| match reader.read(counter) {
+                        Ok(v) => Some((*rule, v.packets)),
+                        Err(e) => {
+                            tracing::debug!(counter, error = %e, "cannot read an nftables counter");
+                            None
+                        }
+                    })
+                    .collect()
+            }),
         }
     }
 }

@@ -17,6 +17,7 @@ pub mod config;
 pub mod event_loop;
 pub mod metrics;
 pub mod nat;
+pub mod privilege;
 pub mod tun;
 pub mod udp;
 

@@ -57,6 +57,8 @@ pub struct Snapshot {
     pub io_errors: u64,
     /// The core's flood-defence, path-validation and queue-bound counters (not drops).
     pub core: CoreStats,
+    /// Packets the nftables isolation rules dropped, per rule (empty when not read).
+    pub isolation_drops: Vec<(&'static str, u64)>,
 }
 
 /// The core's `AnchorStats` plus the limiter's table size, copied out for rendering.
@@ -308,7 +310,20 @@ impl Collector for Snapshot {
             None,
             MetricType::Gauge,
         )?;
-        ConstGauge::new(self.core.rate_limited_sources).encode(limiter)
+        ConstGauge::new(self.core.rate_limited_sources).encode(limiter)?;
+        if !self.isolation_drops.is_empty() {
+            let mut isolation = encoder.encode_descriptor(
+                "upmt_isolation_dropped_packets",
+                "Packets from mobile hosts dropped by the anchor's isolation rules (its nftables counters), by rule.",
+                None,
+                MetricType::Counter,
+            )?;
+            for (rule, n) in &self.isolation_drops {
+                let labels = [("rule", *rule)];
+                ConstCounter::new(*n).encode(isolation.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -80,6 +80,13 @@ fn check_accepts_the_example_and_prints_a_summary() {
         "{text}"
     );
     assert!(text.contains("peers       2"), "{text}");
+    assert!(
+        text.contains(
+            "isolation   peer to peer dropped, to this host dropped, private egress dropped"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("user        nobody"), "{text}");
     assert!(text.contains("phone"), "{text}");
 }
 

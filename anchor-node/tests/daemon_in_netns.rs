@@ -1,6 +1,7 @@
 //! Runs the real `upmt-an` binary inside a network namespace this test creates: the TUN, the
 //! forwarding knob, the nftables table, the counters on the metrics endpoint, a clear error
-//! for a port in use, and cleanup at SIGTERM.
+//! for a port in use, the drop to an unprivileged user with only CAP_NET_ADMIN, the refusal of
+//! a world-readable key, and cleanup at SIGTERM.
 //!
 //! Needs root (it creates namespaces); skipped with a message otherwise. Everything happens in a
 //! namespace named after this process, deleted by a guard even when an assertion fails.
@@ -157,8 +158,25 @@ fn write_config(dir: &Path, name: &str, tun: &str, metrics: bool) -> PathBuf {
          subnet = \"10.77.0.0/24\"\nsubnet6 = \"fd77::/64\"\negress = \"eg0\"\nmtu = 1400\n{metrics}\n\
          [[peer]]\nname = \"phone\"\npublic_key = \"{PEER_KEY}\"\naddress = \"10.77.0.2\"\n"
     );
-    std::fs::write(&path, text).expect("write config");
+    write_private(&path, &text);
     path
+}
+
+/// Writes `text` readable by its owner only, as a file holding a private key must be.
+fn write_private(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::write(path, text).expect("write config");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+}
+
+/// `Name:\tvalue` lines of `/proc/<pid>/status` (or of one of its threads).
+fn status_field(status: &str, name: &str) -> String {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .unwrap_or_else(|| panic!("no {name} in:\n{status}"))
+        .trim()
+        .to_owned()
 }
 
 /// Sends each hex-encoded payload as one UDP datagram to the daemon, from inside the namespace.
@@ -224,12 +242,43 @@ fn the_daemon_sets_up_its_tun_and_nat_receives_and_cleans_up_at_sigterm() {
             .trim(),
         "1"
     );
+    // The egress keeps accepting router advertisements (a SLAAC default route) although IPv6
+    // forwarding is on, and the log says so.
+    assert_eq!(
+        ns.exec_ok(&["cat", "/proc/sys/net/ipv6/conf/eg0/accept_ra"])
+            .trim(),
+        "2"
+    );
+    assert!(daemon.log().contains("set accept_ra = 2 on the egress"));
     let table = ns.exec_ok(&["nft", "list", "table", "inet", "upmt_upmtt0"]);
     assert!(
         table.contains("oifname \"eg0\" ip saddr 10.77.0.0/24 masquerade"),
         "{table}"
     );
     assert!(table.contains("maxseg size set rt mtu"), "{table}");
+
+    // Setup done, every thread runs as nobody with exactly CAP_NET_ADMIN (the port is not
+    // privileged), nothing inheritable or ambient.
+    assert!(
+        daemon.log().contains("dropped privileges"),
+        "{}",
+        daemon.log()
+    );
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", daemon.child.id())).expect("tasks");
+    for task in tasks {
+        let status = std::fs::read_to_string(task.expect("task").path().join("status"))
+            .expect("task status");
+        let uids = status_field(&status, "Uid");
+        assert!(uids.split_whitespace().all(|u| u == "65534"), "uids {uids}");
+        let gids = status_field(&status, "Gid");
+        assert!(gids.split_whitespace().all(|g| g != "0"), "gids {gids}");
+        assert_eq!(status_field(&status, "Groups"), "");
+        assert_eq!(status_field(&status, "CapEff"), "0000000000001000");
+        assert_eq!(status_field(&status, "CapPrm"), "0000000000001000");
+        assert_eq!(status_field(&status, "CapInh"), "0000000000000000");
+        assert_eq!(status_field(&status, "CapAmb"), "0000000000000000");
+        assert_eq!(status_field(&status, "NoNewPrivs"), "1");
+    }
 
     // The tunnel socket's buffers were forced to 8 MiB (the kernel reports twice that).
     let sockets = ns.exec_ok(&["ss", "-uamn", "sport = :51900"]);
@@ -272,6 +321,17 @@ fn the_daemon_sets_up_its_tun_and_nat_receives_and_cleans_up_at_sigterm() {
         Some(0),
         "{text}"
     );
+    // The isolation counters are read over netlink by the unprivileged daemon.
+    for rule in ["peer_to_peer", "to_host", "private_egress"] {
+        assert_eq!(
+            metric(
+                &text,
+                &format!("upmt_isolation_dropped_packets_total{{rule=\"{rule}\"}}")
+            ),
+            Some(0),
+            "{text}"
+        );
+    }
     assert!(
         daemon.child.try_wait().expect("try_wait").is_none(),
         "daemon died:\n{}",
@@ -406,4 +466,34 @@ fn an_unprivileged_run_fails_with_one_line_naming_the_privilege() {
     let err = stderr(&out);
     assert!(err.contains("missing privilege: CAP_NET_ADMIN"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+#[test]
+fn a_world_readable_key_is_refused_in_one_line_before_anything_is_set_up() {
+    if !is_root() {
+        eprintln!("skipped: needs root to create network namespaces");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt as _;
+    let ns = Netns::new("keymode");
+    let dir = temp_dir("keymode");
+    let config = write_config(&dir, "an.toml", "upmtt0", false);
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let out = ns.exec(&[BIN, "run", "--config", config.to_str().expect("utf-8 path")]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "is open to group or others (mode 0644), so the key may be known: run `chmod 600 {}`",
+            config.display()
+        )),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        !ns.exec(&["ip", "link", "show", "dev", "upmtt0"])
+            .status
+            .success()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

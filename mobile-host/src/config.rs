@@ -7,12 +7,15 @@
 //! never touches the network.
 
 use std::collections::HashSet;
+use std::fmt;
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 use serde_spanned::Spanned;
+use upmt_mh_core::candidates::Pattern;
 use upmt_paft::MAX_UPLINKS;
 use upmt_proto::keys::{PublicKey, StaticSecret};
 use upmt_sys::config::{ConfigText, shown};
@@ -47,6 +50,39 @@ pub const ANDROID_BUILD_PROP: &str = "/system/build.prop";
 pub const DEFAULT_PROC_ROOT: &str = "/proc";
 /// Default TUN name.
 pub const DEFAULT_TUN: &str = "upmt0";
+/// Where a Linux host keeps the config unless told otherwise.
+pub const LINUX_CONFIG: &str = "/etc/upmt/mh.toml";
+/// Where everything of the daemon lives on an Android phone (root only; Magisk's own
+/// `/data/adb` survives updates of the module and of Android).
+pub const ANDROID_DIR: &str = "/data/adb/upmt";
+/// The config's default path on Android.
+pub const ANDROID_CONFIG: &str = "/data/adb/upmt/mh.toml";
+/// The control socket's default path on Android (Android has no `/run`).
+pub const ANDROID_SOCKET: &str = "/data/adb/upmt/mh.sock";
+
+/// Whether this host keeps its files the Android way: [`ANDROID_DIR`] exists (the Magisk
+/// module makes it) or the system is Android ([`ANDROID_BUILD_PROP`]).
+pub fn android_paths() -> bool {
+    Path::new(ANDROID_DIR).is_dir() || Path::new(ANDROID_BUILD_PROP).is_file()
+}
+
+/// The config file `upmt-mh` reads unless `--config` names another.
+pub fn default_config() -> &'static str {
+    if android_paths() {
+        ANDROID_CONFIG
+    } else {
+        LINUX_CONFIG
+    }
+}
+
+/// The control socket unless the config or `upmt --socket` names another.
+pub fn default_socket() -> &'static str {
+    if android_paths() {
+        ANDROID_SOCKET
+    } else {
+        crate::control::DEFAULT_SOCKET
+    }
+}
 /// The longest probe interval, keepalive, path timeout or hold-down the config takes.
 pub const MAX_PROBE_TIME: Duration = Duration::from_secs(3600);
 /// The longest uplink name (it lands in logs, the policy and `upmt status`).
@@ -55,8 +91,11 @@ pub const MAX_UPLINK_NAME: usize = 64;
 /// A validated configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
-    /// The anchor node's UDP endpoint.
+    /// The anchor node's UDP endpoint (the first of [`Config::anchors`]).
     pub anchor: SocketAddr,
+    /// Every endpoint of the anchor, at most one per address family, preferred first: each
+    /// uplink uses the first family that works on it.
+    pub anchors: Vec<SocketAddr>,
     /// The anchor's static public key (X25519, 32 bytes).
     pub anchor_public_key: PublicKey,
     /// This host's static private key (X25519, 32 bytes).
@@ -122,7 +161,8 @@ impl Default for ProbeConfig {
 pub struct UplinkConfig {
     /// The name the policy uses for it ("wifi", "cell").
     pub name: String,
-    /// The network interface it is bound to ("wlan0").
+    /// The network interface it is bound to ("wlan0"), or a prefix pattern ("rmnet_data*")
+    /// whose candidates it picks from.
     pub interface: String,
     /// The path id the core knows it by: its position in the file.
     pub path_index: u8,
@@ -131,7 +171,7 @@ pub struct UplinkConfig {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
-    anchor: Spanned<String>,
+    anchor: Spanned<RawAnchor>,
     anchor_public_key: Spanned<String>,
     private_key: Option<Spanned<String>>,
     private_key_file: Option<Spanned<String>>,
@@ -149,6 +189,44 @@ struct RawConfig {
     packages_list: Option<Spanned<String>>,
     #[serde(default)]
     uplink: Vec<RawUplink>,
+}
+
+/// `anchor = "ip:port"`, or a list of one endpoint per family.
+enum RawAnchor {
+    One(String),
+    Many(Vec<Spanned<String>>),
+}
+
+impl<'de> Deserialize<'de> for RawAnchor {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RawAnchor;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an endpoint string or a list of endpoint strings")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawAnchor, E> {
+                Ok(RawAnchor::One(v.to_owned()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<RawAnchor, A::Error> {
+                let mut all = Vec::new();
+                while let Some(e) = seq.next_element::<Spanned<String>>()? {
+                    // More than one per family is refused later; this only bounds memory.
+                    if all.len() > 2 {
+                        return Err(serde::de::Error::custom(
+                            "anchor lists more than two endpoints: expected one per address family",
+                        ));
+                    }
+                    all.push(e);
+                }
+                Ok(RawAnchor::Many(all))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 #[derive(Deserialize)]
@@ -189,18 +267,49 @@ impl Config {
         let raw: RawConfig =
             toml::from_str(text).map_err(|e| source.parser_error(e.span(), e.message()))?;
 
-        let anchor: SocketAddr = raw.anchor.get_ref().parse().map_err(|_| {
-            at(
-                raw.anchor.span(),
-                format!(
-                    "invalid anchor {}: expected IPv4:port or [IPv6]:port, e.g. \"203.0.113.2:51900\"",
-                    shown(raw.anchor.get_ref())
-                ),
-            )
-        })?;
-        if anchor.port() == 0 {
-            return Err(at(raw.anchor.span(), "anchor port must not be 0".into()));
+        let anchor_span = raw.anchor.span();
+        let entries: Vec<(String, Range<usize>)> = match raw.anchor.into_inner() {
+            RawAnchor::One(text) => vec![(text, anchor_span.clone())],
+            RawAnchor::Many(list) => list
+                .into_iter()
+                .map(|e| {
+                    let span = e.span();
+                    (e.into_inner(), span)
+                })
+                .collect(),
+        };
+        if entries.is_empty() {
+            return Err(at(
+                anchor_span,
+                "empty anchor list: expected one or two endpoints, e.g. [\"203.0.113.2:51900\", \"[2001:db8::2]:51900\"]".into(),
+            ));
         }
+        let mut anchors: Vec<SocketAddr> = Vec::with_capacity(entries.len());
+        for (text, span) in entries {
+            let endpoint: SocketAddr = text.parse().map_err(|_| {
+                at(
+                    span.clone(),
+                    format!(
+                        "invalid anchor {}: expected IPv4:port or [IPv6]:port, e.g. \"203.0.113.2:51900\"",
+                        shown(&text)
+                    ),
+                )
+            })?;
+            if endpoint.port() == 0 {
+                return Err(at(span, "anchor port must not be 0".into()));
+            }
+            if anchors.iter().any(|a| a.is_ipv4() == endpoint.is_ipv4()) {
+                return Err(at(
+                    span,
+                    format!(
+                        "anchor lists two {} endpoints: expected at most one per address family",
+                        if endpoint.is_ipv4() { "IPv4" } else { "IPv6" }
+                    ),
+                ));
+            }
+            anchors.push(endpoint);
+        }
+        let anchor = anchors[0];
         let anchor_public_key = raw.anchor_public_key.get_ref().trim().parse::<PublicKey>().map_err(|_| {
             at(
                 raw.anchor_public_key.span(),
@@ -362,13 +471,15 @@ impl Config {
                 ));
             }
             Some(p) => path.parent().unwrap_or(Path::new(".")).join(p.get_ref()),
+            // Android has no /run; /data/adb/upmt holds everything of the daemon there.
+            None if android || Path::new(ANDROID_DIR).is_dir() => PathBuf::from(ANDROID_SOCKET),
             None => PathBuf::from(crate::control::DEFAULT_SOCKET),
         };
         let control_group = match &raw.control_group {
             Some(g) if g.get_ref().trim().is_empty() => {
                 return Err(at(
                     g.span(),
-                    "empty control_group: expected a group name, e.g. \"upmt\"".into(),
+                    "empty control_group: expected a group name or a numeric gid, e.g. \"upmt\" or \"3003\"".into(),
                 ));
             }
             Some(g) => Some(g.get_ref().clone()),
@@ -433,15 +544,24 @@ impl Config {
                 ));
             }
             let interface = u.interface.get_ref();
-            // A trailing '*' (`rmnet_data*`, the Qualcomm data interfaces) is accepted as a
-            // pattern; the daemon does not match it against the interfaces present yet, so such
-            // an uplink stays unusable until matching lands.
+            // A trailing '*' (`rmnet_data*`) names the interfaces with that prefix; the daemon
+            // picks among them (see `upmt_mh_core::candidates`).
             ifname::check_pattern(interface)
                 .map_err(|why| at(u.interface.span(), format!("invalid interface: {why}")))?;
-            if interface == &tun {
+            let pattern = Pattern::parse(interface).map_err(|why| {
+                at(
+                    u.interface.span(),
+                    format!("invalid interface {}: {why}", shown(interface)),
+                )
+            })?;
+            if pattern.matches(&tun) {
                 return Err(at(
                     u.interface.span(),
-                    format!("uplink interface {} is the TUN itself", shown(interface)),
+                    format!(
+                        "uplink interface {} {} the TUN itself",
+                        shown(interface),
+                        if pattern.is_exact() { "is" } else { "matches" }
+                    ),
                 ));
             }
             if !interfaces.insert(interface.clone()) {
@@ -496,6 +616,7 @@ impl Config {
 
         Ok(Config {
             anchor,
+            anchors,
             anchor_public_key,
             private_key,
             tun,
@@ -772,6 +893,29 @@ mod tests {
             (c.platform, c.fwmark, c.table),
             (Platform::Android, 0x20000, 555)
         );
+    }
+
+    #[test]
+    fn the_magisk_modules_example_config_is_valid_once_the_anchor_key_is_filled_in() {
+        let text = include_str!("../../scripts/magisk/mh.toml.example")
+            .replace("REPLACE-WITH-THE-ANCHORS-PUBLIC-KEY-44-CHARS=", KEY_A)
+            .replace(
+                "private_key_file = \"mh.key\"",
+                &format!("private_key = \"{KEY_B}\""),
+            );
+        let c = Config::parse(&text, Path::new(ANDROID_CONFIG)).expect("the example must parse");
+        assert_eq!(c.platform, Platform::Android);
+        assert_eq!(c.control_socket, Path::new(ANDROID_SOCKET));
+        assert_eq!(c.anchors.len(), 2);
+        assert_eq!(c.uplinks[1].interface, "rmnet_data*");
+        // As shipped, the placeholder key is refused at its line.
+        let raw = include_str!("../../scripts/magisk/mh.toml.example");
+        match Config::parse(raw, Path::new(ANDROID_CONFIG)) {
+            Err(ConfigError::Invalid { message, .. }) => {
+                assert!(message.contains("anchor_public_key"), "{message}")
+            }
+            other => panic!("expected the placeholder key refused, got {other:?}"),
+        }
     }
 
     #[test]
@@ -1214,6 +1358,75 @@ mod tests {
         let (line, _, message) = invalid(&good().replace("rmnet_data0", "a b*"));
         assert_eq!(line, 10);
         assert!(message.contains("not a valid interface name"), "{message}");
+    }
+
+    #[test]
+    fn a_star_anywhere_but_at_the_end_or_a_pattern_matching_the_tun_is_refused() {
+        for bad in ["rm*net", "rmnet**"] {
+            let (line, column, message) = invalid(&good().replace("rmnet_data0", bad));
+            assert_eq!((line, column), (10, 13), "{bad}");
+            assert!(message.contains("'*'"), "{bad}: {message}");
+        }
+        let (_, _, message) = invalid(&good().replace("rmnet_data0", "upmt*"));
+        assert!(message.contains("matches the TUN itself"), "{message}");
+    }
+
+    #[test]
+    fn the_anchor_may_list_an_ipv4_and_an_ipv6_endpoint_preferred_first() {
+        let c = parse(&good().replace(
+            "anchor = \"203.0.113.2:51900\"",
+            "anchor = [\"[2001:db8::2]:51900\", \"203.0.113.2:51900\"]",
+        ))
+        .expect("valid");
+        assert_eq!(
+            c.anchors,
+            vec![
+                "[2001:db8::2]:51900".parse::<SocketAddr>().unwrap(),
+                "203.0.113.2:51900".parse().unwrap()
+            ]
+        );
+        assert_eq!(c.anchor, c.anchors[0]);
+        let single = parse(&good()).unwrap();
+        assert_eq!(single.anchors, vec![single.anchor]);
+    }
+
+    #[test]
+    fn a_bad_anchor_list_is_refused_at_the_endpoint_at_fault() {
+        let list = |inner: &str| good().replace("\"203.0.113.2:51900\"", inner);
+        let (line, column, message) =
+            invalid(&list("[\"203.0.113.2:51900\", \"198.51.100.1:51900\"]"));
+        assert_eq!((line, column), (1, 32));
+        assert!(message.contains("two IPv4 endpoints"), "{message}");
+        let (line, column, message) = invalid(&list("[\"203.0.113.2:51900\", \"[2001:db8::2]\"]"));
+        assert_eq!((line, column), (1, 32));
+        assert!(message.contains("[IPv6]:port"), "{message}");
+        let (line, column, message) = invalid(&list("[]"));
+        assert_eq!((line, column), (1, 10));
+        assert!(message.contains("empty anchor list"), "{message}");
+        let (line, _, message) = invalid(&list("[\"a:1\", \"b:2\", \"c:3\", \"d:4\"]"));
+        assert_eq!(line, 1);
+        assert!(message.contains("one per address family"), "{message}");
+        let (line, _, _) = invalid(&list("51900"));
+        assert_eq!(line, 1);
+    }
+
+    #[test]
+    fn on_android_the_control_socket_defaults_under_data_adb_upmt() {
+        let android = format!("platform = \"android\"\n{}", good());
+        let c = parse(&android).expect("valid");
+        assert_eq!(c.control_socket, Path::new("/data/adb/upmt/mh.sock"));
+        let c = parse_with_build_prop(&good(), true).expect("valid");
+        assert_eq!(c.control_socket, Path::new(ANDROID_SOCKET));
+        if !Path::new(ANDROID_DIR).exists() {
+            let c = parse(&format!("platform = \"linux\"\n{}", good())).expect("valid");
+            assert_eq!(c.control_socket, Path::new("/run/upmt/mh.sock"));
+        }
+    }
+
+    #[test]
+    fn a_numeric_control_group_is_kept_as_written() {
+        let c = parse(&format!("control_group = \"3003\"\n{}", good())).expect("valid");
+        assert_eq!(c.control_group.as_deref(), Some("3003"));
     }
 
     #[test]

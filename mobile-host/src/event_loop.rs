@@ -19,6 +19,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use upmt_mh_core::api::{ErrorKind, ErrorReply, ReloadReply, Request, Response};
+use upmt_mh_core::candidates::{Change, Family, InterfaceFacts};
 use upmt_mh_core::{MobileHost, RoutingIntent, Uplinks};
 use upmt_paft::UplinkId;
 use upmt_proto::PathId;
@@ -30,7 +31,7 @@ use crate::control::{ControlRequest, LoopEnd};
 use crate::routing::{Netlink, RoutingError, RoutingKey, TunRoute, describe_rule};
 use crate::setup::{self, HEADER_LEN, Instant, TAG_LEN};
 use crate::tun::{Tun, TunError};
-use crate::uplink::{self, LinkState};
+use crate::uplink::{self, LinkState, Lister};
 
 /// Packets handled per source per loop turn, so one busy source cannot starve the others.
 pub const BATCH: usize = 64;
@@ -105,6 +106,9 @@ pub struct Daemon {
     packages: appid::android::Packages,
     /// The control socket's requests and watchers.
     control: Option<LoopEnd>,
+    /// Lists the interfaces uplinks pick from; `None` when netlink refused (exact names are
+    /// then looked at one by one).
+    lister: Option<Lister>,
 }
 
 enum Wake {
@@ -149,6 +153,13 @@ impl Daemon {
                 None
             }
         };
+        let lister = match Lister::new() {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list interfaces over netlink: uplinks named by pattern stay unused");
+                None
+            }
+        };
         let mut host = MobileHost::new(setup::host_config(&config, policy)?, setup::now());
         let packages = appid::android::Packages::at(&config.packages_list);
         host.set_packages(packages.uids_by_name());
@@ -179,6 +190,7 @@ impl Daemon {
             worker,
             packages,
             control: None,
+            lister,
         };
         // The core publishes the bypass set from the start: take it before the capture rules
         // go in, so bypass apps never lose their path.
@@ -310,7 +322,7 @@ impl Daemon {
                     return Ok(());
                 }
                 Wake::Recheck => {
-                    self.recheck_uplinks(now);
+                    self.recheck_uplinks(now).await;
                     self.repair_routing().await;
                 }
                 Wake::RulesLost => self.repair_routing().await,
@@ -320,15 +332,14 @@ impl Daemon {
                     if e.is_loss() {
                         tracing::info!(event = ?e, "link change");
                         for u in &mut self.uplinks {
-                            if Some(u.config.interface.as_str()) == e.ifname()
-                                && u.socket.take().is_some()
+                            if self.host.interface(u.id) == e.ifname() && u.socket.take().is_some()
                             {
                                 tracing::warn!(uplink = %u.config.name, "uplink lost (netlink)");
                                 self.host.handle_uplink_lost(u.id, now);
                             }
                         }
                     }
-                    self.recheck_uplinks(now);
+                    self.recheck_uplinks(now).await;
                 }
                 Wake::Hangup => {
                     tracing::info!("SIGHUP: reloading the policy");
@@ -411,34 +422,73 @@ impl Daemon {
         })
     }
 
-    /// Opens sockets for uplinks whose interface came up, closes those whose interface went away,
-    /// and tells the core.
-    fn recheck_uplinks(&mut self, now: Instant) {
-        let (anchor, fwmark) = (self.config.anchor, self.config.fwmark);
-        for u in &mut self.uplinks {
-            let state = uplink::link_state(&u.config.interface);
-            match (&u.socket, state) {
-                (None, LinkState::Up) => match uplink::open(&u.config.interface, anchor, fwmark) {
-                    Ok(socket) => {
-                        tracing::info!(uplink = %u.config.name, interface = %u.config.interface, path = %Uplinks::path(u.id), "uplink available");
-                        let local = socket.local_addr().ok();
-                        u.socket = Some(socket);
-                        self.host.handle_uplink_available(u.id, local, now);
-                    }
-                    Err(e) => {
-                        tracing::warn!(uplink = %u.config.name, error = %display_chain(&e), "uplink not usable yet; retrying");
-                    }
-                },
-                (Some(_), LinkState::Missing | LinkState::Down) => {
-                    tracing::warn!(uplink = %u.config.name, interface = %u.config.interface, ?state, "uplink lost");
-                    // A new socket later picks the interface's new source address.
-                    u.socket = None;
-                    self.host.handle_uplink_lost(u.id, now);
-                }
-                (None, LinkState::Missing | LinkState::Down) => {
-                    tracing::debug!(uplink = %u.config.name, ?state, "uplink still unavailable");
-                }
-                (Some(_), LinkState::Up) => {}
+    /// Lists the interfaces for the core, which decides which uplink goes where; the sockets
+    /// follow in [`Daemon::drain`].
+    async fn recheck_uplinks(&mut self, now: Instant) {
+        let facts = self.interface_facts().await;
+        let families = self
+            .config
+            .anchors
+            .iter()
+            .map(|a| if a.is_ipv4() { Family::V4 } else { Family::V6 })
+            .collect();
+        self.host.handle_interfaces(facts, families, now);
+    }
+
+    /// What the host's interfaces look like; without netlink, the uplinks' exact names looked
+    /// up one by one (up or not).
+    async fn interface_facts(&self) -> Vec<InterfaceFacts> {
+        if let Some(lister) = &self.lister {
+            match lister.list(&self.config.tun).await {
+                Ok(facts) => return facts,
+                Err(e) => tracing::warn!(error = %e, "listing interfaces failed"),
+            }
+        }
+        self.config
+            .uplinks
+            .iter()
+            .map(|u| InterfaceFacts {
+                name: u.interface.clone(),
+                up: uplink::link_state(&u.interface) == LinkState::Up,
+                ..InterfaceFacts::default()
+            })
+            .collect()
+    }
+
+    /// Closes the uplink's socket, and opens the one the core asks for.
+    fn change_uplink(&mut self, id: UplinkId, change: Change, now: Instant) {
+        let fwmark = self.config.fwmark;
+        let Some(u) = self.uplinks.iter_mut().find(|u| u.id == id) else {
+            return;
+        };
+        // A new socket later picks the interface's new source address.
+        if u.socket.take().is_some() {
+            tracing::warn!(uplink = %u.config.name, "uplink socket closed");
+        }
+        let Change::Attach(attempt) = change else {
+            tracing::warn!(uplink = %u.config.name, "uplink lost: no interface for it");
+            return;
+        };
+        let Some(anchor) = self
+            .config
+            .anchors
+            .iter()
+            .copied()
+            .find(|a| a.is_ipv4() == (attempt.family == Family::V4))
+        else {
+            self.host.handle_attach_failed(id, now);
+            return;
+        };
+        match uplink::open(&attempt.interface, anchor, fwmark) {
+            Ok(socket) => {
+                tracing::info!(uplink = %u.config.name, interface = %attempt.interface, %anchor, path = %Uplinks::path(id), "uplink available");
+                let local = socket.local_addr().ok();
+                u.socket = Some(socket);
+                self.host.handle_uplink_available(id, local, now);
+            }
+            Err(e) => {
+                tracing::warn!(uplink = %u.config.name, interface = %attempt.interface, error = %display_chain(&e), "uplink not usable yet; retrying");
+                self.host.handle_attach_failed(id, now);
             }
         }
     }
@@ -507,6 +557,9 @@ impl Daemon {
     /// Drains the core's outputs until all are empty.
     async fn drain(&mut self, now: Instant) -> Result<(), DaemonError> {
         loop {
+            while let Some((id, change)) = self.host.poll_uplink_change() {
+                self.change_uplink(id, change, now);
+            }
             while let Some(t) = self.host.poll_transmit(now, &mut self.tx_buf) {
                 let sent = self
                     .tx_buf

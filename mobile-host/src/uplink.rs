@@ -3,14 +3,23 @@
 //! TUN), with large kernel buffers, connected to the anchor, nonblocking, registered with tokio.
 //!
 //! An uplink whose interface is missing or down is not an error of the daemon: [`link_state`]
-//! tells the event loop, which reports the path down to the core and retries later. This module
-//! never decides which path carries a packet.
+//! tells the event loop, which reports the path down to the core and retries later.
+//! [`Lister`] tells the core what every interface looks like (up, global addresses, default
+//! routes in any table), so uplinks named by a pattern can pick a real interface. This module
+//! never decides which interface an uplink uses or which path carries a packet.
 
+use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 
+use futures::TryStreamExt as _;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressScope};
+use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags};
+use rtnetlink::packet_route::route::{RouteAttribute, RouteMessage, RouteType};
+use rtnetlink::{Handle, RouteMessageBuilder};
 use socket2::{Domain, Protocol, Socket, Type};
+use upmt_mh_core::candidates::InterfaceFacts;
 
 /// Kernel socket buffer size asked for; throughput over a lossy, high-delay uplink needs room
 /// for a few bandwidth-delay products.
@@ -81,6 +90,139 @@ fn ifreq_for(interface: &str) -> Option<libc::ifreq> {
         *dst = *src as libc::c_char;
     }
     Some(req)
+}
+
+/// Lists the host's interfaces over its own rtnetlink connection (the routing's connection
+/// stays free for rule changes).
+pub struct Lister {
+    handle: Handle,
+}
+
+impl Lister {
+    /// A new netlink connection. Must run inside a tokio runtime.
+    pub fn new() -> io::Result<Lister> {
+        let (connection, handle, _) = rtnetlink::new_connection()?;
+        tokio::spawn(connection);
+        Ok(Lister { handle })
+    }
+
+    /// Every interface but `skip` (the TUN), with its state, global addresses and default
+    /// routes. Default routes count in every table but `local`: Android keeps each network's
+    /// in table ifindex + 1000 and none in main.
+    pub async fn list(&self, skip: &str) -> io::Result<Vec<InterfaceFacts>> {
+        let mut by_index: HashMap<u32, InterfaceFacts> = HashMap::new();
+        let mut links = self.handle.link().get().execute();
+        while let Some(link) = links.try_next().await.map_err(to_io)? {
+            let Some(name) = link.attributes.iter().find_map(|a| match a {
+                LinkAttribute::IfName(n) => Some(n.clone()),
+                _ => None,
+            }) else {
+                continue;
+            };
+            if name == skip {
+                continue;
+            }
+            let flags = link.header.flags;
+            by_index.insert(
+                link.header.index,
+                InterfaceFacts {
+                    name,
+                    up: flags.contains(LinkFlags::Up) && flags.contains(LinkFlags::Running),
+                    ..InterfaceFacts::default()
+                },
+            );
+        }
+        let mut addresses = self.handle.address().get().execute();
+        while let Some(a) = addresses.try_next().await.map_err(to_io)? {
+            let Some(facts) = by_index.get_mut(&a.header.index) else {
+                continue;
+            };
+            let flags = a.attributes.iter().find_map(|x| match x {
+                AddressAttribute::Flags(f) => Some(*f),
+                _ => None,
+            });
+            let unusable = flags.is_some_and(|f| {
+                f.contains(AddressFlags::Tentative) || f.contains(AddressFlags::Dadfailed)
+            });
+            let addr = a.attributes.iter().find_map(|x| match x {
+                AddressAttribute::Local(ip) | AddressAttribute::Address(ip) => Some(*ip),
+                _ => None,
+            });
+            if unusable || a.header.scope != AddressScope::Universe {
+                continue;
+            }
+            match addr {
+                Some(IpAddr::V4(v4)) if is_global_v4(v4) => facts.global_v4 = true,
+                Some(IpAddr::V6(v6)) if is_global_v6(v6) => facts.global_v6 = true,
+                _ => {}
+            }
+        }
+        for v6 in [false, true] {
+            let query = if v6 {
+                RouteMessageBuilder::<std::net::Ipv6Addr>::new().build()
+            } else {
+                RouteMessageBuilder::<std::net::Ipv4Addr>::new().build()
+            };
+            let routes: Vec<RouteMessage> = self
+                .handle
+                .route()
+                .get(query)
+                .execute()
+                .try_collect()
+                .await
+                .map_err(to_io)?;
+            for route in routes.iter().filter(|r| is_default(r)) {
+                for index in out_interfaces(route) {
+                    if let Some(facts) = by_index.get_mut(&index) {
+                        if v6 {
+                            facts.default_v6 = true;
+                        } else {
+                            facts.default_v4 = true;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(by_index.into_values().collect())
+    }
+}
+
+fn to_io(e: rtnetlink::Error) -> io::Error {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => m.to_io(),
+        other => io::Error::other(other.to_string()),
+    }
+}
+
+/// A unicast default route outside the `local` table.
+fn is_default(route: &RouteMessage) -> bool {
+    route.header.destination_prefix_length == 0
+        && route.header.kind == RouteType::Unicast
+        && crate::routing::route_table(route) != 255
+}
+
+/// The interfaces a route leaves through (one, or each next hop of a multipath route).
+fn out_interfaces(route: &RouteMessage) -> Vec<u32> {
+    let mut out = Vec::new();
+    for a in &route.attributes {
+        match a {
+            RouteAttribute::Oif(i) => out.push(*i),
+            RouteAttribute::MultiPath(hops) => out.extend(hops.iter().map(|h| h.interface_index)),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Not loopback, link-local, unspecified or multicast: an address that can reach beyond the
+/// link (private ranges included: a carrier's or a home router's NAT sits behind them).
+fn is_global_v4(a: std::net::Ipv4Addr) -> bool {
+    !(a.is_loopback() || a.is_link_local() || a.is_unspecified() || a.is_multicast())
+}
+
+/// Same for IPv6 (unique local addresses included, as for private IPv4).
+fn is_global_v6(a: std::net::Ipv6Addr) -> bool {
+    !(a.is_loopback() || a.is_unspecified() || a.is_multicast() || a.is_unicast_link_local())
 }
 
 /// Opens the uplink socket of `interface` toward `anchor`. Must run inside a tokio runtime.
@@ -155,6 +297,27 @@ fn setsockopt_int(fd: i32, option: libc::c_int, value: usize) -> io::Result<()> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn link_local_loopback_and_multicast_addresses_are_not_global() {
+        assert!(is_global_v4("10.0.0.2".parse().unwrap()));
+        assert!(is_global_v4("203.0.113.9".parse().unwrap()));
+        assert!(!is_global_v4("169.254.1.1".parse().unwrap()));
+        assert!(!is_global_v4("127.0.0.1".parse().unwrap()));
+        assert!(is_global_v6("2001:db8::1".parse().unwrap()));
+        assert!(!is_global_v6("fe80::1".parse().unwrap()));
+        assert!(!is_global_v6("::1".parse().unwrap()));
+        assert!(!is_global_v6("ff02::1".parse().unwrap()));
+    }
+
+    #[tokio::test]
+    async fn the_listing_has_loopback_up_without_a_global_address() {
+        let lister = Lister::new().expect("netlink");
+        let all = lister.list("upmt-none").await.expect("listing");
+        let lo = all.iter().find(|i| i.name == "lo").expect("lo listed");
+        assert!(lo.up);
+        assert!(!lo.global_v4 && !lo.global_v6, "{lo:?}");
+    }
 
     #[test]
     fn loopback_is_up_and_a_made_up_interface_is_missing() {

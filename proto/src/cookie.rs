@@ -10,12 +10,30 @@
 //! `mac2 = BLAKE2s-128(cookie, init before mac2)` on its next inits, which proves it receives
 //! packets at its source address: spoofed floods never get past the mac checks.
 //!
-//! Inits that do reach DH are also limited per source IP ([`PER_IP_RATE`] per second, burst
-//! [`PER_IP_BURST`]) in a table of at most [`MAX_RATE_LIMIT_ENTRIES`] addresses, allocated once.
+//! Inits that do reach DH are also limited per source ([`PER_IP_RATE`] per second, burst
+//! [`PER_IP_BURST`]) in a table of at most [`MAX_RATE_LIMIT_ENTRIES`] sources, allocated once,
+//! and all together by a global budget ([`DH_RATE`] per second, burst [`DH_BURST`]), so no
+//! number of sources can make the anchor spend more than that on DH.
+//!
+//! A *source* is an IPv4 address, or the /64 of an IPv6 address (as WireGuard's rate limiter
+//! does): one subscriber or one server gets a whole /64 and picks addresses from it at will, so
+//! keying by /128 would give one attacker 2^64 buckets and let it fill the table. Cookies are
+//! keyed the same way: a cookie proves the sender receives packets at its source, and the /64 is
+//! the unit one party controls (a phone's IPv6 privacy address changes inside it without
+//! costing a new cookie round trip). IPv4-mapped IPv6 sources (what a dual-stack socket reports
+//! for IPv4 peers) count as their IPv4 address, not as one shared /64.
+//!
+//! Reflection: nothing sent to an address that has not proven it receives there is larger than
+//! what came from it. A CookieReply is smaller than the init it answers, and a path challenge
+//! ([`ChallengeGate`]) goes out only for a datagram at least as long as the challenge and at
+//! most once per [`crate::anchor::CHALLENGE_RESEND`] per path, whichever addresses the
+//! triggering packets came from (alternating sources cannot turn one path into a stream of
+//! challenges).
 //!
 //! Never reads a clock (everything takes `now`); the only ambient input is randomness for the
 //! secret and the nonces.
 
+use crate::control::CHALLENGE_LEN;
 use crate::handshake::ct_eq;
 use crate::keys::PublicKey;
 use crate::time::Instant;
@@ -23,7 +41,7 @@ use crate::wire::{
     COOKIE_LEN, COOKIE_NONCE_LEN, COOKIE_REPLY_LEN, CookieReplyRepr, MAC1_LEN, MAC2_LEN,
     MAC2_OFFSET,
 };
-use crate::{DropReason, PathId, SessionIndex, TAG_LEN};
+use crate::{DropReason, HEADER_LEN, PathId, PeerId, SessionIndex, TAG_LEN};
 use blake2::digest::{Digest, Mac};
 use blake2::{Blake2s256, Blake2sMac};
 use core::time::Duration;
@@ -43,8 +61,31 @@ pub const COOKIE_ROTATION: Duration = Duration::from_secs(120);
 pub const PER_IP_RATE: u64 = 20;
 /// Burst of the per-IP bucket.
 pub const PER_IP_BURST: u64 = 5;
-/// Source IPs tracked by the per-IP limiter; past that, new IPs are refused (and counted).
+/// Sources tracked by the per-source limiter; past that, new sources are refused (and counted).
 pub const MAX_RATE_LIMIT_ENTRIES: usize = 4096;
+/// Inits per second, from all sources together, that the anchor runs DH for. A responder
+/// handshake is five X25519 operations (some 0.1 to 0.2 ms of one core), so this caps handshake
+/// work at a fifth of a core at most, and still lets 10,000 mobile hosts re-handshake after an anchor
+/// restart within their first few retries.
+pub const DH_RATE: u64 = 1000;
+/// Burst of the global DH budget.
+pub const DH_BURST: u64 = 1000;
+/// The length of a sealed path challenge on the wire.
+pub const CHALLENGE_DATAGRAM_LEN: usize = HEADER_LEN + 1 + CHALLENGE_LEN + TAG_LEN;
+
+// A cookie reply goes to an unvalidated address: it must never be larger than the init.
+const _: () = assert!(COOKIE_REPLY_LEN <= crate::wire::INIT_LEN);
+
+/// The key rate limits and cookies are kept under: an IPv4 address (also when it arrives
+/// IPv4-mapped), or an IPv6 address's /64.
+pub fn source_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(a) => IpAddr::V6(std::net::Ipv6Addr::from(
+            u128::from(a) & !((1u128 << 64) - 1),
+        )),
+        v4 => v4,
+    }
+}
 
 type Mac16 = Blake2sMac<blake2::digest::consts::U16>;
 
@@ -127,7 +168,7 @@ impl CookieJar {
 
     fn cookie(secret: &[u8; 32], ip: IpAddr) -> [u8; COOKIE_LEN] {
         let mut b = [0u8; 16];
-        blake2s_16(secret, &[ip_bytes(ip, &mut b)])
+        blake2s_16(secret, &[ip_bytes(source_key(ip), &mut b)])
     }
 
     /// Whether `init` carries a mac2 made with the cookie of `ip` (current or previous secret).
@@ -247,12 +288,15 @@ impl TokenBucket {
     }
 }
 
-/// Global load tracking plus the per-source-IP limiter.
+/// Global load tracking, the per-source limiter and the global DH budget.
 pub(crate) struct Limiter {
     global: TokenBucket,
     under_load_until: Option<Instant>,
+    /// Keyed by [`source_key`].
     per_ip: HashMap<IpAddr, TokenBucket>,
     last_sweep: Option<Instant>,
+    dh: TokenBucket,
+    dh_refused: u64,
 }
 
 /// What the limiter says about one init.
@@ -260,7 +304,7 @@ pub(crate) struct Limiter {
 pub(crate) enum Verdict {
     /// Run the handshake.
     Allow,
-    /// This source IP is over its rate.
+    /// This source is over its rate, or the global DH budget is spent.
     RateLimited,
     /// The per-IP table is full of active addresses.
     TableFull,
@@ -273,6 +317,8 @@ impl Limiter {
             under_load_until: None,
             per_ip: HashMap::with_capacity(MAX_RATE_LIMIT_ENTRIES),
             last_sweep: None,
+            dh: TokenBucket::full(DH_BURST, now),
+            dh_refused: 0,
         }
     }
 
@@ -286,8 +332,19 @@ impl Limiter {
         !took || self.under_load_until.is_some_and(|t| now < t)
     }
 
-    /// The per-IP verdict for an init about to cost a DH.
+    /// The verdict for an init from `ip` about to cost a DH: its source's bucket first (so a
+    /// source over its rate costs the global budget nothing), then the global DH budget.
     pub(crate) fn check_ip(&mut self, ip: IpAddr, now: Instant) -> Verdict {
+        match self.check_source(source_key(ip), now) {
+            Verdict::Allow if !self.dh.take(DH_RATE, DH_BURST, now) => {
+                self.dh_refused = self.dh_refused.saturating_add(1);
+                Verdict::RateLimited
+            }
+            v => v,
+        }
+    }
+
+    fn check_source(&mut self, ip: IpAddr, now: Instant) -> Verdict {
         if let Some(b) = self.per_ip.get_mut(&ip) {
             return if b.take(PER_IP_RATE, PER_IP_BURST, now) {
                 Verdict::Allow
@@ -320,9 +377,51 @@ impl Limiter {
         }
     }
 
-    /// Source IPs tracked now.
+    /// Sources tracked now.
     pub(crate) fn tracked_ips(&self) -> usize {
         self.per_ip.len()
+    }
+
+    /// Inits refused because the global DH budget was spent.
+    #[cfg(test)]
+    pub(crate) fn dh_refused(&self) -> u64 {
+        self.dh_refused
+    }
+}
+
+/// Path challenges go only where they cannot amplify: see the module docs.
+#[derive(Default)]
+pub(crate) struct ChallengeGate {
+    /// When each path last had a challenge sent. Bounded: only authenticated packets of
+    /// configured peers get here, and a peer has at most 256 paths.
+    last_sent: HashMap<(PeerId, PathId), Instant>,
+}
+
+impl ChallengeGate {
+    /// Whether a challenge may go out on `path` of `peer` for a datagram of `received` bytes
+    /// from an unvalidated address; records the send when it may.
+    pub(crate) fn allow(
+        &mut self,
+        peer: PeerId,
+        path: PathId,
+        received: usize,
+        now: Instant,
+    ) -> bool {
+        if received < CHALLENGE_DATAGRAM_LEN {
+            return false;
+        }
+        let resend = crate::anchor::CHALLENGE_RESEND;
+        match self.last_sent.get_mut(&(peer, path)) {
+            Some(t) if now.saturating_duration_since(*t) < resend => false,
+            Some(t) => {
+                *t = now;
+                true
+            }
+            None => {
+                self.last_sent.insert((peer, path), now);
+                true
+            }
+        }
     }
 }
 
@@ -368,7 +467,8 @@ mod tests {
         assert_eq!(l.check_ip(ip, t(0)), Verdict::RateLimited);
         assert_eq!(l.check_ip(ip, t(60)), Verdict::Allow);
         for i in 0..(MAX_RATE_LIMIT_ENTRIES as u32 + 10) {
-            let ip = IpAddr::V6(std::net::Ipv6Addr::from(u128::from(i) + 1));
+            // Distinct /64s: addresses of one /64 share a bucket.
+            let ip = IpAddr::V6(std::net::Ipv6Addr::from((u128::from(i) + 1) << 64));
             let _ = l.check_ip(ip, t(60));
         }
         assert_eq!(l.tracked_ips(), MAX_RATE_LIMIT_ENTRIES);
@@ -403,5 +503,96 @@ mod tests {
         // Still valid across one rotation, not two.
         assert!(jar.check_mac2(ip, &init, t(121_000)));
         assert!(!jar.check_mac2(ip, &init, t(242_000)));
+    }
+
+    #[test]
+    fn sources_are_ipv4_addresses_and_ipv6_slash_64s_and_mapped_ipv4_is_ipv4() {
+        let k = |s: &str| source_key(s.parse().unwrap());
+        assert_eq!(k("192.0.2.7"), k("192.0.2.7"));
+        assert_ne!(k("192.0.2.7"), k("192.0.2.8"));
+        assert_eq!(k("2001:db8:1:2:aaaa::1"), k("2001:db8:1:2:ffff:1:2:3"));
+        assert_eq!(
+            k("2001:db8:1:2:aaaa::1"),
+            "2001:db8:1:2::".parse::<IpAddr>().unwrap()
+        );
+        assert_ne!(k("2001:db8:1:2::1"), k("2001:db8:1:3::1"));
+        // A dual-stack socket reports IPv4 peers mapped: each keeps its own bucket.
+        assert_eq!(k("::ffff:192.0.2.7"), k("192.0.2.7"));
+        assert_ne!(k("::ffff:192.0.2.7"), k("::ffff:192.0.2.8"));
+    }
+
+    #[test]
+    fn a_slash_64_with_ten_thousand_sources_gets_one_sources_rate() {
+        let mut l = Limiter::new(t(0));
+        let mut allowed = 0;
+        // 10,000 inits per second for 2 s, each from a different address of one /64.
+        for i in 0..20_000u64 {
+            let ip = IpAddr::V6(std::net::Ipv6Addr::from(
+                (0x2001_0db8_0000_0001u128 << 64) | u128::from(i * 7919 + 1),
+            ));
+            if l.check_ip(ip, t(i / 10)) == Verdict::Allow {
+                allowed += 1;
+            }
+        }
+        assert_eq!(l.tracked_ips(), 1);
+        // The burst, then the source's rate over 2 s.
+        assert!(allowed <= PER_IP_BURST + 2 * PER_IP_RATE, "{allowed}");
+        assert!(allowed >= PER_IP_BURST + PER_IP_RATE, "{allowed}");
+    }
+
+    #[test]
+    fn ten_thousand_sources_together_get_no_more_than_the_global_dh_budget() {
+        let mut l = Limiter::new(t(0));
+        let mut allowed = 0u64;
+        // Two rounds a second apart over 10,000 distinct /64s (a /48's worth of attackers);
+        // each source stays within its own rate.
+        for round in 0..2u64 {
+            for i in 0..10_000u64 {
+                let ip = IpAddr::V6(std::net::Ipv6Addr::from(
+                    ((0x2001_0db8_0000_0000u128 | u128::from(i)) << 64) | 1,
+                ));
+                if l.check_ip(ip, t(round * 1000 + i / 100)) == Verdict::Allow {
+                    allowed += 1;
+                }
+            }
+        }
+        // The burst plus a second's refill, and not one more.
+        assert!(allowed <= DH_BURST + DH_RATE + DH_RATE / 10, "{allowed}");
+        assert!(l.dh_refused() > 0);
+    }
+
+    #[test]
+    fn a_cookie_is_good_for_its_whole_slash_64_and_no_other() {
+        let an = StaticSecret::from_bytes([7; 32]).public_key();
+        let mut jar = CookieJar::new(&an, t(0));
+        let ip: IpAddr = "2001:db8:0:1::5".parse().unwrap();
+        let mac1 = [3u8; MAC1_LEN];
+        let mut reply = [0u8; COOKIE_REPLY_LEN];
+        jar.write_reply(ip, &mac1, PathId(0), SessionIndex(1), &mut reply, t(0))
+            .unwrap();
+        let cookie = open_reply(&cookie_key(&an), &mac1, &reply).unwrap();
+        let mut init = [0x11u8; INIT_LEN];
+        let m = mac2(&cookie, &init);
+        init[MAC2_OFFSET..].copy_from_slice(&m);
+        assert!(jar.check_mac2("2001:db8:0:1:ffff::9".parse().unwrap(), &init, t(0)));
+        assert!(!jar.check_mac2("2001:db8:0:2::5".parse().unwrap(), &init, t(0)));
+    }
+
+    #[test]
+    fn a_challenge_needs_a_datagram_as_long_as_itself_and_alternating_sources_share_its_resend_limit()
+     {
+        let mut g = ChallengeGate::default();
+        let (peer, path) = (PeerId(0), PathId(0));
+        // A bare keepalive is shorter than the challenge: no challenge for it.
+        assert!(!g.allow(peer, path, crate::wire::MIN_TRANSPORT_LEN, t(0)));
+        assert!(g.allow(peer, path, CHALLENGE_DATAGRAM_LEN, t(0)));
+        // Whatever address the next packets come from, the path waits out the resend interval.
+        let resend = crate::anchor::CHALLENGE_RESEND.as_millis() as u64;
+        let sent = (0..1000u64)
+            .filter(|ms| g.allow(peer, path, 1400, t(1 + ms)))
+            .count() as u64;
+        assert!(sent <= 1000 / resend + 1, "{sent} challenges in 1 s");
+        // Other paths have their own interval.
+        assert!(g.allow(peer, PathId(1), 1400, t(1)));
     }
 }

@@ -46,6 +46,28 @@ pub fn seal_mac1(anchor: &PublicKey, init: &mut [u8]) {
     }
 }
 
+/// The cookie a CookieReply carries for `init` (the init it answers), for flood scenarios whose
+/// attacker receives at its source; `None` if it does not open.
+pub fn cookie_from_reply(
+    anchor: &PublicKey,
+    init: &[u8],
+    reply: &[u8],
+) -> Option<[u8; wire::COOKIE_LEN]> {
+    let mac1: [u8; MAC1_LEN] = init
+        .get(MAC1_OFFSET..MAC1_OFFSET + MAC1_LEN)?
+        .try_into()
+        .ok()?;
+    crate::cookie::open_reply(&crate::cookie::cookie_key(anchor), &mac1, reply).ok()
+}
+
+/// Writes the mac2 that `cookie` allows into an `INIT_LEN`-long init.
+pub fn seal_mac2(cookie: &[u8; wire::COOKIE_LEN], init: &mut [u8]) {
+    if init.len() == INIT_LEN {
+        let m = crate::cookie::mac2(cookie, init);
+        init[wire::MAC2_OFFSET..].copy_from_slice(&m);
+    }
+}
+
 /// Every decoder of the wire format, the control messages and the IP helpers.
 pub fn wire_decode(data: &[u8]) {
     let _ = wire::peek_kind(data);

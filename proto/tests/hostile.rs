@@ -276,3 +276,81 @@ fn a_peer_moving_flows_nonstop_is_obeyed_but_raises_a_bounded_number_of_events()
     assert_eq!(pair.anchor_send(&down(8000 + moves - 1, 1)), Ok(P1));
     assert_eq!(pair.anchor_send(&down(8000, 2)), Ok(P1));
 }
+
+#[test]
+fn captured_packets_raced_from_alternating_addresses_earn_one_challenge_per_resend_interval() {
+    let mut pair = connected_pair(&[20]);
+    let real = pair.links[0].addr;
+    let other: SocketAddr = "203.0.113.67:7777".parse().unwrap();
+    let before = pair.anchor.stats().challenges_sent;
+    pair.stray.clear();
+    // 20 authentic packets in 200 ms, each raced from the other of two attacker addresses,
+    // with the genuine host's own packets in between (each of which abandons the pending
+    // challenge): without a per-path limit every one would earn a challenge.
+    for i in 0..20u32 {
+        pair.client_send(P0, &up(5000, 2 * i)).unwrap();
+        let (_, captured) = pair.uplink_log.last().unwrap().clone();
+        pair.inflight.clear();
+        pair.deliver_from(if i % 2 == 0 { attacker() } else { other }, captured);
+        pair.client_send(P0, &up(5000, 2 * i + 1)).unwrap();
+        pair.run_for(Duration::from_millis(10));
+    }
+    assert_eq!(pair.anchor.stats().challenges_sent - before, 1);
+    let challenges: Vec<_> = pair.stray.iter().filter(|(_, _, b)| b[0] == 0x14).collect();
+    assert_eq!(challenges.len(), 1, "{:?}", pair.stray);
+    // Never more bytes toward the unvalidated address than the packet that came from it.
+    assert!(
+        challenges
+            .iter()
+            .all(|(_, _, b)| b.len() <= up(5000, 0).len() + 32)
+    );
+    assert_eq!(endpoint(&pair, P0), Some(real));
+}
+
+#[test]
+fn a_slash_64_with_ten_thousand_sources_and_valid_cookies_gets_one_sources_dh_rate() {
+    use upmt_proto::cookie::{PER_IP_BURST, PER_IP_RATE};
+    let mut pair = Pair::new(&[10], |_| {});
+    pair.run_for(Duration::from_secs(1));
+    assert!(pair.connected());
+    let an_public = pair.an_secret.public_key();
+    let from = |i: u32| -> SocketAddr {
+        let ip = std::net::Ipv6Addr::from((0x2001_0db8_0066_0001u128 << 64) | (u128::from(i) + 1));
+        SocketAddr::new(ip.into(), 40_000)
+    };
+    // Spend the handshake bucket from elsewhere so the anchor is under load and asks for cookies.
+    for i in 0..HANDSHAKE_BURST as u32 + 1 {
+        let init = junk_init(&pair, 1_000_000 + i);
+        pair.deliver_from(SocketAddr::from(([198, 18, 9, (i % 200) as u8], 9)), init);
+    }
+    // The attacker owns the /64 and receives there: one cookie round trip is all it needs.
+    pair.stray.clear();
+    let first = junk_init(&pair, 0);
+    pair.deliver_from(from(0), first.clone());
+    pair.flush();
+    let reply = pair
+        .stray
+        .iter()
+        .find(|(dst, _, _)| *dst == from(0))
+        .map(|(_, _, b)| b.clone())
+        .expect("a cookie reply to the first init");
+    let cookie = fuzzing::cookie_from_reply(&an_public, &first, &reply).expect("cookie opens");
+    let before = pair.anchor.stats().dh_operations;
+    // 10,000 inits with a valid mac2 over 1 s, each from another address of the /64.
+    for ms in 0..1000u32 {
+        for k in 0..10 {
+            let i = 1 + ms * 10 + k;
+            let mut init = junk_init(&pair, i);
+            fuzzing::seal_mac2(&cookie, &mut init);
+            pair.deliver_from(from(i), init);
+        }
+        pair.flush();
+        pair.run_for(Duration::from_millis(1));
+    }
+    let dh = pair.anchor.stats().dh_operations - before;
+    assert!(dh <= PER_IP_BURST + PER_IP_RATE + 1, "{dh} DH operations");
+    assert!(dh >= PER_IP_BURST, "{dh}: the cookie did not work");
+    assert!(pair.anchor.drops().get(DropReason::RateLimited) >= 9_900);
+    assert!(pair.anchor.rate_limited_sources() <= 2 + HANDSHAKE_BURST as usize);
+    assert!(pair.connected(), "the legit client lost its session");
+}

@@ -3,7 +3,7 @@
 //!
 //! - [`clock`]: `CLOCK_BOOTTIME` (counts suspended time) and Unix time;
 //! - [`caps`]: whether the process holds CAP_NET_ADMIN;
-//! - [`file`]: the bounded, regular-file-only read used for configs, policies and keys;
+//! - [`file`](mod@file): the bounded, regular-file-only read used for configs, policies and keys;
 //! - [`keys`]: private key files (the same bounded read, plus a permission check);
 //! - [`config`]: the one [`config::ConfigError`] shape (file:line:column: what was expected);
 //! - [`ifname`]: the kernel's interface-name rules;

@@ -14,7 +14,7 @@ use upmt_proto::keys::StaticSecret;
 
 use crate::bin_path;
 use crate::error::{LabError, Result};
-use crate::lab::Lab;
+use crate::lab::{Host, Lab, Role};
 use crate::measure::wait_for;
 use crate::process::ProcHandle;
 use crate::topology::{AN_V4, MH_CELL_IF, MH_WIFI_IF};
@@ -25,6 +25,8 @@ pub const AN_PORT: u16 = 51900;
 pub const AN_METRICS: &str = "127.0.0.1:9100";
 /// The mobile host's virtual address, handed out by the anchor.
 pub const MH_VIRTUAL_V4: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
+/// The second mobile host's virtual address ([`DeployOptions::second_mh`]).
+pub const MH2_VIRTUAL_V4: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 3);
 /// The TUN device of the mobile host.
 pub const MH_TUN: &str = "upmt0";
 /// The TUN device of the anchor.
@@ -45,6 +47,12 @@ pub struct DeployOptions {
     pub log: String,
     /// A policy file for the MH, written as `policy.toml` next to its config and named by it.
     pub mh_policy: Option<String>,
+    /// Also run a second mobile host (peer `phone2`, [`MH2_VIRTUAL_V4`]) in the lab's `mh2`
+    /// namespace, which [`Lab::add_second_mh`] must have built.
+    pub second_mh: bool,
+    /// The MH's `anchor` value as TOML (e.g. a list of an IPv4 and an IPv6 endpoint); `None`:
+    /// the AN's IPv4 endpoint.
+    pub mh_anchor: Option<String>,
 }
 
 impl Default for DeployOptions {
@@ -59,6 +67,8 @@ impl Default for DeployOptions {
             an_extra_peers: String::new(),
             log: "info,upmt=debug".to_owned(),
             mh_policy: None,
+            second_mh: false,
+            mh_anchor: None,
         }
     }
 }
@@ -70,6 +80,8 @@ pub struct Deployment<'a> {
     pub an: ProcHandle,
     /// The mobile-host daemon in the `mh` namespace.
     pub mh: ProcHandle,
+    /// The second mobile-host daemon, in the `mh2` namespace, when asked for.
+    pub mh2: Option<ProcHandle>,
     /// The anchor's config file.
     pub an_config: PathBuf,
     /// The mobile host's config file.
@@ -86,7 +98,22 @@ impl<'a> Deployment<'a> {
         };
         let an_secret = key("anchor")?;
         let mh_secret = key("mobile host")?;
+        let mh2_secret = key("second mobile host")?;
         let dir = lab.dir().to_path_buf();
+        if options.second_mh && lab.namespaces().iter().all(|ns| !ns.ends_with("-mh2")) {
+            return Err(LabError::Deploy(
+                "second_mh needs Lab::add_second_mh first".into(),
+            ));
+        }
+        let second_peer = if options.second_mh {
+            format!(
+                "\n[[peer]]\nname = \"phone2\"\npublic_key = \"{}\"\naddress = \"{MH2_VIRTUAL_V4}\"\n\
+                 address6 = \"fd77::3\"\n",
+                mh2_secret.public_key()
+            )
+        } else {
+            String::new()
+        };
 
         let mut an_toml = String::new();
         let _ = write!(
@@ -95,7 +122,7 @@ impl<'a> Deployment<'a> {
              subnet = \"10.77.0.0/24\"\nsubnet6 = \"fd77::/64\"\negress = \"eth0\"\n\
              metrics = \"{AN_METRICS}\"\n{}\n\
              [[peer]]\nname = \"phone\"\npublic_key = \"{}\"\naddress = \"{MH_VIRTUAL_V4}\"\n\
-             address6 = \"fd77::2\"\n{}",
+             address6 = \"fd77::2\"\n{}{second_peer}",
             options.an_extra,
             mh_secret.public_key(),
             options.an_extra_peers,
@@ -112,8 +139,12 @@ impl<'a> Deployment<'a> {
         }
         let _ = write!(
             mh_toml,
-            "anchor = \"{AN_V4}:{AN_PORT}\"\nanchor_public_key = \"{}\"\nprivate_key = \"{mh_secret}\"\n\
+            "anchor = {}\nanchor_public_key = \"{}\"\nprivate_key = \"{mh_secret}\"\n\
              tun = \"{MH_TUN}\"\n{}\n",
+            options
+                .mh_anchor
+                .clone()
+                .unwrap_or_else(|| format!("\"{AN_V4}:{AN_PORT}\"")),
             an_secret.public_key(),
             options.mh_extra,
         );
@@ -159,44 +190,87 @@ impl<'a> Deployment<'a> {
             .env("RUST_LOG", &options.log)
             .label("upmt-mh")
             .spawn()?;
+        let mh2 = if options.second_mh {
+            let mh2_config = dir.join("mh2.toml");
+            write_private(
+                &mh2_config,
+                &format!(
+                    "control_socket = \"mh2.sock\"\nanchor = \"{AN_V4}:{AN_PORT}\"\n\
+                     anchor_public_key = \"{}\"\nprivate_key = \"{mh2_secret}\"\ntun = \"{MH_TUN}\"\n\
+                     [[uplink]]\nname = \"wan\"\ninterface = \"eth0\"\n",
+                    an_secret.public_key(),
+                ),
+            )?;
+            Some(
+                lab.host(Role::Mh2)
+                    .command(&[
+                        bin_path("upmt-mh")?.as_os_str(),
+                        "run".as_ref(),
+                        "--config".as_ref(),
+                        mh2_config.as_os_str(),
+                    ])
+                    .env("RUST_LOG", &options.log)
+                    .label("upmt-mh2")
+                    .spawn()?,
+            )
+        } else {
+            None
+        };
         let deployment = Deployment {
             lab,
             an,
             mh,
+            mh2,
             an_config,
             mh_config,
         };
         deployment.wait_connected(Duration::from_secs(15))?;
+        if let Some(mh2) = &deployment.mh2 {
+            deployment.wait_tunnel(
+                lab.host(Role::Mh2),
+                mh2,
+                MH2_VIRTUAL_V4,
+                Duration::from_secs(15),
+            )?;
+        }
         Ok(deployment)
     }
 
     /// Waits until the MH's TUN carries its virtual address and the AN answers a ping through it.
     pub fn wait_connected(&self, timeout: Duration) -> Result<()> {
-        let lab = self.lab;
+        self.wait_tunnel(self.lab.mh(), &self.mh, MH_VIRTUAL_V4, timeout)
+    }
+
+    fn wait_tunnel(
+        &self,
+        host: Host<'_>,
+        mh: &ProcHandle,
+        virtual_v4: Ipv4Addr,
+        timeout: Duration,
+    ) -> Result<()> {
         let outcome = wait_for("the MH's tunnel", timeout, || {
-            if !self.mh.is_running() || !self.an.is_running() {
+            if !mh.is_running() || !self.an.is_running() {
                 return true;
             }
-            let Ok(addrs) = lab
-                .mh()
-                .run_stdout(&["ip", "-4", "-o", "addr", "show", "dev", MH_TUN])
+            let Ok(addrs) = host.run_stdout(&["ip", "-4", "-o", "addr", "show", "dev", MH_TUN])
             else {
                 return false;
             };
-            addrs.contains(&MH_VIRTUAL_V4.to_string())
-                && lab
-                    .mh()
+            addrs.contains(&virtual_v4.to_string())
+                && host
                     .run_timeout(
                         &["ping", "-c", "1", "-W", "1", "-I", MH_TUN, "10.77.0.1"],
                         Duration::from_secs(3),
                     )
                     .is_ok()
         });
-        if outcome.is_err() || !self.mh.is_running() || !self.an.is_running() {
+        if outcome.is_err() || !mh.is_running() || !self.an.is_running() {
             return Err(LabError::Deploy(format!(
-                "the tunnel did not come up\n--- upmt-an ---\n{}\n--- upmt-mh ---\n{}",
+                "the tunnel of {} did not come up\n--- upmt-an ---\n{}\n--- {} ---\n{}",
+                host.role(),
                 self.an.log(),
-                self.mh.log()
+                mh.label(),
+                mh.log()
             )));
         }
         Ok(())
@@ -263,13 +337,17 @@ impl<'a> Deployment<'a> {
         IpAddr::V4(MH_VIRTUAL_V4)
     }
 
-    /// Both daemons' logs, for a failing test's message.
+    /// The daemons' logs, for a failing test's message.
     pub fn logs(&self) -> String {
-        format!(
+        let mut logs = format!(
             "--- upmt-an ---\n{}\n--- upmt-mh ---\n{}",
             self.an.log(),
             self.mh.log()
-        )
+        );
+        if let Some(mh2) = &self.mh2 {
+            logs.push_str(&format!("\n--- upmt-mh2 ---\n{}", mh2.log()));
+        }
+        logs
     }
 }
 

@@ -41,6 +41,9 @@ pub enum Role {
     An,
     /// The correspondent host, `eth0`; runs the servers.
     Ch,
+    /// A second mobile host, built only on demand ([`Lab::add_second_mh`]): `eth0` straight on
+    /// the internet router, no NAT.
+    Mh2,
 }
 
 impl Role {
@@ -63,12 +66,16 @@ impl Role {
             Role::Inet => "inet",
             Role::An => "an",
             Role::Ch => "ch",
+            Role::Mh2 => "mh2",
         }
     }
 
-    /// The role named `name`, if any.
+    /// The role named `name`, if any (on-demand roles included).
     pub fn from_name(name: &str) -> Option<Role> {
-        Role::ALL.into_iter().find(|r| r.name() == name)
+        Role::ALL
+            .into_iter()
+            .chain([Role::Mh2])
+            .find(|r| r.name() == name)
     }
 }
 
@@ -199,7 +206,7 @@ impl Lab {
                 }
                 // Replies to traffic sent from one uplink may arrive while the default route
                 // points at the other: strict reverse-path filtering would drop them.
-                Role::Mh => sysctls.extend([
+                Role::Mh | Role::Mh2 => sysctls.extend([
                     "net.ipv4.conf.all.rp_filter=0",
                     "net.ipv4.conf.default.rp_filter=0",
                 ]),
@@ -295,6 +302,64 @@ impl Lab {
     /// The internet router.
     pub fn inet(&self) -> Host<'_> {
         self.host(Role::Inet)
+    }
+
+    /// The second mobile host (after [`Lab::add_second_mh`]).
+    pub fn mh2(&self) -> Host<'_> {
+        self.host(Role::Mh2)
+    }
+
+    /// Adds a second mobile host: namespace `mh2`, its `eth0` (198.19.0.2/24, 2001:db8:5::2/64,
+    /// see [`crate::topology::MH2_V4`]) wired to the internet router's `to-mh2`. Built on demand
+    /// so the labs that do not need it pay nothing; removed with the lab like the others.
+    pub fn add_second_mh(&mut self) -> Result<()> {
+        let ns = format!("{}-{}", self.id, Role::Mh2.name());
+        exec::run(&["ip", "netns", "add", &ns], None, DEFAULT_TIMEOUT)?;
+        self.namespaces.push((Role::Mh2, ns.clone()));
+        let mh2 = self.mh2();
+        mh2.ip(&["link", "set", "lo", "up"])?;
+        mh2.run(&[
+            "sysctl",
+            "-q",
+            "-w",
+            "net.ipv6.conf.all.accept_dad=0",
+            "net.ipv6.conf.default.accept_dad=0",
+            "net.ipv4.conf.all.rp_filter=0",
+            "net.ipv4.conf.default.rp_filter=0",
+        ])?;
+        let inet_ns = self.ns(Role::Inet).to_owned();
+        mh2.ip(&[
+            "link", "add", "eth0", "type", "veth", "peer", "name", "to-mh2", "netns", &inet_ns,
+        ])?;
+        for (host, ifname, v4, v6) in [
+            (mh2, "eth0", "198.19.0.2/24", "2001:db8:5::2/64"),
+            (self.inet(), "to-mh2", "198.19.0.1/24", "2001:db8:5::1/64"),
+        ] {
+            host.ip(&["-4", "addr", "add", v4, "dev", ifname])?;
+            host.ip(&["-6", "addr", "add", v6, "dev", ifname, "nodad"])?;
+            host.ip(&["link", "set", ifname, "up"])?;
+        }
+        mh2.ip(&[
+            "-4",
+            "route",
+            "replace",
+            "default",
+            "via",
+            "198.19.0.1",
+            "dev",
+            "eth0",
+        ])?;
+        mh2.ip(&[
+            "-6",
+            "route",
+            "replace",
+            "default",
+            "via",
+            "2001:db8:5::1",
+            "dev",
+            "eth0",
+        ])?;
+        Ok(())
     }
 
     fn procs(&self) -> MutexGuard<'_, Vec<Arc<ProcInner>>> {
@@ -721,6 +786,7 @@ mod tests {
     fn lab_namespace_names_are_recognised_and_others_are_not() {
         assert_eq!(lab_ns_pid("upmt-1234-0-mh"), Some(1234));
         assert_eq!(lab_ns_pid("upmt-1234-12-rwifi"), Some(1234));
+        assert_eq!(lab_ns_pid("upmt-1234-0-mh2"), Some(1234));
         assert_eq!(lab_ns_pid("upmt-1234-0-other"), None);
         assert_eq!(lab_ns_pid("upmt-x-0-mh"), None);
         assert_eq!(lab_ns_pid("upmt-1234-mh"), None);

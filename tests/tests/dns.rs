@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use upmt_tests::exec::python;
-use upmt_tests::topology::{AN_V4, CH_V4, MH_CELL_IF, MH_WIFI_IF};
+use upmt_tests::topology::{AN_V4, CH_V4, MH_CELL_IF, MH_WIFI_IF, RWIFI_LAN_V4};
 use upmt_tests::{DeployOptions, Deployment, Lab, ProcHandle, wait_for};
 
 /// What the CH's responder answers to every A query.
@@ -98,9 +98,14 @@ fn start_responder(lab: &Lab) -> ProcHandle {
 
 /// Queries [`NO_RESOLVER`] from the MH; returns the answer and the address it came from.
 fn query(lab: &Lab, upmt: &Deployment<'_>) -> (Ipv4Addr, IpAddr) {
+    query_to(lab, upmt, NO_RESOLVER)
+}
+
+/// Queries `resolver` from the MH; returns the answer and the address it came from.
+fn query_to(lab: &Lab, upmt: &Deployment<'_>, resolver: &str) -> (Ipv4Addr, IpAddr) {
     let out = lab
         .mh()
-        .command(&[python().as_str(), "-c", CLIENT_PY, NO_RESOLVER])
+        .command(&[python().as_str(), "-c", CLIENT_PY, resolver])
         .timeout(Duration::from_secs(10))
         .run()
         .unwrap_or_else(|e| panic!("dns query: {e}\n{}", upmt.logs()));
@@ -151,4 +156,40 @@ fn tunnelled_dns_to_any_address_is_answered_by_the_anchors_resolver_across_a_han
     let queries = responder.log().matches("query from").count();
     assert!(queries >= 2, "responder log: {}", responder.log());
     assert!(upmt.mh.is_running() && upmt.an.is_running());
+}
+
+#[test]
+fn a_query_to_the_wifi_routers_resolver_goes_through_the_tunnel_and_never_reaches_the_router() {
+    let lab = Lab::new("dns_onlink").unwrap_or_else(|e| panic!("building the lab: {e}"));
+    let responder = start_responder(&lab);
+    // Count every DNS packet that reaches the Wi-Fi router, whatever its destination.
+    let ruleset = "table inet upmt-lab-dnscount {\n\
+         counter dns53 {}\n\
+         chain pre { type filter hook prerouting priority -300; \
+         udp dport 53 counter name dns53; tcp dport { 53, 853 } counter name dns53; }\n}\n";
+    lab.rwifi()
+        .run_input(&["nft", "-f", "-"], ruleset.as_bytes())
+        .expect("a DNS counter on the Wi-Fi router");
+    let options = DeployOptions {
+        an_extra: format!("dns = \"{CH_V4}\"\n"),
+        ..DeployOptions::default()
+    };
+    let upmt = Deployment::start(&lab, &options).unwrap_or_else(|e| panic!("deploying upmt: {e}"));
+
+    // The hotspot's own resolver address, on the Wi-Fi link: the default `dns = "tunnel"`
+    // sends the query into the tunnel anyway, where the anchor's resolver answers it.
+    let resolver = RWIFI_LAN_V4.to_string();
+    let (answer, from) = query_to(&lab, &upmt, &resolver);
+    assert_eq!(answer, ANSWER, "{}", upmt.logs());
+    assert_eq!(from, IpAddr::V4(RWIFI_LAN_V4));
+    assert!(
+        responder.log().contains(&format!("query from {AN_V4}")),
+        "responder log: {}",
+        responder.log()
+    );
+    let seen = lab
+        .rwifi()
+        .nft_counter("inet", "upmt-lab-dnscount", "dns53")
+        .expect("the router's DNS counter");
+    assert_eq!(seen.packets, 0, "DNS reached the Wi-Fi router: {seen:?}");
 }

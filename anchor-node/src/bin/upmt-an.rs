@@ -1,9 +1,10 @@
 //! `upmt-an`: the upmt anchor-node daemon and its key tools.
 //!
 //! `run` wires the library's pieces together in the order that gives the clearest error first
-//! (privilege, nft, config, socket, TUN, forwarding, NAT). At exit it leaves the persistent TUN
-//! and the NAT table in place, so a restart (an upgrade, a crash and systemd's `Restart=`) keeps
-//! the mobile hosts' connections: the kernel's NAT state outlives the daemon.
+//! (privilege, nft, config, key file mode, account, socket, metrics, TUN, forwarding, NAT), then
+//! drops to the configured account with only CAP_NET_ADMIN (see `privilege`). At exit it leaves
+//! the persistent TUN and the NAT table in place, so a restart (an upgrade, a crash and systemd's
+//! `Restart=`) keeps the mobile hosts' connections: the kernel's NAT state outlives the daemon.
 
 use std::io::Read as _;
 use std::path::PathBuf;
@@ -13,7 +14,7 @@ use clap::{Parser, Subcommand};
 use tokio::sync::mpsc;
 use upmt_anchor_node::config::{self, Config};
 use upmt_anchor_node::event_loop::EventLoop;
-use upmt_anchor_node::{anchor_config, metrics, nat, tun, udp};
+use upmt_anchor_node::{anchor_config, metrics, nat, privilege, tun, udp};
 use upmt_proto::anchor::Anchor;
 use upmt_proto::keys::StaticSecret;
 use upmt_sys::{caps, clock};
@@ -114,6 +115,18 @@ fn check(path: &std::path::Path) -> Result<()> {
     if let Some(m) = c.metrics {
         println!("  metrics     http://{m}/metrics");
     }
+    let open = |allowed: bool| if allowed { "allowed" } else { "dropped" };
+    println!(
+        "  isolation   peer to peer {}, to this host {}, private egress {}",
+        open(c.allow_peer_to_peer),
+        if c.allow_to_host.is_empty() {
+            "dropped".to_owned()
+        } else {
+            format!("ports {:?}", c.allow_to_host)
+        },
+        open(c.allow_private_egress)
+    );
+    println!("  user        {}", c.user);
     println!("  peers       {}", c.peers.len());
     for p in &c.peers {
         print!("    {:<16} {} {}", p.name, p.public_key, p.address);
@@ -129,14 +142,19 @@ fn run(path: &std::path::Path) -> Result<()> {
     caps::require_net_admin("upmt-an")?;
     let nft = nat::find_nft()?;
     let config = config::load(path)?;
+    config::check_key_file_mode(&config)?;
+    let account = match config.user.as_str() {
+        privilege::KEEP_ROOT => None,
+        name => Some(privilege::Account::lookup(name)?),
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(config, nft))
+    runtime.block_on(serve(config, nft, account))
 }
 
-async fn serve(config: Config, nft: PathBuf) -> Result<()> {
+async fn serve(config: Config, nft: PathBuf, account: Option<privilege::Account>) -> Result<()> {
     let shutdown = shutdown_signal()?;
     let udp = udp::bind(config.listen)?;
     let metrics_listener = match config.metrics {
@@ -157,13 +175,18 @@ async fn serve(config: Config, nft: PathBuf) -> Result<()> {
         mtu: config.mtu,
     };
     let device = tun::create(&tun_spec)?;
-    nat::enable_forwarding(config.subnet6.is_some())?;
+    nat::enable_forwarding(config.subnet6.is_some(), &config.egress)?;
     let spec = nat::NatSpec {
         tun: config.tun.clone(),
         egress: config.egress.clone(),
         subnet: config.subnet,
         subnet6: config.subnet6,
         dns: config.dns,
+        anchor4: config.anchor_address(),
+        anchor6: config.anchor_address6(),
+        allow_peer_to_peer: config.allow_peer_to_peer,
+        allow_to_host: config.allow_to_host.clone(),
+        allow_private_egress: config.allow_private_egress,
     };
     if let Some(dns) = config.dns {
         tracing::info!(%dns, "tunnelled DNS is redirected to this resolver");
@@ -173,6 +196,32 @@ async fn serve(config: Config, nft: PathBuf) -> Result<()> {
         tracing::info!(table = %spec.table(), "replacing a stale nftables table from an earlier run");
     }
     let guard = nat::NatGuard::install(nft, &spec)?;
+    let counters = nat::CounterReader::open(guard.table())
+        .context("cannot open a netlink socket for the nftables counters")?;
+    let isolation = |allowed: bool| if allowed { "allowed" } else { "dropped" };
+    tracing::info!(
+        peer_to_peer = isolation(config.allow_peer_to_peer),
+        to_host = %if config.allow_to_host.is_empty() {
+            "dropped".to_owned()
+        } else {
+            format!("ports {:?} allowed", config.allow_to_host)
+        },
+        private_egress = isolation(config.allow_private_egress),
+        "mobile hosts' isolation"
+    );
+    match &account {
+        Some(account) => {
+            let caps = privilege::kept_capabilities(config.listen.port());
+            let capabilities = format!("{:#x}", privilege::capability_mask(&caps));
+            if privilege::drop_to(account, &caps)? {
+                tracing::info!(user = %account.name, uid = account.uid, %capabilities, "dropped privileges");
+            } else {
+                // Started without root (file capabilities): no account to switch from.
+                tracing::info!(%capabilities, "dropped privileges: kept only these capabilities");
+            }
+        }
+        None => tracing::warn!("user = \"root\": keeping every privilege"),
+    }
     tracing::info!(
         listen = %config.listen,
         tun = %config.tun,
@@ -188,7 +237,8 @@ async fn serve(config: Config, nft: PathBuf) -> Result<()> {
         rx
     });
     let anchor = Anchor::new(anchor_config(&config), clock::now());
-    let event_loop = EventLoop::new(anchor, udp, device, config.mtu, scrapes);
+    let event_loop =
+        EventLoop::new(anchor, udp, device, config.mtu, scrapes).with_isolation_counters(counters);
     let result = event_loop.run(shutdown).await;
 
     // The table and the TUN stay whatever ended the loop: removing them would reset every

@@ -328,7 +328,7 @@ pub struct ErrorReply {
 pub enum ErrorKind {
     PermissionDenied,
     UnsupportedVersion,
-    /// Not a request this daemon understands, or a frame over [`MAX_FRAME`].
+    /// Not a request this daemon understands, or a frame over the control protocol's frame limit.
     BadRequest,
     NoSuchFlow,
     NoSuchApp,

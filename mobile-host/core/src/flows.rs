@@ -3,7 +3,7 @@
 //! A packet of a known flow costs one PAFT lookup (`touch`) and no allocation. The first packet
 //! of a new flow is parsed, checked against the never-tunnelled destinations, and queued in a
 //! small bounded per-flow queue ([`MAX_PENDING_PACKETS`], at most [`MAX_PENDING_FLOWS`] flows,
-//! buffers from a pool) while the loop asks the [`crate::appid`] worker who owns it; other
+//! buffers from a pool) while the driver asks its app-lookup worker who owns it; other
 //! flows keep moving meanwhile. [`Flows::classified`] takes the answer, decides with the policy,
 //! records the flow and hands back its queued packets. Blocked flows (and flows held because
 //! no uplink is up at all) are kept aside so their later packets are dropped (TCP: reset)

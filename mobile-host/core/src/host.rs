@@ -12,8 +12,11 @@
 //! - [`MobileHost::handle_datagram`]: a datagram from an uplink; the inner packet to write to the
 //!   TUN, if any.
 //! - [`MobileHost::handle_owner`] / [`MobileHost::handle_lookup_refused`]: the app lookup's answer.
-//! - [`MobileHost::handle_uplink_available`] / [`MobileHost::handle_uplink_lost`]: the driver
-//!   opened or closed an uplink's socket (its interface came or went).
+//! - [`MobileHost::handle_interfaces`]: what the host's interfaces look like now; each uplink
+//!   picks its (interface, family) from them ([`crate::candidates`]).
+//! - [`MobileHost::handle_uplink_available`] / [`MobileHost::handle_uplink_lost`] /
+//!   [`MobileHost::handle_attach_failed`]: the driver opened, lost, or could not open an
+//!   uplink's socket.
 //! - [`MobileHost::handle_tun_ready`]: the TUN and its routing exist.
 //! - [`MobileHost::handle_timeout`]: the deadline of [`MobileHost::poll_timeout`] passed.
 //! - [`MobileHost::answer`], [`MobileHost::reload_policy`], [`MobileHost::set_packages`]: the
@@ -22,7 +25,9 @@
 //! Outputs, drained after every input until each returns `None`: [`MobileHost::poll_transmit`]
 //! (datagrams per uplink), [`MobileHost::poll_tun_write`] (TCP resets for blocked flows),
 //! [`MobileHost::poll_lookup`] (flows whose owner the driver should look up),
-//! [`MobileHost::poll_routing`] (the bypass uids, from the start; bring the TUN up) and
+//! [`MobileHost::poll_routing`] (the bypass uids, from the start; bring the TUN up),
+//! [`MobileHost::poll_uplink_change`] (open an uplink's socket on another interface or family,
+//! or close it) and
 //! [`MobileHost::poll_event`] (what the control socket's watchers see). Then arm one timer at
 //! [`MobileHost::poll_timeout`].
 
@@ -42,6 +47,7 @@ use crate::api::{
     ErrorKind, ErrorReply, Event, OwnerLookups, ReloadReply, Request, Response, SessionState,
     SessionStatus, StatusReply,
 };
+use crate::candidates::{Change, Family, InterfaceFacts, Pattern, Selector};
 use crate::describe;
 use crate::flows::{Flows, Outcome, TunAction, UNKNOWN_APP};
 use crate::owner::Owner;
@@ -55,6 +61,10 @@ pub const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
 const MAX_RESETS: usize = 256;
 /// A TCP reset is at most an IPv6 header and a bare TCP header.
 const RESET_LEN: usize = 64;
+/// An uplink's candidate gets this many of the longer of the path timeout and the down-path
+/// probe interval (plus a handshake round over every uplink) to bring its path up before the
+/// next candidate is tried.
+pub const CANDIDATE_TRIAL_ROUNDS: u32 = 3;
 
 /// What the host needs to start.
 pub struct HostConfig {
@@ -66,7 +76,8 @@ pub struct HostConfig {
     pub anchor: SocketAddr,
     /// The uplinks, in config order.
     pub uplinks: Uplinks,
-    /// Each uplink's interface, in the same order (for status replies).
+    /// Each uplink's interface as configured, in the same order: a name (`wlan0`) or a
+    /// prefix pattern (`rmnet_data*`, see [`crate::candidates::Pattern`]).
     pub interfaces: Vec<String>,
     /// The policy in force at start.
     pub policy: Policy,
@@ -97,7 +108,12 @@ pub struct HostCounters {
 }
 
 struct Link {
+    /// As configured: one name or a pattern.
+    pattern: Pattern,
+    /// The real interface its socket is on, or the configured name while it has none.
     interface: String,
+    /// Picks the interface and family among the candidates.
+    selector: Selector,
     /// The driver has a socket on it, bound from `local`.
     available: bool,
     local: Option<SocketAddr>,
@@ -129,16 +145,26 @@ pub struct MobileHost {
     routing: VecDeque<RoutingIntent>,
     events: VecDeque<Event>,
     counters: HostCounters,
+    /// The host's interfaces as last listed, and the anchor's families in preference order.
+    interface_facts: Vec<InterfaceFacts>,
+    anchor_families: Vec<Family>,
+    uplink_changes: VecDeque<(UplinkId, Change)>,
 }
 
 impl MobileHost {
     /// A host that starts handshaking at `now`.
     pub fn new(config: HostConfig, now: Instant) -> MobileHost {
+        let c = &config.client;
+        let trial = c.path_timeout.max(c.down_probe_interval) * CANDIDATE_TRIAL_ROUNDS
+            + c.handshake_retry * u32::try_from(config.uplinks.len()).unwrap_or(u32::MAX);
         let links = config
             .interfaces
             .into_iter()
             .map(|interface| Link {
+                pattern: Pattern::parse(&interface)
+                    .unwrap_or_else(|_| Pattern::Exact(interface.clone())),
                 interface,
+                selector: Selector::new(trial),
                 available: false,
                 local: None,
                 live: false,
@@ -164,6 +190,13 @@ impl MobileHost {
             routing: VecDeque::new(),
             events: VecDeque::new(),
             counters: HostCounters::default(),
+            interface_facts: Vec::new(),
+            anchor_families: vec![if config.anchor.is_ipv4() {
+                Family::V4
+            } else {
+                Family::V6
+            }],
+            uplink_changes: VecDeque::new(),
         };
         // The driver installs its fail-closed capture rules at start, before any session: the
         // bypass set must be there from the start too, or bypass apps lose their path until
@@ -343,6 +376,79 @@ impl MobileHost {
         let Some(link) = self.links.get_mut(Uplinks::index(uplink)) else {
             return;
         };
+        link.selector.lost();
+        self.drop_link(uplink, now);
+    }
+
+    /// The driver could not open the socket of the last [`Change::Attach`] for `uplink`: the
+    /// next listing tries the next candidate (or the same one, when it is the only one).
+    pub fn handle_attach_failed(&mut self, uplink: UplinkId, now: Instant) {
+        let Some(link) = self.links.get_mut(Uplinks::index(uplink)) else {
+            return;
+        };
+        link.selector.attach_failed(now);
+        link.interface = link.pattern.to_string();
+        // The next listing tries again: at once here, a socket that cannot be opened (the only
+        // candidate, say) would be retried in a busy loop.
+        self.drop_link(uplink, now);
+    }
+
+    /// What the host's interfaces look like now, and the families the anchor has endpoints
+    /// in (preferred first). Each uplink keeps its interface or moves to another candidate;
+    /// changes come out of [`MobileHost::poll_uplink_change`].
+    pub fn handle_interfaces(
+        &mut self,
+        interfaces: Vec<InterfaceFacts>,
+        anchor: Vec<Family>,
+        now: Instant,
+    ) {
+        self.interface_facts = interfaces;
+        self.anchor_families = anchor;
+        self.select(now);
+    }
+
+    /// Runs every uplink's selector on the last listing.
+    fn select(&mut self, now: Instant) {
+        let taken: Vec<String> = self
+            .links
+            .iter()
+            .filter_map(|l| match &l.pattern {
+                Pattern::Exact(n) => Some(n.clone()),
+                Pattern::Prefix(_) => None,
+            })
+            .collect();
+        let taken: Vec<&str> = taken.iter().map(String::as_str).collect();
+        for (i, uplink) in self.uplinks.ids().enumerate().collect::<Vec<_>>() {
+            let Some(link) = self.links.get_mut(i) else {
+                continue;
+            };
+            let listed = crate::candidates::eligible(
+                &link.pattern,
+                &self.interface_facts,
+                &self.anchor_families,
+                &taken,
+            );
+            let Some(change) = link.selector.update(&listed, link.live, now) else {
+                continue;
+            };
+            match &change {
+                Change::Attach(a) => {
+                    tracing::info!(uplink = %self.uplinks.name(uplink).unwrap_or_default(), attempt = %a, "uplink tries a candidate");
+                    link.interface = a.interface.clone();
+                }
+                Change::Detach => link.interface = link.pattern.to_string(),
+            }
+            // Whatever socket it had goes; an Attach brings a new one.
+            self.drop_link(uplink, now);
+            self.uplink_changes.push_back((uplink, change));
+        }
+    }
+
+    /// Forgets `uplink`'s socket: its path is down for the protocol, its flows move.
+    fn drop_link(&mut self, uplink: UplinkId, now: Instant) {
+        let Some(link) = self.links.get_mut(Uplinks::index(uplink)) else {
+            return;
+        };
         if !link.available {
             return;
         }
@@ -366,6 +472,9 @@ impl MobileHost {
             self.client.handle_timeout(now);
         }
         self.decide_overdue(now);
+        if self.selector_deadline().is_some_and(|at| at <= now) {
+            self.select(now);
+        }
         if now >= self.next_housekeeping {
             self.next_housekeeping = now + HOUSEKEEPING_INTERVAL;
             self.flows.housekeeping(now.as_duration());
@@ -516,9 +625,30 @@ impl MobileHost {
         self.routing.pop_front()
     }
 
+    /// The next change of an uplink's socket: [`Change::Attach`] (close the old socket, open
+    /// one on that interface toward the anchor's endpoint of that family, then call
+    /// [`MobileHost::handle_uplink_available`] or [`MobileHost::handle_attach_failed`]) or
+    /// [`Change::Detach`] (close it). The host has already counted the old socket gone.
+    pub fn poll_uplink_change(&mut self) -> Option<(UplinkId, Change)> {
+        self.uplink_changes.pop_front()
+    }
+
+    /// The real interface `uplink` is on now (its configured name while it has no socket).
+    pub fn interface(&self, uplink: UplinkId) -> Option<&str> {
+        self.link(uplink).map(|l| l.interface.as_str())
+    }
+
+    fn selector_deadline(&self) -> Option<Instant> {
+        self.links
+            .iter()
+            .filter_map(|l| l.selector.deadline())
+            .min()
+    }
+
     /// Whether any output other than the protocol's own datagrams waits.
     pub fn has_output(&self) -> bool {
         !(self.released.is_empty()
+            && self.uplink_changes.is_empty()
             && self.resets.is_empty()
             && self.lookups.is_empty()
             && self.routing.is_empty()
@@ -538,6 +668,9 @@ impl MobileHost {
         }
         if let Some(lookup) = self.flows.lookup_deadline() {
             at = at.min(Instant::from_duration(lookup));
+        }
+        if let Some(trial) = self.selector_deadline() {
+            at = at.min(trial);
         }
         at
     }
@@ -573,7 +706,7 @@ impl MobileHost {
     /// Takes in the protocol client's events, then decides flows again if uplinks changed.
     fn pump(&mut self, now: Instant) {
         while let Some(event) = self.client.poll_event() {
-            self.client_event(event);
+            self.client_event(event, now);
         }
         if std::mem::take(&mut self.uplinks_changed) {
             let changed = self.redecide(now);
@@ -586,7 +719,7 @@ impl MobileHost {
         }
     }
 
-    fn client_event(&mut self, event: ClientEvent) {
+    fn client_event(&mut self, event: ClientEvent, now: Instant) {
         match event {
             ClientEvent::Connected(params) => {
                 self.events.push_back(Event::SessionUp);
@@ -612,6 +745,7 @@ impl MobileHost {
                 let name = self.uplinks.name(uplink).unwrap_or_default().to_owned();
                 if let Some(link) = self.links.get_mut(Uplinks::index(uplink)) {
                     link.live = up;
+                    link.selector.path_changed(up, now);
                 }
                 if up {
                     tracing::info!(%path, uplink = %name, "path up");

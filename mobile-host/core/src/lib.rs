@@ -15,6 +15,7 @@
 
 pub mod answer;
 pub mod api;
+pub mod candidates;
 pub mod describe;
 pub mod flows;
 pub mod host;

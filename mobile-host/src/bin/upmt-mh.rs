@@ -15,7 +15,10 @@ use upmt_mobile_host::control::{self, server};
 use upmt_mobile_host::event_loop::Daemon;
 use upmt_mobile_host::{sys, uplink};
 
-const DEFAULT_CONFIG: &str = "/etc/upmt/mh.toml";
+/// `/etc/upmt/mh.toml`, or `/data/adb/upmt/mh.toml` on Android.
+fn default_config() -> PathBuf {
+    PathBuf::from(upmt_mobile_host::config::default_config())
+}
 
 #[derive(Parser)]
 #[command(name = "upmt-mh", version, about = "upmt mobile-host daemon")]
@@ -29,7 +32,7 @@ enum Command {
     /// Run the daemon.
     Run {
         /// Configuration file.
-        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        #[arg(long, short, default_value_os_t = default_config())]
         config: PathBuf,
     },
     /// Remove the routing a killed daemon left behind (a running daemon removes its own on
@@ -37,13 +40,13 @@ enum Command {
     #[command(alias = "down")]
     Stop {
         /// Configuration file.
-        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        #[arg(long, short, default_value_os_t = default_config())]
         config: PathBuf,
     },
     /// Validate a configuration file and print what it sets up.
     Check {
         /// Configuration file.
-        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        #[arg(long, short, default_value_os_t = default_config())]
         config: PathBuf,
     },
 }
@@ -71,7 +74,10 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
     let public = config.private_key.public_key();
     println!("{}: ok", path.display());
-    println!("anchor        {}", config.anchor);
+    for anchor in &config.anchors {
+        println!("anchor        {anchor}");
+    }
+    println!("platform      {:?}", config.platform);
     println!("public key    {public}");
     println!("tun           {}", config.tun);
     let key = upmt_mobile_host::setup::routing_key(&config);
@@ -91,12 +97,14 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
             .map_or_else(|| "root only".to_owned(), |g| format!("root and group {g}"))
     );
     for u in &config.uplinks {
+        let now = if u.interface.ends_with('*') {
+            "a pattern: the daemon picks among the interfaces it matches".to_owned()
+        } else {
+            format!("{:?} now", uplink::link_state(&u.interface))
+        };
         println!(
-            "uplink        path {} {} on {} ({:?} now)",
-            u.path_index,
-            u.name,
-            u.interface,
-            uplink::link_state(&u.interface)
+            "uplink        path {} {} on {} ({now})",
+            u.path_index, u.name, u.interface,
         );
     }
     Ok(())

@@ -21,8 +21,12 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
-use crate::control::DEFAULT_SOCKET;
 use crate::control::client::Client;
+
+/// `/run/upmt/mh.sock`, or `/data/adb/upmt/mh.sock` on Android.
+fn default_socket() -> PathBuf {
+    PathBuf::from(crate::config::default_socket())
+}
 
 /// `upmt`'s arguments.
 #[derive(Clone, Debug, Parser)]
@@ -32,8 +36,9 @@ use crate::control::client::Client;
     about = "Inspect the upmt mobile host and move flows and apps between tunnels"
 )]
 pub struct Cli {
-    /// The daemon's control socket.
-    #[arg(long, global = true, value_name = "PATH", default_value = DEFAULT_SOCKET)]
+    /// The daemon's control socket (default: /run/upmt/mh.sock; /data/adb/upmt/mh.sock on
+    /// Android).
+    #[arg(long, global = true, value_name = "PATH", default_value_os_t = default_socket())]
     pub socket: PathBuf,
     /// Print machine-readable JSON instead of tables.
     #[arg(long, global = true)]
@@ -129,10 +134,13 @@ mod tests {
             assert!(cli.json);
             assert_eq!(cli.command, Command::Status);
         }
-        assert_eq!(
-            parse(&["upmt", "apps"]).socket,
-            PathBuf::from(DEFAULT_SOCKET)
-        );
+        assert_eq!(parse(&["upmt", "apps"]).socket, default_socket());
+        if !crate::config::android_paths() {
+            assert_eq!(
+                default_socket(),
+                PathBuf::from(crate::control::DEFAULT_SOCKET)
+            );
+        }
     }
 
     #[test]

@@ -7,8 +7,8 @@
 //!
 //! The event loop stays the single owner of the daemon's state: the server never touches tables
 //! itself, it hands each request to the loop as a [`ControlRequest`] on an mpsc channel and waits
-//! for the loop's [`Response`](proto::Response); `watch` streams come from a broadcast channel the
-//! loop publishes [`Event`](proto::Event)s on. [`channel`] makes both ends.
+//! for the loop's [`proto::Response`]; `watch` streams come from a broadcast channel the
+//! loop publishes [`proto::Event`]s on. [`channel`] makes both ends.
 
 pub mod client;
 pub mod proto;

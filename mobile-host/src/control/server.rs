@@ -378,8 +378,12 @@ async fn send(
     proto::write_frame(w, &ResponseFrame::from(response)).await
 }
 
-/// The gid of the group `name`, from the system's group database.
+/// The gid of the group `name`, from the system's group database; a number is a gid as it
+/// is (Android has no group database to look names up in).
 fn group_id(name: &str) -> Option<u32> {
+    if let Ok(gid) = name.parse::<u32>() {
+        return Some(gid);
+    }
     let cname = std::ffi::CString::new(name).ok()?;
     let mut buf = vec![0 as libc::c_char; 16 * 1024];
     // SAFETY: zeroed `group` is a valid out-parameter; getgrnam_r writes strings into `buf`
@@ -425,6 +429,13 @@ mod tests {
             err,
             "permission denied: uid 1000 is not root and not in group upmt"
         );
+    }
+
+    #[test]
+    fn a_numeric_group_is_a_gid_without_a_group_database() {
+        let access = Access::with_group("3003").unwrap();
+        assert_eq!(access.group, Some(("3003".into(), 3003)));
+        assert!(access.check(10_123, 10_123, &[3003]).is_ok());
     }
 
     #[test]

@@ -77,7 +77,7 @@ pub use crate::queue::QueueStats;
 pub use control::{SIGNAL_EVENT_BURST, SIGNAL_EVENT_REFILL};
 
 use crate::control::ControlMessage;
-use crate::cookie::{CookieJar, Limiter};
+use crate::cookie::{ChallengeGate, CookieJar, Limiter};
 use crate::handshake::mac1_key;
 use crate::keys::{PublicKey, StaticSecret};
 use crate::queue::Queues;
@@ -284,6 +284,7 @@ pub struct Anchor {
     drops: DropCounters,
     cookies: CookieJar,
     limiter: Limiter,
+    challenges: ChallengeGate,
     /// The defence counters; the queue counters live in `queues`.
     stats: AnchorStats,
 }
@@ -320,6 +321,7 @@ impl Anchor {
             drops: DropCounters::default(),
             cookies: CookieJar::new(&public, now),
             limiter: Limiter::new(now),
+            challenges: ChallengeGate::default(),
             stats: AnchorStats::default(),
         }
     }
@@ -404,7 +406,7 @@ impl Anchor {
                     endpoint: from,
                 });
             }
-            PathAction::Challenge(data) => {
+            PathAction::Challenge(data) if self.challenges.allow(id, path, datagram.len(), now) => {
                 self.stats.challenges_sent = self.stats.challenges_sent.saturating_add(1);
                 self.queues.push_transmit(Queued::Control {
                     peer: id,
@@ -413,6 +415,7 @@ impl Anchor {
                     msg: ControlMessage::PathChallenge { data },
                 })?;
             }
+            PathAction::Challenge(_) => {}
         }
         let peer = &mut self.peers[id.0 as usize];
         peer.heard_on(path, from, now);
