@@ -24,6 +24,7 @@ use upmt_sys::ifname;
 pub use upmt_sys::config::ConfigError;
 pub use upmt_sys::file::MAX_FILE_BYTES;
 
+use crate::appid::android::PACKAGES_LIST;
 use crate::routing::layout::{ANDROID_BAND_END, DnsRoute, Platform};
 
 /// Default SO_MARK of the daemon's own sockets on Linux; the routing rules exempt it from the
@@ -45,6 +46,8 @@ pub const ANDROID_TABLE: u32 = 555;
 pub const ANDROID_RULE_PRIORITY: u32 = 14001;
 /// The file whose presence says the host is Android (`platform` unset).
 pub const ANDROID_BUILD_PROP: &str = "/system/build.prop";
+/// Default procfs root of the app lookup.
+pub const DEFAULT_PROC_ROOT: &str = "/proc";
 /// Default TUN name.
 pub const DEFAULT_TUN: &str = "upmt0";
 /// Where a Linux host keeps the config unless told otherwise.
@@ -124,6 +127,11 @@ pub struct Config {
     pub control_group: Option<String>,
     /// Probe timings of the core (the `[probe]` table).
     pub probe: ProbeConfig,
+    /// The procfs the app lookup reads processes from (`proc_root`, default `/proc`).
+    pub proc_root: PathBuf,
+    /// Android's uid -> package table (`packages_list`, default [`PACKAGES_LIST`]); absent on
+    /// Linux, which is fine.
+    pub packages_list: PathBuf,
 }
 
 /// How the core probes its paths (`[probe]`); each maps onto a `ClientConfig` field.
@@ -184,6 +192,8 @@ struct RawConfig {
     control_socket: Option<Spanned<String>>,
     control_group: Option<Spanned<String>>,
     probe: Option<RawProbe>,
+    proc_root: Option<Spanned<String>>,
+    packages_list: Option<Spanned<String>>,
     #[serde(default)]
     uplink: Vec<RawUplink>,
 }
@@ -492,6 +502,21 @@ impl Config {
             None => None,
         };
 
+        // Both are the system's own files, so relative paths make no sense for them.
+        let system_path = |p: &Option<Spanned<String>>, name: &str, default: &str| match p {
+            Some(p) if !Path::new(p.get_ref()).is_absolute() => Err(at(
+                p.span(),
+                format!(
+                    "invalid {name} {}: expected an absolute path, e.g. \"{default}\"",
+                    shown(p.get_ref())
+                ),
+            )),
+            Some(p) => Ok(PathBuf::from(p.get_ref())),
+            None => Ok(PathBuf::from(default)),
+        };
+        let proc_root = system_path(&raw.proc_root, "proc_root", DEFAULT_PROC_ROOT)?;
+        let packages_list = system_path(&raw.packages_list, "packages_list", PACKAGES_LIST)?;
+
         if raw.uplink.is_empty() {
             return Err(at(
                 0..0,
@@ -655,6 +680,8 @@ impl Config {
             control_socket,
             control_group,
             probe,
+            proc_root,
+            packages_list,
         })
     }
 
@@ -707,6 +734,24 @@ mod tests {
              tun = \"upmt0\"\n[[uplink]]\nname = \"wifi\"\ninterface = \"wlan0\"\n\
              [[uplink]]\nname = \"cell\"\ninterface = \"rmnet_data0\"\n"
         )
+    }
+
+    #[test]
+    fn the_app_lookup_reads_proc_and_androids_packages_list_unless_absolute_paths_are_given() {
+        let c = parse(&good()).unwrap();
+        assert_eq!(c.proc_root, Path::new("/proc"));
+        assert_eq!(c.packages_list, Path::new("/data/system/packages.list"));
+        let c = parse(&format!(
+            "proc_root = \"/tmp/p\"\npackages_list = \"/tmp/packages.list\"\n{}",
+            good()
+        ))
+        .unwrap();
+        assert_eq!(c.proc_root, Path::new("/tmp/p"));
+        assert_eq!(c.packages_list, Path::new("/tmp/packages.list"));
+        let (line, _, message) = invalid(&format!("packages_list = \"packages.list\"\n{}", good()));
+        assert_eq!(line, 1);
+        assert!(message.contains("absolute path"), "{message}");
+        assert!(parse(&format!("proc_root = \"\"\n{}", good())).is_err());
     }
 
     #[test]

@@ -144,7 +144,11 @@ impl Daemon {
         }
         let policy = config.load_policy()?;
         tracing::info!(path = ?config.policy, rules = policy.rules().len(), "policy loaded");
-        let worker = match Worker::spawn(appid::ResolverConfig::default()) {
+        let worker = match Worker::spawn(appid::ResolverConfig {
+            proc_root: config.proc_root.clone(),
+            packages_list: config.packages_list.clone(),
+            ..appid::ResolverConfig::default()
+        }) {
             Ok(w) => Some(w),
             Err(e) => {
                 tracing::warn!(error = %display_chain(&e), "app lookup unavailable: every flow gets the default rule");
@@ -159,7 +163,7 @@ impl Daemon {
             }
         };
         let mut host = MobileHost::new(setup::host_config(&config, policy)?, setup::now());
-        let packages = appid::android::Packages::at(appid::android::PACKAGES_LIST);
+        let packages = appid::android::Packages::at(&config.packages_list);
         host.set_packages(packages.uids_by_name());
         let uplinks = config
             .uplinks
@@ -402,6 +406,19 @@ impl Daemon {
                 .reload(now)
                 .map_or_else(Response::Error, Response::Reloaded),
             other => self.host.answer(other, now),
+        };
+        let response = match (response, &self.worker) {
+            (Response::Status(mut status), Some(worker)) => {
+                let found = worker.counters().get();
+                let owners = status.owners.get_or_insert_default();
+                owners.by_uid = found.by_uid;
+                owners.index_hits = found.index_hits;
+                owners.scans = found.scans;
+                owners.uid_fallback = found.uid_fallback;
+                owners.unknown = found.unknown;
+                Response::Status(status)
+            }
+            (response, _) => response,
         };
         // The client may have gone away meanwhile: nothing to do then.
         let _ = request.reply.send(response);

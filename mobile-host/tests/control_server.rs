@@ -56,6 +56,7 @@ fn status() -> StatusReply {
             tun: Some("upmt0".into()),
         },
         tunnels: vec![tunnel("wifi", "wlan0"), tunnel("cell", "rmnet0")],
+        owners: None,
     }
 }
 

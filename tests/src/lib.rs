@@ -27,6 +27,7 @@
 //! `ip`, `nft` and `/dev/net/tun` ([`check_environment`]).
 
 pub mod bins;
+pub mod crowd;
 pub mod deploy;
 pub mod download;
 pub mod error;
@@ -38,6 +39,7 @@ pub mod servers;
 pub mod topology;
 
 pub use bins::bin_path;
+pub use crowd::{Connect, Crowd, CrowdOptions};
 pub use deploy::{DeployOptions, Deployment};
 pub use download::{Download, Downloaded, RunningDownload};
 pub use error::{LabError, Result};

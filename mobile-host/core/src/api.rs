@@ -86,6 +86,31 @@ impl Response {
 pub struct StatusReply {
     pub session: SessionStatus,
     pub tunnels: Vec<TunnelStatus>,
+    /// How new flows' owners were found (absent from daemons that did not count them). Boxed so
+    /// that every [`Response`] does not grow by its size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owners: Option<Box<OwnerLookups>>,
+}
+
+/// How new flows' owners were found, counted since the daemon started. The first five are the
+/// lookup's (the driver's), the last two the core's.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct OwnerLookups {
+    /// Named from the uid alone (an Android app's own uid), no process read.
+    pub by_uid: u64,
+    /// The process came from the inode index.
+    pub index_hits: u64,
+    /// The process was found by reading processes.
+    pub scans: u64,
+    /// The socket was found but no process holding it: named by its uid.
+    pub uid_fallback: u64,
+    /// No socket any more (or ICMP): the default rule applied.
+    pub unknown: u64,
+    /// Flows decided by the default rule because their lookup took too long.
+    pub lookups_overdue: u64,
+    /// Answers that came after such a decision and decided the flow again.
+    pub late_answers: u64,
 }
 
 /// The authenticated session.

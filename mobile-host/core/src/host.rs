@@ -44,8 +44,8 @@ use upmt_proto::{HEADER_LEN, PathId, SessionParams, Transmit};
 
 use crate::answer;
 use crate::api::{
-    ErrorKind, ErrorReply, Event, ReloadReply, Request, Response, SessionState, SessionStatus,
-    StatusReply,
+    ErrorKind, ErrorReply, Event, OwnerLookups, ReloadReply, Request, Response, SessionState,
+    SessionStatus, StatusReply,
 };
 use crate::candidates::{Change, Family, InterfaceFacts, Pattern, Selector};
 use crate::describe;
@@ -937,7 +937,17 @@ impl MobileHost {
                 )
             })
             .collect();
-        StatusReply { session, tunnels }
+        let c = self.flows.counters();
+        StatusReply {
+            session,
+            tunnels,
+            // The lookup's own counts are the driver's to fill in.
+            owners: Some(Box::new(OwnerLookups {
+                lookups_overdue: c.lookups_overdue,
+                late_answers: c.late_answers,
+                ..OwnerLookups::default()
+            })),
+        }
     }
 }
 

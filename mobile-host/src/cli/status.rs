@@ -68,6 +68,12 @@ pub fn render(reply: &StatusReply) -> String {
         ]);
     }
     text.push_str(&t.render());
+    if let Some(o) = &reply.owners {
+        text.push_str(&format!(
+            "\nowners: {} by uid, {} from the index, {} by scan, {} by uid without a process, {} unknown; {} decided by default after the lookup bound, {} decided again\n",
+            o.by_uid, o.index_hits, o.scans, o.uid_fallback, o.unknown, o.lookups_overdue, o.late_answers
+        ));
+    }
     text
 }
 
@@ -82,7 +88,7 @@ fn state(s: TunnelState) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::proto::{SessionStatus, TunnelStatus};
+    use crate::control::proto::{OwnerLookups, SessionStatus, TunnelStatus};
 
     #[test]
     fn status_renders_the_session_line_and_an_aligned_tunnel_table() {
@@ -121,6 +127,15 @@ mod tests {
                     rx_packets: 1,
                 },
             ],
+            owners: Some(Box::new(OwnerLookups {
+                by_uid: 40,
+                index_hits: 7,
+                scans: 1,
+                uid_fallback: 2,
+                unknown: 3,
+                lookups_overdue: 1,
+                late_answers: 1,
+            })),
         };
         let expected = "\
 session: connected to 198.51.100.1:51820 as 10.77.0.2, fd77::2 on upmt0
@@ -128,6 +143,8 @@ session: connected to 198.51.100.1:51820 as 10.77.0.2, fd77::2 on upmt0
 UPLINK  INTERFACE  STATE  LOCAL               PUBLIC                 RTT  LOSS       TX        RX
 wifi    wlan0      up     192.168.1.10:40000  203.0.113.7:61000  12.3 ms    0%  1.2 MiB  94.2 MiB
 cell    rmnet0     down   -                   -                        -  100%      0 B     512 B
+
+owners: 40 by uid, 7 from the index, 1 by scan, 2 by uid without a process, 3 unknown; 1 decided by default after the lookup bound, 1 decided again
 ";
         assert_eq!(render(&reply), expected);
     }
@@ -142,6 +159,7 @@ cell    rmnet0     down   -                   -                        -  100%  
                 tun: None,
             },
             tunnels: vec![],
+            owners: None,
         };
         assert!(
             render(&reply).starts_with("session: handshaking with [2001:db8::1]:51820\n"),

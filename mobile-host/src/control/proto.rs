@@ -256,6 +256,11 @@ mod tests {
                 tx_packets: 3,
                 rx_packets: 4,
             }],
+            owners: Some(Box::new(OwnerLookups {
+                by_uid: 5,
+                scans: 1,
+                ..OwnerLookups::default()
+            })),
         }
     }
 
@@ -335,6 +340,16 @@ mod tests {
             let back: ResponseFrame = serde_json::from_slice(&json).unwrap();
             assert_eq!(back, frame, "{}", String::from_utf8_lossy(&json));
         }
+    }
+
+    #[test]
+    fn a_status_without_owner_counts_from_an_older_daemon_still_parses() {
+        let mut old = sample_status();
+        old.owners = None;
+        let json = serde_json::to_value(&old).unwrap();
+        assert!(json.get("owners").is_none(), "{json}");
+        let back: StatusReply = serde_json::from_value(json).unwrap();
+        assert_eq!(back, old);
     }
 
     #[test]

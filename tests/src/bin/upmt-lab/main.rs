@@ -4,6 +4,7 @@
 //! exits.
 
 mod bench;
+mod bench_connect;
 mod bench_handover;
 mod bench_idle;
 mod demo;
@@ -73,6 +74,21 @@ enum Command {
         connect: Option<std::net::SocketAddr>,
         #[arg(long, default_value_t = 1)]
         count: usize,
+    },
+    /// Print the time to connect and to the first byte of short HTTP requests through upmt
+    /// and over the direct path (median and p99), under a crowd of processes holding sockets,
+    /// with processes starting steadily and in bursts; then the MH's memory across many
+    /// short flows.
+    BenchConnect {
+        /// Requests per path and condition.
+        #[arg(long, default_value_t = 200)]
+        requests: usize,
+        /// Idle processes holding sockets on the MH.
+        #[arg(long, default_value_t = 1000)]
+        idle: usize,
+        /// Short UDP flows sent for the memory figure (0: skip it).
+        #[arg(long, default_value_t = 100_000)]
+        flows: usize,
     },
 }
 
@@ -150,6 +166,17 @@ fn main() -> Result<()> {
             bench_idle::run(&lab, &options)?;
         }
         Command::HoldTcp { .. } => unreachable!("handled before the stop handler"),
+        Command::BenchConnect {
+            requests,
+            idle,
+            flows,
+        } => {
+            if requests == 0 {
+                anyhow::bail!("--requests must be at least 1");
+            }
+            let lab = Lab::new("upmt-lab-bench-conn").context("building the lab")?;
+            bench_connect::run(&lab, requests, idle, flows)?;
+        }
     }
     Ok(())
 }
