@@ -82,7 +82,7 @@ impl SockDiag {
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         let tv = libc::timeval {
             tv_sec: 0,
-            tv_usec: RECV_TIMEOUT.as_micros() as libc::suseconds_t,
+            tv_usec: RECV_TIMEOUT.as_micros() as _,
         };
         // SAFETY: valid fd and a correctly sized timeval.
         let rc = unsafe {
