@@ -7,21 +7,23 @@
 //! `poll_event` and re-arm the one timer from `poll_timeout`. A bad packet is logged at debug
 //! and the batch goes on: the core counts the drop, this loop never counts it again.
 //!
-//! The loop holds no per-packet heap allocation. Batching is per readiness event with one
-//! `try_*` call per packet today; recvmmsg/sendmmsg, UDP GRO/GSO and TUN offload slot in as
-//! different batch fillers and flushers around the same core calls (see `tun.rs`).
+//! The loop holds no per-packet heap allocation. The UDP side is batched (`upmt_sys::batch`):
+//! one receive syscall takes many datagrams (recvmmsg, GRO), and the datagrams a TUN batch
+//! produces for one peer go out as one GSO send. The core still sees one datagram per call. The
+//! TUN side is one `try_*` call per packet today; TUN offload slots in the same way (see
+//! `tun.rs`).
 
 use std::future::Future;
 use std::io;
 use std::time::Duration;
 
-use tokio::net::UdpSocket;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tun_rs::AsyncDevice;
 use upmt_proto::anchor::{Anchor, Event};
 use upmt_proto::time::Instant;
 use upmt_proto::{DropReason, HEADER_LEN, TAG_LEN};
+use upmt_sys::batch::{self, BatchSocket, RxBatch, TxBatch};
 use upmt_sys::clock;
 
 use crate::metrics::{self, CoreStats, PeerSnapshot, Snapshot};
@@ -29,6 +31,9 @@ use crate::nat;
 
 /// Inputs handled per readiness event before the loop looks at other sources again.
 pub const BATCH: usize = 64;
+
+/// UDP receive calls per readiness event: [`BATCH`] datagrams without GRO (more with it).
+const RECV_CALLS: usize = BATCH.div_ceil(batch::RX_SLOTS);
 
 /// Largest UDP payload; also the largest TUN packet once offload hands over 64 KiB packets.
 const MAX_PACKET: usize = 65_535;
@@ -74,11 +79,13 @@ enum Wake {
 /// The driver: the core, its IO handles, and buffers allocated once.
 pub struct EventLoop {
     anchor: Anchor,
-    udp: UdpSocket,
+    udp: BatchSocket,
     tun: AsyncDevice,
     mtu: usize,
-    /// UDP receive buffer: datagrams are decrypted in place and written to the TUN from here.
-    rx: Box<[u8]>,
+    /// UDP receive buffers: datagrams are decrypted in place and written to the TUN from here.
+    rx: RxBatch,
+    /// Encapsulated TUN packets waiting to go out together (one peer, one size).
+    udp_tx: TxBatch,
     /// TUN receive buffer: packets land at HEADER_LEN so `encapsulate` works in place.
     tun_buf: Box<[u8]>,
     /// Where `poll_transmit` writes handshake responses, probe acks and keepalives.
@@ -138,7 +145,7 @@ impl BoundWatch {
 impl EventLoop {
     pub fn new(
         anchor: Anchor,
-        udp: UdpSocket,
+        udp: BatchSocket,
         tun: AsyncDevice,
         mtu: u16,
         scrapes: Option<mpsc::Receiver<metrics::Request>>,
@@ -148,7 +155,8 @@ impl EventLoop {
             udp,
             tun,
             mtu: usize::from(mtu),
-            rx: vec![0; MAX_PACKET].into_boxed_slice(),
+            rx: RxBatch::default(),
+            udp_tx: TxBatch::default(),
             tun_buf: vec![0; HEADER_LEN + MAX_PACKET + TAG_LEN].into_boxed_slice(),
             tx: vec![0; MAX_PACKET].into_boxed_slice(),
             counters: DriverCounters::default(),
@@ -252,43 +260,54 @@ impl EventLoop {
         }
     }
 
-    /// Reads up to BATCH datagrams and feeds each to the core.
+    /// Reads about BATCH datagrams, a receive batch at a time, and feeds each to the core.
     fn read_udp(&mut self, now: Instant) {
-        for _ in 0..BATCH {
-            let (n, from) = match self.udp.try_recv_from(&mut self.rx) {
-                Ok(x) => x,
+        for _ in 0..RECV_CALLS {
+            match self.udp.recv_batch(&mut self.rx) {
+                Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) => {
                     self.counters.io_errors += 1;
                     tracing::debug!(error = %e, "udp receive failed");
                     continue;
                 }
-            };
-            self.counters.udp_rx += 1;
-            let datagram = &mut self.rx[..n];
-            match self.anchor.handle_datagram(from, datagram, now) {
-                Ok(Some((peer, range))) => match datagram.get(range) {
-                    Some(inner) => match self.tun.try_send(inner) {
-                        Ok(_) => self.counters.tun_tx += 1,
-                        Err(e) => {
-                            self.counters.io_errors += 1;
-                            tracing::debug!(%peer, error = %e, "tun write failed");
+            }
+            for (from, datagram) in self.rx.datagrams() {
+                self.counters.udp_rx += 1;
+                let n = datagram.len();
+                match self.anchor.handle_datagram(from, datagram, now) {
+                    Ok(Some((peer, range))) => match datagram.get(range) {
+                        Some(inner) => match self.tun.try_send(inner) {
+                            Ok(_) => self.counters.tun_tx += 1,
+                            Err(e) => {
+                                self.counters.io_errors += 1;
+                                tracing::debug!(%peer, error = %e, "tun write failed");
+                            }
+                        },
+                        None => {
+                            tracing::debug!(%peer, "core returned a range outside the datagram")
                         }
                     },
-                    None => tracing::debug!(%peer, "core returned a range outside the datagram"),
-                },
-                Ok(None) => {}
-                Err(reason) => {
-                    tracing::debug!(%from, len = n, reason = reason.as_str(), "dropped datagram");
+                    Ok(None) => {}
+                    Err(reason) => {
+                        tracing::debug!(%from, len = n, reason = reason.as_str(), "dropped datagram");
+                    }
                 }
+                // Handshake responses and probe acks queue up in the core; send them as they
+                // come so a burst of handshakes cannot grow that queue past one batch.
+                drain_transmits(
+                    &mut self.anchor,
+                    &mut self.udp,
+                    &mut self.tx,
+                    &mut self.counters,
+                    now,
+                );
             }
-            // Handshake responses and probe acks queue up in the core; send them as they come
-            // so a burst of handshakes cannot grow that queue past one batch.
-            self.drain_transmits(now);
         }
     }
 
-    /// Reads up to BATCH packets from the TUN, encapsulates each in place and sends it.
+    /// Reads up to BATCH packets from the TUN, encapsulates each in place and queues it; the
+    /// queued datagrams go out as GSO sends (one peer and size each), the rest at the end.
     fn read_tun(&mut self, now: Instant) {
         // Leave room for the tag after the largest packet the TUN can hand us.
         let room = self.mtu.min(MAX_PACKET);
@@ -298,11 +317,11 @@ impl EventLoop {
                 .try_recv(&mut self.tun_buf[HEADER_LEN..HEADER_LEN + room])
             {
                 Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => {
                     self.counters.io_errors += 1;
                     tracing::debug!(error = %e, "tun read failed");
-                    return;
+                    break;
                 }
             };
             self.counters.tun_rx += 1;
@@ -313,7 +332,10 @@ impl EventLoop {
                         continue;
                     };
                     match self.tun_buf.get(..t.len) {
-                        Some(datagram) => send(&self.udp, datagram, dst, &mut self.counters),
+                        Some(datagram) => count_sent(
+                            &mut self.counters,
+                            batch::queue(&mut self.udp, &mut self.udp_tx, dst, datagram),
+                        ),
                         None => tracing::debug!("core returned a length past the buffer"),
                     }
                 }
@@ -322,11 +344,20 @@ impl EventLoop {
                 }
             }
         }
+        let mut flushed = batch::Flushed::default();
+        flushed.add(self.udp.flush(&mut self.udp_tx));
+        count_sent(&mut self.counters, flushed);
     }
 
     /// Sends everything the core has queued, then logs its events.
     fn flush(&mut self, now: Instant) {
-        self.drain_transmits(now);
+        drain_transmits(
+            &mut self.anchor,
+            &mut self.udp,
+            &mut self.tx,
+            &mut self.counters,
+            now,
+        );
         while let Some(event) = self.anchor.poll_event() {
             match event {
                 Event::PeerConnected {
@@ -357,15 +388,6 @@ impl EventLoop {
                     local_port = flow.local_port,
                     "peer moved a flow"
                 ),
-            }
-        }
-    }
-
-    fn drain_transmits(&mut self, now: Instant) {
-        while let Some(t) = self.anchor.poll_transmit(now, &mut self.tx) {
-            match (t.dst, self.tx.get(..t.len)) {
-                (Some(dst), Some(datagram)) => send(&self.udp, datagram, dst, &mut self.counters),
-                _ => tracing::debug!(?t, "core returned an unusable transmit"),
             }
         }
     }
@@ -431,15 +453,37 @@ impl EventLoop {
     }
 }
 
-fn send(udp: &UdpSocket, datagram: &[u8], dst: std::net::SocketAddr, c: &mut DriverCounters) {
-    match udp.try_send_to(datagram, dst) {
-        Ok(_) => c.udp_tx += 1,
-        // A full send buffer drops the datagram like a congested link would; the tunnelled
-        // transport above recovers.
-        Err(e) => {
-            c.io_errors += 1;
-            tracing::debug!(%dst, error = %e, "udp send failed");
+/// Sends everything the core has queued (handshake responses, probe acks, keepalives), one
+/// datagram at a time: they are few and not of one size.
+fn drain_transmits(
+    anchor: &mut Anchor,
+    udp: &mut BatchSocket,
+    tx: &mut [u8],
+    counters: &mut DriverCounters,
+    now: Instant,
+) {
+    while let Some(t) = anchor.poll_transmit(now, tx) {
+        match (t.dst, tx.get(..t.len)) {
+            (Some(dst), Some(datagram)) => match udp.send_one(dst, datagram) {
+                Ok(()) => counters.udp_tx += 1,
+                // A full send buffer drops the datagram like a congested link would; the
+                // tunnelled transport above recovers.
+                Err(e) => {
+                    counters.io_errors += 1;
+                    tracing::debug!(%dst, error = %e, "udp send failed");
+                }
+            },
+            _ => tracing::debug!(?t, "core returned an unusable transmit"),
         }
+    }
+}
+
+/// Counts what batched sends did: each datagram sent, each datagram lost.
+fn count_sent(c: &mut DriverCounters, flushed: batch::Flushed) {
+    c.udp_tx += flushed.sent as u64;
+    c.io_errors += flushed.lost as u64;
+    if let Some(e) = flushed.error {
+        tracing::debug!(error = %e, lost = flushed.lost, "udp send failed");
     }
 }
 

@@ -1,4 +1,5 @@
-//! The anchor's one UDP socket: bound to `listen`, big buffers, nonblocking, in tokio.
+//! The anchor's one UDP socket: bound to `listen`, big buffers, nonblocking, in tokio, with
+//! batched IO (`upmt_sys::batch`).
 //!
 //! Buffers are forced past `net.core.rmem_max` when privileged (SO_RCVBUFFORCE): in a lab run
 //! the anchor's receive buffer overflowing was what capped tunnel throughput.
@@ -6,6 +7,7 @@
 use std::net::SocketAddr;
 
 use socket2::{Domain, Protocol, Socket, Type};
+use upmt_sys::batch::BatchSocket;
 
 /// Socket buffer size asked for in each direction.
 pub const BUFFER_BYTES: usize = 8 << 20;
@@ -28,8 +30,8 @@ pub enum UdpError {
     },
 }
 
-/// Binds the tunnel socket. `[::]:port` gives a dual-stack socket.
-pub fn bind(addr: SocketAddr) -> Result<tokio::net::UdpSocket, UdpError> {
+/// Binds the tunnel socket, set up for batched IO. `[::]:port` gives a dual-stack socket.
+pub fn bind(addr: SocketAddr) -> Result<BatchSocket, UdpError> {
     let setup = |source| UdpError::Setup { addr, source };
     let socket =
         Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(setup)?;
@@ -46,7 +48,8 @@ pub fn bind(addr: SocketAddr) -> Result<tokio::net::UdpSocket, UdpError> {
         }
     })?;
     let std_socket: std::net::UdpSocket = socket.into();
-    tokio::net::UdpSocket::from_std(std_socket).map_err(setup)
+    let socket = tokio::net::UdpSocket::from_std(std_socket).map_err(setup)?;
+    BatchSocket::new(socket).map_err(setup)
 }
 
 fn size_buffers(socket: &Socket) {

@@ -4,9 +4,10 @@
 //! 1. waits for one of: TUN readable, an uplink socket readable, the core's timer, a link event,
 //!    the uplink re-check tick, an app-lookup answer, a control request, SIGHUP, shutdown;
 //! 2. samples `now` (CLOCK_BOOTTIME) once;
-//! 3. hands that source to the core, in a batch of at most [`BATCH`] packets read with
-//!    `try_recv` until `WouldBlock` into buffers allocated once at start (no per-packet
-//!    allocation); a bad packet is dropped and counted, never aborts the batch;
+//! 3. hands that source to the core, in a batch of about [`BATCH`] packets read until
+//!    `WouldBlock` into buffers allocated once at start (no per-packet allocation); uplink
+//!    sockets take many datagrams per syscall and send a TUN batch's datagrams of one uplink as
+//!    GSO sends (`upmt_sys::batch`); a bad packet is dropped and counted, never aborts the batch;
 //! 4. runs the core's timers if due, then drains its outputs (datagrams, TUN writes, lookups,
 //!    routing intents, events) and re-arms the timer.
 //!
@@ -23,6 +24,7 @@ use upmt_mh_core::candidates::{Change, Family, InterfaceFacts};
 use upmt_mh_core::{MobileHost, RoutingIntent, Uplinks};
 use upmt_paft::UplinkId;
 use upmt_proto::PathId;
+use upmt_sys::batch::{self, BatchSocket, RxBatch, TxBatch};
 use upmt_sys::display_chain;
 
 use crate::appid::{self, Worker};
@@ -82,7 +84,7 @@ pub struct DriverCounters {
 struct Uplink {
     config: UplinkConfig,
     id: UplinkId,
-    socket: Option<tokio::net::UdpSocket>,
+    socket: Option<BatchSocket>,
 }
 
 /// The mobile host daemon: the core and its IO.
@@ -97,7 +99,10 @@ pub struct Daemon {
     bypass: Vec<u32>,
     /// TUN reads land at `HEADER_LEN` so the core encrypts in place.
     tun_buf: Box<[u8]>,
-    rx_buf: Box<[u8]>,
+    /// Uplink receive buffers, shared by the uplinks (read one at a time).
+    rx: RxBatch,
+    /// Encrypted TUN packets waiting to go out together on one uplink.
+    uplink_tx: UplinkTx,
     tx_buf: Box<[u8]>,
     rst_buf: Box<[u8]>,
     /// Where the uplink readiness scan starts, rotated for fairness.
@@ -184,7 +189,8 @@ impl Daemon {
             tun: None,
             bypass: Vec::new(),
             tun_buf: vec![0; HEADER_LEN + MAX_PACKET + TAG_LEN].into_boxed_slice(),
-            rx_buf: vec![0; MAX_PACKET].into_boxed_slice(),
+            rx: RxBatch::default(),
+            uplink_tx: UplinkTx::default(),
             tx_buf: vec![0; HEADER_LEN + MAX_PACKET + TAG_LEN].into_boxed_slice(),
             rst_buf: vec![0; 128].into_boxed_slice(),
             next_uplink: 0,
@@ -509,15 +515,16 @@ impl Daemon {
 
     fn read_tun(&mut self, now: Instant) -> Result<(), DaemonError> {
         for _ in 0..BATCH {
-            let Some(tun) = &self.tun else { return Ok(()) };
+            let Some(tun) = &self.tun else { break };
             let n = match tun
                 .device
                 .try_recv(&mut self.tun_buf[HEADER_LEN..HEADER_LEN + MAX_PACKET])
             {
                 Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(source) => {
+                    self.counters.send_errors += self.uplink_tx.flush(&mut self.uplinks);
                     return Err(DaemonError::TunRead {
                         name: tun.name.clone(),
                         source,
@@ -527,12 +534,14 @@ impl Daemon {
             if n == 0 {
                 continue;
             }
-            if let Some(t) = self.host.handle_tun_packet(&mut self.tun_buf, n, now)
-                && !send_on(&self.uplinks, t.path, &self.tun_buf[..t.len])
-            {
-                self.counters.send_errors += 1;
+            if let Some(t) = self.host.handle_tun_packet(&mut self.tun_buf, n, now) {
+                let lost = self
+                    .uplink_tx
+                    .queue(&mut self.uplinks, t.path, &self.tun_buf[..t.len]);
+                self.counters.send_errors += lost;
             }
         }
+        self.counters.send_errors += self.uplink_tx.flush(&mut self.uplinks);
         Ok(())
     }
 
@@ -541,12 +550,12 @@ impl Daemon {
             return;
         };
         let path = Uplinks::path(u.id);
-        for _ in 0..BATCH {
-            let Some(socket) = &self.uplinks[index].socket else {
+        for _ in 0..BATCH.div_ceil(batch::RX_SLOTS) {
+            let Some(socket) = &mut self.uplinks[index].socket else {
                 return;
             };
-            let n = match socket.try_recv(&mut self.rx_buf) {
-                Ok(n) => n,
+            match socket.recv_batch(&mut self.rx) {
+                Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) => {
                     // Connected UDP sockets report ICMP errors (port unreachable while the anchor
@@ -555,14 +564,16 @@ impl Daemon {
                     tracing::debug!(%path, error = %e, "uplink receive error");
                     continue;
                 }
-            };
-            if let Some(range) = self.host.handle_datagram(path, &mut self.rx_buf[..n], now) {
-                let written = match (&self.tun, self.rx_buf.get(range)) {
-                    (Some(tun), Some(packet)) => tun.device.try_send(packet).is_ok(),
-                    _ => false,
-                };
-                if !written {
-                    self.counters.tun_write_errors += 1;
+            }
+            for (_, datagram) in self.rx.datagrams() {
+                if let Some(range) = self.host.handle_datagram(path, datagram, now) {
+                    let written = match (&self.tun, datagram.get(range)) {
+                        (Some(tun), Some(packet)) => tun.device.try_send(packet).is_ok(),
+                        _ => false,
+                    };
+                    if !written {
+                        self.counters.tun_write_errors += 1;
+                    }
                 }
             }
         }
@@ -578,7 +589,7 @@ impl Daemon {
                 let sent = self
                     .tx_buf
                     .get(..t.len)
-                    .is_some_and(|d| send_on(&self.uplinks, t.path, d));
+                    .is_some_and(|d| send_on(&mut self.uplinks, t.path, d));
                 if !sent {
                     self.counters.send_errors += 1;
                 }
@@ -738,18 +749,77 @@ async fn next_control(control: &mut Option<LoopEnd>) -> ControlRequest {
 
 /// Sends `datagram` on `path`'s socket; false when there is no socket or the kernel refused.
 /// UDP: a full buffer drops the datagram, as a router would.
-fn send_on(uplinks: &[Uplink], path: PathId, datagram: &[u8]) -> bool {
+fn send_on(uplinks: &mut [Uplink], path: PathId, datagram: &[u8]) -> bool {
     let Some(socket) = uplinks
-        .get(usize::from(path.0))
-        .and_then(|u| u.socket.as_ref())
+        .get_mut(usize::from(path.0))
+        .and_then(|u| u.socket.as_mut())
     else {
         return false;
     };
-    match socket.try_send(datagram) {
-        Ok(_) => true,
+    let Some(anchor) = socket.peer() else {
+        return false;
+    };
+    match socket.send_one(anchor, datagram) {
+        Ok(()) => true,
         Err(e) => {
             tracing::debug!(%path, error = %e, "send failed");
             false
+        }
+    }
+}
+
+/// Datagrams of one uplink waiting to go out together. A batch never spans two uplinks: a
+/// datagram for another path (a moved flow) first sends what waits on the old one.
+#[derive(Debug, Default)]
+struct UplinkTx {
+    batch: TxBatch,
+    path: Option<PathId>,
+}
+
+impl UplinkTx {
+    /// Queues `datagram` on `path`; returns the datagrams lost meanwhile (no socket, refused).
+    fn queue(&mut self, uplinks: &mut [Uplink], path: PathId, datagram: &[u8]) -> u64 {
+        let mut lost = 0;
+        if self.path != Some(path) {
+            lost += self.flush(uplinks);
+            self.path = Some(path);
+        }
+        let Some(socket) = uplinks
+            .get_mut(usize::from(path.0))
+            .and_then(|u| u.socket.as_mut())
+        else {
+            return lost + 1;
+        };
+        let Some(anchor) = socket.peer() else {
+            return lost + 1;
+        };
+        let flushed = batch::queue(socket, &mut self.batch, anchor, datagram);
+        if let Some(e) = &flushed.error {
+            tracing::debug!(%path, error = %e, lost = flushed.lost, "send failed");
+        }
+        lost + flushed.lost as u64
+    }
+
+    /// Sends what waits; returns the datagrams lost.
+    fn flush(&mut self, uplinks: &mut [Uplink]) -> u64 {
+        let Some(path) = self.path else {
+            return 0;
+        };
+        if self.batch.is_empty() {
+            return 0;
+        }
+        let Some(socket) = uplinks
+            .get_mut(usize::from(path.0))
+            .and_then(|u| u.socket.as_mut())
+        else {
+            return self.batch.discard() as u64;
+        };
+        match socket.flush(&mut self.batch) {
+            Ok(_) => 0,
+            Err((lost, e)) => {
+                tracing::debug!(%path, error = %e, lost, "send failed");
+                lost as u64
+            }
         }
     }
 }

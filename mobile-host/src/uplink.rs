@@ -1,6 +1,7 @@
 //! Uplink sockets: one UDP socket per physical uplink, bound to its interface
 //! (`SO_BINDTODEVICE`), marked with the daemon's fwmark (so the policy rules keep it out of the
-//! TUN), with large kernel buffers, connected to the anchor, nonblocking, registered with tokio.
+//! TUN), with large kernel buffers, connected to the anchor, nonblocking, registered with tokio,
+//! with batched IO (`upmt_sys::batch`: recvmmsg, GRO, GSO).
 //!
 //! An uplink whose interface is missing or down is not an error of the daemon: [`link_state`]
 //! tells the event loop, which reports the path down to the core and retries later.
@@ -20,6 +21,7 @@ use rtnetlink::packet_route::route::{RouteAttribute, RouteMessage, RouteType};
 use rtnetlink::{Handle, RouteMessageBuilder};
 use socket2::{Domain, Protocol, Socket, Type};
 use upmt_mh_core::candidates::InterfaceFacts;
+use upmt_sys::batch::BatchSocket;
 
 /// Kernel socket buffer size asked for; throughput over a lossy, high-delay uplink needs room
 /// for a few bandwidth-delay products.
@@ -226,11 +228,7 @@ fn is_global_v6(a: std::net::Ipv6Addr) -> bool {
 }
 
 /// Opens the uplink socket of `interface` toward `anchor`. Must run inside a tokio runtime.
-pub fn open(
-    interface: &str,
-    anchor: SocketAddr,
-    fwmark: u32,
-) -> Result<tokio::net::UdpSocket, UplinkError> {
+pub fn open(interface: &str, anchor: SocketAddr, fwmark: u32) -> Result<BatchSocket, UplinkError> {
     let fail = |what: &'static str| {
         move |source: io::Error| UplinkError::Socket {
             interface: interface.to_owned(),
@@ -256,7 +254,9 @@ pub fn open(
     size_buffers(&socket);
     socket.set_nonblocking(true).map_err(fail("O_NONBLOCK"))?;
     socket.connect(&anchor.into()).map_err(fail("connect"))?;
-    tokio::net::UdpSocket::from_std(socket.into()).map_err(fail("register with tokio"))
+    let socket =
+        tokio::net::UdpSocket::from_std(socket.into()).map_err(fail("register with tokio"))?;
+    BatchSocket::new(socket).map_err(fail("batched io setup"))
 }
 
 /// Asks for [`SOCKET_BUFFER_BYTES`] in both directions: SO_*BUFFORCE ignores `net.core.*mem_max`
@@ -366,5 +366,6 @@ mod tests {
         assert!(s.send_buffer_size().unwrap() >= SOCKET_BUFFER_BYTES);
         assert_eq!(sock.peer_addr().unwrap(), "127.0.0.1:9".parse().unwrap());
         assert_eq!(s.device().unwrap().as_deref(), Some(&b"lo"[..]));
+        assert_eq!(sock.peer(), Some("127.0.0.1:9".parse().unwrap()));
     }
 }

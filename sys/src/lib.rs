@@ -1,6 +1,7 @@
 //! upmt-sys: the small pieces of system support that both daemons (`upmt-mh` and `upmt-an`)
 //! need, written once so the two cannot drift apart.
 //!
+//! - [`batch`]: batched UDP IO (recvmmsg, GRO, GSO) for the tunnel sockets;
 //! - [`clock`]: `CLOCK_BOOTTIME` (counts suspended time) and Unix time;
 //! - [`caps`]: whether the process holds CAP_NET_ADMIN;
 //! - [`file`](mod@file): the bounded, regular-file-only read used for configs, policies and keys;
@@ -12,6 +13,7 @@
 //! It holds no protocol logic and no daemon state: the pure cores stay in `proto/`, `paft/` and
 //! `policy/`, and nothing here decides anything about packets or paths.
 
+pub mod batch;
 pub mod caps;
 pub mod clock;
 pub mod config;
