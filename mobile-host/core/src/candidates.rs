@@ -354,6 +354,14 @@ mod tests {
         }
     }
 
+    /// Two IPv4 cellular candidates, as a Qualcomm phone with IMS up lists them.
+    fn two_rmnets() -> [Candidate; 2] {
+        [
+            cand("rmnet_data0", &[Family::V4]),
+            cand("rmnet_data1", &[Family::V4]),
+        ]
+    }
+
     fn attach(name: &str, family: Family) -> Option<Change> {
         Some(Change::Attach(Attempt {
             interface: name.into(),
@@ -471,10 +479,7 @@ mod tests {
     #[test]
     fn the_first_candidate_is_attached_and_kept_while_its_path_is_up() {
         let mut s = Selector::new(TRIAL);
-        let listed = [
-            cand("rmnet_data0", &[Family::V4]),
-            cand("rmnet_data1", &[Family::V4]),
-        ];
+        let listed = two_rmnets();
         assert_eq!(
             s.update(&listed, false, t(0)),
             attach("rmnet_data0", Family::V4)
@@ -488,10 +493,7 @@ mod tests {
     #[test]
     fn the_trial_clock_restarts_when_a_path_that_was_up_goes_down() {
         let mut s = Selector::new(TRIAL);
-        let listed = [
-            cand("rmnet_data0", &[Family::V4]),
-            cand("rmnet_data1", &[Family::V4]),
-        ];
+        let listed = two_rmnets();
         s.update(&listed, false, t(0));
         s.path_changed(true, t(500));
         assert_eq!(s.deadline(), None);
@@ -507,10 +509,7 @@ mod tests {
     #[test]
     fn a_candidate_whose_path_never_comes_up_is_left_for_the_next_after_the_trial() {
         let mut s = Selector::new(TRIAL);
-        let listed = [
-            cand("rmnet_data0", &[Family::V4]),
-            cand("rmnet_data1", &[Family::V4]),
-        ];
+        let listed = two_rmnets();
         assert_eq!(
             s.update(&listed, false, t(0)),
             attach("rmnet_data0", Family::V4)

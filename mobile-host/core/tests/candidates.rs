@@ -3,6 +3,8 @@
 //! (interface, family) pairs that reach it, as on a phone where IMS never reaches the anchor and
 //! 464XLAT leaves IPv4 unusable from the cellular interface itself.
 
+mod util;
+
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
@@ -171,27 +173,15 @@ impl Net {
     fn run_for(&mut self, d: Duration) {
         let limit = self.now + d;
         for _ in 0..1_000_000 {
-            let next = [
-                self.host.poll_timeout(),
-                self.inflight.iter().map(|f| f.at).min(),
-                self.anchor.poll_timeout().map(|(t, _)| t),
-            ]
-            .into_iter()
-            .flatten()
-            .min()
-            .unwrap_or(limit + Duration::from_millis(1));
+            let arrivals = self.inflight.iter().map(|f| f.at);
+            let next = util::next_wake(&self.host, &self.anchor, arrivals)
+                .unwrap_or(limit + Duration::from_millis(1));
             if next > limit {
                 self.now = limit;
                 return;
             }
             self.now = self.now.max(next);
-            self.inflight.sort_by_key(|f| f.at);
-            let due = self
-                .inflight
-                .iter()
-                .take_while(|f| f.at <= self.now)
-                .count();
-            for f in self.inflight.drain(..due).collect::<Vec<_>>() {
+            for f in util::take_due(&mut self.inflight, self.now, |f| f.at) {
                 let mut bytes = f.bytes;
                 if f.to_anchor {
                     let _ = self.anchor.handle_datagram(f.from, &mut bytes, self.now);
@@ -202,14 +192,7 @@ impl Net {
                     let _ = self.host.handle_datagram(f.path, &mut bytes, self.now);
                 }
             }
-            self.host.handle_timeout(self.now);
-            if self
-                .anchor
-                .poll_timeout()
-                .is_some_and(|(t, _)| t <= self.now)
-            {
-                self.anchor.handle_timeout(self.now);
-            }
+            util::run_timers(&mut self.host, &mut self.anchor, self.now);
             self.flush();
         }
         panic!("the simulation does not settle");

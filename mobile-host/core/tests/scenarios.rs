@@ -2,6 +2,8 @@
 //! real anchor core, one link per uplink, no namespaces and no sockets. Each scenario runs in
 //! milliseconds what the namespace lab needs seconds for.
 
+mod util;
+
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -191,14 +193,8 @@ impl Net {
     fn run_for(&mut self, d: Duration) {
         let limit = self.now + d;
         for _ in 0..1_000_000 {
-            let Some(next) = [
-                self.host.poll_timeout(),
-                self.inflight.iter().map(|f| f.at).min(),
-                self.anchor.poll_timeout().map(|(t, _)| t),
-            ]
-            .into_iter()
-            .flatten()
-            .min() else {
+            let arrivals = self.inflight.iter().map(|f| f.at);
+            let Some(next) = util::next_wake(&self.host, &self.anchor, arrivals) else {
                 self.now = limit;
                 return;
             };
@@ -207,23 +203,10 @@ impl Net {
                 return;
             }
             self.now = self.now.max(next);
-            self.inflight.sort_by_key(|f| f.at);
-            let due = self
-                .inflight
-                .iter()
-                .take_while(|f| f.at <= self.now)
-                .count();
-            for f in self.inflight.drain(..due).collect::<Vec<_>>() {
+            for f in util::take_due(&mut self.inflight, self.now, |f| f.at) {
                 self.deliver(f);
             }
-            self.host.handle_timeout(self.now);
-            if self
-                .anchor
-                .poll_timeout()
-                .is_some_and(|(t, _)| t <= self.now)
-            {
-                self.anchor.handle_timeout(self.now);
-            }
+            util::run_timers(&mut self.host, &mut self.anchor, self.now);
             self.flush();
         }
         panic!("the simulation does not settle");
