@@ -16,6 +16,26 @@ use upmt_paft::{FlowKey, proto};
 
 struct Netns(String);
 
+impl Netns {
+    /// A new namespace `name` with its loopback up, removed again on drop.
+    fn create(name: String) -> Netns {
+        let ns = Netns(name);
+        for args in [
+            &["netns", "add", &ns.0][..],
+            &["-n", &ns.0, "link", "set", "lo", "up"][..],
+        ] {
+            assert!(
+                Command::new("ip")
+                    .args(args)
+                    .status()
+                    .expect("ip")
+                    .success()
+            );
+        }
+        ns
+    }
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
         let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
@@ -90,21 +110,7 @@ fn sockets_of_a_renamed_process_and_of_another_uid_are_named() {
         eprintln!("skipped: needs root for network namespaces");
         return;
     }
-    let ns = Netns(format!("upmt-appid-{}", std::process::id()));
-    assert!(
-        Command::new("ip")
-            .args(["netns", "add", &ns.0])
-            .status()
-            .expect("ip")
-            .success()
-    );
-    assert!(
-        Command::new("ip")
-            .args(["-n", &ns.0, "link", "set", "lo", "up"])
-            .status()
-            .expect("ip")
-            .success()
-    );
+    let ns = Netns::create(format!("upmt-appid-{}", std::process::id()));
     let (app, p) = spawn_in(&ns.0, &[], "com.example.x");
     let (other, q) = spawn_in(
         &ns.0,
@@ -174,21 +180,7 @@ fn a_process_started_after_priming_is_found_through_process_events() {
             return;
         }
     };
-    let ns = Netns(format!("upmt-appid-ev-{}", std::process::id()));
-    assert!(
-        Command::new("ip")
-            .args(["netns", "add", &ns.0])
-            .status()
-            .expect("ip")
-            .success()
-    );
-    assert!(
-        Command::new("ip")
-            .args(["-n", &ns.0, "link", "set", "lo", "up"])
-            .status()
-            .expect("ip")
-            .success()
-    );
+    let ns = Netns::create(format!("upmt-appid-ev-{}", std::process::id()));
     let name = ns.0.clone();
     let (owner, pid, stats) = std::thread::spawn(move || {
         let f = std::fs::File::open(format!("/run/netns/{name}")).expect("open netns");

@@ -375,3 +375,24 @@ fn write_private(path: &std::path::Path, text: &str) -> Result<()> {
             source,
         })
 }
+
+/// `upmt status --json` of the lab's MH, through the control socket [`Deployment::start`] gives
+/// it (`mh.sock` in the lab's directory).
+pub fn mh_status(lab: &Lab) -> Result<serde_json::Value> {
+    let bin = bin_path("upmt")?;
+    let socket = lab.dir().join("mh.sock");
+    let out = lab
+        .mh()
+        .command(&[
+            bin.as_os_str(),
+            "--socket".as_ref(),
+            socket.as_os_str(),
+            "status".as_ref(),
+            "--json".as_ref(),
+        ])
+        .run()?;
+    serde_json::from_slice(&out.stdout).map_err(|e| LabError::Parse {
+        cmd: "upmt status --json".to_owned(),
+        detail: e.to_string(),
+    })
+}

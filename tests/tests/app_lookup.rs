@@ -8,9 +8,7 @@ use std::time::Duration;
 use serde_json::Value;
 use upmt_tests::crowd::{self, percentile};
 use upmt_tests::topology::{MH_CELL_IF, MH_WIFI_IF};
-use upmt_tests::{
-    Crowd, CrowdOptions, DeployOptions, Deployment, Family, Lab, MID_FILE_SIZE, bin_path,
-};
+use upmt_tests::{Crowd, CrowdOptions, DeployOptions, Deployment, Family, Lab, MID_FILE_SIZE};
 
 /// Video on wifi, the store on cell, uid 4242 bypassed, the rest on wifi (shared with the core's
 /// scenario tests).
@@ -46,20 +44,8 @@ fn deploy<'a>(lab: &'a Lab, mh_extra: String) -> Deployment<'a> {
 
 /// `upmt status --json`'s owner counts.
 fn owners(lab: &Lab, upmt: &Deployment<'_>) -> Value {
-    let bin = bin_path("upmt").expect("the upmt binary (cargo build --workspace --bins)");
-    let socket = lab.dir().join("mh.sock");
-    let out = lab
-        .mh()
-        .command(&[
-            bin.as_os_str(),
-            "--socket".as_ref(),
-            socket.as_os_str(),
-            "status".as_ref(),
-            "--json".as_ref(),
-        ])
-        .run()
+    let status = upmt_tests::deploy::mh_status(lab)
         .unwrap_or_else(|e| panic!("upmt status: {e}\n{}", upmt.logs()));
-    let status: Value = serde_json::from_slice(&out.stdout).expect("upmt status --json");
     status["owners"].clone()
 }
 

@@ -794,20 +794,19 @@ impl MobileHost {
             .any(|((i, l), s)| s.up != self.usable(i, l, now))
     }
 
+    /// Refreshes the policy's view of the uplinks in place (runs for every new flow).
     fn refresh_statuses(&mut self, now: Instant) {
-        let fresh: Vec<UplinkStatus> = self
-            .links
-            .iter()
-            .enumerate()
-            .map(|(i, l)| UplinkStatus {
-                up: self.usable(i, l, now),
+        let mut statuses = std::mem::take(&mut self.statuses);
+        for (i, (status, link)) in statuses.iter_mut().zip(&self.links).enumerate() {
+            *status = UplinkStatus {
+                up: self.usable(i, link, now),
                 rtt: self
                     .client
                     .path_stats(PathId(u8::try_from(i).unwrap_or(u8::MAX)))
                     .and_then(|p| p.rtt),
-            })
-            .collect();
-        self.statuses = fresh;
+            };
+        }
+        self.statuses = statuses;
     }
 
     /// Decides every flow again: flows pinned to an uplink that is no longer usable are

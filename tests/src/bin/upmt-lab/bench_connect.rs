@@ -144,20 +144,7 @@ pub fn run(lab: &Lab, requests: usize, idle: usize, flows: usize) -> Result<()> 
 
 /// `upmt status --json`'s owner counts, as JSON text.
 fn owners(lab: &Lab) -> Result<String> {
-    let bin = upmt_tests::bin_path("upmt")?;
-    let socket = lab.dir().join("mh.sock");
-    let out = lab
-        .mh()
-        .command(&[
-            bin.as_os_str(),
-            "--socket".as_ref(),
-            socket.as_os_str(),
-            "status".as_ref(),
-            "--json".as_ref(),
-        ])
-        .run()?;
-    let status: serde_json::Value =
-        serde_json::from_slice(&out.stdout).context("upmt status --json")?;
+    let status = upmt_tests::deploy::mh_status(lab).context("upmt status --json")?;
     Ok(status["owners"].to_string())
 }
 
