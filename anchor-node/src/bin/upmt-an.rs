@@ -30,11 +30,13 @@ struct Cli {
 enum Command {
     /// Run the anchor node.
     Run {
+        /// The configuration file.
         #[arg(long, short, default_value = config::DEFAULT_PATH)]
         config: PathBuf,
     },
     /// Validate a config and print a summary.
     Check {
+        /// The configuration file.
         #[arg(long, short, default_value = config::DEFAULT_PATH)]
         config: PathBuf,
     },
@@ -49,7 +51,8 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    // `completions` and `man` (hidden) are answered here; see upmt_sys::cli_assets.
+    let cli: Cli = upmt_sys::cli_assets::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -265,4 +268,20 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
             _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn completions_and_man_pages_cover_every_subcommand() {
+        let cmd = Cli::command();
+        assert!(upmt_sys::cli_assets::subcommand_paths(&cmd).contains(&vec!["run".to_owned()]));
+        assert_eq!(
+            upmt_sys::cli_assets::missing_from_assets(&cmd),
+            Vec::<String>::new()
+        );
+    }
 }
