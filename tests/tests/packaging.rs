@@ -709,11 +709,14 @@ fn the_anchor_serves_when_started_as_its_unit_does_unprivileged_with_only_cap_ne
         format!(
             "listen = \"127.0.0.1:51900\"\nprivate_key_file = \"an.key\"\ntun = \"upmt0\"\n\
              subnet = \"10.77.0.0/24\"\nsubnet6 = \"fd77::/64\"\negress = \"eg0\"\n\
-             metrics = \"127.0.0.1:9100\"\nuser = \"{user}\"\n"
+             metrics = \"127.0.0.1:9100\"\nuser = \"{user}\"\ncontrol_socket = \"run/an.sock\"\n"
         ),
     )
     .unwrap();
-    for file in [&key, &config] {
+    // The unit's RuntimeDirectory=: a directory of the account's own for the control socket.
+    let run_dir = scratch.0.join("run");
+    std::fs::create_dir(&run_dir).unwrap();
+    for file in [&key, &config, &run_dir] {
         std::os::unix::fs::chown(file, Some(uid.parse().unwrap()), None).unwrap();
     }
 
@@ -789,6 +792,17 @@ fn the_anchor_serves_when_started_as_its_unit_does_unprivileged_with_only_cap_ne
         metrics.contains("upmt_isolation_dropped_packets_total{rule=\"peer_to_peer\"}"),
         "{metrics}"
     );
+    // Its control socket answers root.
+    let show = stdout(
+        Command::new(&an)
+            .arg("show")
+            .arg("--socket")
+            .arg(run_dir.join("an.sock")),
+    );
+    assert!(
+        show.contains("anchor upmt0: listening on 127.0.0.1:51900"),
+        "{show}"
+    );
 
     ns.stop(i, &log);
 }
@@ -827,7 +841,7 @@ fn the_mobile_host_tells_another_users_app_apart_with_only_its_units_capabilitie
         &an_config,
         format!(
             "listen = \"10.99.0.1:51900\"\nprivate_key_file = \"an.key\"\ntun = \"upmt0\"\n\
-             subnet = \"10.77.0.0/24\"\negress = \"a0\"\n\
+             subnet = \"10.77.0.0/24\"\negress = \"a0\"\ncontrol_socket = \"an.sock\"\n\
              [[peer]]\nname = \"laptop\"\npublic_key = \"{mh_public}\"\naddress = \"10.77.0.2\"\n"
         ),
     )

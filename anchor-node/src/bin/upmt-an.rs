@@ -62,6 +62,7 @@ enum Command {
     /// Apply the config's peers to the running anchor: added peers can connect, removed ones
     /// are cut off, unchanged ones keep their sessions (as SIGHUP does).
     Reload {
+        /// The configuration file.
         #[arg(long, short, default_value = config::DEFAULT_PATH)]
         config: PathBuf,
         /// The daemon's control socket (default: the config's control_socket).
@@ -70,6 +71,7 @@ enum Command {
     },
     /// Remove the TUN and the nftables table a stopped anchor left (refused while one runs).
     Down {
+        /// The configuration file.
         #[arg(long, short, default_value = config::DEFAULT_PATH)]
         config: PathBuf,
     },
