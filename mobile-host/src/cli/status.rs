@@ -56,7 +56,11 @@ pub fn render(reply: &StatusReply) -> String {
     ]);
     for tun in &reply.tunnels {
         t.row(vec![
-            tun.uplink.clone(),
+            if tun.metered {
+                format!("{} (metered)", tun.uplink)
+            } else {
+                tun.uplink.clone()
+            },
             tun.interface.clone(),
             state(tun.state).to_owned(),
             table::or_dash(tun.local),
@@ -108,6 +112,7 @@ mod tests {
                     public: Some("203.0.113.7:61000".parse().unwrap()),
                     rtt_us: Some(12_345),
                     loss: 0.0,
+                    metered: false,
                     tx_bytes: 1_234_567,
                     rx_bytes: 98_765_432,
                     tx_packets: 10,
@@ -121,6 +126,7 @@ mod tests {
                     public: None,
                     rtt_us: None,
                     loss: 1.0,
+                    metered: false,
                     tx_bytes: 0,
                     rx_bytes: 512,
                     tx_packets: 0,
