@@ -639,6 +639,17 @@ fn the_select_example_parses_into_its_choices() {
 }
 
 #[test]
+fn the_select_example_in_the_docs_is_the_one_tested_here() {
+    let doc = include_str!("../../docs/policy.md");
+    let block = doc
+        .split("```toml\n")
+        .nth(2)
+        .and_then(|rest| rest.split("```").next())
+        .expect("docs/policy.md has a second toml block");
+    assert_eq!(block, SELECT_EXAMPLE);
+}
+
+#[test]
 fn the_old_strategy_key_still_selects_by_rtt() {
     let old = policy("version = 1\n[default]\nstrategy = \"lowest-rtt\"\n");
     let new = policy("version = 1\n[default]\nselect = \"lowest_rtt\"\n");
