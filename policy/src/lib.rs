@@ -70,9 +70,11 @@ pub struct Choice {
     /// Existing flows follow a measured choice when it changes (otherwise only new flows do,
     /// and existing ones move only when their uplink stops being a candidate).
     pub move_existing: bool,
-    /// Metered uplinks are used only when no unmetered candidate is up (never, with
-    /// `when_none = "block"`).
+    /// Metered uplinks are used only when no unmetered candidate is up.
     pub avoid_metered: bool,
+    /// With `avoid_metered`, the rule also says `when_none = "block"` in so many words: metered
+    /// uplinks are never used.
+    pub never_metered: bool,
     /// New flows are spread over the candidates by the [`Chooser`]; each flow stays where it
     /// was put while that uplink remains a candidate.
     pub spread: bool,
@@ -324,6 +326,7 @@ static ANY: Route = Route::Tunnel {
     choice: Choice {
         move_existing: false,
         avoid_metered: false,
+        never_metered: false,
         spread: false,
     },
 };
@@ -469,12 +472,12 @@ fn route_verdict(
             } else {
                 *when_none
             };
-            // Unmetered candidates first; metered ones only when none is up and the rule
-            // does not forbid other uplinks (when_none = "block" with avoid_metered: never).
-            let classes: &[Option<bool>] = match (choice.avoid_metered, when_none) {
+            // Unmetered candidates first; metered ones only when none is up, and never when
+            // the rule says when_none = "block" itself.
+            let classes: &[Option<bool>] = match (choice.avoid_metered, choice.never_metered) {
                 (false, _) => &[None],
-                (true, WhenNone::Any) => &[Some(false), Some(true)],
-                (true, WhenNone::Block) => &[Some(false)],
+                (true, false) => &[Some(false), Some(true)],
+                (true, true) => &[Some(false)],
             };
             for &metered in classes {
                 let candidates = Candidates::new(uplinks, status, metered);

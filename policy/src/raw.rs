@@ -290,9 +290,14 @@ fn route(f: RouteFields<'_>, known: &[&str]) -> Result<Route, Failure> {
 fn choice(f: &RouteFields<'_>, strategy: Strategy) -> Result<Choice, Failure> {
     let flag = |v: &Option<Spanned<bool>>| v.as_ref().is_some_and(|b| *b.get_ref());
     let at = |v: &Option<Spanned<bool>>| v.as_ref().map_or(0, |b| b.span().start);
+    let explicit_block = f
+        .when_none
+        .as_ref()
+        .is_some_and(|w| matches!(w.get_ref(), RawWhenNone::Block));
     let choice = Choice {
         move_existing: flag(f.move_existing),
         avoid_metered: flag(f.avoid_metered),
+        never_metered: flag(f.avoid_metered) && explicit_block,
         spread: flag(f.spread),
     };
     if choice.spread && strategy.is_measured() {

@@ -622,18 +622,19 @@ fn the_select_example_parses_into_its_choices() {
             other => panic!("not a tunnel route: {other:?}"),
         })
         .collect();
-    let c = |move_existing, avoid_metered, spread| Choice {
+    let c = |move_existing, avoid_metered, never_metered, spread| Choice {
         move_existing,
         avoid_metered,
+        never_metered,
         spread,
     };
     assert_eq!(
         choices,
         vec![
-            (Strategy::LowestRtt, c(true, false, false)),
-            (Strategy::Ordered, c(false, true, false)),
-            (Strategy::Ordered, c(false, false, true)),
-            (Strategy::LowestLoss, c(false, true, false)),
+            (Strategy::LowestRtt, c(true, false, false, false)),
+            (Strategy::Ordered, c(false, true, true, false)),
+            (Strategy::Ordered, c(false, false, false, true)),
+            (Strategy::LowestLoss, c(false, true, false, false)),
         ]
     );
 }
@@ -711,6 +712,23 @@ fn avoid_metered_uses_metered_cellular_only_when_wifi_is_down() {
     assert_eq!(
         p.decide(&app("org.example.backup"), &none).verdict,
         Verdict::NoUplinkUp
+    );
+}
+
+#[test]
+fn avoid_metered_without_when_none_falls_back_to_a_listed_metered_uplink_then_blocks() {
+    let p = policy(
+        "version = 1\n[[rule]]\napp = \"saver\"\nuplinks = [\"wifi\", \"cell\"]\navoid_metered = true\n[[rule]]\napp = \"wifi-only\"\nuplinks = [\"wifi\"]\navoid_metered = true\n",
+    );
+    let wifi_down = [measured(false, 5, 0.0, false), measured(true, 5, 0.0, true)];
+    assert_eq!(
+        p.decide(&app("saver"), &wifi_down).verdict,
+        Verdict::Tunnel(CELL)
+    );
+    assert_eq!(
+        p.decide(&app("wifi-only"), &wifi_down).verdict,
+        Verdict::Block,
+        "an unlisted metered uplink is not a fallback"
     );
 }
 

@@ -16,8 +16,9 @@
 //!   is smoothed over a handful of probes; one lost probe moves it by several points for about
 //!   a second, which the hold outlasts.
 //! - An unmeasured candidate never wins, and a current choice that is unmeasured (just came
-//!   up) or no longer a candidate (down, or not allowed) is replaced at once by the best
-//!   measured one: there is no flow to protect from a flip there.
+//!   up) or no longer a candidate (down, or not allowed) is replaced at once: there is no flow
+//!   to protect from a flip there. A fresh choice is the rule's first measured uplink unless
+//!   another beats it by the margin already, so paths that measure alike keep the user's order.
 //! - Without a tick for [`STALE`] (no flows for a while), the next flow starts from the best
 //!   measurement at that moment rather than from an old choice.
 //!
@@ -122,10 +123,23 @@ impl Hysteresis {
             {
                 c
             }
-            // Nothing to protect: start from the best measurement (or the first candidate).
+            // Nothing to protect: start from the rule's first measured uplink, unless another
+            // is already better by the margin (then that one), so that equal paths keep the
+            // user's order.
             _ => {
                 self.challenger = None;
-                self.current = best.or_else(|| candidates.iter().next());
+                let first = candidates
+                    .iter()
+                    .find(|&i| measured(strategy, &candidates.status(i)));
+                self.current = match (first, best) {
+                    (Some(f), Some(b))
+                        if beats(strategy, &candidates.status(b), &candidates.status(f)) =>
+                    {
+                        Some(b)
+                    }
+                    (Some(f), _) => Some(f),
+                    (None, _) => candidates.iter().next(),
+                };
                 return self.current;
             }
         };

@@ -64,6 +64,17 @@ fn the_first_choice_is_the_best_measured_candidate() {
 }
 
 #[test]
+fn paths_that_measure_alike_keep_the_rules_order() {
+    let mut h = Hysteresis::default();
+    let alike = two(
+        Some(Duration::from_micros(500)),
+        Some(Duration::from_micros(300)),
+    );
+    let choices = run(&mut h, Strategy::LowestRtt, &alike, TICK, 20);
+    assert!(choices.iter().all(|&c| c == Some(WIFI)), "{choices:?}");
+}
+
+#[test]
 fn an_unmeasured_uplink_never_wins() {
     let mut h = Hysteresis::default();
     let c = two(ms(80), None);
