@@ -196,7 +196,7 @@ impl Flows {
     }
 
     /// When [`Flows::tick_selections`] is due: while the policy has a measured or spreading
-    /// rule and flows exist.
+    /// rule and flows exist and move data.
     pub fn selections_deadline(&self) -> Option<Duration> {
         if self.paft.is_empty() {
             return None;

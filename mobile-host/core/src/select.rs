@@ -4,7 +4,7 @@
 //! The policy says which uplinks are candidates for a flow ([`upmt_policy::Candidates`]); this
 //! module is the [`Chooser`] that picks among them. Pure: the flow layer hands it `now` and
 //! the bytes each uplink delivered, and ticks it ([`Selections::tick`]) every
-//! [`SELECT_INTERVAL`] while flows exist.
+//! [`SELECT_INTERVAL`] while data moves.
 //!
 //! **Hysteresis.** Per rule, the current choice changes only when another candidate is
 //! better by a margin for a while, observed on every tick in between:
@@ -19,8 +19,9 @@
 //!   up) or no longer a candidate (down, or not allowed) is replaced at once: there is no flow
 //!   to protect from a flip there. A fresh choice is the rule's first measured uplink unless
 //!   another beats it by the margin already, so paths that measure alike keep the user's order.
-//! - Without a tick for [`STALE`] (no flows for a while), the next flow starts from the best
-//!   measurement at that moment rather than from an old choice.
+//! - Without a tick for [`STALE`] (no data moved for a while: the host does not wake for
+//!   this when idle), the next flow starts from the best measurement at that moment rather
+//!   than from an old choice.
 //!
 //! **Spread.** New flows of a spreading rule go to the candidates in proportion to their
 //! capacity, by smooth weighted round robin (deterministic: the same inputs give the same
@@ -37,7 +38,7 @@ use upmt_policy::{Candidates, Chooser, Matched, Placing, Policy, Route, Strategy
 
 use crate::uplinks::MAX_UPLINKS;
 
-/// How often the choices are looked at again while flows exist.
+/// How often the choices are looked at again while data moves.
 pub const SELECT_INTERVAL: Duration = Duration::from_millis(250);
 /// RTT: how much lower (relative) another uplink must be to take over.
 pub const RTT_MARGIN_PERCENT: u32 = 20;
@@ -221,6 +222,11 @@ impl Capacity {
         }
     }
 
+    /// Whether any uplink delivered bytes since the last tick.
+    pub fn busy(&self) -> bool {
+        self.rx.iter().chain(&self.tx).any(|&b| b > 0)
+    }
+
     /// Folds the bytes since the last tick into the peaks.
     pub fn tick(&mut self, now: Duration) {
         let Some(last) = self.last.replace(now) else {
@@ -286,6 +292,8 @@ pub struct Selections {
     capacity: Capacity,
     now: Duration,
     next_tick: Option<Duration>,
+    /// The last tick saw bytes delivered.
+    was_busy: bool,
 }
 
 impl Selections {
@@ -321,15 +329,17 @@ impl Selections {
         self.best.get(&rule).and_then(Hysteresis::current)
     }
 
-    /// When [`Selections::tick`] is due, if `policy` has a measured or spreading rule; `None`
-    /// otherwise (nothing to look at).
+    /// When [`Selections::tick`] is due: while `policy` has a measured or spreading rule and
+    /// data moves (bytes since the last tick, or at it). `None` otherwise, so an idle host
+    /// does not wake for it; the next byte asks for a tick again.
     pub fn deadline(&self, policy: &Policy) -> Option<Duration> {
-        wants_ticks(policy).then(|| self.next_tick.unwrap_or(self.now))
+        let moving = self.was_busy || self.capacity.busy();
+        (moving && wants_ticks(policy)).then(|| self.next_tick.unwrap_or(self.now))
     }
 
     /// Looks at every measured rule of `policy` with the uplinks' `statuses` at `now`, and
     /// folds delivered bytes into the capacity estimates; every choice that changed goes to
-    /// `switches`. Call at [`Selections::deadline`] while flows exist.
+    /// `switches`. Call at [`Selections::deadline`].
     pub fn tick(
         &mut self,
         policy: &Policy,
@@ -339,6 +349,7 @@ impl Selections {
     ) {
         self.now = now;
         self.next_tick = Some(now + SELECT_INTERVAL);
+        self.was_busy = self.capacity.busy();
         self.capacity.tick(now);
         for (route, matched) in policy.routes() {
             let Route::Tunnel {

@@ -268,7 +268,15 @@ fn a_tick_reports_a_measured_rule_switching_once() {
             move_existing: true
         }]
     );
+    assert_eq!(sel.deadline(&policy), None, "nothing moved: no wake-ups");
+    sel.capacity_mut().received(WIFI, 1500);
     assert_eq!(sel.deadline(&policy), Some(now - TICK + SELECT_INTERVAL));
+    sel.tick(&policy, &two(ms(120), ms(30)), now, &mut switches);
+    assert_eq!(
+        sel.deadline(&policy),
+        Some(now + SELECT_INTERVAL),
+        "one more look after data moved"
+    );
 }
 
 proptest! {
