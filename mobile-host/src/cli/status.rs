@@ -156,6 +156,35 @@ owners: 40 by uid, 7 from the index, 1 by scan, 2 by uid without a process, 3 un
     }
 
     #[test]
+    fn a_metered_uplink_says_so_after_its_name() {
+        let reply = StatusReply {
+            session: SessionStatus {
+                state: SessionState::Handshaking,
+                anchor: "198.51.100.1:51820".parse().unwrap(),
+                virtual_addresses: vec![],
+                tun: None,
+            },
+            tunnels: vec![TunnelStatus {
+                uplink: "cell".into(),
+                interface: "rmnet0".into(),
+                state: TunnelState::Up,
+                local: None,
+                public: None,
+                rtt_us: None,
+                loss: 0.0,
+                metered: true,
+                tx_bytes: 0,
+                rx_bytes: 0,
+                tx_packets: 0,
+                rx_packets: 0,
+            }],
+            owners: None,
+        };
+        let text = render(&reply);
+        assert!(text.contains("\ncell (metered)  rmnet0"), "{text}");
+    }
+
+    #[test]
     fn a_handshaking_session_says_so() {
         let reply = StatusReply {
             session: SessionStatus {
