@@ -158,7 +158,7 @@ fn a_lowest_rtt_app_leaves_wifi_when_its_queue_fills_and_does_not_come_back_whil
     );
     let log = upmt.mh.log();
     assert!(
-        log.contains("another uplink measured better"),
+        log.contains("select: the rule's choice changed"),
         "the switch is logged\n{log}"
     );
 

@@ -848,7 +848,11 @@ impl MobileHost {
         let name = |i: Option<usize>| i.and_then(|i| names.get(i)).map_or("none", String::as_str);
         for s in &switches {
             let rule = describe::matched_rule(self.flows.policy(), s.rule);
-            tracing::info!(%rule, from = name(s.from), to = name(Some(s.to)), "select: another uplink measured better");
+            if s.from.is_some() {
+                tracing::info!(%rule, from = name(s.from), to = name(Some(s.to)), "select: the rule's choice changed");
+            } else {
+                tracing::debug!(%rule, to = name(Some(s.to)), "select: the rule's first choice");
+            }
         }
         if switches.iter().any(|s| s.move_existing && s.from.is_some()) {
             self.redecide_because(now, MoveReason::Measured);
