@@ -173,6 +173,8 @@ pub struct UplinkConfig {
     pub interface: String,
     /// The path id the core knows it by: its position in the file.
     pub path_index: u8,
+    /// Data on it costs (cellular): rules with `avoid_metered` use it only as a last resort.
+    pub metered: bool,
 }
 
 #[derive(Deserialize)]
@@ -259,6 +261,8 @@ enum RawKeepalive {
 struct RawUplink {
     name: Spanned<String>,
     interface: Spanned<String>,
+    #[serde(default)]
+    metered: bool,
 }
 
 impl Config {
@@ -591,6 +595,7 @@ impl Config {
                 interface: u.interface.into_inner(),
                 // Cannot fail: the length was checked above.
                 path_index: u8::try_from(i).unwrap_or(u8::MAX),
+                metered: u.metered,
             });
         }
 
@@ -734,6 +739,16 @@ mod tests {
              tun = \"upmt0\"\n[[uplink]]\nname = \"wifi\"\ninterface = \"wlan0\"\n\
              [[uplink]]\nname = \"cell\"\ninterface = \"rmnet_data0\"\n"
         )
+    }
+
+    #[test]
+    fn uplinks_are_unmetered_unless_marked_metered() {
+        let c = parse(&format!("{}metered = true\n", good())).unwrap();
+        let metered: Vec<bool> = c.uplinks.iter().map(|u| u.metered).collect();
+        assert_eq!(metered, vec![false, true]);
+        let (line, _, message) = invalid(&format!("{}metered = \"yes\"\n", good()));
+        assert_eq!(line, 11);
+        assert!(message.contains("boolean"), "{message}");
     }
 
     #[test]
@@ -924,7 +939,7 @@ mod tests {
         let p = c.load_policy().unwrap();
         let up = upmt_policy::UplinkStatus {
             up: true,
-            rtt: None,
+            ..upmt_policy::UplinkStatus::default()
         };
         let d = p.decide(&upmt_policy::AppIdentity::default(), &[up, up]);
         assert_eq!(d.verdict, upmt_policy::Verdict::Tunnel(0));

@@ -168,6 +168,7 @@ impl Daemon {
             }
         };
         let mut host = MobileHost::new(setup::host_config(&config, policy)?, setup::now());
+        host.set_metered(&config.uplinks.iter().map(|u| u.metered).collect::<Vec<_>>());
         let packages = appid::android::Packages::at(&config.packages_list);
         host.set_packages(packages.uids_by_name());
         let uplinks = config

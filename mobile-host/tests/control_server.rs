@@ -43,6 +43,7 @@ fn status() -> StatusReply {
         public: None,
         rtt_us: Some(1_500),
         loss: 0.0,
+        metered: false,
         tx_bytes: 100,
         rx_bytes: 200,
         tx_packets: 1,

@@ -80,6 +80,19 @@ pub enum ErrorKind {
     /// A strategy the format reserves but this build does not implement.
     #[error("strategy \"{0}\" is not supported yet; expected \"ordered\" or \"lowest-rtt\"")]
     StrategyNotSupported(&'static str),
+    /// Both `select` and its older name `strategy` in one rule.
+    #[error("`strategy` is the older name of `select`; expected only `select` in this rule")]
+    SelectAndStrategy,
+    /// `spread = true` with a measured `select`: spreading and picking the best contradict.
+    #[error(
+        "`spread` cannot be combined with select = \"{0}\"; expected select = \"order\" (the default) with spread"
+    )]
+    SpreadWithSelect(&'static str),
+    /// `move_existing = true` without a measured `select`.
+    #[error(
+        "`move_existing` needs select = \"lowest_rtt\" or \"lowest_loss\" (with select = \"order\" existing flows already follow the order)"
+    )]
+    MoveExistingWithoutMeasure,
 }
 
 /// `text` with line breaks escaped: names and values from the file (a string may hold "\n") are

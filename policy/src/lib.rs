@@ -12,6 +12,9 @@
 //! Designed for, not built here: the "redundant" strategy is reserved in the format and
 //! refused with "not supported yet"; hold-down before moving back to a preferred uplink and
 //! per-flow pinning live in the daemon, which re-runs [`Policy::decide`] when uplinks change.
+//! Choices by measurement keep state (hysteresis, spreading), so the policy only says which
+//! uplinks are candidates and asks a [`Chooser`] the daemon owns ([`Policy::decide_with`]);
+//! [`Policy::decide`] uses the stateless [`Immediate`].
 
 mod error;
 mod net;
@@ -40,6 +43,41 @@ pub enum Strategy {
     Ordered,
     /// The one with the lowest measured RTT; unmeasured ones come last, ties go by order.
     LowestRtt,
+    /// The one with the lowest measured probe loss; unmeasured ones come last, ties go by order.
+    LowestLoss,
+}
+
+impl Strategy {
+    /// Whether it picks by the probes' measurements (and so needs hysteresis).
+    pub fn is_measured(self) -> bool {
+        matches!(self, Strategy::LowestRtt | Strategy::LowestLoss)
+    }
+
+    /// Its name in the policy file's `select` key.
+    pub fn name(self) -> &'static str {
+        match self {
+            Strategy::Ordered => "order",
+            Strategy::LowestRtt => "lowest_rtt",
+            Strategy::LowestLoss => "lowest_loss",
+        }
+    }
+}
+
+/// A tunnel rule's further choices (`move_existing`, `avoid_metered`, `spread`); all off by
+/// default.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Choice {
+    /// Existing flows follow a measured choice when it changes (otherwise only new flows do,
+    /// and existing ones move only when their uplink stops being a candidate).
+    pub move_existing: bool,
+    /// Metered uplinks are used only when no unmetered candidate is up.
+    pub avoid_metered: bool,
+    /// With `avoid_metered`, the rule also says `when_none = "block"` in so many words: metered
+    /// uplinks are never used.
+    pub never_metered: bool,
+    /// New flows are spread over the candidates by the [`Chooser`]; each flow stays where it
+    /// was put while that uplink remains a candidate.
+    pub spread: bool,
 }
 
 /// Where a rule sends its traffic.
@@ -54,6 +92,8 @@ pub enum Route {
         strategy: Strategy,
         /// What to do when none of them is up.
         when_none: WhenNone,
+        /// Moving existing flows, metered uplinks, spreading.
+        choice: Choice,
     },
     /// Never tunnelled: straight out a physical interface.
     Bypass,
@@ -103,12 +143,137 @@ pub struct AppIdentity<'a> {
 }
 
 /// The state of one of the config's uplinks, as the daemon sees it now.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct UplinkStatus {
     /// Usable now.
     pub up: bool,
     /// Smoothed RTT of its tunnel, if measured.
     pub rtt: Option<Duration>,
+    /// Smoothed fraction of probes lost (0.0 to 1.0), once a probe was answered.
+    pub loss: Option<f32>,
+    /// Marked `metered = true` in the daemon's config (cellular data that costs).
+    pub metered: bool,
+}
+
+/// The uplinks a tunnel rule may pick from right now: allowed by the rule, up, and of one
+/// metering class (unmetered first when the rule avoids metered uplinks). Never empty when
+/// handed to a [`Chooser`].
+#[derive(Clone, Copy, Debug)]
+pub struct Candidates<'a> {
+    /// The rule's list; empty: every uplink, config order.
+    listed: &'a [usize],
+    statuses: &'a [UplinkStatus],
+    /// `Some(m)`: only uplinks whose `metered` is `m`.
+    metered: Option<bool>,
+}
+
+impl<'a> Candidates<'a> {
+    /// The candidates among `statuses` for a rule listing `listed` (empty: any uplink), only
+    /// of metering `metered` when given.
+    pub fn new(
+        listed: &'a [usize],
+        statuses: &'a [UplinkStatus],
+        metered: Option<bool>,
+    ) -> Candidates<'a> {
+        Candidates {
+            listed,
+            statuses,
+            metered,
+        }
+    }
+
+    /// The candidates' indices, in the rule's order of preference.
+    pub fn iter(&self) -> impl Iterator<Item = usize> + '_ {
+        let all = self.listed.is_empty().then_some(0..self.statuses.len());
+        self.listed
+            .iter()
+            .copied()
+            .chain(all.into_iter().flatten())
+            .filter(|&i| {
+                self.statuses
+                    .get(i)
+                    .is_some_and(|s| s.up && self.metered.is_none_or(|m| s.metered == m))
+            })
+    }
+
+    /// Whether uplink `index` is one of them.
+    pub fn contains(&self, index: usize) -> bool {
+        self.iter().any(|i| i == index)
+    }
+
+    /// The status of uplink `index` (default: down, unmeasured).
+    pub fn status(&self, index: usize) -> UplinkStatus {
+        self.statuses.get(index).copied().unwrap_or_default()
+    }
+
+    /// The statuses of every uplink, indexed like the config.
+    pub fn statuses(&self) -> &'a [UplinkStatus] {
+        self.statuses
+    }
+}
+
+/// A flow being placed, as [`Policy::decide_with`] and a [`Chooser`] see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placing {
+    /// A new flow.
+    New,
+    /// A flow already on this uplink (index), decided again after a change.
+    Existing(usize),
+}
+
+/// Picks one uplink among a rule's candidates when the pick depends on more than their order:
+/// a measured `select`, or `spread`. The daemon's chooser keeps state (hysteresis, weighted
+/// round robin); [`Immediate`] is stateless.
+pub trait Chooser {
+    /// The uplink for a flow of the rule `rule` picking by `strategy` (`spread`: spreading
+    /// flows), among `candidates` (never empty). `None` or an index that is not a candidate
+    /// means the first candidate.
+    fn choose(
+        &mut self,
+        rule: Matched,
+        strategy: Strategy,
+        spread: bool,
+        candidates: &Candidates<'_>,
+    ) -> Option<usize>;
+}
+
+/// The stateless chooser: the best measurement now (unmeasured last, ties by order), and no
+/// spreading (the first candidate).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Immediate;
+
+impl Chooser for Immediate {
+    fn choose(
+        &mut self,
+        _rule: Matched,
+        strategy: Strategy,
+        spread: bool,
+        candidates: &Candidates<'_>,
+    ) -> Option<usize> {
+        if spread {
+            return candidates.iter().next();
+        }
+        best_measured(strategy, candidates).or_else(|| candidates.iter().next())
+    }
+}
+
+/// The candidate with the best measurement for `strategy` (min_by keeps the first of equals,
+/// so ties go to the preferred uplink); `None` when none is measured or `strategy` is not a
+/// measured one.
+pub fn best_measured(strategy: Strategy, candidates: &Candidates<'_>) -> Option<usize> {
+    match strategy {
+        Strategy::Ordered => None,
+        Strategy::LowestRtt => candidates
+            .iter()
+            .filter_map(|i| candidates.status(i).rtt.map(|r| (i, r)))
+            .min_by_key(|&(_, r)| r)
+            .map(|(i, _)| i),
+        Strategy::LowestLoss => candidates
+            .iter()
+            .filter_map(|i| candidates.status(i).loss.map(|l| (i, l)))
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+            .map(|(i, _)| i),
+    }
 }
 
 /// The outcome for one app.
@@ -127,7 +292,7 @@ pub enum Verdict {
 }
 
 /// Which part of the policy decided.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Matched {
     /// The `[[rule]]` at this index (0-based, file order).
     Rule(usize),
@@ -154,10 +319,16 @@ pub struct Policy {
     default: Option<Route>,
 }
 
-const ANY: Route = Route::Tunnel {
+static ANY: Route = Route::Tunnel {
     uplinks: Vec::new(),
     strategy: Strategy::Ordered,
     when_none: WhenNone::Any,
+    choice: Choice {
+        move_existing: false,
+        avoid_metered: false,
+        never_metered: false,
+        spread: false,
+    },
 };
 
 impl Policy {
@@ -203,22 +374,49 @@ impl Policy {
     /// the config; missing entries count as down). First matching rule wins, then
     /// `[default]`, then tunnel over any uplink.
     pub fn decide(&self, who: &AppIdentity<'_>, uplinks: &[UplinkStatus]) -> Decision {
-        let (route, matched) = match self.rules.iter().position(|r| r.matcher.matches(who)) {
+        self.decide_with(who, uplinks, Placing::New, &mut Immediate)
+    }
+
+    /// [`Policy::decide`] for a flow being placed as `placing`, asking `chooser` when the
+    /// rule picks by measurement or spreads. An existing flow of a spreading rule, or of a
+    /// measured rule without `move_existing`, stays on its uplink while that is a candidate.
+    pub fn decide_with(
+        &self,
+        who: &AppIdentity<'_>,
+        uplinks: &[UplinkStatus],
+        placing: Placing,
+        chooser: &mut impl Chooser,
+    ) -> Decision {
+        let (route, matched) = self.route_for(who);
+        Decision {
+            verdict: route.verdict(matched, uplinks, placing, chooser),
+            matched,
+        }
+    }
+
+    /// The route that applies to `who`, and which part of the policy it is.
+    pub fn route_for(&self, who: &AppIdentity<'_>) -> (&Route, Matched) {
+        match self.rules.iter().position(|r| r.matcher.matches(who)) {
             Some(i) => (&self.rules[i].route, Matched::Rule(i)),
             None => match &self.default {
                 Some(d) => (d, Matched::Default),
                 None => (&ANY, Matched::Builtin),
             },
-        };
-        Decision {
-            verdict: route_verdict(route, uplinks),
-            matched,
         }
     }
-}
 
-fn is_up(uplinks: &[UplinkStatus], i: usize) -> bool {
-    uplinks.get(i).is_some_and(|s| s.up)
+    /// Every route of the policy and which part it is: rules in file order, then `[default]`
+    /// (or the built-in route without one).
+    pub fn routes(&self) -> impl Iterator<Item = (&Route, Matched)> {
+        self.rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (&r.route, Matched::Rule(i)))
+            .chain(std::iter::once(match &self.default {
+                Some(d) => (d, Matched::Default),
+                None => (&ANY, Matched::Builtin),
+            }))
+    }
 }
 
 fn any_up(uplinks: &[UplinkStatus]) -> Verdict {
@@ -228,7 +426,37 @@ fn any_up(uplinks: &[UplinkStatus]) -> Verdict {
         .map_or(Verdict::NoUplinkUp, Verdict::Tunnel)
 }
 
-fn route_verdict(route: &Route, status: &[UplinkStatus]) -> Verdict {
+/// The first uplink that is up in the config's order, unmetered ones first when `avoid`.
+fn any_up_avoiding(uplinks: &[UplinkStatus], avoid: bool) -> Verdict {
+    let unmetered = uplinks.iter().position(|s| s.up && !s.metered);
+    match unmetered {
+        Some(i) if avoid => Verdict::Tunnel(i),
+        _ => any_up(uplinks),
+    }
+}
+
+impl Route {
+    /// The verdict of this route (the part of the policy `matched`) for a flow placed as
+    /// `placing`, given the uplinks' `status`, asking `chooser` when it picks by measurement or
+    /// spreads. [`Policy::decide_with`] for a route already found.
+    pub fn verdict(
+        &self,
+        matched: Matched,
+        status: &[UplinkStatus],
+        placing: Placing,
+        chooser: &mut impl Chooser,
+    ) -> Verdict {
+        route_verdict(self, matched, status, placing, chooser)
+    }
+}
+
+fn route_verdict(
+    route: &Route,
+    matched: Matched,
+    status: &[UplinkStatus],
+    placing: Placing,
+    chooser: &mut impl Chooser,
+) -> Verdict {
     match route {
         Route::Bypass => Verdict::Bypass,
         Route::Block => Verdict::Block,
@@ -236,23 +464,44 @@ fn route_verdict(route: &Route, status: &[UplinkStatus]) -> Verdict {
             uplinks,
             strategy,
             when_none,
+            choice,
         } => {
-            if uplinks.is_empty() {
-                return any_up(status);
-            }
-            let mut allowed = uplinks.iter().copied().filter(|&i| is_up(status, i));
-            let chosen = match strategy {
-                Strategy::Ordered => allowed.next(),
-                // Unmeasured RTT sorts last; min_by_key keeps the first of equals, so ties
-                // go to the preferred uplink.
-                Strategy::LowestRtt => {
-                    allowed.min_by_key(|&i| status[i].rtt.unwrap_or(Duration::MAX))
-                }
+            // An empty list means any uplink: there is nothing else to fall back to.
+            let when_none = if uplinks.is_empty() {
+                WhenNone::Any
+            } else {
+                *when_none
             };
-            match (chosen, when_none) {
-                (Some(i), _) => Verdict::Tunnel(i),
-                (None, WhenNone::Any) => any_up(status),
-                (None, WhenNone::Block) => match any_up(status) {
+            // Unmetered candidates first; metered ones only when none is up, and never when
+            // the rule says when_none = "block" itself.
+            let classes: &[Option<bool>] = match (choice.avoid_metered, choice.never_metered) {
+                (false, _) => &[None],
+                (true, false) => &[Some(false), Some(true)],
+                (true, true) => &[Some(false)],
+            };
+            for &metered in classes {
+                let candidates = Candidates::new(uplinks, status, metered);
+                let Some(first) = candidates.iter().next() else {
+                    continue;
+                };
+                let sticky = choice.spread || (strategy.is_measured() && !choice.move_existing);
+                if let Placing::Existing(current) = placing
+                    && sticky
+                    && candidates.contains(current)
+                {
+                    return Verdict::Tunnel(current);
+                }
+                if *strategy == Strategy::Ordered && !choice.spread {
+                    return Verdict::Tunnel(first);
+                }
+                let picked = chooser
+                    .choose(matched, *strategy, choice.spread, &candidates)
+                    .filter(|&i| candidates.contains(i));
+                return Verdict::Tunnel(picked.unwrap_or(first));
+            }
+            match when_none {
+                WhenNone::Any => any_up_avoiding(status, choice.avoid_metered),
+                WhenNone::Block => match any_up(status) {
                     Verdict::NoUplinkUp => Verdict::NoUplinkUp,
                     _ => Verdict::Block,
                 },

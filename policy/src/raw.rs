@@ -6,7 +6,7 @@ use serde::Deserialize;
 use serde_spanned::Spanned;
 
 use crate::error::{ErrorKind, KnownUplinks};
-use crate::{Matcher, Policy, Route, Rule, Strategy, WhenNone};
+use crate::{Choice, Matcher, Policy, Route, Rule, Strategy, WhenNone};
 
 type Failure = (usize, ErrorKind);
 
@@ -28,6 +28,10 @@ struct RawRule {
     when_none: Option<Spanned<RawWhenNone>>,
     action: Option<Spanned<RawAction>>,
     strategy: Option<Spanned<RawStrategy>>,
+    select: Option<Spanned<RawSelect>>,
+    move_existing: Option<Spanned<bool>>,
+    avoid_metered: Option<Spanned<bool>>,
+    spread: Option<Spanned<bool>>,
 }
 
 /// `[default]`: a rule without a matcher. A separate struct so that `app` there is refused
@@ -39,6 +43,10 @@ struct RawRoute {
     when_none: Option<Spanned<RawWhenNone>>,
     action: Option<Spanned<RawAction>>,
     strategy: Option<Spanned<RawStrategy>>,
+    select: Option<Spanned<RawSelect>>,
+    move_existing: Option<Spanned<bool>>,
+    avoid_metered: Option<Spanned<bool>>,
+    spread: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize, Clone, Copy)]
@@ -56,6 +64,17 @@ enum RawAction {
     Block,
 }
 
+/// `select`: snake_case like every other key and value of the file.
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+enum RawSelect {
+    Order,
+    LowestRtt,
+    LowestLoss,
+}
+
+/// `strategy`, the older name of `select`, kept with its kebab-case values so that files
+/// written for it keep working.
 #[derive(Deserialize, Clone, Copy)]
 #[serde(rename_all = "kebab-case")]
 enum RawStrategy {
@@ -94,6 +113,10 @@ pub(crate) fn parse(text: &str, known: &[&str]) -> Result<Policy, Failure> {
                 when_none: &r.when_none,
                 action: &r.action,
                 strategy: &r.strategy,
+                select: &r.select,
+                move_existing: &r.move_existing,
+                avoid_metered: &r.avoid_metered,
+                spread: &r.spread,
             },
             known,
         )?;
@@ -111,6 +134,10 @@ pub(crate) fn parse(text: &str, known: &[&str]) -> Result<Policy, Failure> {
                 when_none: &d.when_none,
                 action: &d.action,
                 strategy: &d.strategy,
+                select: &d.select,
+                move_existing: &d.move_existing,
+                avoid_metered: &d.avoid_metered,
+                spread: &d.spread,
             },
             known,
         )?),
@@ -150,6 +177,10 @@ struct RouteFields<'a> {
     when_none: &'a Option<Spanned<RawWhenNone>>,
     action: &'a Option<Spanned<RawAction>>,
     strategy: &'a Option<Spanned<RawStrategy>>,
+    select: &'a Option<Spanned<RawSelect>>,
+    move_existing: &'a Option<Spanned<bool>>,
+    avoid_metered: &'a Option<Spanned<bool>>,
+    spread: &'a Option<Spanned<bool>>,
 }
 
 fn route(f: RouteFields<'_>, known: &[&str]) -> Result<Route, Failure> {
@@ -167,6 +198,16 @@ fn route(f: RouteFields<'_>, known: &[&str]) -> Result<Route, Failure> {
             ("uplinks", f.uplinks.as_ref().map(|s| s.span().start)),
             ("when_none", f.when_none.as_ref().map(|s| s.span().start)),
             ("strategy", f.strategy.as_ref().map(|s| s.span().start)),
+            ("select", f.select.as_ref().map(|s| s.span().start)),
+            (
+                "move_existing",
+                f.move_existing.as_ref().map(|s| s.span().start),
+            ),
+            (
+                "avoid_metered",
+                f.avoid_metered.as_ref().map(|s| s.span().start),
+            ),
+            ("spread", f.spread.as_ref().map(|s| s.span().start)),
         ];
         if let Some((key, Some(at))) = meaningless.into_iter().find(|(_, at)| at.is_some()) {
             return Err((
@@ -182,6 +223,9 @@ fn route(f: RouteFields<'_>, known: &[&str]) -> Result<Route, Failure> {
             _ => Route::Block,
         });
     }
+    if let (Some(_), Some(old)) = (f.select, f.strategy) {
+        return Err((old.span().start, ErrorKind::SelectAndStrategy));
+    }
     let strategy = match f.strategy.as_ref().map(|s| (s.span().start, *s.get_ref())) {
         None | Some((_, RawStrategy::Ordered)) => Strategy::Ordered,
         Some((_, RawStrategy::LowestRtt)) => Strategy::LowestRtt,
@@ -189,6 +233,13 @@ fn route(f: RouteFields<'_>, known: &[&str]) -> Result<Route, Failure> {
             return Err((at, ErrorKind::StrategyNotSupported("redundant")));
         }
     };
+    let strategy = match f.select.as_ref().map(|s| *s.get_ref()) {
+        None => strategy,
+        Some(RawSelect::Order) => Strategy::Ordered,
+        Some(RawSelect::LowestRtt) => Strategy::LowestRtt,
+        Some(RawSelect::LowestLoss) => Strategy::LowestLoss,
+    };
+    let choice = choice(&f, strategy)?;
     let Some(list) = f.uplinks else {
         if let Some(w) = f.when_none {
             return Err((w.span().start, ErrorKind::WhenNoneWithoutUplinks));
@@ -197,6 +248,7 @@ fn route(f: RouteFields<'_>, known: &[&str]) -> Result<Route, Failure> {
             uplinks: Vec::new(),
             strategy,
             when_none: WhenNone::Any,
+            choice,
         });
     };
     if list.get_ref().is_empty() {
@@ -230,5 +282,29 @@ fn route(f: RouteFields<'_>, known: &[&str]) -> Result<Route, Failure> {
         uplinks,
         strategy,
         when_none,
+        choice,
     })
+}
+
+/// `move_existing`, `avoid_metered` and `spread`, checked against the rule's `strategy`.
+fn choice(f: &RouteFields<'_>, strategy: Strategy) -> Result<Choice, Failure> {
+    let flag = |v: &Option<Spanned<bool>>| v.as_ref().is_some_and(|b| *b.get_ref());
+    let at = |v: &Option<Spanned<bool>>| v.as_ref().map_or(0, |b| b.span().start);
+    let explicit_block = f
+        .when_none
+        .as_ref()
+        .is_some_and(|w| matches!(w.get_ref(), RawWhenNone::Block));
+    let choice = Choice {
+        move_existing: flag(f.move_existing),
+        avoid_metered: flag(f.avoid_metered),
+        never_metered: flag(f.avoid_metered) && explicit_block,
+        spread: flag(f.spread),
+    };
+    if choice.spread && strategy.is_measured() {
+        return Err((at(f.spread), ErrorKind::SpreadWithSelect(strategy.name())));
+    }
+    if choice.move_existing && !strategy.is_measured() {
+        return Err((at(f.move_existing), ErrorKind::MoveExistingWithoutMeasure));
+    }
+    Ok(choice)
 }

@@ -39,10 +39,12 @@ fn status(wifi: bool, cell: bool) -> [UplinkStatus; 2] {
         UplinkStatus {
             up: wifi,
             rtt: None,
+            ..UplinkStatus::default()
         },
         UplinkStatus {
             up: cell,
             rtt: None,
+            ..UplinkStatus::default()
         },
     ]
 }
@@ -285,10 +287,12 @@ fn lowest_rtt_picks_the_fastest_measured_uplink() {
         UplinkStatus {
             up: true,
             rtt: ms(80),
+            ..UplinkStatus::default()
         },
         UplinkStatus {
             up: true,
             rtt: ms(30),
+            ..UplinkStatus::default()
         },
     ];
     assert_eq!(p.decide(&who, &s).verdict, Verdict::Tunnel(CELL));
@@ -296,10 +300,12 @@ fn lowest_rtt_picks_the_fastest_measured_uplink() {
         UplinkStatus {
             up: true,
             rtt: ms(80),
+            ..UplinkStatus::default()
         },
         UplinkStatus {
             up: true,
             rtt: None,
+            ..UplinkStatus::default()
         },
     ];
     assert_eq!(p.decide(&who, &unmeasured).verdict, Verdict::Tunnel(WIFI));
@@ -307,10 +313,12 @@ fn lowest_rtt_picks_the_fastest_measured_uplink() {
         UplinkStatus {
             up: true,
             rtt: ms(5),
+            ..UplinkStatus::default()
         },
         UplinkStatus {
             up: true,
             rtt: ms(5),
+            ..UplinkStatus::default()
         },
     ];
     assert_eq!(
@@ -322,10 +330,12 @@ fn lowest_rtt_picks_the_fastest_measured_uplink() {
         UplinkStatus {
             up: true,
             rtt: ms(80),
+            ..UplinkStatus::default()
         },
         UplinkStatus {
             up: false,
             rtt: ms(1),
+            ..UplinkStatus::default()
         },
     ];
     assert_eq!(p.decide(&who, &down).verdict, Verdict::Tunnel(WIFI));
@@ -337,6 +347,7 @@ fn uplinks_missing_from_the_status_slice_count_as_down() {
     let only_wifi = [UplinkStatus {
         up: true,
         rtt: None,
+        ..UplinkStatus::default()
     }];
     assert_eq!(p.decide(&app("a"), &only_wifi).verdict, Verdict::Block);
 }
@@ -355,7 +366,7 @@ fn a_toml_syntax_error_names_its_position() {
 fn an_unknown_key_in_a_rule_is_refused_with_the_keys_expected() {
     assert_eq!(
         error("version = 1\n\n[[rule]]\napp = \"a\"\nuplink = [\"wifi\"]\n"),
-        "policy.toml:5:1: unknown field `uplink`, expected one of `app`, `uid`, `uplinks`, `when_none`, `action`, `strategy`"
+        "policy.toml:5:1: unknown field `uplink`, expected one of `app`, `uid`, `uplinks`, `when_none`, `action`, `strategy`, `select`, `move_existing`, `avoid_metered`, `spread`"
     );
 }
 
@@ -372,7 +383,7 @@ fn an_unknown_top_level_key_is_refused() {
 fn a_matcher_in_the_default_section_is_refused() {
     assert_eq!(
         error("version = 1\n[default]\napp = \"x\"\n"),
-        "policy.toml:3:1: unknown field `app`, expected one of `uplinks`, `when_none`, `action`, `strategy`"
+        "policy.toml:3:1: unknown field `app`, expected one of `uplinks`, `when_none`, `action`, `strategy`, `select`, `move_existing`, `avoid_metered`, `spread`"
     );
 }
 
@@ -540,6 +551,300 @@ fn errors_expose_their_position_and_kind_to_callers() {
     assert!(matches!(e.kind, ErrorKind::UnknownUplink { ref name, .. } if name == "lte"));
 }
 
+// ---- select, move_existing, avoid_metered, spread ----
+
+/// The select example of docs/policy.md, kept identical to it.
+const SELECT_EXAMPLE: &str = r#"version = 1
+
+# A video call: the uplink with the lowest RTT; the running call moves too.
+[[rule]]
+app = "org.example.call"
+uplinks = ["wifi", "cell"]
+select = "lowest_rtt"
+move_existing = true
+
+# Backups: never on metered cellular, blocked until Wi-Fi returns.
+[[rule]]
+app = "org.example.backup"
+uplinks = ["wifi", "cell"]
+avoid_metered = true
+when_none = "block"
+
+# A download manager: its connections spread over both uplinks.
+[[rule]]
+app = "org.example.downloads"
+spread = true
+
+# Everything else: the least lossy uplink, metered ones only when nothing else is up.
+[default]
+select = "lowest_loss"
+avoid_metered = true
+"#;
+
+fn measured(up: bool, rtt_ms: u64, loss: f32, metered: bool) -> UplinkStatus {
+    UplinkStatus {
+        up,
+        rtt: Some(Duration::from_millis(rtt_ms)),
+        loss: Some(loss),
+        metered,
+    }
+}
+
+/// A chooser that records what it was asked and answers `pick`.
+struct Recording {
+    asked: Vec<(Matched, Strategy, bool, Vec<usize>)>,
+    pick: Option<usize>,
+}
+
+impl Chooser for Recording {
+    fn choose(
+        &mut self,
+        rule: Matched,
+        strategy: Strategy,
+        spread: bool,
+        candidates: &Candidates<'_>,
+    ) -> Option<usize> {
+        self.asked
+            .push((rule, strategy, spread, candidates.iter().collect()));
+        self.pick
+    }
+}
+
+#[test]
+fn the_select_example_parses_into_its_choices() {
+    let p = policy(SELECT_EXAMPLE);
+    let choices: Vec<(Strategy, Choice)> = p
+        .routes()
+        .map(|(r, _)| match r {
+            Route::Tunnel {
+                strategy, choice, ..
+            } => (*strategy, *choice),
+            other => panic!("not a tunnel route: {other:?}"),
+        })
+        .collect();
+    let c = |move_existing, avoid_metered, never_metered, spread| Choice {
+        move_existing,
+        avoid_metered,
+        never_metered,
+        spread,
+    };
+    assert_eq!(
+        choices,
+        vec![
+            (Strategy::LowestRtt, c(true, false, false, false)),
+            (Strategy::Ordered, c(false, true, true, false)),
+            (Strategy::Ordered, c(false, false, false, true)),
+            (Strategy::LowestLoss, c(false, true, false, false)),
+        ]
+    );
+}
+
+#[test]
+fn the_select_example_in_the_docs_is_the_one_tested_here() {
+    let doc = include_str!("../../docs/policy.md");
+    let block = doc
+        .split("```toml\n")
+        .nth(2)
+        .and_then(|rest| rest.split("```").next())
+        .expect("docs/policy.md has a second toml block");
+    assert_eq!(block, SELECT_EXAMPLE);
+}
+
+#[test]
+fn the_old_strategy_key_still_selects_by_rtt() {
+    let old = policy("version = 1\n[default]\nstrategy = \"lowest-rtt\"\n");
+    let new = policy("version = 1\n[default]\nselect = \"lowest_rtt\"\n");
+    assert_eq!(old.default_route(), new.default_route());
+}
+
+#[test]
+fn lowest_loss_picks_the_least_lossy_measured_uplink() {
+    let p = policy("version = 1\n[default]\nselect = \"lowest_loss\"\n");
+    let s = [
+        measured(true, 10, 0.2, false),
+        measured(true, 90, 0.0, false),
+    ];
+    assert_eq!(p.decide(&app("x"), &s).verdict, Verdict::Tunnel(CELL));
+    let unmeasured = [
+        measured(true, 10, 0.2, false),
+        UplinkStatus {
+            up: true,
+            ..UplinkStatus::default()
+        },
+    ];
+    assert_eq!(
+        p.decide(&app("x"), &unmeasured).verdict,
+        Verdict::Tunnel(WIFI),
+        "an unmeasured uplink never wins"
+    );
+}
+
+#[test]
+fn avoid_metered_uses_metered_cellular_only_when_wifi_is_down() {
+    let p = policy(SELECT_EXAMPLE);
+    let both = [measured(true, 50, 0.0, false), measured(true, 5, 0.0, true)];
+    let wifi_down = [
+        measured(false, 50, 0.0, false),
+        measured(true, 5, 0.0, true),
+    ];
+    assert_eq!(
+        p.decide(&app("anything"), &both).verdict,
+        Verdict::Tunnel(WIFI),
+        "metered cellular loses even with the better loss tie and RTT"
+    );
+    assert_eq!(
+        p.decide(&app("anything"), &wifi_down).verdict,
+        Verdict::Tunnel(CELL)
+    );
+    assert_eq!(
+        p.decide(&app("org.example.backup"), &both).verdict,
+        Verdict::Tunnel(WIFI)
+    );
+    assert_eq!(
+        p.decide(&app("org.example.backup"), &wifi_down).verdict,
+        Verdict::Block,
+        "when_none = block never uses a metered uplink"
+    );
+    let none = [
+        measured(false, 50, 0.0, false),
+        measured(false, 5, 0.0, true),
+    ];
+    assert_eq!(
+        p.decide(&app("org.example.backup"), &none).verdict,
+        Verdict::NoUplinkUp
+    );
+}
+
+#[test]
+fn avoid_metered_without_when_none_falls_back_to_a_listed_metered_uplink_then_blocks() {
+    let p = policy(
+        "version = 1\n[[rule]]\napp = \"saver\"\nuplinks = [\"wifi\", \"cell\"]\navoid_metered = true\n[[rule]]\napp = \"wifi-only\"\nuplinks = [\"wifi\"]\navoid_metered = true\n",
+    );
+    let wifi_down = [measured(false, 5, 0.0, false), measured(true, 5, 0.0, true)];
+    assert_eq!(
+        p.decide(&app("saver"), &wifi_down).verdict,
+        Verdict::Tunnel(CELL)
+    );
+    assert_eq!(
+        p.decide(&app("wifi-only"), &wifi_down).verdict,
+        Verdict::Block,
+        "an unlisted metered uplink is not a fallback"
+    );
+}
+
+#[test]
+fn avoid_metered_with_when_none_any_prefers_an_unlisted_unmetered_uplink() {
+    let p = Policy::parse(
+        "version = 1\n[default]\nuplinks = [\"cell\"]\nwhen_none = \"any\"\navoid_metered = true\n",
+        "p",
+        &["wifi", "cell", "eth"],
+    )
+    .expect("valid");
+    let s = [
+        measured(true, 5, 0.0, true),
+        measured(false, 5, 0.0, true),
+        measured(true, 5, 0.0, false),
+    ];
+    assert_eq!(p.decide(&app("x"), &s).verdict, Verdict::Tunnel(2));
+}
+
+#[test]
+fn measured_and_spreading_rules_ask_the_chooser_among_the_candidates_only() {
+    let p = policy(SELECT_EXAMPLE);
+    let mut c = Recording {
+        asked: Vec::new(),
+        pick: Some(CELL),
+    };
+    let both = [measured(true, 50, 0.0, false), measured(true, 5, 0.0, true)];
+    let d = p.decide_with(&app("org.example.downloads"), &both, Placing::New, &mut c);
+    assert_eq!(d.verdict, Verdict::Tunnel(CELL));
+    let d = p.decide_with(&app("org.example.call"), &both, Placing::New, &mut c);
+    assert_eq!(d.verdict, Verdict::Tunnel(CELL));
+    let d = p.decide_with(&app("other"), &both, Placing::New, &mut c);
+    assert_eq!(
+        d.verdict,
+        Verdict::Tunnel(WIFI),
+        "a pick outside the candidates (metered cell) falls to the first"
+    );
+    let d = p.decide_with(&app("org.example.backup"), &both, Placing::New, &mut c);
+    assert_eq!(d.verdict, Verdict::Tunnel(WIFI));
+    assert_eq!(
+        c.asked,
+        vec![
+            (Matched::Rule(2), Strategy::Ordered, true, vec![WIFI, CELL]),
+            (
+                Matched::Rule(0),
+                Strategy::LowestRtt,
+                false,
+                vec![WIFI, CELL]
+            ),
+            (Matched::Default, Strategy::LowestLoss, false, vec![WIFI]),
+        ],
+        "ordered rules never ask"
+    );
+}
+
+#[test]
+fn existing_flows_stay_put_unless_move_existing_says_otherwise() {
+    let p = policy(
+        "version = 1\n[[rule]]\napp = \"call\"\nselect = \"lowest_rtt\"\nmove_existing = true\n[[rule]]\napp = \"web\"\nselect = \"lowest_rtt\"\n[[rule]]\napp = \"dl\"\nspread = true\n",
+    );
+    let both = [
+        measured(true, 50, 0.0, false),
+        measured(true, 5, 0.0, false),
+    ];
+    let on_wifi = Placing::Existing(WIFI);
+    let v = |who| {
+        p.decide_with(&app(who), &both, on_wifi, &mut Immediate)
+            .verdict
+    };
+    assert_eq!(v("call"), Verdict::Tunnel(CELL));
+    assert_eq!(v("web"), Verdict::Tunnel(WIFI));
+    assert_eq!(v("dl"), Verdict::Tunnel(WIFI));
+    let wifi_down = [
+        measured(false, 50, 0.0, false),
+        measured(true, 5, 0.0, false),
+    ];
+    assert_eq!(
+        p.decide_with(&app("web"), &wifi_down, on_wifi, &mut Immediate)
+            .verdict,
+        Verdict::Tunnel(CELL),
+        "a flow whose uplink is no longer a candidate moves"
+    );
+}
+
+#[test]
+fn wrong_select_values_and_combinations_are_refused_where_they_are() {
+    assert_eq!(
+        error("version = 1\n[default]\nselect = \"fastest\"\n"),
+        "policy.toml:3:10: unknown variant `fastest`, expected one of `order`, `lowest_rtt`, `lowest_loss`"
+    );
+    assert_eq!(
+        error("version = 1\n[default]\nselect = \"lowest_rtt\"\nstrategy = \"lowest-rtt\"\n"),
+        "policy.toml:4:12: `strategy` is the older name of `select`; expected only `select` in this rule"
+    );
+    assert_eq!(
+        error("version = 1\n[[rule]]\napp = \"a\"\nselect = \"lowest_rtt\"\nspread = true\n"),
+        "policy.toml:5:10: `spread` cannot be combined with select = \"lowest_rtt\"; expected select = \"order\" (the default) with spread"
+    );
+    assert_eq!(
+        error("version = 1\n[[rule]]\napp = \"a\"\nmove_existing = true\n"),
+        "policy.toml:4:17: `move_existing` needs select = \"lowest_rtt\" or \"lowest_loss\" (with select = \"order\" existing flows already follow the order)"
+    );
+    assert_eq!(
+        error("version = 1\n[[rule]]\napp = \"a\"\naction = \"bypass\"\nspread = true\n"),
+        "policy.toml:5:10: `spread` has no meaning with action = \"bypass\"; expected it only with action = \"tunnel\""
+    );
+    assert_eq!(
+        error("version = 1\n[[rule]]\napp = \"a\"\naction = \"block\"\navoid_metered = true\n"),
+        "policy.toml:5:17: `avoid_metered` has no meaning with action = \"block\"; expected it only with action = \"tunnel\""
+    );
+    assert_eq!(
+        error("version = 1\n[[rule]]\napp = \"a\"\nspread = \"yes\"\n"),
+        "policy.toml:4:10: invalid type: string \"yes\", expected a boolean"
+    );
+}
+
 // ---- robustness ----
 
 fn tomlish() -> impl proptest::strategy::Strategy<Value = String> {
@@ -555,6 +860,10 @@ fn tomlish() -> impl proptest::strategy::Strategy<Value = String> {
         Just("when_none = \"any\"\n".to_owned()),
         Just("action = \"bypass\"\n".to_owned()),
         Just("strategy = \"lowest-rtt\"\n".to_owned()),
+        Just("select = \"lowest_loss\"\n".to_owned()),
+        Just("move_existing = true\n".to_owned()),
+        Just("avoid_metered = true\n".to_owned()),
+        Just("spread = true\n".to_owned()),
         "[ -~\n]{0,12}",
     ];
     proptest::collection::vec(atoms, 0..12).prop_map(|v| v.concat())

@@ -53,6 +53,8 @@ pub struct DeployOptions {
     /// The MH's `anchor` value as TOML (e.g. a list of an IPv4 and an IPv6 endpoint); `None`:
     /// the AN's IPv4 endpoint.
     pub mh_anchor: Option<String>,
+    /// Names of the MH's uplinks marked `metered = true`.
+    pub metered: Vec<String>,
 }
 
 impl Default for DeployOptions {
@@ -69,6 +71,7 @@ impl Default for DeployOptions {
             mh_policy: None,
             second_mh: false,
             mh_anchor: None,
+            metered: Vec::new(),
         }
     }
 }
@@ -158,6 +161,9 @@ impl<'a> Deployment<'a> {
                 mh_toml,
                 "[[uplink]]\nname = \"{name}\"\ninterface = \"{interface}\"\n"
             );
+            if options.metered.contains(name) {
+                mh_toml.push_str("metered = true\n");
+            }
         }
         let an_config = dir.join("an.toml");
         let mh_config = dir.join("mh.toml");

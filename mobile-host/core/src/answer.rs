@@ -119,6 +119,10 @@ pub fn apps(
                     .collect(),
                 flows: acc.flows,
                 blocked: 0,
+                select: None,
+                move_existing: false,
+                avoid_metered: false,
+                spread: false,
                 bytes: (0..names.len().min(upmt_paft::MAX_UPLINKS))
                     .filter(|&i| acc.bytes[i] != [0, 0])
                     .filter_map(|i| {
@@ -133,6 +137,37 @@ pub fn apps(
         })
         .collect();
     AppsReply { apps }
+}
+
+/// Counts blocked flows (`held`: each held flow's app, uid and whether the policy blocks it,
+/// rather than no uplink being up) into `reply`, adding the apps that have no live flow, so an
+/// app whose flows are all blocked still shows (`rule_of` names its rule).
+pub fn add_blocked<'a>(
+    reply: &mut AppsReply,
+    held: impl Iterator<Item = (&'a AppId, Option<u32>, bool)>,
+    mut rule_of: impl FnMut(&AppId, Option<u32>) -> String,
+) {
+    for (app, uid, blocked) in held {
+        if !blocked {
+            continue;
+        }
+        match reply.apps.iter_mut().find(|a| a.name == app.as_str()) {
+            Some(a) => a.blocked += 1,
+            None => reply.apps.push(AppStatus {
+                name: app.to_string(),
+                rule: rule_of(app, uid),
+                uplinks: Vec::new(),
+                flows: 0,
+                blocked: 1,
+                bytes: Vec::new(),
+                select: None,
+                move_existing: false,
+                avoid_metered: false,
+                spread: false,
+            }),
+        }
+    }
+    reply.apps.sort_by(|a, b| a.name.cmp(&b.name));
 }
 
 fn uplink_down(name: &str) -> ErrorReply {
@@ -356,6 +391,7 @@ pub fn tunnel(
             .and_then(|s| s.rtt)
             .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
         loss: stats.map_or(0.0, |s| s.loss),
+        metered: false,
         tx_bytes: bytes.0,
         rx_bytes: bytes.1,
         tx_packets: stats.map_or(0, |s| s.tx_packets),
@@ -530,6 +566,34 @@ mod tests {
         assert_eq!(curl.uplinks, ["wifi", "cell"]);
         assert_eq!(curl.rule, "curl uid Some(1000)");
         assert_eq!(reply.apps[1].uplinks, ["wifi"]);
+    }
+
+    #[test]
+    fn apps_whose_flows_are_all_blocked_still_appear_with_their_blocked_count() {
+        let (paft, _) = table();
+        let mut reply = apps(&paft, &names(), |app, _| format!("{app} rule"));
+        let (backup, curl) = (AppId::from("backup"), AppId::from("curl"));
+        let held = [
+            (&backup, Some(7), true),
+            (&backup, Some(7), true),
+            (&curl, Some(1000), true),
+            (&curl, Some(1000), false),
+        ];
+        add_blocked(&mut reply, held.into_iter(), |app, _| format!("{app} rule"));
+        let rows: Vec<(&str, u64, u64, &str)> = reply
+            .apps
+            .iter()
+            .map(|a| (a.name.as_str(), a.flows, a.blocked, a.rule.as_str()))
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                ("backup", 0, 2, "backup rule"),
+                ("curl", 2, 1, "curl rule"),
+                ("ssh", 1, 0, "ssh rule")
+            ],
+            "held without any uplink up is not blocked"
+        );
     }
 
     #[test]

@@ -154,6 +154,9 @@ pub struct TunnelStatus {
     pub rtt_us: Option<u64>,
     /// Smoothed fraction of probes lost, 0.0 to 1.0.
     pub loss: f32,
+    /// Data on it costs (config `metered = true`).
+    #[serde(default)]
+    pub metered: bool,
     pub tx_bytes: u64,
     pub rx_bytes: u64,
     pub tx_packets: u64,
@@ -195,6 +198,19 @@ pub struct AppStatus {
     pub blocked: u64,
     /// Bytes per uplink, over the app's live flows.
     pub bytes: Vec<UplinkBytes>,
+    /// How its rule picks among its uplinks: "order", "lowest_rtt" or "lowest_loss" (none
+    /// for bypass and block rules).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub select: Option<String>,
+    /// Its existing flows follow a measured choice.
+    #[serde(default)]
+    pub move_existing: bool,
+    /// Metered uplinks only as a last resort.
+    #[serde(default)]
+    pub avoid_metered: bool,
+    /// Its new flows are spread over its uplinks.
+    #[serde(default)]
+    pub spread: bool,
 }
 
 /// Bytes carried on one uplink.
@@ -312,6 +328,9 @@ pub enum MoveReason {
     UplinkDown,
     /// The policy prefers another uplink (one came up, or the policy was reloaded).
     Policy,
+    /// Its rule picks by measurement (`select`, `move_existing`) and another uplink has been
+    /// better by the margin for a while.
+    Measured,
 }
 
 /// A refused request.

@@ -1,7 +1,50 @@
 //! How the control replies name policy rules: one short line per rule as `upmt apps` shows it
 //! ("com.example.* -> wifi, cell, else block"), from the parsed policy. Pure.
 
-use upmt_policy::{Matched, Matcher, Policy, Route, Strategy, WhenNone};
+use upmt_paft::{AppId, Paft};
+use upmt_policy::{AppIdentity, Matched, Matcher, Policy, Route, Strategy, WhenNone};
+
+use crate::api::AppsReply;
+use crate::flows::UNKNOWN_APP;
+
+/// Fills in each app's `select`, `move_existing`, `avoid_metered` and `spread` from the rule
+/// that matches it (found by its name, and by the uid of one of its flows in `paft` or `held`).
+pub fn choices<'a>(
+    reply: &mut AppsReply,
+    policy: &Policy,
+    paft: &Paft,
+    held: impl Iterator<Item = (&'a AppId, Option<u32>, bool)>,
+) {
+    let held: Vec<(&AppId, Option<u32>)> = held.map(|(a, u, _)| (a, u)).collect();
+    for app in &mut reply.apps {
+        let uid = paft
+            .flows_of_app(&app.name)
+            .map(|(_, e)| e.uid())
+            .next()
+            .or_else(|| {
+                held.iter()
+                    .find(|(a, _)| a.as_str() == app.name)
+                    .map(|(_, u)| *u)
+            })
+            .flatten();
+        let who = AppIdentity {
+            name: (app.name != UNKNOWN_APP).then_some(app.name.as_str()),
+            uid,
+        };
+        if let (
+            Route::Tunnel {
+                strategy, choice, ..
+            },
+            _,
+        ) = policy.route_for(&who)
+        {
+            app.select = Some(strategy.name().to_owned());
+            app.move_existing = choice.move_existing;
+            app.avoid_metered = choice.avoid_metered;
+            app.spread = choice.spread;
+        }
+    }
+}
 
 /// The rule that made a decision, as one line.
 pub fn matched_rule(policy: &Policy, matched: Matched) -> String {
@@ -40,6 +83,7 @@ pub fn route(r: &Route, names: &[String]) -> String {
             uplinks,
             strategy,
             when_none,
+            choice,
         } => {
             let mut s = if uplinks.is_empty() {
                 "any uplink".to_owned()
@@ -50,8 +94,19 @@ pub fn route(r: &Route, names: &[String]) -> String {
                     .collect::<Vec<_>>()
                     .join(", ")
             };
-            if *strategy == Strategy::LowestRtt {
-                s.push_str(" (lowest rtt)");
+            match strategy {
+                Strategy::Ordered => {}
+                Strategy::LowestRtt => s.push_str(" (lowest rtt)"),
+                Strategy::LowestLoss => s.push_str(" (lowest loss)"),
+            }
+            if choice.move_existing {
+                s.push_str(" (move existing)");
+            }
+            if choice.avoid_metered {
+                s.push_str(" (avoid metered)");
+            }
+            if choice.spread {
+                s.push_str(" (spread)");
             }
             if !uplinks.is_empty() {
                 s.push_str(match when_none {
@@ -87,6 +142,61 @@ action = "bypass"
 uplinks = ["wifi"]
 when_none = "any"
 "#;
+
+    #[test]
+    fn measured_and_metered_choices_show_in_the_rule_and_the_apps_reply() {
+        let p = Policy::parse(
+            "version = 1\n[[rule]]\napp = \"call\"\nuplinks = [\"wifi\", \"cell\"]\nselect = \"lowest_rtt\"\nmove_existing = true\navoid_metered = true\n[default]\nspread = true\n",
+            "policy.toml",
+            &["wifi", "cell"],
+        )
+        .unwrap();
+        assert_eq!(
+            matched_rule(&p, Matched::Rule(0)),
+            "call -> wifi, cell (lowest rtt) (move existing) (avoid metered), else block"
+        );
+        assert_eq!(
+            matched_rule(&p, Matched::Default),
+            "default -> any uplink (spread)"
+        );
+        let app = |name: &str| crate::api::AppStatus {
+            name: name.into(),
+            rule: String::new(),
+            uplinks: vec![],
+            flows: 0,
+            blocked: 0,
+            bytes: vec![],
+            select: None,
+            move_existing: false,
+            avoid_metered: false,
+            spread: false,
+        };
+        let mut reply = AppsReply {
+            apps: vec![app("call"), app("other")],
+        };
+        let paft = Paft::new(upmt_paft::Config::default());
+        choices(&mut reply, &p, &paft, std::iter::empty());
+        let call = &reply.apps[0];
+        assert_eq!(
+            (
+                call.select.as_deref(),
+                call.move_existing,
+                call.avoid_metered,
+                call.spread
+            ),
+            (Some("lowest_rtt"), true, true, false)
+        );
+        let other = &reply.apps[1];
+        assert_eq!(
+            (
+                other.select.as_deref(),
+                other.move_existing,
+                other.avoid_metered,
+                other.spread
+            ),
+            (Some("order"), false, false, true)
+        );
+    }
 
     #[test]
     fn rules_are_named_by_their_matcher_and_route() {

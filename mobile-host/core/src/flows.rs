@@ -18,9 +18,10 @@ use std::time::Duration;
 
 use serde::Serialize;
 use upmt_paft::{AppId, Dir, Entry, FlowId, FlowKey, NewFlow, Paft, UplinkId, parse_packet};
-use upmt_policy::{AppIdentity, Policy, UplinkStatus, Verdict};
+use upmt_policy::{AppIdentity, Placing, Policy, UplinkStatus, Verdict};
 
 use crate::owner::Owner;
+use crate::select::{Selections, Switch};
 use crate::uplinks::Uplinks;
 
 /// Packets of one new flow kept while its owner is looked up; later ones are dropped.
@@ -147,6 +148,8 @@ pub struct Flows {
     expired: Vec<(FlowKey, Entry)>,
     ids: Vec<FlowId>,
     keys: Vec<FlowKey>,
+    /// Measured and spreading rules' choices.
+    selections: Selections,
 }
 
 fn identity<'a>(app: &'a AppId, uid: Option<u32>) -> AppIdentity<'a> {
@@ -172,6 +175,7 @@ impl Flows {
             expired: Vec::new(),
             ids: Vec::new(),
             keys: Vec::new(),
+            selections: Selections::new(),
         }
     }
 
@@ -183,6 +187,33 @@ impl Flows {
     /// Replaces the policy; call [`Flows::redecide`] after.
     pub fn set_policy(&mut self, policy: Policy) {
         self.policy = policy;
+        self.selections.reset();
+    }
+
+    /// The measured and spreading rules' choices.
+    pub fn selections(&self) -> &Selections {
+        &self.selections
+    }
+
+    /// When [`Flows::tick_selections`] is due: while the policy has a measured or spreading
+    /// rule and flows exist and move data.
+    pub fn selections_deadline(&self) -> Option<Duration> {
+        if self.paft.is_empty() {
+            return None;
+        }
+        self.selections.deadline(&self.policy)
+    }
+
+    /// Looks at the measured rules' choices again ([`Selections::tick`]); the choices that
+    /// changed go to `switches`. Flows of rules that move existing flows follow at the next
+    /// [`Flows::redecide`].
+    pub fn tick_selections(
+        &mut self,
+        uplinks: &[UplinkStatus],
+        now: Duration,
+        switches: &mut Vec<Switch>,
+    ) {
+        self.selections.tick(&self.policy, uplinks, now, switches);
     }
 
     /// The flow table (read only).
@@ -198,6 +229,14 @@ impl Flows {
     /// The counters.
     pub fn counters(&self) -> FlowCounters {
         self.counters
+    }
+
+    /// Blocked and held flows: each one's app, uid, and whether its policy blocks it (rather
+    /// than no uplink being up).
+    pub fn held(&self) -> impl Iterator<Item = (&AppId, Option<u32>, bool)> {
+        self.held
+            .values()
+            .map(|h| (&h.app, h.uid, h.reason == HoldReason::Blocked))
     }
 
     /// Flows waiting for their owner.
@@ -216,7 +255,11 @@ impl Flows {
             .paft
             .touch(&key, Dir::Orig, packet.len(), meta.tcp_flags, None, now)
         {
-            return TunAction::Send(e.uplink());
+            let uplink = e.uplink();
+            self.selections
+                .capacity_mut()
+                .sent(Uplinks::index(uplink), packet.len());
+            return TunAction::Send(uplink);
         }
         // An inbound flow's replies (the AN forwarded the first packet to us).
         if let Some(e) = self.paft.touch(
@@ -227,7 +270,11 @@ impl Flows {
             None,
             now,
         ) {
-            return TunAction::Send(e.uplink());
+            let uplink = e.uplink();
+            self.selections
+                .capacity_mut()
+                .sent(Uplinks::index(uplink), packet.len());
+            return TunAction::Send(uplink);
         }
         if let Some(h) = self.held.get_mut(&key) {
             h.last_seen = now;
@@ -352,6 +399,9 @@ impl Flows {
     /// Accounts a packet that came down `path` (its flow's reply direction), so the table
     /// sees both directions and their counters. Unknown flows are left alone.
     pub fn on_downlink(&mut self, packet: &[u8], uplink: UplinkId, now: Duration) {
+        self.selections
+            .capacity_mut()
+            .received(Uplinks::index(uplink), packet.len());
         if let Ok(meta) = parse_packet(packet) {
             let _ = self.paft.touch(
                 &meta.key.reversed(),
@@ -382,7 +432,13 @@ impl Flows {
             return self.late_answer(key, app, owner.uid);
         };
         self.trim_arrivals();
-        let decision = self.policy.decide(&identity(&app, owner.uid), uplinks);
+        self.selections.at(now);
+        let decision = self.policy.decide_with(
+            &identity(&app, owner.uid),
+            uplinks,
+            Placing::New,
+            &mut self.selections,
+        );
         let outcome = match decision.verdict {
             Verdict::Tunnel(i) => self.admit(key, &app, owner.uid, i, now),
             Verdict::Bypass => {
@@ -509,6 +565,7 @@ impl Flows {
     /// Returns how many flows changed.
     pub fn redecide(&mut self, uplinks: &[UplinkStatus], now: Duration) -> usize {
         let mut changed = 0;
+        self.selections.at(now);
         self.ids.clear();
         self.ids.extend(self.paft.iter().map(|(_, e)| e.id()));
         let ids = std::mem::take(&mut self.ids);
@@ -520,11 +577,16 @@ impl Flows {
                 continue;
             }
             let key = *key;
+            let current = e.uplink();
             let verdict = self
                 .policy
-                .decide(&identity(e.app(), e.uid()), uplinks)
+                .decide_with(
+                    &identity(e.app(), e.uid()),
+                    uplinks,
+                    Placing::Existing(Uplinks::index(current)),
+                    &mut self.selections,
+                )
                 .verdict;
-            let current = e.uplink();
             match verdict {
                 Verdict::Tunnel(i) => {
                     if let Some(u) = Uplinks::id_for_index(i)
@@ -559,7 +621,12 @@ impl Flows {
             };
             let verdict = self
                 .policy
-                .decide(&identity(&h.app, h.uid), uplinks)
+                .decide_with(
+                    &identity(&h.app, h.uid),
+                    uplinks,
+                    Placing::New,
+                    &mut self.selections,
+                )
                 .verdict;
             let target = match verdict {
                 Verdict::Tunnel(i) => Some(i),
@@ -837,16 +904,13 @@ mod tests {
         }
     }
 
-    const BOTH_UP: [UplinkStatus; 2] = [
-        UplinkStatus {
-            up: true,
-            rtt: None,
-        },
-        UplinkStatus {
-            up: true,
-            rtt: None,
-        },
-    ];
+    const UP: UplinkStatus = UplinkStatus {
+        up: true,
+        rtt: None,
+        loss: None,
+        metered: false,
+    };
+    const BOTH_UP: [UplinkStatus; 2] = [UP, UP];
     const T: Duration = Duration::from_secs(10);
 
     #[test]
@@ -908,6 +972,7 @@ mod tests {
             UplinkStatus {
                 up: true,
                 rtt: None,
+                ..UplinkStatus::default()
             },
             UplinkStatus::default(),
         ];
@@ -942,6 +1007,7 @@ mod tests {
             UplinkStatus {
                 up: true,
                 rtt: None,
+                ..UplinkStatus::default()
             },
         ];
         assert_eq!(f.redecide(&wifi_down, T), 2);
@@ -964,6 +1030,7 @@ mod tests {
             UplinkStatus {
                 up: true,
                 rtt: None,
+                ..UplinkStatus::default()
             },
             UplinkStatus::default(),
         ];

@@ -44,8 +44,8 @@ use upmt_proto::{HEADER_LEN, PathId, SessionParams, Transmit};
 
 use crate::answer;
 use crate::api::{
-    ErrorKind, ErrorReply, Event, OwnerLookups, ReloadReply, Request, Response, SessionState,
-    SessionStatus, StatusReply,
+    ErrorKind, ErrorReply, Event, MoveReason, OwnerLookups, ReloadReply, Request, Response,
+    SessionState, SessionStatus, StatusReply,
 };
 use crate::candidates::{Change, Family, InterfaceFacts, Pattern, Selector};
 use crate::describe;
@@ -120,6 +120,8 @@ struct Link {
     local: Option<SocketAddr>,
     /// The protocol reports its path up.
     live: bool,
+    /// Its data costs (config `metered = true`).
+    metered: bool,
 }
 
 /// The mobile host's state. See the module docs for the calling order.
@@ -169,6 +171,7 @@ impl MobileHost {
                 available: false,
                 local: None,
                 live: false,
+                metered: false,
             })
             .collect();
         let mut host = MobileHost {
@@ -229,6 +232,19 @@ impl MobileHost {
     /// The uplinks as the policy sees them now.
     pub fn statuses(&self) -> &[UplinkStatus] {
         &self.statuses
+    }
+
+    /// Marks the uplinks whose data costs (the config's `metered = true`), in config order;
+    /// rules with `avoid_metered` use them only as a last resort.
+    pub fn set_metered(&mut self, metered: &[bool]) {
+        for (link, &m) in self.links.iter_mut().zip(metered) {
+            link.metered = m;
+        }
+    }
+
+    /// Whether `uplink` is metered.
+    pub fn is_metered(&self, uplink: UplinkId) -> bool {
+        self.link(uplink).is_some_and(|l| l.metered)
     }
 
     /// Whether `uplink` has a socket now.
@@ -473,6 +489,13 @@ impl MobileHost {
             self.client.handle_timeout(now);
         }
         self.decide_overdue(now);
+        if self
+            .flows
+            .selections_deadline()
+            .is_some_and(|at| at <= now.as_duration())
+        {
+            self.tick_selections(now);
+        }
         if self.selector_deadline().is_some_and(|at| at <= now) {
             self.select(now);
         }
@@ -528,14 +551,14 @@ impl MobileHost {
             Request::Status => Ok(Response::Status(self.status_reply())),
             Request::Apps => {
                 let (policy, statuses) = (self.flows.policy(), &self.statuses);
-                Ok(Response::Apps(answer::apps(
-                    self.flows.paft(),
-                    &names,
-                    |app, uid| {
-                        let who = identity(app, uid);
-                        describe::matched_rule(policy, policy.decide(&who, statuses).matched)
-                    },
-                )))
+                let rule_of = |app: &AppId, uid| {
+                    let who = identity(app, uid);
+                    describe::matched_rule(policy, policy.decide(&who, statuses).matched)
+                };
+                let mut reply = answer::apps(self.flows.paft(), &names, rule_of);
+                answer::add_blocked(&mut reply, self.flows.held(), rule_of);
+                describe::choices(&mut reply, policy, self.flows.paft(), self.flows.held());
+                Ok(Response::Apps(reply))
             }
             Request::Flows { app } => Ok(Response::Flows(answer::flows(
                 self.flows.paft(),
@@ -669,6 +692,7 @@ impl MobileHost {
             self.client.poll_timeout().map(|(at, _)| at),
             self.flows.lookup_deadline().map(Instant::from_duration),
             self.selector_deadline(),
+            self.flows.selections_deadline().map(Instant::from_duration),
         ]
         .into_iter()
         .flatten()
@@ -798,21 +822,52 @@ impl MobileHost {
     fn refresh_statuses(&mut self, now: Instant) {
         let mut statuses = std::mem::take(&mut self.statuses);
         for (i, (status, link)) in statuses.iter_mut().zip(&self.links).enumerate() {
+            let stats = self
+                .client
+                .path_stats(PathId(u8::try_from(i).unwrap_or(u8::MAX)));
+            let rtt = stats.as_ref().and_then(|p| p.rtt);
             *status = UplinkStatus {
                 up: self.usable(i, link, now),
-                rtt: self
-                    .client
-                    .path_stats(PathId(u8::try_from(i).unwrap_or(u8::MAX)))
-                    .and_then(|p| p.rtt),
+                rtt,
+                // Loss counts once a probe was answered: before, 0 % means nothing.
+                loss: stats.filter(|_| rtt.is_some()).map(|p| p.loss),
+                metered: link.metered,
             };
         }
         self.statuses = statuses;
+    }
+
+    /// Looks at the measured rules' choices again; when one that moves existing flows
+    /// changed, its flows follow.
+    fn tick_selections(&mut self, now: Instant) {
+        self.refresh_statuses(now);
+        let mut switches = Vec::new();
+        self.flows
+            .tick_selections(&self.statuses, now.as_duration(), &mut switches);
+        let names = self.uplinks.names();
+        let name = |i: Option<usize>| i.and_then(|i| names.get(i)).map_or("none", String::as_str);
+        for s in &switches {
+            let rule = describe::matched_rule(self.flows.policy(), s.rule);
+            if s.from.is_some() {
+                tracing::info!(%rule, from = name(s.from), to = name(Some(s.to)), "select: the rule's choice changed");
+            } else {
+                tracing::debug!(%rule, to = name(Some(s.to)), "select: the rule's first choice");
+            }
+        }
+        if switches.iter().any(|s| s.move_existing && s.from.is_some()) {
+            self.redecide_because(now, MoveReason::Measured);
+        }
     }
 
     /// Decides every flow again: flows pinned to an uplink that is no longer usable are
     /// unpinned first, and every move and block is published (and moves signalled to the
     /// anchor). Returns how many flows changed.
     fn redecide(&mut self, now: Instant) -> usize {
+        self.redecide_because(now, MoveReason::Policy)
+    }
+
+    /// [`MobileHost::redecide`], moves published with `reason`.
+    fn redecide_because(&mut self, now: Instant, reason: MoveReason) -> usize {
         self.refresh_statuses(now);
         let mut events = Vec::new();
         for (i, status) in self.statuses.iter().enumerate() {
@@ -833,6 +888,11 @@ impl MobileHost {
             self.uplinks.names(),
             &mut events,
         );
+        for e in &mut events {
+            if let Event::FlowMoved { reason: r, .. } = e {
+                *r = reason;
+            }
+        }
         self.publish(events, now);
         changed
     }
@@ -927,13 +987,15 @@ impl MobileHost {
             .zip(&self.links)
             .zip(bytes)
             .map(|((u, link), b)| {
-                answer::tunnel(
+                let mut t = answer::tunnel(
                     self.uplinks.name(u).unwrap_or_default(),
                     &link.interface,
                     link.local.filter(|_| link.available),
                     self.client.path_stats(Uplinks::path(u)),
                     b,
-                )
+                );
+                t.metered = link.metered;
+                t
             })
             .collect();
         let c = self.flows.counters();

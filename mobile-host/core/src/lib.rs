@@ -8,6 +8,8 @@
 //! - [`uplinks`]: the one registry of uplink names and ids.
 //! - [`api`]: the control vocabulary (requests, replies, events) `upmt` and the daemon share;
 //!   [`answer`] and [`describe`] compute replies from the tables.
+//! - [`select`]: the policy's choices that keep state: measured `select` with hysteresis,
+//!   `spread` by weighted round robin.
 //! - [`owner`], [`rst`]: a flow's owner as the lookup found it; TCP resets for blocked flows.
 //!
 //! This crate never opens a socket or a file, never reads a clock, and never spawns anything:
@@ -21,6 +23,7 @@ pub mod flows;
 pub mod host;
 pub mod owner;
 pub mod rst;
+pub mod select;
 pub mod uplinks;
 
 pub use host::{HostConfig, HostCounters, MobileHost, RoutingIntent};

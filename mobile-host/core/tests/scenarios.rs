@@ -523,3 +523,65 @@ fn a_lookup_past_its_bound_goes_by_the_default_rule_and_the_late_answer_moves_it
         "its own rule places it now"
     );
 }
+
+/// Two apps choosing by RTT; only the call moves its running flows.
+const MEASURED_POLICY: &str = r#"version = 1
+
+[[rule]]
+app = "call"
+uplinks = ["wifi", "cell"]
+select = "lowest_rtt"
+move_existing = true
+
+[[rule]]
+app = "web"
+uplinks = ["wifi", "cell"]
+select = "lowest_rtt"
+"#;
+
+#[test]
+fn a_measured_rule_moves_its_running_flows_once_another_uplink_stays_faster() {
+    let mut net = Net::connected();
+    let policy = Policy::parse(MEASURED_POLICY, "policy.toml", &["wifi", "cell"]).expect("policy");
+    net.host.reload_policy(policy, net.now);
+    net.flush();
+    let call = net.start_flow("call", 8100);
+    net.start_flow("web", 8200);
+    assert_eq!(net.arrived_on(8100), Some(WIFI), "wifi measures faster");
+    assert_eq!(net.arrived_on(8200), Some(WIFI));
+    let call_id = net.flow_id(&call);
+    net.events.clear();
+    // Wi-Fi's queue fills: 300 ms round trips against cellular's 60.
+    net.links[WIFI].delay = Duration::from_millis(150);
+    for _ in 0..40 {
+        net.app_sends(&tcp(8100, 0x10));
+        net.app_sends(&tcp(8200, 0x10));
+        net.run_for(Duration::from_millis(200));
+    }
+    let measured: Vec<&Event> = net
+        .events
+        .iter()
+        .filter(|e| {
+            matches!(
+                e,
+                Event::FlowMoved {
+                    reason: MoveReason::Measured,
+                    ..
+                }
+            )
+        })
+        .collect();
+    assert!(
+        matches!(measured[..], [Event::FlowMoved { flow, to, .. }] if *flow == call_id && to == "cell"),
+        "the call moves once: {:?}",
+        net.events
+    );
+    assert_eq!(net.arrived_on(8100), Some(CELL));
+    assert_eq!(
+        net.arrived_on(8200),
+        Some(WIFI),
+        "web's running flow stays without move_existing"
+    );
+    net.start_flow("web", 8201);
+    assert_eq!(net.arrived_on(8201), Some(CELL), "web's new flows follow");
+}

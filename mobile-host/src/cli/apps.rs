@@ -95,6 +95,10 @@ mod tests {
                             rx_bytes: 1024,
                         },
                     ],
+                    select: None,
+                    move_existing: false,
+                    avoid_metered: false,
+                    spread: false,
                 },
                 AppStatus {
                     name: "os-update".into(),
@@ -103,6 +107,10 @@ mod tests {
                     flows: 1,
                     blocked: 1,
                     bytes: vec![],
+                    select: None,
+                    move_existing: false,
+                    avoid_metered: false,
+                    spread: false,
                 },
             ],
         };

@@ -56,7 +56,11 @@ pub fn render(reply: &StatusReply) -> String {
     ]);
     for tun in &reply.tunnels {
         t.row(vec![
-            tun.uplink.clone(),
+            if tun.metered {
+                format!("{} (metered)", tun.uplink)
+            } else {
+                tun.uplink.clone()
+            },
             tun.interface.clone(),
             state(tun.state).to_owned(),
             table::or_dash(tun.local),
@@ -108,6 +112,7 @@ mod tests {
                     public: Some("203.0.113.7:61000".parse().unwrap()),
                     rtt_us: Some(12_345),
                     loss: 0.0,
+                    metered: false,
                     tx_bytes: 1_234_567,
                     rx_bytes: 98_765_432,
                     tx_packets: 10,
@@ -121,6 +126,7 @@ mod tests {
                     public: None,
                     rtt_us: None,
                     loss: 1.0,
+                    metered: false,
                     tx_bytes: 0,
                     rx_bytes: 512,
                     tx_packets: 0,
@@ -147,6 +153,35 @@ cell    rmnet0     down   -                   -                        -  100%  
 owners: 40 by uid, 7 from the index, 1 by scan, 2 by uid without a process, 3 unknown; 1 decided by default after the lookup bound, 1 decided again
 ";
         assert_eq!(render(&reply), expected);
+    }
+
+    #[test]
+    fn a_metered_uplink_says_so_after_its_name() {
+        let reply = StatusReply {
+            session: SessionStatus {
+                state: SessionState::Handshaking,
+                anchor: "198.51.100.1:51820".parse().unwrap(),
+                virtual_addresses: vec![],
+                tun: None,
+            },
+            tunnels: vec![TunnelStatus {
+                uplink: "cell".into(),
+                interface: "rmnet0".into(),
+                state: TunnelState::Up,
+                local: None,
+                public: None,
+                rtt_us: None,
+                loss: 0.0,
+                metered: true,
+                tx_bytes: 0,
+                rx_bytes: 0,
+                tx_packets: 0,
+                rx_packets: 0,
+            }],
+            owners: None,
+        };
+        let text = render(&reply);
+        assert!(text.contains("\ncell (metered)  rmnet0"), "{text}");
     }
 
     #[test]

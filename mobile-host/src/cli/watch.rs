@@ -63,6 +63,7 @@ fn reason_text(reason: MoveReason) -> &'static str {
         MoveReason::Unpinned => "unpinned by upmt unpin",
         MoveReason::UplinkDown => "its uplink went down",
         MoveReason::Policy => "policy",
+        MoveReason::Measured => "another uplink measured better",
     }
 }
 

@@ -251,6 +251,7 @@ mod tests {
                 public: None,
                 rtt_us: Some(12_500),
                 loss: 0.25,
+                metered: false,
                 tx_bytes: 1,
                 rx_bytes: 2,
                 tx_packets: 3,
@@ -279,6 +280,10 @@ mod tests {
                         tx_bytes: 10,
                         rx_bytes: 20,
                     }],
+                    select: Some("lowest_rtt".into()),
+                    move_existing: true,
+                    avoid_metered: true,
+                    spread: false,
                 }],
             }),
             Response::Flows(FlowsReply {
