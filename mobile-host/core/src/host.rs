@@ -329,7 +329,12 @@ impl MobileHost {
         let result = self.client.handle_datagram(path, datagram, now);
         let range = match result {
             Ok(Some(range)) => range,
-            Ok(None) => None?,
+            Ok(None) => {
+                // A handshake answer or a control message: what it changed (connected, a path
+                // up) is acted on now, not at the next timer.
+                self.pump(now);
+                None?
+            }
             Err(reason) => {
                 // The client counted it.
                 tracing::debug!(%path, reason = reason.as_str(), "datagram dropped");
