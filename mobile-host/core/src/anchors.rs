@@ -1,11 +1,13 @@
 //! Several anchors in order, and when the host leaves the one it talks to for the next.
 //!
 //! The host has one session with one anchor at a time. An anchor counts as gone when no path
-//! to it has been up for [`Anchors::failover_after`] while at least one uplink has a socket:
-//! the phone has a network, but nothing answers on any of them (the probes of a live session,
-//! or the handshakes of a new one). Then the host moves to the next anchor in the list,
-//! wrapping around to the first after the last. No uplink with a socket (airplane mode, no
-//! coverage) never counts against the anchor.
+//! to it has been up for [`Anchors::failover_after`] while the phone has a network (an uplink
+//! with a socket, or an uplink's interface up with an address, whose socket toward this
+//! anchor cannot be opened): nothing answers on any uplink (the probes of a live session, or
+//! the handshakes of a new one), or the anchor cannot be reached at all (say, an IPv6-only
+//! anchor from IPv4-only networks). Then the host moves to the next anchor in the list,
+//! wrapping around to the first after the last. No network (airplane mode, no coverage) never
+//! counts against the anchor.
 //!
 //! A failover costs every flow: each anchor has its own NAT, its own public address and may
 //! give the host another virtual address, so a connection made through the old one cannot
@@ -143,9 +145,9 @@ impl Anchors {
     }
 
     /// What the host's paths look like now: whether any path to the anchor is up, and whether
-    /// any uplink has a socket.
-    pub fn observe(&mut self, any_path_up: bool, any_uplink: bool, now: Instant) {
-        if any_path_up || !any_uplink {
+    /// the phone has a network.
+    pub fn observe(&mut self, any_path_up: bool, any_network: bool, now: Instant) {
+        if any_path_up || !any_network {
             self.silent_since = None;
         } else if self.silent_since.is_none() {
             self.silent_since = Some(now);

@@ -447,6 +447,7 @@ impl MobileHost {
         // The next listing tries again: at once here, a socket that cannot be opened (the only
         // candidate, say) would be retried in a busy loop.
         self.drop_link(uplink, now);
+        self.observe_anchor(now);
     }
 
     /// What the host's interfaces look like now, and the families the anchor has endpoints
@@ -461,6 +462,7 @@ impl MobileHost {
         self.interface_facts = interfaces;
         self.anchor_families = anchor;
         self.select(now);
+        self.observe_anchor(now);
     }
 
     /// Runs every uplink's selector on the last listing.
@@ -798,9 +800,24 @@ impl MobileHost {
                 );
             }
         }
+        self.observe_anchor(now);
+    }
+
+    /// Tells the anchors whether a path is up and whether the phone has a network.
+    fn observe_anchor(&mut self, now: Instant) {
         let any_live = self.links.iter().any(|l| l.live);
-        let any_socket = self.links.iter().any(|l| l.available);
-        self.anchors.observe(any_live, any_socket, now);
+        let any_network = any_live || self.any_network();
+        self.anchors.observe(any_live, any_network, now);
+    }
+
+    /// Whether the phone has a network: an uplink with a socket, or an interface of an uplink
+    /// that is up (its socket toward this anchor may fail: no route, not the anchor's family).
+    fn any_network(&self) -> bool {
+        self.links.iter().any(|l| l.available)
+            || self.interface_facts.iter().any(|f| {
+                f.up && (f.global_v4 || f.global_v6)
+                    && self.links.iter().any(|l| l.pattern.matches(&f.name))
+            })
     }
 
     fn client_event(&mut self, event: ClientEvent, now: Instant) {

@@ -78,6 +78,11 @@ fn up(name: &str) -> InterfaceFacts {
 impl Net {
     /// A host with two uplinks configured with both anchors; `alive` says which answer.
     fn new(alive: [bool; 2]) -> Net {
+        Net::with_first(alive, vec![endpoint(0)])
+    }
+
+    /// [`Net::new`], the first anchor at `first` (its endpoint 0 answers if alive).
+    fn with_first(alive: [bool; 2], first: Vec<SocketAddr>) -> Net {
         let mh = StaticSecret::generate().expect("key");
         let keys = [
             StaticSecret::generate().expect("key"),
@@ -98,7 +103,7 @@ impl Net {
             now,
         );
         host.set_anchors(
-            vec![endpoint(0)],
+            first,
             vec![Fallback {
                 endpoints: vec![endpoint(1)],
                 public_key: keys[1].public_key(),
@@ -136,8 +141,15 @@ impl Net {
             connects: Vec::new(),
             lookups: Vec::new(),
         };
+        // As the driver does: the families of the anchor in use.
+        let families = net
+            .host
+            .anchor_endpoints()
+            .iter()
+            .map(|e| if e.is_ipv4() { Family::V4 } else { Family::V6 })
+            .collect();
         net.host
-            .handle_interfaces(vec![up("wlan0"), up("rmnet_data0")], vec![Family::V4], now);
+            .handle_interfaces(vec![up("wlan0"), up("rmnet_data0")], families, now);
         net.flush();
         net
     }
@@ -155,6 +167,8 @@ impl Net {
                             .iter()
                             .copied()
                             .find(|e| e.is_ipv4() == (a.family == Family::V4));
+                        // The interfaces have IPv4 only: an IPv6 socket cannot be opened.
+                        let to = to.filter(|_| a.family == Family::V4);
                         self.attached[i] = to;
                         if to.is_some() {
                             self.host
@@ -451,4 +465,17 @@ fn losing_every_uplink_is_not_the_anchors_fault() {
     net.run_for(Duration::from_secs(30));
     assert_eq!(net.host.anchors().index(), 0);
     assert_eq!(net.connects, vec![VIRTUAL[0]]);
+}
+
+#[test]
+fn an_anchor_the_phones_networks_cannot_reach_by_its_family_is_left_too() {
+    // IPv6 only, while both uplinks have IPv4 only: no socket toward it ever opens.
+    let mut net = Net::with_first(
+        [false, true],
+        vec!["[2001:db8::2]:51900".parse().expect("addr")],
+    );
+    assert!(net.attached.iter().all(Option::is_none));
+    net.run_for(FAILOVER_AFTER + Duration::from_secs(2));
+    assert_eq!(net.host.anchors().index(), 1);
+    assert_eq!(net.connects, vec![VIRTUAL[1]]);
 }
