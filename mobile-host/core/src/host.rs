@@ -76,7 +76,8 @@ pub struct HostConfig {
     pub client: ClientConfig,
     /// Random bits for the client's session ids, from the driver.
     pub client_seed: u64,
-    /// Where the anchor is (for status replies).
+    /// The first anchor's preferred endpoint; [`MobileHost::set_anchors`] gives all of its
+    /// endpoints and the anchors after it.
     pub anchor: SocketAddr,
     /// The uplinks, in config order.
     pub uplinks: Uplinks,
