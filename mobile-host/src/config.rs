@@ -101,6 +101,9 @@ pub struct Config {
     pub anchors: Vec<SocketAddr>,
     /// The anchor's static public key (X25519, 32 bytes).
     pub anchor_public_key: PublicKey,
+    /// Further anchors in order (`[[fallback_anchor]]`): the host moves to the next when the
+    /// one in use is gone (see `upmt_mh_core::anchors`).
+    pub fallback_anchors: Vec<FallbackAnchor>,
     /// This host's static private key (X25519, 32 bytes).
     pub private_key: StaticSecret,
     /// Name of the TUN device.
@@ -148,6 +151,18 @@ pub struct ProbeConfig {
     pub path_timeout: Duration,
     /// How long a returning preferred path must stay up before traffic moves back (`hold_down`).
     pub hold_down: Duration,
+    /// How long no path may answer, with an uplink up, before the host moves to the next
+    /// anchor (`failover_after_ms`; only with `[[fallback_anchor]]`).
+    pub failover_after: Duration,
+}
+
+/// One `[[fallback_anchor]]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FallbackAnchor {
+    /// Its endpoints, at most one per address family, preferred first.
+    pub endpoints: Vec<SocketAddr>,
+    /// Its static public key.
+    pub public_key: PublicKey,
 }
 
 impl Default for ProbeConfig {
@@ -159,6 +174,7 @@ impl Default for ProbeConfig {
             idle_keepalive_max: None,
             path_timeout: Duration::from_millis(700),
             hold_down: Duration::from_secs(3),
+            failover_after: upmt_mh_core::anchors::DEFAULT_FAILOVER_AFTER,
         }
     }
 }
@@ -198,6 +214,76 @@ struct RawConfig {
     packages_list: Option<Spanned<String>>,
     #[serde(default)]
     uplink: Vec<RawUplink>,
+    #[serde(default)]
+    fallback_anchor: Vec<RawFallbackAnchor>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFallbackAnchor {
+    anchor: Spanned<RawAnchor>,
+    anchor_public_key: Spanned<String>,
+}
+
+/// `anchor = ...` (of the first anchor or a fallback): one endpoint, or one per family.
+fn anchor_endpoints(
+    raw: Spanned<RawAnchor>,
+    source: &ConfigText,
+) -> Result<Vec<SocketAddr>, ConfigError> {
+    let at = |span, message: String| source.error(span, message);
+    let anchor_span = raw.span();
+    let entries: Vec<(String, Range<usize>)> = match raw.into_inner() {
+        RawAnchor::One(text) => vec![(text, anchor_span.clone())],
+        RawAnchor::Many(list) => list
+            .into_iter()
+            .map(|e| {
+                let span = e.span();
+                (e.into_inner(), span)
+            })
+            .collect(),
+    };
+    if entries.is_empty() {
+        return Err(at(
+            anchor_span,
+            "empty anchor list: expected one or two endpoints, e.g. [\"203.0.113.2:51900\", \"[2001:db8::2]:51900\"]".into(),
+        ));
+    }
+    let mut anchors: Vec<SocketAddr> = Vec::with_capacity(entries.len());
+    for (text, span) in entries {
+        let endpoint: SocketAddr = text.parse().map_err(|_| {
+            at(
+                span.clone(),
+                format!(
+                    "invalid anchor {}: expected IPv4:port or [IPv6]:port, e.g. \"203.0.113.2:51900\"",
+                    shown(&text)
+                ),
+            )
+        })?;
+        if endpoint.port() == 0 {
+            return Err(at(span, "anchor port must not be 0".into()));
+        }
+        if anchors.iter().any(|a| a.is_ipv4() == endpoint.is_ipv4()) {
+            return Err(at(
+                span,
+                format!(
+                    "anchor lists two {} endpoints: expected at most one per address family",
+                    if endpoint.is_ipv4() { "IPv4" } else { "IPv6" }
+                ),
+            ));
+        }
+        anchors.push(endpoint);
+    }
+    Ok(anchors)
+}
+
+/// `anchor_public_key = ...` (of the first anchor or a fallback).
+fn anchor_key(raw: &Spanned<String>, source: &ConfigText) -> Result<PublicKey, ConfigError> {
+    raw.get_ref().trim().parse::<PublicKey>().map_err(|_| {
+        source.error(
+            raw.span(),
+            "invalid anchor_public_key: expected a base64 X25519 public key (44 characters, as `upmt pubkey` prints)",
+        )
+    })
 }
 
 /// `anchor = "ip:port"`, or a list of one endpoint per family.
@@ -246,6 +332,7 @@ struct RawProbe {
     idle_keepalive_max_s: Option<Spanned<u64>>,
     path_timeout_ms: Option<Spanned<u64>>,
     hold_down_ms: Option<Spanned<u64>>,
+    failover_after_ms: Option<Spanned<u64>>,
 }
 
 /// `idle_keepalive_s`: seconds, or `"auto"`.
@@ -287,55 +374,29 @@ impl Config {
         let raw: RawConfig =
             toml::from_str(text).map_err(|e| source.parser_error(e.span(), e.message()))?;
 
-        let anchor_span = raw.anchor.span();
-        let entries: Vec<(String, Range<usize>)> = match raw.anchor.into_inner() {
-            RawAnchor::One(text) => vec![(text, anchor_span.clone())],
-            RawAnchor::Many(list) => list
-                .into_iter()
-                .map(|e| {
-                    let span = e.span();
-                    (e.into_inner(), span)
-                })
-                .collect(),
-        };
-        if entries.is_empty() {
-            return Err(at(
-                anchor_span,
-                "empty anchor list: expected one or two endpoints, e.g. [\"203.0.113.2:51900\", \"[2001:db8::2]:51900\"]".into(),
-            ));
-        }
-        let mut anchors: Vec<SocketAddr> = Vec::with_capacity(entries.len());
-        for (text, span) in entries {
-            let endpoint: SocketAddr = text.parse().map_err(|_| {
-                at(
-                    span.clone(),
-                    format!(
-                        "invalid anchor {}: expected IPv4:port or [IPv6]:port, e.g. \"203.0.113.2:51900\"",
-                        shown(&text)
-                    ),
-                )
-            })?;
-            if endpoint.port() == 0 {
-                return Err(at(span, "anchor port must not be 0".into()));
-            }
-            if anchors.iter().any(|a| a.is_ipv4() == endpoint.is_ipv4()) {
+        let anchors = anchor_endpoints(raw.anchor, &source)?;
+        let anchor = anchors[0];
+        let anchor_public_key = anchor_key(&raw.anchor_public_key, &source)?;
+        let mut fallback_anchors = Vec::with_capacity(raw.fallback_anchor.len());
+        for f in raw.fallback_anchor {
+            let span = f.anchor.span();
+            let endpoints = anchor_endpoints(f.anchor, &source)?;
+            let taken = anchors.iter().chain(
+                fallback_anchors
+                    .iter()
+                    .flat_map(|a: &FallbackAnchor| &a.endpoints),
+            );
+            if let Some(dup) = endpoints.iter().find(|e| taken.clone().any(|t| t == *e)) {
                 return Err(at(
                     span,
-                    format!(
-                        "anchor lists two {} endpoints: expected at most one per address family",
-                        if endpoint.is_ipv4() { "IPv4" } else { "IPv6" }
-                    ),
+                    format!("anchor endpoint {dup} is listed twice: each anchor needs its own"),
                 ));
             }
-            anchors.push(endpoint);
+            fallback_anchors.push(FallbackAnchor {
+                endpoints,
+                public_key: anchor_key(&f.anchor_public_key, &source)?,
+            });
         }
-        let anchor = anchors[0];
-        let anchor_public_key = raw.anchor_public_key.get_ref().trim().parse::<PublicKey>().map_err(|_| {
-            at(
-                raw.anchor_public_key.span(),
-                "invalid anchor_public_key: expected a base64 X25519 public key (44 characters, as `upmt pubkey` prints)".into(),
-            )
-        })?;
 
         let private_key = match (&raw.private_key, &raw.private_key_file) {
             (Some(k), None) => k.get_ref().trim().parse::<StaticSecret>().map_err(|_| {
@@ -667,12 +728,16 @@ impl Config {
             if let Some(v) = p.hold_down_ms {
                 probe.hold_down = positive(v, "hold_down_ms", Duration::from_millis)?;
             }
+            if let Some(v) = p.failover_after_ms {
+                probe.failover_after = positive(v, "failover_after_ms", Duration::from_millis)?;
+            }
         }
 
         Ok(Config {
             anchor,
             anchors,
             anchor_public_key,
+            fallback_anchors,
             private_key,
             tun,
             fwmark,
@@ -1036,6 +1101,7 @@ mod tests {
                 idle_keepalive_max: None,
                 path_timeout: Duration::from_millis(300),
                 hold_down: Duration::from_secs(1),
+                ..ProbeConfig::default()
             }
         );
         let c = parse(&format!("{}[probe]\nhold_down_ms = 500\n", good())).unwrap();
@@ -1496,6 +1562,70 @@ mod tests {
         assert!(message.contains("one per address family"), "{message}");
         let (line, _, _) = invalid(&list("51900"));
         assert_eq!(line, 1);
+    }
+
+    fn with_fallbacks(fallbacks: &str) -> String {
+        format!("{}{fallbacks}", good())
+    }
+
+    #[test]
+    fn fallback_anchors_are_kept_in_order_with_their_own_endpoints_and_keys() {
+        let c = parse(&with_fallbacks(&format!(
+            "[[fallback_anchor]]\nanchor = [\"198.51.100.7:51900\", \"[2001:db8:7::7]:51900\"]\n\
+             anchor_public_key = \"{KEY_B}\"\n\
+             [[fallback_anchor]]\nanchor = \"192.0.2.9:51900\"\nanchor_public_key = \"{KEY_A}\"\n\
+             [probe]\nfailover_after_ms = 2500\n"
+        )))
+        .expect("valid");
+        assert_eq!(c.fallback_anchors.len(), 2);
+        assert_eq!(
+            c.fallback_anchors[0].endpoints,
+            vec![
+                "198.51.100.7:51900".parse::<SocketAddr>().unwrap(),
+                "[2001:db8:7::7]:51900".parse().unwrap()
+            ]
+        );
+        assert_eq!(c.fallback_anchors[0].public_key, KEY_B.parse().unwrap());
+        assert_eq!(c.fallback_anchors[1].public_key, c.anchor_public_key);
+        assert_eq!(c.probe.failover_after, Duration::from_millis(2500));
+        let plain = parse(&good()).expect("valid");
+        assert!(plain.fallback_anchors.is_empty());
+        assert_eq!(
+            plain.probe.failover_after,
+            upmt_mh_core::anchors::DEFAULT_FAILOVER_AFTER
+        );
+    }
+
+    #[test]
+    fn a_bad_fallback_anchor_is_refused_at_its_line_and_column() {
+        // good() has 10 lines: the fallback table starts at line 11.
+        let (line, column, message) = invalid(&with_fallbacks(&format!(
+            "[[fallback_anchor]]\nanchor = \"198.51.100.7\"\nanchor_public_key = \"{KEY_A}\"\n"
+        )));
+        assert_eq!((line, column), (12, 10));
+        assert!(message.contains("[IPv6]:port"), "{message}");
+        let (line, column, message) = invalid(&with_fallbacks(
+            "[[fallback_anchor]]\nanchor = \"198.51.100.7:51900\"\nanchor_public_key = \"nope\"\n",
+        ));
+        assert_eq!((line, column), (13, 21));
+        assert!(message.contains("anchor_public_key"), "{message}");
+        let (line, _, message) = invalid(&with_fallbacks(&format!(
+            "[[fallback_anchor]]\nanchor = \"203.0.113.2:51900\"\nanchor_public_key = \"{KEY_A}\"\n"
+        )));
+        assert_eq!(line, 12);
+        assert!(message.contains("listed twice"), "{message}");
+        let (line, _, message) = invalid(&with_fallbacks(
+            "[[fallback_anchor]]\nanchor = \"198.51.100.7:51900\"\n",
+        ));
+        assert_eq!(line, 11);
+        assert!(message.contains("anchor_public_key"), "{message}");
+        let (line, _, message) = invalid(&with_fallbacks(&format!(
+            "[[fallback_anchor]]\nanchor = \"198.51.100.7:51900\"\nanchor_public_key = \"{KEY_A}\"\nport = 1\n"
+        )));
+        assert_eq!(line, 14);
+        assert!(message.contains("port"), "{message}");
+        let (_, _, message) = invalid(&format!("{}[probe]\nfailover_after_ms = 0\n", good()));
+        assert!(message.contains("failover_after_ms"), "{message}");
     }
 
     #[test]

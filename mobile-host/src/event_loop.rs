@@ -167,7 +167,9 @@ impl Daemon {
                 None
             }
         };
-        let mut host = MobileHost::new(setup::host_config(&config, policy)?, setup::now());
+        let start = setup::now();
+        let mut host = MobileHost::new(setup::host_config(&config, policy)?, start);
+        setup::set_anchors(&mut host, &config, start);
         host.set_metered(&config.uplinks.iter().map(|u| u.metered).collect::<Vec<_>>());
         let packages = appid::android::Packages::at(&config.packages_list);
         host.set_packages(packages.uids_by_name());
@@ -204,7 +206,7 @@ impl Daemon {
         // The core publishes the bypass set from the start: take it before the capture rules
         // go in, so bypass apps never lose their path.
         while let Some(intent) = daemon.host.poll_routing() {
-            daemon.apply(intent).await?;
+            daemon.apply(intent, start).await?;
         }
         if let Err(e) = daemon.ensure_routing().await {
             // Half a layout would leave apps without a path after this process is gone.
@@ -448,8 +450,8 @@ impl Daemon {
     async fn recheck_uplinks(&mut self, now: Instant) {
         let facts = self.interface_facts().await;
         let families = self
-            .config
-            .anchors
+            .host
+            .anchor_endpoints()
             .iter()
             .map(|a| if a.is_ipv4() { Family::V4 } else { Family::V6 })
             .collect();
@@ -491,8 +493,8 @@ impl Daemon {
             return;
         };
         let Some(anchor) = self
-            .config
-            .anchors
+            .host
+            .anchor_endpoints()
             .iter()
             .copied()
             .find(|a| a.is_ipv4() == (attempt.family == Family::V4))
@@ -615,7 +617,7 @@ impl Daemon {
             }
             let mut more = false;
             while let Some(intent) = self.host.poll_routing() {
-                self.apply(intent).await?;
+                self.apply(intent, now).await?;
                 more = true;
             }
             while let Some(event) = self.host.poll_event() {
@@ -631,10 +633,19 @@ impl Daemon {
         }
     }
 
-    async fn apply(&mut self, intent: RoutingIntent) -> Result<(), DaemonError> {
+    async fn apply(&mut self, intent: RoutingIntent, now: Instant) -> Result<(), DaemonError> {
         match intent {
             RoutingIntent::Connect(params) => {
-                self.bring_up(setup::tun_addressing(&params)).await?;
+                let addressing = setup::tun_addressing(&params);
+                if self.host.anchors().has_lost_flows()
+                    && self
+                        .tun
+                        .as_ref()
+                        .is_some_and(|t| t.addressing != addressing)
+                {
+                    self.reset_lost_flows(now)?;
+                }
+                self.bring_up(addressing).await?;
                 if let Some(tun) = &self.tun {
                     self.host.handle_tun_ready(tun.name.clone());
                 }
@@ -650,6 +661,21 @@ impl Daemon {
                         tracing::warn!(error = %display_chain(&e), "bypass rules not installed")
                     }
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// Apps whose flows were lost when the host moved to another anchor answered the core's
+    /// ACKs through the old TUN: their resets must go out before a TUN with the new anchor's
+    /// addresses replaces it, while the old addresses still exist.
+    fn reset_lost_flows(&mut self, now: Instant) -> Result<(), DaemonError> {
+        self.read_tun(now)?;
+        while let Some(n) = self.host.poll_tun_write(&mut self.rst_buf) {
+            if let Some(tun) = &self.tun
+                && tun.device.try_send(&self.rst_buf[..n]).is_ok()
+            {
+                self.counters.resets_sent += 1;
             }
         }
         Ok(())

@@ -10,8 +10,9 @@ pub use upmt_proto::keys::{PublicKey, StaticSecret};
 pub use upmt_proto::time::Instant;
 pub use upmt_proto::{HEADER_LEN, SessionParams, TAG_LEN};
 
+use upmt_mh_core::anchors::AnchorConfig;
 use upmt_mh_core::uplinks::TooManyUplinks;
-use upmt_mh_core::{HostConfig, Uplinks};
+use upmt_mh_core::{HostConfig, MobileHost, Uplinks};
 use upmt_policy::Policy;
 
 use crate::config::Config;
@@ -36,6 +37,25 @@ pub fn host_config(config: &Config, policy: Policy) -> Result<HostConfig, TooMan
             .as_ref()
             .map_or_else(|| "(built-in)".to_owned(), |p| p.display().to_string()),
     })
+}
+
+/// Hands the core every anchor of `config`: the first with all its endpoints, then the
+/// `[[fallback_anchor]]`s in order.
+pub fn set_anchors(host: &mut MobileHost, config: &Config, now: Instant) {
+    let fallbacks = config
+        .fallback_anchors
+        .iter()
+        .map(|f| AnchorConfig {
+            endpoints: f.endpoints.clone(),
+            public_key: f.public_key,
+        })
+        .collect();
+    host.set_anchors(
+        config.anchors.clone(),
+        fallbacks,
+        config.probe.failover_after,
+        now,
+    );
 }
 
 /// The core's config for `config`: keys and the `[probe]` timings.

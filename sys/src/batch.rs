@@ -197,9 +197,17 @@ impl BatchSocket {
         };
         self.stats.send_calls += 1;
         let (socket, state) = (&self.socket, &self.state);
-        socket.try_io(Interest::WRITABLE, || {
+        match socket.try_io(Interest::WRITABLE, || {
             state.try_send(UdpSockRef::from(socket), &transmit)
-        })?;
+        }) {
+            // tokio refuses without trying until its reactor has seen the socket writable, so
+            // the first send on a socket opened this turn (a handshake on a new uplink) would
+            // be lost; the kernel says itself when a UDP socket's buffer is full.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                state.try_send(UdpSockRef::from(socket), &transmit)?
+            }
+            result => result?,
+        }
         self.stats.send_datagrams += count as u64;
         Ok(())
     }
@@ -515,6 +523,17 @@ mod tests {
         }
         assert_eq!(tx.push(addr(1), &big, 64), Push::QueuedFlush);
         assert!(tx.len <= GSO_MAX_BYTES);
+    }
+
+    #[tokio::test]
+    async fn a_socket_sends_at_once_before_the_reactor_has_seen_it() {
+        let a = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let b = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let mut a = BatchSocket::new(a).unwrap();
+        a.send_one(b.local_addr().unwrap(), b"first").unwrap();
+        let mut buf = [0u8; 16];
+        let n = b.recv(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"first");
     }
 
     #[tokio::test]

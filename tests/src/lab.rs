@@ -44,6 +44,9 @@ pub enum Role {
     /// A second mobile host, built only on demand ([`Lab::add_second_mh`]): `eth0` straight on
     /// the internet router, no NAT.
     Mh2,
+    /// A second anchor node, built only on demand ([`Lab::add_second_an`]): `eth0` straight on
+    /// the internet router.
+    An2,
 }
 
 impl Role {
@@ -67,6 +70,7 @@ impl Role {
             Role::An => "an",
             Role::Ch => "ch",
             Role::Mh2 => "mh2",
+            Role::An2 => "an2",
         }
     }
 
@@ -74,7 +78,7 @@ impl Role {
     pub fn from_name(name: &str) -> Option<Role> {
         Role::ALL
             .into_iter()
-            .chain([Role::Mh2])
+            .chain([Role::Mh2, Role::An2])
             .find(|r| r.name() == name)
     }
 }
@@ -210,7 +214,7 @@ impl Lab {
                     "net.ipv4.conf.all.rp_filter=0",
                     "net.ipv4.conf.default.rp_filter=0",
                 ]),
-                Role::An | Role::Ch => {}
+                Role::An | Role::An2 | Role::Ch => {}
             }
             let mut args = vec!["sysctl", "-q", "-w"];
             args.extend(sysctls);
@@ -359,6 +363,21 @@ impl Lab {
             "dev",
             "eth0",
         ])?;
+        Ok(())
+    }
+
+    /// Adds a second anchor node: namespace `an2`, its `eth0` (see
+    /// [`crate::topology::AN2_V4`]) wired to the internet router's `to-an2`, reachable from
+    /// both uplinks and from the CH like the first. Built on demand; removed with the lab.
+    pub fn add_second_an(&mut self) -> Result<()> {
+        crate::second_an::build(self)
+    }
+
+    /// Records a namespace built on demand, so it is deleted with the lab.
+    pub(crate) fn adopt_namespace(&mut self, role: Role) -> Result<()> {
+        let ns = format!("{}-{}", self.id, role.name());
+        exec::run(&["ip", "netns", "add", &ns], None, DEFAULT_TIMEOUT)?;
+        self.namespaces.push((role, ns));
         Ok(())
     }
 

@@ -35,6 +35,7 @@ pub mod exec;
 pub mod lab;
 pub mod measure;
 pub mod process;
+pub mod second_an;
 pub mod servers;
 pub mod topology;
 

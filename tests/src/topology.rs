@@ -52,6 +52,9 @@ pub const CH_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 4, 0, 0, 0, 0, 2);
 /// The second mobile host's address ([`crate::Lab::add_second_mh`]), on the internet without NAT.
 pub const MH2_V4: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 2);
 
+/// The second anchor node's address ([`crate::Lab::add_second_an`]).
+pub const AN2_V4: Ipv4Addr = Ipv4Addr::new(198, 19, 1, 2);
+
 /// The MH's uplink interface names.
 pub const MH_WIFI_IF: &str = "wifi";
 /// See [`MH_WIFI_IF`].

@@ -125,6 +125,34 @@ pub struct SessionStatus {
     /// The TUN device, once it exists.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tun: Option<String>,
+    /// Which of several anchors is in use (absent with a single anchor). Boxed so that every
+    /// [`Response`] does not grow by its size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_anchor: Option<Box<ActiveAnchor>>,
+}
+
+/// The anchor in use when the config lists more than one, and the last failover.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActiveAnchor {
+    /// Its position in the config (0: `anchor`, 1: the first `[[fallback_anchor]]`, ...).
+    pub index: u64,
+    /// How many anchors the config lists.
+    pub anchors: u64,
+    /// Its endpoints, preferred first.
+    pub endpoints: Vec<SocketAddr>,
+    /// Its public key (base64).
+    pub public_key: String,
+    /// How long it has been in use, in seconds.
+    pub since_s: u64,
+    /// The anchor left in the last failover (its first endpoint), if there was one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_over_from: Option<SocketAddr>,
+    /// Flows lost in the last failover (TCP ones reset).
+    #[serde(default)]
+    pub flows_reset: u64,
+    /// What users read: "failed over from X Ns ago: N flows reset".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// Where the session is.

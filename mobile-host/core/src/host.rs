@@ -18,7 +18,9 @@
 //!   [`MobileHost::handle_attach_failed`]: the driver opened, lost, or could not open an
 //!   uplink's socket.
 //! - [`MobileHost::handle_tun_ready`]: the TUN and its routing exist.
-//! - [`MobileHost::handle_timeout`]: the deadline of [`MobileHost::poll_timeout`] passed.
+//! - [`MobileHost::handle_timeout`]: the deadline of [`MobileHost::poll_timeout`] passed; it
+//!   may move the host to the next anchor ([`crate::anchors`]): the uplinks then ask for new
+//!   sockets toward [`MobileHost::anchor_endpoints`].
 //! - [`MobileHost::answer`], [`MobileHost::reload_policy`], [`MobileHost::set_packages`]: the
 //!   control socket's requests, a new policy, Android's uid table.
 //!
@@ -42,9 +44,11 @@ use upmt_proto::client::{Client, ClientConfig, Event as ClientEvent};
 use upmt_proto::time::Instant;
 use upmt_proto::{HEADER_LEN, PathId, SessionParams, Transmit};
 
+use crate::anchors::{self, AnchorConfig, Anchors};
 use crate::answer;
 use crate::api::{
-    ErrorKind, ErrorReply, Event, MoveReason, OwnerLookups, ReloadReply, Request, Response,
+    ActiveAnchor, ErrorKind, ErrorReply, Event, MoveReason, OwnerLookups, ReloadReply, Request,
+    Response,
     SessionState, SessionStatus, StatusReply,
 };
 use crate::candidates::{Change, Family, InterfaceFacts, Pattern, Selector};
@@ -73,7 +77,8 @@ pub struct HostConfig {
     pub client: ClientConfig,
     /// Random bits for the client's session ids, from the driver.
     pub client_seed: u64,
-    /// Where the anchor is (for status replies).
+    /// The first anchor's preferred endpoint; [`MobileHost::set_anchors`] gives all of its
+    /// endpoints and the anchors after it.
     pub anchor: SocketAddr,
     /// The uplinks, in config order.
     pub uplinks: Uplinks,
@@ -127,7 +132,12 @@ struct Link {
 /// The mobile host's state. See the module docs for the calling order.
 pub struct MobileHost {
     client: Client,
-    anchor: SocketAddr,
+    /// The client's config and seed, for a fresh client when the host moves to another anchor.
+    client_config: ClientConfig,
+    client_seed: u64,
+    started: Instant,
+    /// The anchors in order and which one the client talks to.
+    anchors: Anchors,
     uplinks: Uplinks,
     links: Vec<Link>,
     /// The uplinks as the policy sees them, refreshed before each decision.
@@ -174,9 +184,16 @@ impl MobileHost {
                 metered: false,
             })
             .collect();
+        let first = AnchorConfig {
+            endpoints: vec![config.anchor],
+            public_key: config.client.anchor_public,
+        };
         let mut host = MobileHost {
+            client_config: config.client.clone(),
             client: Client::new(config.client, now, config.client_seed),
-            anchor: config.anchor,
+            client_seed: config.client_seed,
+            started: now,
+            anchors: Anchors::new(first, Vec::new(), anchors::DEFAULT_FAILOVER_AFTER, now),
             statuses: vec![UplinkStatus::default(); config.uplinks.len()],
             uplinks: config.uplinks,
             links,
@@ -207,6 +224,37 @@ impl MobileHost {
         // the first handshake.
         host.publish_bypass();
         host
+    }
+
+    /// Replaces the anchors the host knows: the first is the one it starts with (every endpoint
+    /// of it; its key is the client's), the others are tried in order when it is gone for
+    /// `failover_after`. Call before the first input.
+    pub fn set_anchors(
+        &mut self,
+        first: Vec<SocketAddr>,
+        fallbacks: Vec<AnchorConfig>,
+        failover_after: Duration,
+        now: Instant,
+    ) {
+        let first = AnchorConfig {
+            endpoints: if first.is_empty() {
+                self.anchors.current().endpoints.clone()
+            } else {
+                first
+            },
+            public_key: self.client_config.anchor_public,
+        };
+        self.anchors = Anchors::new(first, fallbacks, failover_after, now);
+    }
+
+    /// The anchors and which one is in use.
+    pub fn anchors(&self) -> &Anchors {
+        &self.anchors
+    }
+
+    /// The endpoints of the anchor in use, preferred first: where uplink sockets connect.
+    pub fn anchor_endpoints(&self) -> &[SocketAddr] {
+        &self.anchors.current().endpoints
     }
 
     /// The uplink registry.
@@ -268,6 +316,10 @@ impl MobileHost {
         now: Instant,
     ) -> Option<Transmit> {
         let packet = buf.get(HEADER_LEN..HEADER_LEN + len)?;
+        if self.anchors.has_lost_flows() && self.lost_to_failover(packet) {
+            queue_reset(&mut self.resets, &mut self.counters, packet);
+            return None;
+        }
         match self.flows.on_tun_packet(packet, now.as_duration()) {
             TunAction::Send(uplink) => self.encapsulate(uplink, buf, len, now),
             TunAction::Queued { key, new: true } => {
@@ -295,7 +347,12 @@ impl MobileHost {
         let result = self.client.handle_datagram(path, datagram, now);
         let range = match result {
             Ok(Some(range)) => range,
-            Ok(None) => None?,
+            Ok(None) => {
+                // A handshake answer or a control message: what it changed (connected, a path
+                // up) is acted on now, not at the next timer.
+                self.pump(now);
+                None?
+            }
             Err(reason) => {
                 // The client counted it.
                 tracing::debug!(%path, reason = reason.as_str(), "datagram dropped");
@@ -408,6 +465,7 @@ impl MobileHost {
         // The next listing tries again: at once here, a socket that cannot be opened (the only
         // candidate, say) would be retried in a busy loop.
         self.drop_link(uplink, now);
+        self.observe_anchor(now);
     }
 
     /// What the host's interfaces look like now, and the families the anchor has endpoints
@@ -422,6 +480,7 @@ impl MobileHost {
         self.interface_facts = interfaces;
         self.anchor_families = anchor;
         self.select(now);
+        self.observe_anchor(now);
     }
 
     /// Runs every uplink's selector on the last listing.
@@ -499,6 +558,10 @@ impl MobileHost {
         if self.selector_deadline().is_some_and(|at| at <= now) {
             self.select(now);
         }
+        self.anchors.housekeeping(now);
+        if self.anchors.failover_due(now) {
+            self.fail_over(now);
+        }
         if self.housekeeping_deadline().is_some_and(|at| at <= now) {
             self.next_housekeeping = now + HOUSEKEEPING_INTERVAL;
             self.flows.housekeeping(now.as_duration());
@@ -548,7 +611,7 @@ impl MobileHost {
         let mut events = Vec::new();
         let paft_now = now.as_duration();
         let result = match request {
-            Request::Status => Ok(Response::Status(self.status_reply())),
+            Request::Status => Ok(Response::Status(self.status_reply(now))),
             Request::Apps => {
                 let (policy, statuses) = (self.flows.policy(), &self.statuses);
                 let rule_of = |app: &AppId, uid| {
@@ -693,6 +756,7 @@ impl MobileHost {
             self.flows.lookup_deadline().map(Instant::from_duration),
             self.selector_deadline(),
             self.flows.selections_deadline().map(Instant::from_duration),
+            self.anchors.deadline(),
         ]
         .into_iter()
         .flatten()
@@ -762,6 +826,24 @@ impl MobileHost {
                 );
             }
         }
+        self.observe_anchor(now);
+    }
+
+    /// Tells the anchors whether a path is up and whether the phone has a network.
+    fn observe_anchor(&mut self, now: Instant) {
+        let any_live = self.links.iter().any(|l| l.live);
+        let any_network = any_live || self.any_network();
+        self.anchors.observe(any_live, any_network, now);
+    }
+
+    /// Whether the phone has a network: an uplink with a socket, or an interface of an uplink
+    /// that is up (its socket toward this anchor may fail: no route, not the anchor's family).
+    fn any_network(&self) -> bool {
+        self.links.iter().any(|l| l.available)
+            || self.interface_facts.iter().any(|f| {
+                f.up && (f.global_v4 || f.global_v6)
+                    && self.links.iter().any(|l| l.pattern.matches(&f.name))
+            })
     }
 
     fn client_event(&mut self, event: ClientEvent, now: Instant) {
@@ -802,6 +884,121 @@ impl MobileHost {
             }
             ClientEvent::Rekeyed => tracing::info!("session rekeyed"),
         }
+    }
+
+    /// The anchor in use is gone: a fresh client for the next one, every flow forgotten (TCP
+    /// ones reset, see [`crate::anchors`]) and every uplink's socket replaced by one toward the
+    /// new anchor.
+    fn fail_over(&mut self, now: Instant) {
+        let from = self.anchors.current().endpoints[0];
+        let local: Vec<std::net::IpAddr> = self
+            .client
+            .session()
+            .map(|p| {
+                std::iter::once(std::net::IpAddr::V4(p.virtual_ipv4))
+                    .chain(p.virtual_ipv6.map(std::net::IpAddr::V6))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let policy = self.flows.policy().clone();
+        let old = std::mem::replace(&mut self.flows, Flows::new(policy));
+        let (tcp, other): (Vec<FlowKey>, Vec<FlowKey>) = old
+            .paft()
+            .iter()
+            .map(|(k, _)| *k)
+            .partition(|k| k.proto == upmt_paft::proto::TCP);
+        for key in &tcp {
+            self.ask_for_a_segment(key, &local);
+        }
+        let next = self.anchors.fail_over(tcp, other.len(), now).clone();
+        tracing::warn!(
+            from = %from,
+            to = %next.endpoints[0],
+            waited_ms = self.anchors.failover_after().as_millis() as u64,
+            flows_reset = self.anchors.last_failover().map_or(0, |f| f.flows_reset),
+            flows_forgotten = other.len(),
+            "no answer from the anchor on any uplink: failing over to the next anchor; its flows are lost"
+        );
+        let mut config = self.client_config.clone();
+        config.anchor_public = next.public_key;
+        // The client's signal sequence numbers and handshake timestamps follow the unix clock.
+        let elapsed = now.saturating_duration_since(self.started).as_nanos();
+        let seed = self
+            .client_seed
+            .wrapping_add(u64::try_from(elapsed).unwrap_or(u64::MAX));
+        self.client = Client::new(config, now, seed);
+        self.events.push_back(Event::SessionDown);
+        self.anchor_families = next
+            .endpoints
+            .iter()
+            .map(|e| if e.is_ipv4() { Family::V4 } else { Family::V6 })
+            .collect();
+        for link in &mut self.links {
+            link.selector.lost();
+            link.available = false;
+            link.local = None;
+            link.live = false;
+            link.interface = link.pattern.to_string();
+        }
+        self.uplinks_changed = true;
+        // Every uplink attaches again, now toward the new anchor's endpoints.
+        self.select(now);
+    }
+
+    /// Two ACKs to the app's end of the lost TCP flow `key`, half the sequence space apart:
+    /// its TCP answers one with a segment that is then reset.
+    fn ask_for_a_segment(&mut self, key: &FlowKey, local: &[std::net::IpAddr]) {
+        let (app, peer) = if local.contains(&key.src) {
+            ((key.src, key.sport), (key.dst, key.dport))
+        } else if local.contains(&key.dst) {
+            ((key.dst, key.dport), (key.src, key.sport))
+        } else {
+            return;
+        };
+        for seq in [0, 1 << 31] {
+            if self.resets.len() >= MAX_RESETS {
+                self.counters.resets_dropped += 1;
+                return;
+            }
+            let mut out = [0u8; RESET_LEN];
+            if let Some(n) = crate::rst::tcp_ack_probe(peer.into(), app.into(), seq, &mut out) {
+                self.resets.push_back((out, n));
+            }
+        }
+    }
+
+    /// Whether `packet` belongs to a TCP flow lost when the host moved to another anchor.
+    fn lost_to_failover(&self, packet: &[u8]) -> bool {
+        upmt_paft::parse_packet(packet).is_ok_and(|m| self.anchors.is_lost(&m.key))
+    }
+
+    /// Which anchor is in use, when there is more than one.
+    fn active_anchor(&self, now: Instant) -> Option<Box<ActiveAnchor>> {
+        if self.anchors.len() < 2 {
+            return None;
+        }
+        let a = self.anchors.current();
+        let failover = self.anchors.last_failover();
+        let from = failover.and_then(|f| self.anchors.get(f.from));
+        Some(Box::new(ActiveAnchor {
+            index: self.anchors.index() as u64,
+            anchors: self.anchors.len() as u64,
+            endpoints: a.endpoints.clone(),
+            public_key: a.public_key.to_string(),
+            since_s: now
+                .saturating_duration_since(self.anchors.since())
+                .as_secs(),
+            failed_over_from: from.map(|f| f.endpoints[0]),
+            flows_reset: failover.map_or(0, |f| (f.flows_reset + f.flows_forgotten) as u64),
+            note: failover.zip(from).map(|(f, from)| {
+                format!(
+                    "failed over from {} {}s ago: {} flows reset",
+                    from.endpoints[0],
+                    now.saturating_duration_since(f.at).as_secs(),
+                    f.flows_reset + f.flows_forgotten
+                )
+            }),
+        }))
     }
 
     fn usable(&self, index: usize, link: &Link, now: Instant) -> bool {
@@ -955,23 +1152,28 @@ impl MobileHost {
         }
     }
 
-    fn status_reply(&self) -> StatusReply {
+    fn status_reply(&self, now: Instant) -> StatusReply {
+        let anchor = self.anchor_endpoints()[0];
         let session = match self.client.session() {
             Some(params) => SessionStatus {
                 state: SessionState::Connected,
-                anchor: self.anchor,
+                anchor,
                 virtual_addresses: std::iter::once(std::net::IpAddr::V4(params.virtual_ipv4))
                     .chain(params.virtual_ipv6.map(std::net::IpAddr::V6))
                     .collect(),
                 tun: self.tun.clone(),
+                active_anchor: None,
             },
             None => SessionStatus {
                 state: SessionState::Handshaking,
-                anchor: self.anchor,
+                anchor,
                 virtual_addresses: Vec::new(),
                 tun: None,
+                active_anchor: None,
             },
         };
+        let mut session = session;
+        session.active_anchor = self.active_anchor(now);
         // Bytes per tunnel: the inner bytes of the live flows it carried.
         let mut bytes = vec![(0u64, 0u64); self.links.len()];
         for (_, e) in self.flows.paft().iter() {

@@ -4,6 +4,7 @@
 //!   its policy, the uplinks' state (socket open, path up, hold-down), the user's pins and the
 //!   bypass set; it takes inputs with the `now` the driver sampled once per loop turn and hands
 //!   back datagrams, TUN writes, lookups to make, routing intents and events to poll.
+//! - [`anchors`]: several anchors in order, and when the host fails over to the next.
 //! - [`flows`]: which uplink each packet from the TUN takes, and what waits for an owner.
 //! - [`uplinks`]: the one registry of uplink names and ids.
 //! - [`api`]: the control vocabulary (requests, replies, events) `upmt` and the daemon share;
@@ -15,6 +16,7 @@
 //! This crate never opens a socket or a file, never reads a clock, and never spawns anything:
 //! its manifest has no tokio, libc or netlink, so scenario tests drive it on virtual time.
 
+pub mod anchors;
 pub mod answer;
 pub mod api;
 pub mod candidates;

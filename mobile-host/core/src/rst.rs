@@ -1,9 +1,11 @@
-//! TCP resets for blocked flows: given a TCP segment an app sent into the TUN, the RST (with
+//! TCP resets for blocked flows (and for flows lost when the host moved to another anchor): given a TCP segment an app sent into the TUN, the RST (with
 //! ACK) that its peer would send, written back into the TUN so the app fails at once instead
 //! of retrying into a black hole. IPv4 and IPv6; no allocation. Never builds anything else.
 //!
 //! `etherparse` reads the segment (following IPv6 extension headers) and writes the headers
 //! and their checksums.
+
+use std::net::{IpAddr, SocketAddr};
 
 use etherparse::{
     IpNumber, Ipv4Header, Ipv6FlowLabel, Ipv6Header, NetSlice, SlicedPacket, TcpHeader,
@@ -35,38 +37,60 @@ pub fn tcp_reset(packet: &[u8], out: &mut [u8]) -> Option<usize> {
         reset.ack = true;
         reset.acknowledgment_number = segment.sequence_number().wrapping_add(occupied);
     }
-    let tcp_len = TcpHeader::MIN_LEN as u16;
     match sliced.net? {
         NetSlice::Ipv4(ip) => {
             let from = ip.header();
-            let mut header = Ipv4Header::new(
-                tcp_len,
-                HOP_LIMIT,
-                IpNumber::TCP,
-                from.destination(),
-                from.source(),
-            )
-            .ok()?;
-            header.header_checksum = header.calc_header_checksum();
-            reset.checksum = reset.calc_checksum_ipv4(&header, &[]).ok()?;
-            emit(out, &header.to_bytes(), &reset)
+            emit_v4(out, from.destination(), from.source(), reset)
         }
         NetSlice::Ipv6(ip) => {
             let from = ip.header();
-            let header = Ipv6Header {
-                traffic_class: 0,
-                flow_label: Ipv6FlowLabel::ZERO,
-                payload_length: tcp_len,
-                next_header: IpNumber::TCP,
-                hop_limit: HOP_LIMIT,
-                source: from.destination(),
-                destination: from.source(),
-            };
-            reset.checksum = reset.calc_checksum_ipv6(&header, &[]).ok()?;
-            emit(out, &header.to_bytes(), &reset)
+            emit_v6(out, from.destination(), from.source(), reset)
         }
         NetSlice::Arp(_) => None,
     }
+}
+
+/// Writes into `out` a bare ACK from `from` to `to` (an app's socket behind the TUN) with
+/// sequence number `seq`, and returns its length; `None` when the families differ or `out` is
+/// too small. A segment outside the receive window makes the app's TCP answer at once with a
+/// duplicate ACK (RFC 9293 3.10.7.4) that [`tcp_reset`] can answer exactly: two of these with
+/// `seq` half the sequence space apart reach any connection, whatever its window.
+pub fn tcp_ack_probe(from: SocketAddr, to: SocketAddr, seq: u32, out: &mut [u8]) -> Option<usize> {
+    let mut probe = TcpHeader::new(from.port(), to.port(), seq, u16::MAX);
+    probe.ack = true;
+    match (from.ip(), to.ip()) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => emit_v4(out, s.octets(), d.octets(), probe),
+        (IpAddr::V6(s), IpAddr::V6(d)) => emit_v6(out, s.octets(), d.octets(), probe),
+        _ => None,
+    }
+}
+
+fn emit_v4(out: &mut [u8], src: [u8; 4], dst: [u8; 4], mut tcp: TcpHeader) -> Option<usize> {
+    let mut header = Ipv4Header::new(
+        TcpHeader::MIN_LEN as u16,
+        HOP_LIMIT,
+        IpNumber::TCP,
+        src,
+        dst,
+    )
+    .ok()?;
+    header.header_checksum = header.calc_header_checksum();
+    tcp.checksum = tcp.calc_checksum_ipv4(&header, &[]).ok()?;
+    emit(out, &header.to_bytes(), &tcp)
+}
+
+fn emit_v6(out: &mut [u8], src: [u8; 16], dst: [u8; 16], mut tcp: TcpHeader) -> Option<usize> {
+    let header = Ipv6Header {
+        traffic_class: 0,
+        flow_label: Ipv6FlowLabel::ZERO,
+        payload_length: TcpHeader::MIN_LEN as u16,
+        next_header: IpNumber::TCP,
+        hop_limit: HOP_LIMIT,
+        source: src,
+        destination: dst,
+    };
+    tcp.checksum = tcp.calc_checksum_ipv6(&header, &[]).ok()?;
+    emit(out, &header.to_bytes(), &tcp)
 }
 
 /// Copies the IP header and then the TCP header into `out`; `None` when it is too small.
@@ -221,5 +245,31 @@ mod tests {
         assert_eq!(tcp_reset(&udp, &mut out), None);
         assert_eq!(tcp_reset(&syn_v4(), &mut [0u8; 10]), None);
         assert_eq!(tcp_reset(&[0x45, 0], &mut out), None);
+    }
+
+    #[test]
+    fn an_ack_probe_goes_from_the_peer_to_the_app_with_the_given_sequence_and_valid_checksums() {
+        let mut out = [0u8; 64];
+        let peer: SocketAddr = "192.0.2.2:443".parse().unwrap();
+        let app: SocketAddr = "10.77.0.2:40000".parse().unwrap();
+        let n = tcp_ack_probe(peer, app, 0x8000_0001, &mut out).unwrap();
+        assert_eq!(n, 40);
+        let meta = parse_packet(&out[..n]).unwrap();
+        assert_eq!((meta.key.src, meta.key.sport), (peer.ip(), 443));
+        assert_eq!((meta.key.dst, meta.key.dport), (app.ip(), 40000));
+        assert_eq!(meta.tcp_flags, tcp_flags::ACK);
+        assert_eq!(
+            u32::from_be_bytes(out[24..28].try_into().unwrap()),
+            0x8000_0001
+        );
+        assert_eq!(checksum(0, &out[..20]), 0);
+        assert_eq!(
+            checksum(pseudo_sum(peer.ip(), app.ip(), 20), &out[20..40]),
+            0
+        );
+        let v6: SocketAddr = "[2001:db8:4::2]:443".parse().unwrap();
+        let app6: SocketAddr = "[fd77::2]:40000".parse().unwrap();
+        assert_eq!(tcp_ack_probe(v6, app6, 1, &mut out), Some(60));
+        assert_eq!(tcp_ack_probe(v6, app, 1, &mut out), None, "mixed families");
     }
 }

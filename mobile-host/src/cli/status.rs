@@ -42,6 +42,19 @@ pub fn render(reply: &StatusReply) -> String {
         }
         SessionState::Handshaking => format!("session: handshaking with {}\n", s.anchor),
     };
+    if let Some(a) = &s.active_anchor {
+        text.push_str(&format!(
+            "anchor: {} of {} ({}), in use for {}s{}\n",
+            a.index + 1,
+            a.anchors,
+            if a.index == 0 { "primary" } else { "fallback" },
+            a.since_s,
+            a.note
+                .as_ref()
+                .map(|n| format!("; {n}"))
+                .unwrap_or_default()
+        ));
+    }
     text.push('\n');
     let mut t = Table::new(&[
         ("UPLINK", Align::Left),
@@ -102,6 +115,7 @@ mod tests {
                 anchor: "198.51.100.1:51820".parse().unwrap(),
                 virtual_addresses: vec!["10.77.0.2".parse().unwrap(), "fd77::2".parse().unwrap()],
                 tun: Some("upmt0".into()),
+                active_anchor: None,
             },
             tunnels: vec![
                 TunnelStatus {
@@ -163,6 +177,7 @@ owners: 40 by uid, 7 from the index, 1 by scan, 2 by uid without a process, 3 un
                 anchor: "198.51.100.1:51820".parse().unwrap(),
                 virtual_addresses: vec![],
                 tun: None,
+                active_anchor: None,
             },
             tunnels: vec![TunnelStatus {
                 uplink: "cell".into(),
@@ -192,12 +207,45 @@ owners: 40 by uid, 7 from the index, 1 by scan, 2 by uid without a process, 3 un
                 anchor: "[2001:db8::1]:51820".parse().unwrap(),
                 virtual_addresses: vec![],
                 tun: None,
+                active_anchor: None,
             },
             tunnels: vec![],
             owners: None,
         };
         assert!(
             render(&reply).starts_with("session: handshaking with [2001:db8::1]:51820\n"),
+            "{}",
+            render(&reply)
+        );
+    }
+
+    #[test]
+    fn a_failed_over_session_names_the_anchor_in_use_and_what_was_lost() {
+        let reply = StatusReply {
+            session: SessionStatus {
+                state: SessionState::Connected,
+                anchor: "198.51.100.7:51900".parse().unwrap(),
+                virtual_addresses: vec!["10.78.0.2".parse().unwrap()],
+                tun: Some("upmt0".into()),
+                active_anchor: Some(Box::new(crate::control::proto::ActiveAnchor {
+                    index: 1,
+                    anchors: 2,
+                    endpoints: vec!["198.51.100.7:51900".parse().unwrap()],
+                    public_key: "k".into(),
+                    since_s: 42,
+                    failed_over_from: Some("203.0.113.2:51900".parse().unwrap()),
+                    flows_reset: 3,
+                    note: Some("failed over from 203.0.113.2:51900 42s ago: 3 flows reset".into()),
+                })),
+            },
+            tunnels: vec![],
+            owners: None,
+        };
+        assert!(
+            render(&reply).starts_with(
+                "session: connected to 198.51.100.7:51900 as 10.78.0.2 on upmt0\n\
+                 anchor: 2 of 2 (fallback), in use for 42s; failed over from 203.0.113.2:51900 42s ago: 3 flows reset\n"
+            ),
             "{}",
             render(&reply)
         );

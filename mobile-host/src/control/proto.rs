@@ -152,6 +152,8 @@ pub async fn read_frame<T: serde::de::DeserializeOwned>(
 }
 
 /// Decodes a request frame, or the error response that refuses it.
+// One per control request, never per packet: the size of the refusal does not matter.
+#[allow(clippy::result_large_err)]
 pub(crate) fn parse_request(body: &[u8]) -> Result<Request, Response> {
     let frame: LooseFrame = serde_json::from_slice(body).map_err(|e| {
         Response::error(
@@ -242,6 +244,7 @@ mod tests {
                 anchor: "198.51.100.1:51820".parse().unwrap(),
                 virtual_addresses: vec![IpAddr::V4(Ipv4Addr::new(10, 77, 0, 2))],
                 tun: Some("upmt0".into()),
+                active_anchor: None,
             },
             tunnels: vec![TunnelStatus {
                 uplink: "wifi".into(),
