@@ -39,8 +39,8 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let events = follow_events(socket).await?;
     match frames {
-        Some(n) => plain(client, events, interval, n, out).await,
-        None => live(client, events, interval).await,
+        Some(n) => plain(socket, client, events, interval, n, out).await,
+        None => live(socket, client, events, interval).await,
     }
 }
 
@@ -59,13 +59,19 @@ async fn follow_events(socket: &Path) -> anyhow::Result<mpsc::Receiver<Event>> {
     Ok(rx)
 }
 
-/// One poll into the model; a failure is shown, not fatal (the daemon may be restarting).
-async fn poll(client: &mut Client, model: &mut Model, at: Duration) {
+/// One poll into the model; a failure is shown, not fatal: the daemon may be restarting, so
+/// the next poll goes over a new connection when one can be had.
+async fn poll(socket: &Path, client: &mut Client, model: &mut Model, at: Duration) {
     let status = client.request(Request::Status).await;
     let apps = client.request(Request::Apps).await;
     match (status, apps) {
         (Ok(Response::Status(s)), Ok(Response::Apps(a))) => model.update(&s, &a, at),
-        (Err(e), _) | (_, Err(e)) => model.failed(e.to_string()),
+        (Err(e), _) | (_, Err(e)) => {
+            model.failed(e.to_string());
+            if let Ok(fresh) = Client::connect(socket).await {
+                *client = fresh;
+            }
+        }
         _ => model.failed("unexpected answer from the daemon".to_owned()),
     }
 }
@@ -78,6 +84,7 @@ fn take_events(events: &mut mpsc::Receiver<Event>, model: &mut Model, at: Durati
 }
 
 async fn plain(
+    socket: &Path,
     client: &mut Client,
     mut events: mpsc::Receiver<Event>,
     interval: Duration,
@@ -92,7 +99,7 @@ async fn plain(
         if frame > 0 {
             tokio::time::sleep(interval).await;
         }
-        poll(client, &mut model, start.elapsed()).await;
+        poll(socket, client, &mut model, start.elapsed()).await;
         take_events(&mut events, &mut model, start.elapsed());
         terminal.draw(|f| view::draw(f, &model))?;
         for line in view::text(terminal.backend().buffer()) {
@@ -171,6 +178,7 @@ fn keys() -> mpsc::Receiver<Input> {
 }
 
 async fn live(
+    socket: &Path,
     client: &mut Client,
     mut events: mpsc::Receiver<Event>,
     interval: Duration,
@@ -186,7 +194,7 @@ async fn live(
     let mut events_open = true;
     loop {
         tokio::select! {
-            _ = tick.tick() => poll(client, &mut model, start.elapsed()).await,
+            _ = tick.tick() => poll(socket, client, &mut model, start.elapsed()).await,
             e = events.recv(), if events_open => match e {
                 Some(e) => model.event(&e, start.elapsed()),
                 None => {

@@ -324,6 +324,18 @@ mod tests {
     }
 
     #[test]
+    fn a_tiny_screen_still_draws_what_fits_without_panicking() {
+        for (w, h) in [(1, 1), (12, 2), (20, 3), (200, 1)] {
+            let lines = render(&model(), w, h);
+            assert_eq!(lines.len(), usize::from(h));
+            assert!(
+                lines[0].starts_with(&"upmt top"[..usize::from(w).min(8)]),
+                "{lines:?}"
+            );
+        }
+    }
+
+    #[test]
     fn sparklines_scale_to_their_largest_sample_and_keep_the_newest() {
         assert_eq!(sparkline(&[0, 1, 2, 4, 8], 5), "▁▂▃▅█");
         assert_eq!(sparkline(&[8, 0, 0, 0, 0], 5), "█▁▁▁▁");
