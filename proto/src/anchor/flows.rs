@@ -54,6 +54,10 @@ impl FlowTable {
         self.map.get(key).map(|v| v.0)
     }
 
+    pub(super) fn len(&self) -> usize {
+        self.map.len()
+    }
+
     pub(super) fn clear(&mut self) {
         self.map.clear();
         self.order.clear();
