@@ -1,35 +1,18 @@
-//! Counters for operators and tests: a snapshot type, its rendering in the Prometheus text
-//! format (version 0.0.4, written by `prometheus-client`), and the HTTP endpoint that serves it
-//! (`hyper`, HTTP/1 only).
+//! Counters for operators and tests: a snapshot type and its rendering in the Prometheus text
+//! format (version 0.0.4, written by `prometheus-client`). The HTTP endpoint that serves it is
+//! the one both daemons share (`upmt_sys::metrics`).
 //!
 //! The event loop owns the core, so the server never reads counters itself: each scrape sends
 //! a request over a channel and the loop answers with a fresh snapshot between two batches.
-//! The endpoint serves only `GET /metrics` (and `/`); it answers one request per connection and
-//! never keeps a connection open.
 
-use std::convert::Infallible;
 use std::fmt::Write as _;
-use std::net::SocketAddr;
-use std::time::Duration;
 
-use http_body_util::Full;
-use hyper::body::Bytes;
-use hyper::header::{CONTENT_TYPE, HeaderValue};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper::{Method, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _, prometheus_text};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
-use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot};
-
-/// How long one scrape may take, from accept to the last byte (a slow or silent client is cut).
-const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Counters of one configured peer.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -339,74 +322,30 @@ fn counter(
 }
 
 /// A scrape asking the event loop for a snapshot.
-pub type Request = oneshot::Sender<Snapshot>;
+pub type Request = upmt_sys::metrics::Request<Snapshot>;
 
-/// Binds the metrics listener (separately from `serve`, so a bad address fails at start).
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
-}
+pub use upmt_sys::metrics::bind;
 
-/// Serves scrapes until the loop goes away.
-pub async fn serve(listener: TcpListener, requests: mpsc::Sender<Request>) {
-    while !requests.is_closed() {
-        let (stream, peer) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::debug!(error = %e, "metrics accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let requests = requests.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |request| answer(request, requests.clone()));
-            let connection = http1::Builder::new()
-                .keep_alive(false)
-                .serve_connection(TokioIo::new(stream), service);
-            match tokio::time::timeout(SCRAPE_TIMEOUT, connection).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "metrics request failed"),
-                Err(_) => tracing::debug!(%peer, "metrics request timed out"),
-            }
-        });
+impl upmt_sys::metrics::Render for Snapshot {
+    fn render(&self) -> String {
+        Snapshot::render(self)
     }
 }
 
-/// Answers one request: the snapshot for `GET /metrics` (or `/`), a short error otherwise.
-async fn answer<B>(
-    request: hyper::Request<B>,
-    requests: mpsc::Sender<Request>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
-    let path = request.uri().path();
-    let (status, body) = if request.method() != Method::GET {
-        (StatusCode::METHOD_NOT_ALLOWED, String::from("only GET\n"))
-    } else if path != "/metrics" && path != "/" {
-        (StatusCode::NOT_FOUND, String::from("try /metrics\n"))
-    } else {
-        let (tx, rx) = oneshot::channel();
-        let snapshot = match requests.send(tx).await {
-            Ok(()) => rx.await.ok(),
-            Err(_) => None,
-        };
-        match snapshot {
-            Some(snapshot) => (StatusCode::OK, snapshot.render()),
-            None => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                String::from("shutting down\n"),
-            ),
-        }
-    };
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static(prometheus_text::CONTENT_TYPE),
-    );
-    Ok(response)
+/// Serves scrapes until the loop goes away (the shared endpoint of `upmt_sys::metrics`).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    requests: tokio::sync::mpsc::Sender<Request>,
+) {
+    upmt_sys::metrics::serve(listener, requests).await;
 }
 
 #[cfg(test)]
 mod tests {
+    use std::net::SocketAddr;
+
+    use tokio::sync::mpsc;
+
     use super::*;
 
     fn sample() -> Snapshot {

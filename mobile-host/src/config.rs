@@ -128,6 +128,8 @@ pub struct Config {
     pub control_socket: PathBuf,
     /// A group whose members may use the control socket besides root.
     pub control_group: Option<String>,
+    /// Where the Prometheus endpoint listens (`metrics`); `None`: no endpoint (the default).
+    pub metrics: Option<std::net::SocketAddr>,
     /// Probe timings of the core (the `[probe]` table).
     pub probe: ProbeConfig,
     /// The procfs the app lookup reads processes from (`proc_root`, default `/proc`).
@@ -209,6 +211,7 @@ struct RawConfig {
     policy: Option<Spanned<String>>,
     control_socket: Option<Spanned<String>>,
     control_group: Option<Spanned<String>>,
+    metrics: Option<Spanned<String>>,
     probe: Option<RawProbe>,
     proc_root: Option<Spanned<String>>,
     packages_list: Option<Spanned<String>>,
@@ -567,6 +570,19 @@ impl Config {
             None => None,
         };
 
+        let metrics = match &raw.metrics {
+            None => None,
+            Some(m) => Some(m.get_ref().parse().map_err(|_| {
+                at(
+                    m.span(),
+                    format!(
+                        "invalid metrics {}: expected a socket address, e.g. \"127.0.0.1:9101\"",
+                        upmt_sys::config::shown(m.get_ref())
+                    ),
+                )
+            })?),
+        };
+
         // Both are the system's own files, so relative paths make no sense for them.
         let system_path = |p: &Option<Spanned<String>>, name: &str, default: &str| match p {
             Some(p) if !Path::new(p.get_ref()).is_absolute() => Err(at(
@@ -749,6 +765,7 @@ impl Config {
             policy,
             control_socket,
             control_group,
+            metrics,
             probe,
             proc_root,
             packages_list,
@@ -1638,6 +1655,23 @@ mod tests {
         if !Path::new(ANDROID_DIR).exists() {
             let c = parse(&format!("platform = \"linux\"\n{}", good())).expect("valid");
             assert_eq!(c.control_socket, Path::new("/run/upmt/mh.sock"));
+        }
+    }
+
+    #[test]
+    fn the_metrics_endpoint_is_off_unless_an_address_is_given() {
+        assert_eq!(parse(&good()).expect("valid").metrics, None);
+        let c = parse(&format!("metrics = \"127.0.0.1:9101\"\n{}", good())).expect("valid");
+        assert_eq!(c.metrics, Some("127.0.0.1:9101".parse().unwrap()));
+        match parse(&format!("metrics = \"localhost\"\n{}", good())) {
+            Err(ConfigError::Invalid { message, .. }) => {
+                assert!(
+                    message.contains("invalid metrics \"localhost\""),
+                    "{message}"
+                );
+                assert!(message.contains("127.0.0.1:9101"), "{message}");
+            }
+            other => panic!("expected a located error, got {other:?}"),
         }
     }
 

@@ -116,6 +116,8 @@ pub struct Daemon {
     /// Lists the interfaces uplinks pick from; `None` when netlink refused (exact names are
     /// then looked at one by one).
     lister: Option<Lister>,
+    /// The Prometheus endpoint's scrapes; `None` when it is off.
+    metrics: Option<crate::metrics::LoopEnd>,
 }
 
 enum Wake {
@@ -127,6 +129,7 @@ enum Wake {
     Uplink(usize),
     Answer(appid::Answer),
     Control(ControlRequest),
+    Scrape(crate::metrics::Scrape),
     Link(crate::linkwatch::LinkEvent),
     /// Entries of our routing were deleted (netd rewrote its rules, a flush).
     RulesLost,
@@ -202,6 +205,7 @@ impl Daemon {
             packages,
             control: None,
             lister,
+            metrics: None,
         };
         // The core publishes the bypass set from the start: take it before the capture rules
         // go in, so bypass apps never lose their path.
@@ -222,6 +226,14 @@ impl Daemon {
     /// Serves the control socket's requests from this loop and publishes its events there.
     pub fn attach_control(&mut self, end: LoopEnd) {
         self.control = Some(end);
+    }
+
+    /// Answers the metrics endpoint's scrapes from this loop.
+    pub fn attach_metrics(&mut self, scrapes: tokio::sync::mpsc::Receiver<crate::metrics::Scrape>) {
+        self.metrics = Some(crate::metrics::LoopEnd {
+            scrapes,
+            recorder: crate::metrics::Recorder::default(),
+        });
     }
 
     /// The core (read only), for queries.
@@ -306,6 +318,7 @@ impl Daemon {
                     }
                 };
                 let control = next_control(&mut self.control);
+                let scrape = crate::metrics::LoopEnd::next(&mut self.metrics);
                 let link = async {
                     match &mut links {
                         Some(l) => l.recv().await,
@@ -332,6 +345,7 @@ impl Daemon {
                     Some(e) = link => Wake::Link(e),
                     Some(a) = answer => Wake::Answer(a),
                     r = control => Wake::Control(r),
+                    s = scrape => Wake::Scrape(s),
                     () = timer => Wake::Timer,
                     // An error here resurfaces from try_recv, where it is handled.
                     _ = tun_ready => Wake::Tun,
@@ -382,6 +396,19 @@ impl Daemon {
                     }
                 }
                 Wake::Control(r) => self.answer_control(r, now),
+                Wake::Scrape(reply) => {
+                    if let Some(m) = &self.metrics {
+                        let lookups = self.worker.as_ref().map(|w| w.counters().get());
+                        let snapshot = crate::metrics::Snapshot::take(
+                            &mut self.host,
+                            self.counters,
+                            lookups,
+                            &m.recorder,
+                            now,
+                        );
+                        let _ = reply.send(snapshot);
+                    }
+                }
                 Wake::Timer => {}
                 Wake::Tun => self.read_tun(now)?,
                 Wake::Uplink(i) => {
@@ -405,6 +432,9 @@ impl Daemon {
 
     fn classified(&mut self, answer: appid::Answer, now: Instant) {
         tracing::trace!(key = ?answer.key, took_us = answer.took.as_micros() as u64, "owner found");
+        if let Some(m) = &mut self.metrics {
+            m.recorder.lookup(answer.took);
+        }
         self.host.handle_owner(answer.key, &answer.owner, now);
     }
 
@@ -621,6 +651,9 @@ impl Daemon {
                 more = true;
             }
             while let Some(event) = self.host.poll_event() {
+                if let Some(m) = &mut self.metrics {
+                    m.recorder.event(&event);
+                }
                 if let Some(end) = &self.control {
                     end.publish(event);
                 }

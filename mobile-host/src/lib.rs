@@ -7,7 +7,8 @@
 //! delete it: [`routing`], [`rulewatch`]), the app-lookup thread, the control socket, signals, and
 //! the config file. It never parses or builds protocol messages and never decides anything: it
 //! feeds the core and applies what the core asks for ([`event_loop`], [`setup`]). It needs no
-//! shell tools and no nftables (Android has neither).
+//! shell tools and no nftables (Android has neither). An optional Prometheus endpoint serves
+//! snapshots of the core's views ([`metrics`]).
 
 pub mod appid;
 pub mod cli;
@@ -15,6 +16,7 @@ pub mod config;
 pub mod control;
 pub mod event_loop;
 pub mod linkwatch;
+pub mod metrics;
 pub mod routing;
 pub mod rulewatch;
 pub mod setup;

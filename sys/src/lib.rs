@@ -9,6 +9,7 @@
 //! - [`keys`]: private key files (the same bounded read, plus a permission check);
 //! - [`config`]: the one [`config::ConfigError`] shape (file:line:column: what was expected);
 //! - [`ifname`]: the kernel's interface-name rules;
+//! - [`metrics`]: the Prometheus endpoint (HTTP) that serves a daemon's snapshots;
 //! - [`error`]: an error and its causes on one line.
 //!
 //! It holds no protocol logic and no daemon state: the pure cores stay in `proto/`, `paft/` and
@@ -23,6 +24,7 @@ pub mod error;
 pub mod file;
 pub mod ifname;
 pub mod keys;
+pub mod metrics;
 #[doc(hidden)]
 pub mod testing;
 

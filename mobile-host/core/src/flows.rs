@@ -11,13 +11,15 @@
 //!
 //! This module never does IO: the loop reads, sends, writes resets and asks the worker.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
-use upmt_paft::{AppId, Dir, Entry, FlowId, FlowKey, NewFlow, Paft, UplinkId, parse_packet};
+use upmt_paft::{
+    AppId, Dir, Entry, FlowId, FlowKey, MAX_UPLINKS, NewFlow, Paft, UplinkId, parse_packet,
+};
 use upmt_policy::{AppIdentity, Placing, Policy, UplinkStatus, Verdict};
 
 use crate::owner::Owner;
@@ -45,6 +47,9 @@ pub const MAX_HELD: usize = 4096;
 pub const HELD_IDLE: Duration = Duration::from_secs(60);
 /// Pooled buffers kept for reuse.
 const POOL_MAX: usize = 1024;
+/// Apps whose ended flows' bytes are remembered for [`Flows::app_totals`]; beyond this, ended
+/// flows of further apps are summed under [`UNKNOWN_APP`] (the table cannot grow without bound).
+pub const MAX_RETIRED_APPS: usize = 1024;
 /// The name recorded for flows whose owner is unknown.
 pub const UNKNOWN_APP: &str = "";
 
@@ -150,7 +155,12 @@ pub struct Flows {
     keys: Vec<FlowKey>,
     /// Measured and spreading rules' choices.
     selections: Selections,
+    /// Bytes of ended flows per app and uplink, so per-app totals never go down.
+    retired: BTreeMap<AppId, AppBytes>,
 }
+
+/// Bytes per uplink (index = [`UplinkId`]): `[sent, received]`.
+pub type AppBytes = [[u64; 2]; MAX_UPLINKS];
 
 fn identity<'a>(app: &'a AppId, uid: Option<u32>) -> AppIdentity<'a> {
     let name = app.as_str();
@@ -176,7 +186,33 @@ impl Flows {
             ids: Vec::new(),
             keys: Vec::new(),
             selections: Selections::new(),
+            retired: BTreeMap::new(),
         }
+    }
+
+    /// Bytes each app sent and received per uplink since the start, ended flows included (so
+    /// the sums only grow, as metrics counters must). Computed on call: O(flows + apps).
+    pub fn app_totals(&self) -> BTreeMap<AppId, AppBytes> {
+        let mut totals = self.retired.clone();
+        for (_, e) in self.paft.iter() {
+            add_entry(
+                totals
+                    .entry(e.app().clone())
+                    .or_insert([[0; 2]; MAX_UPLINKS]),
+                e,
+            );
+        }
+        totals
+    }
+
+    /// Keeps an ending flow's bytes for [`Flows::app_totals`].
+    fn retire(&mut self, e: &Entry) {
+        let app = if self.retired.len() < MAX_RETIRED_APPS || self.retired.contains_key(e.app()) {
+            e.app().clone()
+        } else {
+            AppId::from(UNKNOWN_APP)
+        };
+        add_entry(self.retired.entry(app).or_insert([[0; 2]; MAX_UPLINKS]), e);
     }
 
     /// The policy in force.
@@ -600,6 +636,7 @@ impl Flows {
                 }
                 Verdict::Block => {
                     if let Some((_, e)) = self.paft.remove(id) {
+                        self.retire(&e);
                         tracing::info!(flow = %id, app = %e.app(), "flow blocked: its policy forbids every uplink that is up");
                         self.counters.flows_blocked += 1;
                         self.hold(key, e.app().clone(), e.uid(), HoldReason::Blocked, now);
@@ -669,10 +706,13 @@ impl Flows {
     pub fn housekeeping(&mut self, now: Duration) {
         self.expired.clear();
         self.paft.expire(now, &mut self.expired);
-        for (key, e) in &self.expired {
+        let expired = std::mem::take(&mut self.expired);
+        for (key, e) in &expired {
             let t = e.total();
             tracing::debug!(flow = %e.id(), app = %e.app(), ?key, up = t.bytes[0], down = t.bytes[1], "flow expired");
+            self.retire(e);
         }
+        self.expired = expired;
         self.keys.clear();
         self.keys.extend(
             self.pending
@@ -772,6 +812,17 @@ impl Flows {
             apps,
             pending: self.pending.len(),
             counters: self.counters,
+        }
+    }
+}
+
+/// Adds one flow's bytes per uplink to `bytes`.
+fn add_entry(bytes: &mut AppBytes, e: &Entry) {
+    for (i, b) in bytes.iter_mut().enumerate() {
+        if let Some(u) = Uplinks::id_for_index(i) {
+            let c = e.counters(u);
+            b[0] += c.bytes[0];
+            b[1] += c.bytes[1];
         }
     }
 }
@@ -935,6 +986,38 @@ mod tests {
         let e = f.paft().lookup(&key).unwrap();
         assert_eq!(e.app().as_str(), "com.example.store");
         assert_eq!(e.total().packets[0], 3);
+    }
+
+    #[test]
+    fn app_totals_keep_the_bytes_of_flows_that_ended() {
+        let mut f = flows();
+        let p = udp(1000, [192, 0, 2, 2]);
+        let TunAction::Queued { key, .. } = f.on_tun_packet(&p, T) else {
+            panic!("first packet must be queued");
+        };
+        let mut out = Vec::new();
+        f.classified(key, &owner("com.example.store"), &BOTH_UP, T, &mut out);
+        f.recycle(&mut out);
+        assert_eq!(f.on_tun_packet(&p, T), TunAction::Send(up(1)));
+        let live = f.app_totals();
+        let store = AppId::from("com.example.store");
+        assert_eq!(
+            live[&store][1],
+            [56, 0],
+            "two packets of 28 bytes sent on cell"
+        );
+        assert_eq!(live[&store][0], [0, 0]);
+        // Long idle: the flow expires, its bytes stay with the app.
+        f.housekeeping(T + Duration::from_secs(3600));
+        assert_eq!(f.paft().len(), 0);
+        assert_eq!(f.app_totals(), live);
+        // A new flow of the same app adds to them.
+        let q = udp(1001, [192, 0, 2, 2]);
+        let TunAction::Queued { key, .. } = f.on_tun_packet(&q, T) else {
+            panic!()
+        };
+        f.classified(key, &owner("com.example.store"), &BOTH_UP, T, &mut out);
+        assert_eq!(f.app_totals()[&store][1], [84, 0]);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use tracing_subscriber::EnvFilter;
 use upmt_mobile_host::config::Config;
 use upmt_mobile_host::control::{self, server};
 use upmt_mobile_host::event_loop::Daemon;
-use upmt_mobile_host::{sys, uplink};
+use upmt_mobile_host::{metrics, sys, uplink};
 
 /// `/etc/upmt/mh.toml`, or `/data/adb/upmt/mh.toml` on Android.
 fn default_config() -> PathBuf {
@@ -97,6 +97,9 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
             .as_deref()
             .map_or_else(|| "root only".to_owned(), |g| format!("root and group {g}"))
     );
+    if let Some(m) = config.metrics {
+        println!("metrics       http://{m}/metrics");
+    }
     for u in &config.uplinks {
         let now = if u.interface.ends_with('*') {
             "a pattern: the daemon picks among the interfaces it matches".to_owned()
@@ -155,9 +158,25 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
         };
         let (listener, socket_file) = server::bind(&config.control_socket, &access)?;
         tracing::info!(path = %socket_file.path().display(), group = ?config.control_group, "control socket ready");
+        let metrics_listener = match config.metrics {
+            Some(addr) => Some(
+                metrics::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen for metrics on {addr}"))?,
+            ),
+            None => None,
+        };
         let (handle, end) = control::channel();
         let mut daemon = Daemon::new(config).await?;
         daemon.attach_control(end);
+        if let Some(listener) = metrics_listener {
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(%addr, "metrics endpoint ready");
+            }
+            let (tx, rx) = tokio::sync::mpsc::channel(4);
+            tokio::spawn(metrics::serve(listener, tx));
+            daemon.attach_metrics(rx);
+        }
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let serving = tokio::spawn(server::serve(listener, access, handle, async {
             let _ = stopped.await;

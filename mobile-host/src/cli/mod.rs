@@ -12,6 +12,7 @@ pub mod policy;
 pub mod pubkey;
 pub mod status;
 pub mod table;
+pub mod top;
 pub mod unpin;
 pub mod watch;
 
@@ -71,6 +72,16 @@ pub enum Command {
     Policy(policy::Policy),
     /// Print events as they happen (tunnel up/down, flow moved, app blocked) until interrupted.
     Watch,
+    /// A live view: each uplink (state, RTT, loss, rate history), apps by current rate with
+    /// their uplink, and events as they happen. `q` quits.
+    Top {
+        /// Seconds between two polls of the daemon.
+        #[arg(long, value_name = "SECONDS", default_value = "1", value_parser = parse_interval)]
+        interval: std::time::Duration,
+        /// Print this many frames as plain text and exit, instead of the live view.
+        #[arg(long, value_name = "N")]
+        frames: Option<u32>,
+    },
     /// Print a new private key (base64), like `wg genkey`.
     Genkey {
         /// Write the key to this new file, created with mode 0600, instead of standard output.
@@ -105,9 +116,20 @@ pub fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
             Command::Unpin(what) => unpin::run(client, what, json, out).await,
             Command::Policy(what) => policy::run(client, what, json, out).await,
             Command::Watch => watch::run(client, json, out).await,
+            Command::Top { interval, frames } => {
+                top::run(&cli.socket, client, interval, frames, out).await
+            }
             Command::Genkey { .. } | Command::Pubkey => Ok(()),
         }
     })
+}
+
+/// A poll interval: from a tenth of a second to an hour.
+fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.1..=3600.0).contains(&v) => Ok(std::time::Duration::from_secs_f64(v)),
+        _ => Err(format!("expected seconds between 0.1 and 3600, got {s:?}")),
+    }
 }
 
 /// Pretty JSON and a newline.
@@ -174,6 +196,21 @@ mod tests {
             Command::Policy(policy::Policy::Reload)
         );
         assert!(Cli::try_parse_from(["upmt", "move", "flow", "forty-two", "cell"]).is_err());
+        assert_eq!(
+            parse(&["upmt", "top", "--frames", "2", "--interval", "0.5"]).command,
+            Command::Top {
+                interval: std::time::Duration::from_millis(500),
+                frames: Some(2)
+            }
+        );
+        assert_eq!(
+            parse(&["upmt", "top"]).command,
+            Command::Top {
+                interval: std::time::Duration::from_secs(1),
+                frames: None
+            }
+        );
+        assert!(Cli::try_parse_from(["upmt", "top", "--interval", "0"]).is_err());
     }
 
     #[test]
