@@ -54,9 +54,13 @@ impl FlowTable {
         self.map.get(key).map(|v| v.0)
     }
 
+    pub(super) fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Forgets every flow and frees the tables (an expired peer holds no flow memory).
     pub(super) fn clear(&mut self) {
-        self.map.clear();
-        self.order.clear();
+        *self = FlowTable::default();
     }
 }
 

@@ -88,6 +88,7 @@ impl Anchor {
         peer.next = Some(Keypair::new(&send, &recv, local_index, sender_index, now));
         peer.origin = Some((local_index, path, from));
         self.by_index.insert(local_index.0, id);
+        self.schedule_expiry(id);
         self.queues.push_transmit(Queued::Resp {
             bytes,
             path,

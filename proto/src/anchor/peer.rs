@@ -69,6 +69,8 @@ pub(super) struct Peer {
     pub(super) previous: Option<Keypair>,
     pub(super) next: Option<Keypair>,
     pub(super) connected: bool,
+    /// It has an entry in the anchor's expiry heap (at most one).
+    pub(super) expiry_scheduled: bool,
     pub(super) paths: Vec<PathEntry>,
     /// The latest handshake: (its session index, path, source address).
     pub(super) origin: Option<(SessionIndex, PathId, SocketAddr)>,
@@ -92,6 +94,7 @@ impl Peer {
             previous: None,
             next: None,
             connected: false,
+            expiry_scheduled: false,
             paths: Vec::new(),
             origin: None,
             last_path: None,
@@ -243,7 +246,7 @@ impl Peer {
     /// Forgets the session: its keypairs (their local indices are returned), paths and flows.
     pub(super) fn forget_session(&mut self) -> impl Iterator<Item = SessionIndex> + use<> {
         let keys = [self.current.take(), self.previous.take(), self.next.take()];
-        self.paths.clear();
+        self.paths = Vec::new();
         self.flows.clear();
         self.last_path = None;
         keys.into_iter().flatten().map(|k| k.local_index)
