@@ -76,11 +76,14 @@ pub fn add_swarm_host(lab: &mut Lab, sources: u32) -> Result<()> {
         )));
     }
     lab.add_second_mh()?;
-    let host = lab.mh2();
-    for i in 0..sources {
-        let ip = Ipv4Addr::from(u32::from(SOURCE_BASE) + i);
-        host.ip(&["-4", "addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
-    }
+    let batch: String = (0..sources)
+        .map(|i| {
+            let ip = Ipv4Addr::from(u32::from(SOURCE_BASE) + i);
+            format!("address add {ip}/24 dev eth0\n")
+        })
+        .collect();
+    lab.mh2()
+        .run_input(&["ip", "-batch", "-"], batch.as_bytes())?;
     Ok(())
 }
 
