@@ -39,6 +39,8 @@ pub struct SwarmOptions {
     pub second_path_every: usize,
     pub start_rate: u32,
     pub duration: Duration,
+    /// Flows only on [`RunningSwarm::open_flows`].
+    pub flows_on_signal: bool,
 }
 
 impl SwarmOptions {
@@ -52,6 +54,7 @@ impl SwarmOptions {
             second_path_every: 10,
             start_rate: 2000,
             duration: Duration::from_secs(60),
+            flows_on_signal: false,
         }
     }
 }
@@ -125,12 +128,21 @@ impl RunningSwarm {
             "--report-ms".into(),
             "250".into(),
         ];
+        let mut args = args.to_vec();
+        if options.flows_on_signal {
+            args.push("--flows-on-signal".into());
+        }
         let proc = lab
             .host(Role::Mh2)
             .command(&args)
             .label("upmt-swarm")
             .spawn()?;
         Ok(RunningSwarm { proc })
+    }
+
+    /// Has the hosts open their flows (with [`SwarmOptions::flows_on_signal`]).
+    pub fn open_flows(&self) -> bool {
+        self.proc.signal(libc::SIGUSR1)
     }
 
     /// The latest progress line, if any.

@@ -24,6 +24,7 @@ use std::collections::{BinaryHeap, HashMap};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd as _;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant as StdInstant, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest as _, Sha256};
@@ -76,7 +77,14 @@ pub struct SwarmConfig {
     pub duration: Duration,
     /// A progress line this often.
     pub report_every: Duration,
+    /// Hosts open their flows only once [`OPEN_FLOWS`] is set (e.g. by a signal), so a bench
+    /// can measure the anchor's memory with sessions only, then with flows.
+    pub flows_on_signal: bool,
 }
+
+/// Set (by the binary's SIGUSR1 handler) to have the hosts open their flows when
+/// [`SwarmConfig::flows_on_signal`] holds them back.
+pub static OPEN_FLOWS: AtomicBool = AtomicBool::new(false);
 
 /// The swarm's counters, printed as one JSON line per report.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -303,10 +311,20 @@ impl Swarm {
                 revents: 0,
             })
             .collect();
+        let mut flows_released = !self.config.flows_on_signal;
         loop {
             let now = self.now();
             if now >= end {
                 break;
+            }
+            if !flows_released && OPEN_FLOWS.load(Ordering::Relaxed) {
+                flows_released = true;
+                for i in 0..self.hosts.len() {
+                    if self.hosts[i].up && !self.hosts[i].flows_opened {
+                        self.open_flows(i, now);
+                        self.flush(i, now);
+                    }
+                }
             }
             self.start_hosts(now);
             self.run_due(now);
@@ -524,24 +542,29 @@ impl Swarm {
         if self.progress.up == self.config.count && self.progress.all_up_at.is_none() {
             self.progress.all_up_at = Some(now.as_duration().as_secs_f64());
         }
-        if open_flows {
-            for f in 0..self.config.flows {
-                let path = if self.hosts[i].sockets[1].is_some() && f % 2 == 1 {
-                    PathId(1)
-                } else {
-                    PathId(0)
-                };
-                self.send_inner(i, path, f, now);
-            }
-            let jitter = self.jitter();
-            let h = &mut self.hosts[i];
-            h.flows_opened = true;
-            h.next_trickle = self.config.trickle.map(|d| now + d.mul_f64(jitter));
-            self.progress.flows_opened += 1;
+        if open_flows && (!self.config.flows_on_signal || OPEN_FLOWS.load(Ordering::Relaxed)) {
+            self.open_flows(i, now);
             // Sealing may have queued a rekey; send it now.
             return self.flush(i, now);
         }
         self.reschedule(i);
+    }
+
+    /// Sends the first packet of each of host `i`'s flows and starts its trickle.
+    fn open_flows(&mut self, i: usize, now: Instant) {
+        for f in 0..self.config.flows {
+            let path = if self.hosts[i].sockets[1].is_some() && f % 2 == 1 {
+                PathId(1)
+            } else {
+                PathId(0)
+            };
+            self.send_inner(i, path, f, now);
+        }
+        let jitter = self.jitter();
+        let h = &mut self.hosts[i];
+        h.flows_opened = true;
+        h.next_trickle = self.config.trickle.map(|d| now + d.mul_f64(jitter));
+        self.progress.flows_opened += 1;
     }
 
     /// Files host `i` in the heap at its next deadline (one live entry per host).
@@ -697,6 +720,7 @@ mod tests {
             start_rate: 0,
             duration: Duration::from_secs(5),
             report_every: Duration::from_secs(1),
+            flows_on_signal: false,
         }
     }
 

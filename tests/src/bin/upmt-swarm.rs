@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use clap::Parser;
 use upmt_proto::keys::PublicKey;
-use upmt_tests::swarm::{Swarm, SwarmConfig, anchor_peers_toml};
+use upmt_tests::swarm::{OPEN_FLOWS, Swarm, SwarmConfig, anchor_peers_toml};
 
 /// N simulated mobile hosts against an upmt anchor in the lab.
 #[derive(Debug, Parser)]
@@ -59,6 +59,9 @@ struct Args {
     /// First virtual address, for `--print-peers`.
     #[arg(long, default_value = "10.77.1.0")]
     address_base: Ipv4Addr,
+    /// Hosts open their flows only on SIGUSR1 (sessions first, flows later).
+    #[arg(long)]
+    flows_on_signal: bool,
     /// Print the anchor's `[[peer]]` tables and exit.
     #[arg(long)]
     print_peers: bool,
@@ -69,6 +72,10 @@ fn main() {
         eprintln!("upmt-swarm: {e:#}");
         std::process::exit(1);
     }
+}
+
+extern "C" fn on_usr1(_: libc::c_int) {
+    OPEN_FLOWS.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
@@ -103,7 +110,16 @@ fn run(args: Args) -> anyhow::Result<()> {
         start_rate: args.start_rate,
         duration: Duration::from_secs(args.duration_s),
         report_every: Duration::from_millis(args.report_ms.max(10)),
+        flows_on_signal: args.flows_on_signal,
     };
+    if args.flows_on_signal {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        let prev =
+            unsafe { libc::signal(libc::SIGUSR1, on_usr1 as *const () as libc::sighandler_t) };
+        if prev == libc::SIG_ERR {
+            return Err(std::io::Error::last_os_error()).context("installing the SIGUSR1 handler");
+        }
+    }
     let mut swarm = Swarm::new(config)?;
     let last = swarm.run(|p| println!("{}", p.json()))?;
     eprintln!(
