@@ -44,8 +44,12 @@ pub const MAX_DURATION: Duration = Duration::from_secs(3600);
 pub const MAX_FLOWS: u16 = 256;
 /// Datagrams read from one socket per loop turn before the others get their turn.
 const RECV_BURST: usize = 256;
-/// Session indices remembered per host (the current, previous and next session, and one more).
-const INDICES_PER_HOST: usize = 4;
+/// Session indices remembered per host (the current, previous and next session, and a few
+/// retried inits whose answers may still be on their way).
+const INDICES_PER_HOST: usize = 8;
+/// Hosts started, and due hosts run, per loop turn: the sockets are read in between, so a slow
+/// turn (10,000 handshakes to create) never leaves the anchor's answers waiting for seconds.
+const WORK_PER_TURN: usize = 128;
 /// First local port of a host's flows.
 const FLOW_PORT_BASE: u16 = 20_000;
 
@@ -377,11 +381,17 @@ impl Swarm {
                 ((secs * f64::from(rate)) as usize + 1).min(self.config.count)
             }
         };
+        let due = due.min(self.hosts.len() + WORK_PER_TURN);
         while self.hosts.len() < due {
             let i = self.hosts.len();
             let mut cc = ClientConfig::new(secret(self.config.seed, i), self.config.anchor_public);
             // The default; named because the idle figures depend on it.
             cc.keepalive = Duration::from_secs(25);
+            // One process plays thousands of phones on a shared machine: its own scheduling
+            // delays must not read as dead paths. Real phones probe more often while active;
+            // the idle load (keepalives) is the same.
+            cc.probe_interval = Duration::from_secs(1);
+            cc.path_timeout = Duration::from_secs(5);
             let unix = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as u64);
@@ -418,10 +428,12 @@ impl Swarm {
 
     /// Runs every host whose heap entry is due.
     fn run_due(&mut self, now: Instant) {
+        let mut ran = 0;
         while let Some(Reverse((t, i))) = self.heap.peek().copied() {
-            if t > now {
+            if t > now || ran == WORK_PER_TURN {
                 break;
             }
+            ran += 1;
             self.heap.pop();
             if self.hosts[i].scheduled != Some(t) {
                 continue; // superseded by an earlier or later entry
