@@ -50,6 +50,8 @@ const INDICES_PER_HOST: usize = 8;
 /// Hosts started, and due hosts run, per loop turn: the sockets are read in between, so a slow
 /// turn (10,000 handshakes to create) never leaves the anchor's answers waiting for seconds.
 const WORK_PER_TURN: usize = 128;
+/// Hosts per second that open their flows once released by [`OPEN_FLOWS`].
+const FLOW_OPEN_RATE: u32 = 1000;
 /// First local port of a host's flows.
 const FLOW_PORT_BASE: u16 = 20_000;
 
@@ -315,15 +317,25 @@ impl Swarm {
                 revents: 0,
             })
             .collect();
-        let mut flows_released = !self.config.flows_on_signal;
+        // With `flows_on_signal`: when the signal came, and how many hosts were looked at since.
+        let mut released: Option<(Instant, usize)> = None;
         loop {
             let now = self.now();
             if now >= end {
                 break;
             }
-            if !flows_released && OPEN_FLOWS.load(Ordering::Relaxed) {
-                flows_released = true;
-                for i in 0..self.hosts.len() {
+            if self.config.flows_on_signal && OPEN_FLOWS.load(Ordering::Relaxed) {
+                let (since, cursor) = released.get_or_insert((now, 0));
+                // Paced, like the starts: a burst of every host's flows would overflow the
+                // anchor's socket and the lost first packets would never be sent again.
+                let due = ((now.saturating_duration_since(*since).as_secs_f64()
+                    * f64::from(FLOW_OPEN_RATE)) as usize
+                    + 1)
+                .min(self.hosts.len())
+                .min(*cursor + WORK_PER_TURN);
+                while *cursor < due {
+                    let i = *cursor;
+                    *cursor += 1;
                     if self.hosts[i].up && !self.hosts[i].flows_opened {
                         self.open_flows(i, now);
                         self.flush(i, now);
@@ -342,7 +354,9 @@ impl Swarm {
             if let Some(Reverse((t, _))) = self.heap.peek() {
                 wake = wake.min(*t);
             }
-            if self.hosts.len() < self.config.count {
+            if self.hosts.len() < self.config.count
+                || released.is_some_and(|(_, c)| c < self.hosts.len())
+            {
                 wake = wake.min(now + Duration::from_millis(5));
             }
             let ms = wake

@@ -44,6 +44,8 @@ struct Row {
     cookies_sent: u64,
     idle_cpu_percent: f64,
     download_bps: f64,
+    /// Flows the anchor counted.
+    flows_counted: u64,
     /// Swarm sessions lost until the end of the idle window, and during the download.
     lost_idle: u64,
     lost_download: u64,
@@ -53,12 +55,17 @@ pub fn run(options: &Options) -> Result<()> {
     let mut rows = Vec::new();
     for &count in &options.counts {
         let started = Instant::now();
-        let row = one(count, options).with_context(|| format!("{count} mobile hosts"))?;
-        eprintln!(
-            "bench-scale: {count} hosts measured in {:.0} s",
-            started.elapsed().as_secs_f64()
-        );
-        rows.push(row);
+        // A failed count is reported and the others still run (each has its own lab).
+        match one(count, options) {
+            Ok(row) => {
+                eprintln!(
+                    "bench-scale: {count} hosts measured in {:.0} s",
+                    started.elapsed().as_secs_f64()
+                );
+                rows.push(row);
+            }
+            Err(e) => eprintln!("bench-scale: {count} hosts failed: {e:#}"),
+        }
     }
     println!(
         "\none anchor, N simulated MHs x {} flows (every tenth with a second path), {} s idle window:",
@@ -83,7 +90,7 @@ pub fn run(options: &Options) -> Result<()> {
     for r in rows {
         let per_mh = (r.rss_sessions_kib.saturating_sub(r.rss_configured_kib) * 1024) as f64
             / r.count as f64;
-        let flows = r.count as f64 * f64::from(options.flows);
+        let flows = r.flows_counted as f64;
         let per_flow =
             (r.rss_flows_kib.saturating_sub(r.rss_sessions_kib) * 1024) as f64 / flows.max(1.0);
         println!(
@@ -101,6 +108,13 @@ pub fn run(options: &Options) -> Result<()> {
             r.download_bps / 1e9,
             format!("{}+{}", r.lost_idle, r.lost_download),
         );
+        let expected = r.count as u64 * u64::from(options.flows);
+        if r.flows_counted < expected {
+            println!(
+                "         (the anchor counted {} of {expected} flows; B/flow divides by that)",
+                r.flows_counted
+            );
+        }
         if r.cookies_sent > 0 {
             println!(
                 "         ({} cookie replies: the anchor's handshake budget was the pace)",
@@ -158,13 +172,19 @@ fn one(count: usize, options: &Options) -> Result<Row> {
     swarm.wait("every host's flows open", generous, |p| {
         p.flows_opened == count
     })?;
+    // A first packet lost on the way is not sent again (no trickle here): 99 % will do, and the
+    // per-flow figure divides by what the anchor counts.
     let flows = count as u64 * u64::from(options.flows);
-    wait_for("the anchor to count every flow", generous, || {
+    let anchor_flows = || {
         upmt.an_metrics()
-            .is_ok_and(|m| metric_sum(&m, "upmt_peer_flows{peer=\"swarm") >= flows)
+            .map_or(0, |m| metric_sum(&m, "upmt_peer_flows{peer=\"swarm"))
+    };
+    wait_for("the anchor to count the flows", generous, || {
+        anchor_flows() >= flows * 99 / 100
     })?;
     std::thread::sleep(options.settle);
     let rss_flows_kib = proc_stat(an)?.rss_kib;
+    let flows_counted = anchor_flows();
 
     let before = proc_stat(an)?;
     let t0 = Instant::now();
@@ -195,6 +215,7 @@ fn one(count: usize, options: &Options) -> Result<Row> {
         cookies_sent: metric_sum(&metrics, "upmt_core_cookies_sent"),
         idle_cpu_percent,
         download_bps,
+        flows_counted,
         lost_idle,
         lost_download: last.disconnects - lost_idle,
     })
