@@ -20,6 +20,9 @@ pub use upmt_sys::config::ConfigError;
 /// Where the config lives when `--config` is not given.
 pub const DEFAULT_PATH: &str = "/etc/upmt/an.toml";
 
+/// Where the daemon's control socket is when the config names none (`upmt-an show` looks there).
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/upmt/an.sock";
+
 /// The account the daemon drops to after setup when the config names none.
 pub const DEFAULT_USER: &str = "nobody";
 
@@ -60,6 +63,13 @@ pub struct Config {
     pub allow_private_egress: bool,
     /// The account the daemon runs as after setup ("root" keeps root).
     pub user: String,
+    /// The control socket `upmt-an show` and `reload` talk to (relative to the config's
+    /// directory when relative).
+    pub control_socket: PathBuf,
+    /// A group whose members may use the control socket besides root.
+    pub control_group: Option<String>,
+    /// `private_key_file` as written, when the key is in a file (a reload compares it).
+    pub private_key_file: Option<String>,
     /// The private key is written in the config itself (not in `private_key_file`, whose
     /// mode is checked when it is read).
     pub key_in_config: bool,
@@ -100,6 +110,8 @@ struct RawConfig {
     #[serde(default)]
     allow_private_egress: bool,
     user: Option<Spanned<String>>,
+    control_socket: Option<Spanned<String>>,
+    control_group: Option<Spanned<String>>,
     #[serde(default)]
     peer: Vec<RawPeer>,
 }
@@ -127,9 +139,23 @@ pub const MAX_PEER_NAME: usize = 64;
 /// Parses and validates `text` as if read from `path` (which names errors and anchors a
 /// relative `private_key_file`).
 pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    parse_with(path, text, true)
+}
+
+/// Reads and validates the config at `path` like [`load`], except that a `private_key_file` is
+/// not read: its key is left all zeros. For a reload, which never changes the key (a changed
+/// `private_key_file` path needs a restart) and may run after the daemon dropped the privilege
+/// to read the key file.
+pub fn load_without_key_file(path: &Path) -> Result<Config, ConfigError> {
+    let text = zeroize::Zeroizing::new(upmt_sys::config::read(path)?);
+    parse_with(path, &text, false)
+}
+
+fn parse_with(path: &Path, text: &str, read_key_file: bool) -> Result<Config, ConfigError> {
     let v = Validator {
         path,
         source: ConfigText::new(path, text),
+        read_key_file,
     };
     let raw: RawConfig =
         toml::from_str(text).map_err(|e| v.source.parser_error(e.span(), e.message()))?;
@@ -139,6 +165,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
 struct Validator<'a> {
     path: &'a Path,
     source: ConfigText<'a>,
+    read_key_file: bool,
 }
 
 impl Validator<'_> {
@@ -160,6 +187,7 @@ impl Validator<'_> {
         let key_in_config = raw.private_key.is_some();
         let private_key = match (&raw.private_key, &raw.private_key_file) {
             (Some(k), None) => self.key(k, "private_key")?,
+            (None, Some(_)) if !self.read_key_file => StaticSecret::from_bytes([0; 32]),
             (None, Some(f)) => self.key_file(f)?,
             (Some(_), Some(f)) => {
                 return Err(self.err(
@@ -324,6 +352,34 @@ impl Validator<'_> {
             }
         };
 
+        let control_socket = match &raw.control_socket {
+            Some(p) if p.get_ref().trim().is_empty() => {
+                return Err(self.err(
+                    p.span(),
+                    format!(
+                        "empty control_socket: expected a path, e.g. {DEFAULT_CONTROL_SOCKET:?}"
+                    ),
+                ));
+            }
+            Some(p) => self
+                .path
+                .parent()
+                .unwrap_or(Path::new("."))
+                .join(p.get_ref()),
+            None => PathBuf::from(DEFAULT_CONTROL_SOCKET),
+        };
+        let control_group = match &raw.control_group {
+            Some(g) if g.get_ref().trim().is_empty() => {
+                return Err(self.err(
+                    g.span(),
+                    "empty control_group: expected a group name or a numeric gid, e.g. \"upmt\""
+                        .into(),
+                ));
+            }
+            Some(g) => Some(g.get_ref().trim().to_owned()),
+            None => None,
+        };
+
         let anchor4 = first_host4(subnet);
         let anchor6 = subnet6.map(first_host6);
         let mut peers = Vec::with_capacity(raw.peer.len());
@@ -436,6 +492,9 @@ impl Validator<'_> {
             allow_to_host,
             allow_private_egress: raw.allow_private_egress,
             user,
+            control_socket,
+            control_group,
+            private_key_file: raw.private_key_file.as_ref().map(|f| f.get_ref().clone()),
             key_in_config,
             peers,
         })
@@ -599,6 +658,41 @@ address = "10.77.0.3"
         assert_eq!(c.peers[0].public_key.as_bytes(), &[1; 32]);
         assert_eq!(c.peers[0].address6, Some("fd77::2".parse().unwrap()));
         assert_eq!(c.peers[1].address6, None);
+    }
+
+    #[test]
+    fn the_control_socket_defaults_to_run_upmt_and_a_relative_one_is_next_to_the_config() {
+        let c = parse(Path::new("/etc/upmt/an.toml"), &good()).unwrap();
+        assert_eq!(c.control_socket, Path::new(DEFAULT_CONTROL_SOCKET));
+        assert_eq!(c.control_group, None);
+        let text = good().replacen(
+            "[[peer]]",
+            "control_socket = \"an.sock\"\ncontrol_group = \"upmt\"\n\n[[peer]]",
+            1,
+        );
+        let c = parse(Path::new("/tmp/lab/an.toml"), &text).unwrap();
+        assert_eq!(c.control_socket, Path::new("/tmp/lab/an.sock"));
+        assert_eq!(c.control_group.as_deref(), Some("upmt"));
+        let (line, col, msg) =
+            err_of(&good().replacen("[[peer]]", "control_socket = \" \"\n[[peer]]", 1));
+        assert_eq!((line, col), (9, 18), "{msg}");
+        assert!(msg.starts_with("empty control_socket"), "{msg}");
+    }
+
+    #[test]
+    fn a_reload_reads_everything_but_the_key_file() {
+        let dir = upmt_sys::testing::temp_dir("an-reload-keyfile");
+        let path = dir.join("an.toml");
+        let text = good().replace(
+            &format!("private_key = \"{KEY_A}\""),
+            "private_key_file = \"no-such-key\"",
+        );
+        std::fs::write(&path, &text).unwrap();
+        assert!(load(&path).is_err(), "a full load reads the key file");
+        let c = load_without_key_file(&path).expect("the key file is not read");
+        assert_eq!(c.private_key_file.as_deref(), Some("no-such-key"));
+        assert_eq!(c.peers.len(), 2);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! expiries, and hands the core's output to the socket and the TUN.
 //!
 //! One turn: wait for one wake-up (UDP readable, TUN readable, the core's timer, a metrics
-//! scrape, SIGUSR1, the stats tick, shutdown), sample CLOCK_BOOTTIME once, handle a batch of at
+//! scrape, a control request, SIGUSR1, SIGHUP, the stats tick, shutdown), sample CLOCK_BOOTTIME once, handle a batch of at
 //! most [`BATCH`] inputs into buffers allocated once at start, then drain `poll_transmit`, drain
 //! `poll_event` and re-arm the one timer from `poll_timeout`. A bad packet is logged at debug
 //! and the batch goes on: the core counts the drop, this loop never counts it again.
@@ -26,8 +26,10 @@ use upmt_proto::{DropReason, HEADER_LEN, TAG_LEN};
 use upmt_sys::batch::{self, BatchSocket, RxBatch, TxBatch};
 use upmt_sys::clock;
 
+use crate::control::ControlRequest;
 use crate::metrics::{self, CoreStats, PeerSnapshot, Snapshot};
 use crate::nat;
+use crate::ops::Ops;
 
 /// Inputs handled per readiness event before the loop looks at other sources again.
 pub const BATCH: usize = 64;
@@ -54,6 +56,8 @@ pub enum LoopError {
     Tun(#[source] io::Error),
     #[error("cannot install the SIGUSR1 handler")]
     Signal(#[source] io::Error),
+    #[error("cannot install the SIGHUP handler")]
+    SignalHup(#[source] io::Error),
 }
 
 /// Counters the driver keeps itself (the core keeps drops and per-peer traffic).
@@ -71,7 +75,9 @@ enum Wake {
     Tun,
     Timer,
     Scrape(metrics::Request),
+    Control(ControlRequest),
     Usr1,
+    Hup,
     StatsTick,
     Shutdown,
 }
@@ -94,6 +100,7 @@ pub struct EventLoop {
     scrapes: Option<mpsc::Receiver<metrics::Request>>,
     bounds: BoundWatch,
     isolation: Option<nat::CounterReader>,
+    ops: Option<Ops>,
 }
 
 /// The bound-related counters as of the last warning, to warn about what grew since.
@@ -163,7 +170,14 @@ impl EventLoop {
             scrapes,
             bounds: BoundWatch::new(),
             isolation: None,
+            ops: None,
         }
+    }
+
+    /// Answers control requests and reloads on SIGHUP (see [`crate::ops`]).
+    pub fn with_ops(mut self, ops: Ops) -> Self {
+        self.ops = Some(ops);
+        self
     }
 
     /// Reports the nftables isolation counters in snapshots.
@@ -175,6 +189,7 @@ impl EventLoop {
     /// Runs until `shutdown` resolves (Ok) or the socket or TUN fails (Err).
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), LoopError> {
         let mut usr1 = signal(SignalKind::user_defined1()).map_err(LoopError::Signal)?;
+        let mut hup = signal(SignalKind::hangup()).map_err(LoopError::SignalHup)?;
         let mut stats = tokio::time::interval(STATS_EVERY);
         stats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         stats.tick().await; // the first tick is immediate
@@ -197,7 +212,9 @@ impl EventLoop {
                     Some(req) => Wake::Scrape(req),
                     None => { self.scrapes = None; continue; }
                 },
+                req = next_request(&mut self.ops) => Wake::Control(req),
                 _ = usr1.recv() => Wake::Usr1,
+                _ = hup.recv() => Wake::Hup,
                 _ = stats.tick() => Wake::StatsTick,
             };
             // The one clock sample of this turn; everything below uses it.
@@ -215,6 +232,18 @@ impl EventLoop {
                     // The scraper may have gone away; nothing to do then.
                     let _ = reply.send(self.snapshot());
                 }
+                Wake::Control(req) => {
+                    if let Some(ops) = &self.ops {
+                        // The client may have gone away; nothing to do then.
+                        let _ = req
+                            .reply
+                            .send(ops.answer(&mut self.anchor, req.request, now));
+                    }
+                }
+                Wake::Hup => match &self.ops {
+                    Some(ops) => ops.hup(&mut self.anchor),
+                    None => tracing::info!("SIGHUP: nothing to reload"),
+                },
                 Wake::Usr1 => tracing::info!("counters: {}", self.snapshot().summary()),
                 Wake::StatsTick => tracing::debug!("counters: {}", self.snapshot().summary()),
             }
@@ -485,6 +514,13 @@ fn count_sent(c: &mut DriverCounters, flushed: batch::Flushed) {
     c.io_errors += flushed.lost as u64;
     if let Some(e) = flushed.error {
         tracing::debug!(error = %e, lost = flushed.lost, "udp send failed");
+    }
+}
+
+async fn next_request(ops: &mut Option<Ops>) -> ControlRequest {
+    match ops {
+        Some(ops) => ops.next_request().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -4,7 +4,9 @@
 //! It reads the TOML config ([`config`]), creates the TUN ([`tun`]), binds the tunnel socket
 //! ([`udp`]), turns on forwarding and installs its own nftables table ([`nat`]), and runs one
 //! event loop ([`event_loop`]) that feeds the core packets and `upmt_sys::clock` readings and sends what
-//! the core hands back. Counters are served by [`metrics`].
+//! the core hands back. Counters are served by [`metrics`]; the operator's `upmt-an show` and
+//! `reload` reach the loop through the [`control`] socket ([`ops`], [`show`], [`reload`]), and
+//! `upmt-an down` ([`down`]) removes what a stopped daemon left.
 //!
 //! It is restart-safe: the TUN is persistent and the nftables table stays at exit, so a restarted
 //! daemon finds the route and the kernel's NAT state as the last one left them and the mobile
@@ -14,10 +16,15 @@
 //! core) and never touches nftables state outside its own `inet upmt_<tun>` table.
 
 pub mod config;
+pub mod control;
+pub mod down;
 pub mod event_loop;
 pub mod metrics;
 pub mod nat;
+pub mod ops;
 pub mod privilege;
+pub mod reload;
+pub mod show;
 pub mod tun;
 pub mod udp;
 

@@ -277,6 +277,11 @@ impl NatGuard {
         std::mem::take(&mut self.table)
     }
 
+    /// Removes the table `table` a stopped daemon left (`upmt-an down`).
+    pub fn delete(nft: &std::path::Path, table: &str) -> Result<(), NatError> {
+        run_nft(nft, table, &format!("delete table inet {table}\n"))
+    }
+
     /// Removes the table now, reporting failure (drop does the same but can only log).
     pub fn remove(mut self) -> Result<(), NatError> {
         let table = std::mem::take(&mut self.table);

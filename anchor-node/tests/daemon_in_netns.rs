@@ -156,6 +156,7 @@ fn write_config(dir: &Path, name: &str, tun: &str, metrics: bool) -> PathBuf {
     let text = format!(
         "listen = \"0.0.0.0:51900\"\nprivate_key = \"{AN_KEY}\"\ntun = \"{tun}\"\n\
          subnet = \"10.77.0.0/24\"\nsubnet6 = \"fd77::/64\"\negress = \"eg0\"\nmtu = 1400\n{metrics}\n\
+         control_socket = \"{name}.sock\"\n\
          [[peer]]\nname = \"phone\"\npublic_key = \"{PEER_KEY}\"\naddress = \"10.77.0.2\"\n"
     );
     write_private(&path, &text);
@@ -280,6 +281,47 @@ fn the_daemon_sets_up_its_tun_and_nat_receives_and_cleans_up_at_sigterm() {
         assert_eq!(status_field(&status, "NoNewPrivs"), "1");
     }
 
+    // The control socket, bound before the drop, still answers root afterwards.
+    let socket = dir.join("an.toml.sock");
+    let show = ns.exec_ok(&[
+        BIN,
+        "show",
+        "--socket",
+        socket.to_str().expect("utf-8 path"),
+    ]);
+    assert!(show.contains("peer phone: not connected"), "{show}");
+    assert!(
+        show.contains("anchor upmtt0: listening on 0.0.0.0:51900"),
+        "{show}"
+    );
+    // SIGHUP makes the daemon read its config itself, which nobody cannot (0600, root's): it
+    // says so and keeps running; `upmt-an reload`, run by root, reads it and applies it.
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_for_log("SIGHUP: cannot reload");
+    let reloaded = ns.exec_ok(&[
+        BIN,
+        "reload",
+        "--config",
+        config.to_str().expect("utf-8 path"),
+    ]);
+    assert!(
+        reloaded.contains("0 added, 0 removed, 1 unchanged"),
+        "{reloaded}"
+    );
+    // `down` refuses while the daemon runs and touches nothing.
+    let refused = ns.exec(&[
+        BIN,
+        "down",
+        "--config",
+        config.to_str().expect("utf-8 path"),
+    ]);
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("an upmt-an is running on"),
+        "{}",
+        stderr(&refused)
+    );
+
     // The tunnel socket's buffers were forced to 8 MiB (the kernel reports twice that).
     let sockets = ns.exec_ok(&["ss", "-uamn", "sport = :51900"]);
     assert!(sockets.contains("rb16777216"), "{sockets}");
@@ -346,6 +388,30 @@ fn the_daemon_sets_up_its_tun_and_nat_receives_and_cleans_up_at_sigterm() {
     assert!(kept.status.success(), "table removed at SIGTERM");
     let tun = ns.exec(&["ip", "link", "show", "dev", "upmtt0"]);
     assert!(tun.status.success(), "tun removed at SIGTERM");
+    // After the stop, `down` removes both (and the socket file nobody could not remove from
+    // root's directory).
+    let down = ns.exec_ok(&[
+        BIN,
+        "down",
+        "--config",
+        config.to_str().expect("utf-8 path"),
+    ]);
+    assert!(
+        down.contains("removed nftables table inet upmt_upmtt0"),
+        "{down}"
+    );
+    assert!(down.contains("removed tun upmtt0"), "{down}");
+    assert!(
+        !ns.exec(&["ip", "link", "show", "dev", "upmtt0"])
+            .status
+            .success()
+    );
+    assert!(
+        !ns.exec(&["nft", "list", "table", "inet", "upmt_upmtt0"])
+            .status
+            .success()
+    );
+    assert!(!socket.exists(), "the control socket is gone");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -4,6 +4,7 @@
 //! - [`batch`]: batched UDP IO (recvmmsg, GRO, GSO) for the tunnel sockets;
 //! - [`clock`]: `CLOCK_BOOTTIME` (counts suspended time) and Unix time;
 //! - [`caps`]: whether the process holds CAP_NET_ADMIN;
+//! - [`cli_assets`]: the programs' shell completions and manual pages, from their clap definitions;
 //! - [`file`](mod@file): the bounded, regular-file-only read used for configs, policies and keys;
 //! - [`keys`]: private key files (the same bounded read, plus a permission check);
 //! - [`config`]: the one [`config::ConfigError`] shape (file:line:column: what was expected);
@@ -15,6 +16,7 @@
 
 pub mod batch;
 pub mod caps;
+pub mod cli_assets;
 pub mod clock;
 pub mod config;
 pub mod error;

@@ -122,6 +122,11 @@ impl<'a> Deployment<'a> {
         };
 
         let mut an_toml = String::new();
+        // Each lab's AN gets its own control socket (`an.sock` in the lab's directory), for the
+        // same reason as the MH's below.
+        if !options.an_extra.contains("control_socket") {
+            an_toml.push_str("control_socket = \"an.sock\"\n");
+        }
         let _ = write!(
             an_toml,
             "listen = \"[::]:{AN_PORT}\"\nprivate_key = \"{an_secret}\"\ntun = \"{AN_TUN}\"\n\

@@ -13,7 +13,9 @@ use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 use tokio::sync::mpsc;
 use upmt_anchor_node::config::{self, Config};
+use upmt_anchor_node::control::{self, Request, Response};
 use upmt_anchor_node::event_loop::EventLoop;
+use upmt_anchor_node::ops::Ops;
 use upmt_anchor_node::{anchor_config, metrics, nat, privilege, tun, udp};
 use upmt_proto::anchor::Anchor;
 use upmt_proto::keys::StaticSecret;
@@ -30,11 +32,13 @@ struct Cli {
 enum Command {
     /// Run the anchor node.
     Run {
+        /// The configuration file.
         #[arg(long, short, default_value = config::DEFAULT_PATH)]
         config: PathBuf,
     },
     /// Validate a config and print a summary.
     Check {
+        /// The configuration file.
         #[arg(long, short, default_value = config::DEFAULT_PATH)]
         config: PathBuf,
     },
@@ -46,10 +50,36 @@ enum Command {
     },
     /// Read a base64 private key on stdin, print its public key.
     Pubkey,
+    /// Show the running anchor's peers: paths, handshakes, traffic, flows.
+    Show {
+        /// Print JSON (fields documented in docs/anchor.md) instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// The daemon's control socket.
+        #[arg(long, value_name = "PATH", default_value = config::DEFAULT_CONTROL_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Apply the config's peers to the running anchor: added peers can connect, removed ones
+    /// are cut off, unchanged ones keep their sessions (as SIGHUP does).
+    Reload {
+        /// The configuration file.
+        #[arg(long, short, default_value = config::DEFAULT_PATH)]
+        config: PathBuf,
+        /// The daemon's control socket (default: the config's control_socket).
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+    },
+    /// Remove the TUN and the nftables table a stopped anchor left (refused while one runs).
+    Down {
+        /// The configuration file.
+        #[arg(long, short, default_value = config::DEFAULT_PATH)]
+        config: PathBuf,
+    },
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    // `completions` and `man` (hidden) are answered here; see upmt_sys::cli_assets.
+    let cli: Cli = upmt_sys::cli_assets::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -63,6 +93,9 @@ fn main() -> std::process::ExitCode {
         Command::Check { config } => check(&config),
         Command::Genkey { out } => genkey(out.as_deref()),
         Command::Pubkey => pubkey(),
+        Command::Show { json, socket } => show(&socket, json),
+        Command::Reload { config, socket } => reload(&config, socket.as_deref()),
+        Command::Down { config } => down(&config),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -97,6 +130,84 @@ fn pubkey() -> Result<()> {
         .parse()
         .context("stdin does not hold a base64 private key")?;
     println!("{}", key.public_key());
+    Ok(())
+}
+
+fn client_runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn show(socket: &std::path::Path, json: bool) -> Result<()> {
+    let response = client_runtime()?.block_on(control::client::request(socket, Request::Show))?;
+    let Response::Show(show) = response else {
+        anyhow::bail!("unexpected answer from upmt-an: {response:?}");
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&show)?);
+    } else {
+        print!("{}", upmt_anchor_node::show::render(&show));
+    }
+    Ok(())
+}
+
+fn reload(path: &std::path::Path, socket: Option<&std::path::Path>) -> Result<()> {
+    // Read here, as the operator: the daemon may no longer be able to read its own config
+    // after dropping privileges. The key file is never needed for a reload.
+    let config = config::load_without_key_file(path)?;
+    let socket = socket.unwrap_or(&config.control_socket);
+    let request = Request::Reload {
+        config: upmt_anchor_node::reload::reload_config(&config),
+    };
+    let response = client_runtime()?.block_on(control::client::request(socket, request))?;
+    let Response::Reloaded(report) = response else {
+        anyhow::bail!("unexpected answer from upmt-an: {response:?}");
+    };
+    println!(
+        "{}: peers reloaded: {} added, {} removed, {} unchanged",
+        path.display(),
+        report.added.len(),
+        report.removed.len(),
+        report.unchanged
+    );
+    for name in &report.added {
+        println!("  added    {name}");
+    }
+    for name in &report.removed {
+        println!("  removed  {name} (cut off)");
+    }
+    if !report.needs_restart.is_empty() {
+        println!(
+            "  needs a restart, not applied: {}",
+            report.needs_restart.join(", ")
+        );
+    }
+    Ok(())
+}
+
+fn down(path: &std::path::Path) -> Result<()> {
+    caps::require_net_admin("upmt-an")?;
+    let nft = nat::find_nft()?;
+    let config = config::load_without_key_file(path)?;
+    let removed = upmt_anchor_node::down::down(&config, &nft)?;
+    if removed.is_empty() {
+        println!(
+            "nothing to remove: no tun {}, no nftables table inet {}",
+            config.tun,
+            upmt_anchor_node::down::table_of(&config.tun)
+        );
+    }
+    if let Some(table) = &removed.table {
+        println!("removed nftables table inet {table}");
+    }
+    if let Some(tun) = &removed.tun {
+        println!("removed tun {tun}");
+    }
+    if let Some(socket) = &removed.socket {
+        println!("removed stale control socket {}", socket.display());
+    }
     Ok(())
 }
 
@@ -157,6 +268,17 @@ fn run(path: &std::path::Path) -> Result<()> {
 async fn serve(config: Config, nft: PathBuf, account: Option<privilege::Account>) -> Result<()> {
     let shutdown = shutdown_signal()?;
     let udp = udp::bind(config.listen)?;
+    // Bound now, as root: the drop below keeps the listener working, and a directory made here
+    // goes to the account so the socket can be removed at exit.
+    let access = match &config.control_group {
+        Some(group) => control::server::Access::with_group(group)?,
+        None => control::server::Access::root_only(),
+    };
+    let (control_listener, control_file) = control::server::bind(
+        &config.control_socket,
+        &access,
+        account.as_ref().map(|a| (a.uid, a.gid)),
+    )?;
     let metrics_listener = match config.metrics {
         Some(addr) => Some(
             metrics::bind(addr)
@@ -174,6 +296,10 @@ async fn serve(config: Config, nft: PathBuf, account: Option<privilege::Account>
             .zip(config.subnet6.map(|n| n.prefix_len())),
         mtu: config.mtu,
     };
+    if upmt_anchor_node::down::tun_exists(&config.tun) {
+        // The normal case after a restart (the TUN is persistent), so not a warning.
+        tracing::info!(tun = %config.tun, "attaching to the TUN an earlier run left (`upmt-an down` removes it after a stop)");
+    }
     let device = tun::create(&tun_spec)?;
     nat::enable_forwarding(config.subnet6.is_some(), &config.egress)?;
     let spec = nat::NatSpec {
@@ -193,7 +319,7 @@ async fn serve(config: Config, nft: PathBuf, account: Option<privilege::Account>
     }
     if nat::NatGuard::exists(&nft, &spec.table())? {
         // The normal case after a restart (the table is left in place at exit), so not a warning.
-        tracing::info!(table = %spec.table(), "replacing a stale nftables table from an earlier run");
+        tracing::info!(table = %spec.table(), "replacing a stale nftables table from an earlier run (`upmt-an down` removes it after a stop)");
     }
     let guard = nat::NatGuard::install(nft, &spec)?;
     let counters = nat::CounterReader::open(guard.table())
@@ -228,6 +354,7 @@ async fn serve(config: Config, nft: PathBuf, account: Option<privilege::Account>
         table = %guard.table(),
         peers = config.peers.len(),
         public_key = %config.private_key.public_key(),
+        control_socket = %control_file.path().display(),
         "anchor node up"
     );
 
@@ -236,10 +363,24 @@ async fn serve(config: Config, nft: PathBuf, account: Option<privilege::Account>
         tokio::spawn(metrics::serve(listener, tx));
         rx
     });
+    let (handle, requests) = control::channel();
+    let (stop_control, control_stopped) = tokio::sync::oneshot::channel::<()>();
+    let control_server = tokio::spawn(control::server::serve(
+        control_listener,
+        access,
+        handle,
+        async {
+            let _ = control_stopped.await;
+        },
+    ));
     let anchor = Anchor::new(anchor_config(&config), clock::now());
-    let event_loop =
-        EventLoop::new(anchor, udp, device, config.mtu, scrapes).with_isolation_counters(counters);
+    let event_loop = EventLoop::new(anchor, udp, device, config.mtu, scrapes)
+        .with_isolation_counters(counters)
+        .with_ops(Ops::new(&config, Some(requests)));
     let result = event_loop.run(shutdown).await;
+    let _ = stop_control.send(());
+    let _ = control_server.await;
+    drop(control_file);
 
     // The table and the TUN stay whatever ended the loop: removing them would reset every
     // connection still in flight through a restart (see nat's module docs).
@@ -265,4 +406,20 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
             _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn completions_and_man_pages_cover_every_subcommand() {
+        let cmd = Cli::command();
+        assert!(upmt_sys::cli_assets::subcommand_paths(&cmd).contains(&vec!["run".to_owned()]));
+        assert_eq!(
+            upmt_sys::cli_assets::missing_from_assets(&cmd),
+            Vec::<String>::new()
+        );
+    }
 }

@@ -58,7 +58,8 @@ fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
-    let args = Args::parse();
+    // `completions` and `man` (hidden) are answered here; see upmt_sys::cli_assets.
+    let args: Args = upmt_sys::cli_assets::parse();
     let result = match args.command {
         Command::Run { config } => run(&config),
         Command::Check { config } => check(&config),
@@ -181,4 +182,20 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
             _ = term.recv() => {}
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn completions_and_man_pages_cover_every_subcommand() {
+        let cmd = Args::command();
+        assert!(upmt_sys::cli_assets::subcommand_paths(&cmd).contains(&vec!["stop".to_owned()]));
+        assert_eq!(
+            upmt_sys::cli_assets::missing_from_assets(&cmd),
+            Vec::<String>::new()
+        );
+    }
 }

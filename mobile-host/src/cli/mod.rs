@@ -177,6 +177,18 @@ mod tests {
     }
 
     #[test]
+    fn completions_and_man_pages_cover_every_subcommand() {
+        use clap::CommandFactory as _;
+        let cmd = Cli::command();
+        let paths = upmt_sys::cli_assets::subcommand_paths(&cmd);
+        assert!(paths.contains(&vec!["policy".to_owned(), "reload".to_owned()]));
+        assert_eq!(
+            upmt_sys::cli_assets::missing_from_assets(&cmd),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
     fn a_missing_daemon_is_one_clear_line() {
         let cli = parse(&["upmt", "--socket", "/nonexistent/upmt-test.sock", "status"]);
         let err = run(cli, &mut Vec::new()).unwrap_err();

@@ -72,11 +72,13 @@ mod control;
 mod expiry;
 mod flows;
 mod handshake;
+mod membership;
 mod peer;
 
 pub use crate::control::FlowKey;
 pub use crate::queue::QueueStats;
 pub use control::{SIGNAL_EVENT_BURST, SIGNAL_EVENT_REFILL};
+pub use membership::PeerChanges;
 
 use crate::control::ControlMessage;
 use crate::cookie::{ChallengeGate, CookieJar, Limiter};
@@ -146,7 +148,8 @@ pub struct PeerConfig {
 pub struct AnchorConfig {
     /// The anchor's identity.
     pub static_secret: StaticSecret,
-    /// The accepted peers; `PeerId(i)` is `peers[i]`.
+    /// The accepted peers; at start `PeerId(i)` is `peers[i]` (peers added later by
+    /// [`Anchor::set_peers`] get the next free ids).
     pub peers: Vec<PeerConfig>,
     /// Prefix length of the virtual IPv4 network.
     pub prefix4: u8,
@@ -242,6 +245,18 @@ pub struct PeerStatus {
     pub connected: bool,
     /// Each known path and its last authenticated source address.
     pub paths: Vec<(PathId, SocketAddr)>,
+    /// Its static public key.
+    pub public: PublicKey,
+    /// Its virtual IPv4 address.
+    pub virtual_ipv4: Ipv4Addr,
+    /// Its virtual IPv6 address, if any.
+    pub virtual_ipv6: Option<Ipv6Addr>,
+    /// When the newest keypair was made (its handshake), if it has one.
+    pub last_handshake: Option<Instant>,
+    /// Flows the anchor remembers for downlink path choice.
+    pub flows: usize,
+    /// Every path the peer mentioned, validated or not, in the order first seen.
+    pub path_status: Vec<PathStatus>,
     /// Authenticated datagrams received.
     pub rx_packets: u64,
     /// Bytes of authenticated datagrams received.
@@ -252,8 +267,19 @@ pub struct PeerStatus {
     pub tx_bytes: u64,
     /// When the last authenticated datagram arrived.
     pub last_rx: Option<Instant>,
-    /// Flows remembered for downlink path choice.
-    pub flows: usize,
+}
+
+/// One path of a peer, for the CLI.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PathStatus {
+    /// Which path.
+    pub path: PathId,
+    /// Its validated endpoint (downlink goes there), if any yet.
+    pub endpoint: Option<SocketAddr>,
+    /// When the last authenticated packet from that endpoint arrived.
+    pub last_rx: Option<Instant>,
+    /// The peer said this path is down.
+    pub down: bool,
 }
 
 /// A datagram waiting for `poll_transmit`.
@@ -608,21 +634,43 @@ impl Anchor {
 
     /// Status of every configured peer.
     pub fn peers(&self) -> impl Iterator<Item = PeerStatus> + '_ {
-        self.peers.iter().enumerate().map(|(i, p)| PeerStatus {
-            peer: PeerId(i as u32),
-            name: p.config.name.clone(),
-            connected: p.connected,
-            paths: p
-                .paths
-                .iter()
-                .filter_map(|e| Some((e.id, e.endpoint?)))
-                .collect(),
-            rx_packets: p.rx_packets,
-            rx_bytes: p.rx_bytes,
-            tx_packets: p.tx_packets,
-            tx_bytes: p.tx_bytes,
-            last_rx: p.last_rx,
-            flows: p.flows.len(),
-        })
+        self.peers
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| !p.removed)
+            .map(|(i, p)| PeerStatus {
+                peer: PeerId(i as u32),
+                name: p.config.name.clone(),
+                connected: p.connected,
+                paths: p
+                    .paths
+                    .iter()
+                    .filter_map(|e| Some((e.id, e.endpoint?)))
+                    .collect(),
+                public: p.config.public,
+                virtual_ipv4: p.config.virtual_ipv4,
+                virtual_ipv6: p.config.virtual_ipv6,
+                last_handshake: [&p.current, &p.previous, &p.next]
+                    .into_iter()
+                    .flatten()
+                    .map(|k| k.created)
+                    .max(),
+                flows: p.flows.len(),
+                path_status: p
+                    .paths
+                    .iter()
+                    .map(|e| PathStatus {
+                        path: e.id,
+                        endpoint: e.endpoint,
+                        last_rx: e.last_rx,
+                        down: e.down,
+                    })
+                    .collect(),
+                rx_packets: p.rx_packets,
+                rx_bytes: p.rx_bytes,
+                tx_packets: p.tx_packets,
+                tx_bytes: p.tx_bytes,
+                last_rx: p.last_rx,
+            })
     }
 }

@@ -85,6 +85,9 @@ pub(super) struct Peer {
     pub(super) rx_bytes: u64,
     pub(super) tx_packets: u64,
     pub(super) tx_bytes: u64,
+    /// Taken out of the config by [`super::Anchor::set_peers`]: no map points here any more,
+    /// the slot only keeps the ids of the others stable.
+    pub(super) removed: bool,
 }
 
 impl Peer {
@@ -107,6 +110,7 @@ impl Peer {
             rx_bytes: 0,
             tx_packets: 0,
             tx_bytes: 0,
+            removed: false,
         }
     }
 

@@ -1,0 +1,439 @@
+//! The control server: binds the socket before the daemon drops its privileges, checks who
+//! connects, and relays requests to the event loop until shutdown (mini-redis's `server::run`
+//! shape, so tests pass a listener bound at a temp path).
+//!
+//! Access has two gates, as on the mobile host. The socket file is mode 0600 (root only), or
+//! 0660 and owned by `control_group`; and every connection's peer credentials (`SO_PEERCRED`,
+//! supplementary groups from `SO_PEERGROUPS`) are checked again, so a socket whose mode was
+//! loosened by hand still serves only root, the daemon's own user, and members of the group.
+//! A refused client gets one error line, then the connection closes.
+//!
+//! After the drop the daemon keeps serving on the listener it bound as root; removing the file
+//! at exit needs write access to its directory, so a directory the daemon creates is given to
+//! the account it drops to. In a directory it cannot write (a shared /run/upmt made by root)
+//! the file stays behind at exit; clients then say "not running", and the next start or
+//! `upmt-an down` removes it.
+
+use std::io;
+use std::os::fd::AsRawFd as _;
+use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::io::BufReader;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::task::JoinSet;
+
+use super::{LoopHandle, PROTOCOL_VERSION, RequestFrame, Response, ResponseFrame};
+
+/// Supplementary groups read per client; more than any real user has.
+const MAX_PEER_GROUPS: usize = 1024;
+/// `SO_PEERGROUPS` (Linux 4.13); not every libc exports it.
+const SO_PEERGROUPS: libc::c_int = 59;
+/// Connections still open at shutdown get this long to finish.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+
+/// Who may use the socket besides root and the daemon's own user.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Access {
+    /// Members of this group (name, gid) may connect too.
+    pub group: Option<(String, u32)>,
+}
+
+impl Access {
+    /// Root (and the daemon's own user) only.
+    pub fn root_only() -> Access {
+        Access { group: None }
+    }
+
+    /// Root and members of the group `name` (a name from the group database, or a gid).
+    pub fn with_group(name: &str) -> Result<Access, ServerError> {
+        let gid = group_id(name).ok_or_else(|| ServerError::UnknownGroup {
+            name: name.to_owned(),
+        })?;
+        Ok(Access {
+            group: Some((name.to_owned(), gid)),
+        })
+    }
+
+    /// Whether a client with these credentials may use the socket; the refusal says why.
+    pub fn check(&self, uid: u32, gid: u32, groups: &[u32]) -> Result<(), String> {
+        // SAFETY: geteuid cannot fail and touches no memory.
+        let own = unsafe { libc::geteuid() };
+        if uid == 0 || uid == own {
+            return Ok(());
+        }
+        match &self.group {
+            Some((_, g)) if gid == *g || groups.contains(g) => Ok(()),
+            Some((name, _)) => Err(format!(
+                "permission denied: uid {uid} is not root and not in group {name}"
+            )),
+            None => Err(format!(
+                "permission denied: uid {uid} is not root (set control_group in the anchor's config to allow a group)"
+            )),
+        }
+    }
+}
+
+/// What went wrong setting up the control socket.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot create the control socket's directory {path}")]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path} exists and is not a socket; refusing to replace it")]
+    NotASocket { path: PathBuf },
+    #[error("another upmt-an is already serving {path}")]
+    AlreadyRunning { path: PathBuf },
+    #[error("cannot remove the stale control socket {path}")]
+    RemoveStale {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot bind the control socket {path}")]
+    Bind {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot set the owner and mode of {path}")]
+    Permissions {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("control_group {name:?} is not a group on this system")]
+    UnknownGroup { name: String },
+}
+
+/// The socket file; removed when dropped (when the directory lets the daemon).
+#[derive(Debug)]
+pub struct SocketFile {
+    path: PathBuf,
+}
+
+impl SocketFile {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        if is_socket(&self.path)
+            && let Err(e) = std::fs::remove_file(&self.path)
+        {
+            tracing::info!(
+                path = %self.path.display(),
+                error = %e,
+                "cannot remove the control socket; the next start or `upmt-an down` does"
+            );
+        }
+    }
+}
+
+/// Whether `path` is a socket file.
+pub fn is_socket(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket())
+}
+
+/// Whether a daemon answers on the socket at `path`.
+pub fn is_served(path: &Path) -> bool {
+    is_socket(path) && std::os::unix::net::UnixStream::connect(path).is_ok()
+}
+
+/// Binds the control socket at `path`: creates its directory (owned by `owner`'s uid and gid
+/// when given, so the daemon can remove the socket after dropping to that account), removes a
+/// stale socket (but refuses when a live daemon answers there, or when the path is not a
+/// socket), and sets the mode before listening. Must run inside tokio.
+pub fn bind(
+    path: &Path,
+    access: &Access,
+    owner: Option<(u32, u32)>,
+) -> Result<(UnixListener, SocketFile), ServerError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        && !dir.exists()
+    {
+        let dir_err = |source| ServerError::CreateDir {
+            path: dir.to_owned(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(dir_err)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).map_err(dir_err)?;
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::chown(dir, Some(uid), Some(gid)).map_err(dir_err)?;
+        }
+    }
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(ServerError::NotASocket {
+                path: path.to_owned(),
+            });
+        }
+        if is_served(path) {
+            return Err(ServerError::AlreadyRunning {
+                path: path.to_owned(),
+            });
+        }
+        std::fs::remove_file(path).map_err(|source| ServerError::RemoveStale {
+            path: path.to_owned(),
+            source,
+        })?;
+        tracing::info!(path = %path.display(), "removed a stale control socket");
+    }
+    let bind_err = |source| ServerError::Bind {
+        path: path.to_owned(),
+        source,
+    };
+    let socket = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None)
+        .map_err(bind_err)?;
+    let addr = socket2::SockAddr::unix(path).map_err(bind_err)?;
+    socket.bind(&addr).map_err(bind_err)?;
+    // From here on the file exists: the guard removes it if anything below fails.
+    let file = SocketFile {
+        path: path.to_owned(),
+    };
+    let perm_err = |source| ServerError::Permissions {
+        path: path.to_owned(),
+        source,
+    };
+    let mode = match &access.group {
+        Some((_, gid)) => {
+            std::os::unix::fs::chown(path, None, Some(*gid)).map_err(perm_err)?;
+            0o660
+        }
+        None => 0o600,
+    };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(perm_err)?;
+    socket.listen(16).map_err(bind_err)?;
+    socket.set_nonblocking(true).map_err(bind_err)?;
+    let listener = UnixListener::from_std(std::os::unix::net::UnixListener::from(
+        std::os::fd::OwnedFd::from(socket),
+    ))
+    .map_err(bind_err)?;
+    Ok((listener, file))
+}
+
+/// Serves connections on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: UnixListener,
+    access: Access,
+    handler: LoopHandle,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    let mut tasks = JoinSet::new();
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let (access, handler) = (access.clone(), handler.clone());
+                    tasks.spawn(async move { connection(stream, &access, &handler).await });
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "control socket accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+        }
+    }
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tasks.abort_all();
+    }
+}
+
+/// The client's supplementary groups.
+fn peer_groups(stream: &UnixStream) -> Vec<u32> {
+    let mut groups = vec![0 as libc::gid_t; MAX_PEER_GROUPS];
+    let mut len = (groups.len() * std::mem::size_of::<libc::gid_t>()) as libc::socklen_t;
+    // SAFETY: the buffer is valid for `len` bytes and the kernel writes at most that many.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_PEERGROUPS,
+            groups.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        // Old kernel: only the primary group (checked separately) counts.
+        return Vec::new();
+    }
+    groups.truncate(len as usize / std::mem::size_of::<libc::gid_t>());
+    groups
+}
+
+async fn connection(mut stream: UnixStream, access: &Access, handler: &LoopHandle) {
+    let verdict = match stream.peer_cred() {
+        Ok(cred) => access
+            .check(cred.uid(), cred.gid(), &peer_groups(&stream))
+            .map(|()| cred.uid()),
+        Err(e) => Err(format!(
+            "permission denied: cannot read peer credentials: {e}"
+        )),
+    };
+    let uid = match verdict {
+        Ok(uid) => uid,
+        Err(message) => {
+            tracing::warn!(%message, "control connection refused");
+            let _ = send(&mut stream, Response::error(message)).await;
+            return;
+        }
+    };
+    let (rd, mut wr) = stream.split();
+    let mut rd = BufReader::new(rd);
+    loop {
+        let line = match super::read_line(&mut rd).await {
+            Ok(Some(line)) => line,
+            Ok(None) => return,
+            Err(e) => {
+                // A too long line cannot be resynchronised: answer, close.
+                let _ = send(&mut wr, Response::error(e.to_string())).await;
+                return;
+            }
+        };
+        let response = match parse_request(&line) {
+            Ok(request) => {
+                tracing::debug!(uid, ?request, "control request");
+                handler.handle(request).await
+            }
+            Err(refusal) => refusal,
+        };
+        if send(&mut wr, response).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Parses a request line; checks the version first, so a newer CLI's unknown request is
+/// refused as another version rather than as garbage.
+pub fn parse_request(line: &[u8]) -> Result<super::Request, Response> {
+    let value: serde_json::Value = serde_json::from_slice(line)
+        .map_err(|e| Response::error(format!("bad request: not JSON: {e}")))?;
+    match value.get("version").and_then(serde_json::Value::as_u64) {
+        Some(v) if v == u64::from(PROTOCOL_VERSION) => {}
+        Some(v) => {
+            return Err(Response::error(format!(
+                "this upmt-an speaks control protocol version {PROTOCOL_VERSION}, the client {v}; use the upmt-an that came with the daemon"
+            )));
+        }
+        None => return Err(Response::error("bad request: no version")),
+    }
+    serde_json::from_value::<RequestFrame>(value)
+        .map(|f| f.request)
+        .map_err(|e| Response::error(format!("bad request: {e}")))
+}
+
+async fn send(
+    w: &mut (impl tokio::io::AsyncWrite + Unpin),
+    response: Response,
+) -> Result<(), super::FrameError> {
+    super::write_line(
+        w,
+        &ResponseFrame {
+            version: PROTOCOL_VERSION,
+            response,
+        },
+    )
+    .await
+}
+
+/// The gid of the group `name`; a number is a gid as it is.
+fn group_id(name: &str) -> Option<u32> {
+    if let Ok(gid) = name.parse::<u32>() {
+        return Some(gid);
+    }
+    let cname = std::ffi::CString::new(name).ok()?;
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    // SAFETY: zeroed `group` is a valid out-parameter; getgrnam_r writes strings into `buf`
+    // (of the length given) and a pointer to `grp` into `result`.
+    unsafe {
+        let mut grp: libc::group = std::mem::zeroed();
+        let mut result: *mut libc::group = std::ptr::null_mut();
+        let rc = libc::getgrnam_r(
+            cname.as_ptr(),
+            &mut grp,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut result,
+        );
+        (rc == 0 && !result.is_null()).then_some(grp.gr_gid)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Request, client};
+    use super::*;
+
+    #[test]
+    fn root_is_allowed_and_a_stranger_is_refused_with_a_reason() {
+        let access = Access::root_only();
+        assert!(access.check(0, 0, &[]).is_ok());
+        let err = access.check(65534, 65534, &[]).unwrap_err();
+        assert!(err.contains("uid 65534 is not root"), "{err}");
+        let group = Access {
+            group: Some(("upmt".into(), 4242)),
+        };
+        assert!(group.check(1000, 1000, &[27, 4242]).is_ok());
+        assert!(group.check(1000, 1000, &[27]).is_err());
+    }
+
+    #[test]
+    fn another_version_or_an_unknown_request_is_refused_with_what_is_wrong() {
+        let e = parse_request(br#"{"version":2,"request":{"type":"show"}}"#).unwrap_err();
+        assert!(
+            format!("{e:?}").contains("version 1, the client 2"),
+            "{e:?}"
+        );
+        let e = parse_request(br#"{"version":1,"request":{"type":"teleport"}}"#).unwrap_err();
+        assert!(format!("{e:?}").contains("bad request"), "{e:?}");
+        assert_eq!(
+            parse_request(br#"{"version":1,"request":{"type":"show"}}"#).unwrap(),
+            Request::Show
+        );
+    }
+
+    #[tokio::test]
+    async fn a_request_reaches_the_loop_and_the_socket_file_goes_at_exit() {
+        let dir = upmt_sys::testing::temp_dir("an-control");
+        let path = dir.join("sub").join("an.sock");
+        let (listener, file) = bind(&path, &Access::root_only(), None).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert!(matches!(
+            bind(&path, &Access::root_only(), None),
+            Err(ServerError::AlreadyRunning { .. })
+        ));
+        let (handle, mut requests) = super::super::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, Access::root_only(), handle, async {
+            let _ = stopped.await;
+        }));
+        let answering = tokio::spawn(async move {
+            let req = requests.recv().await.unwrap();
+            assert_eq!(req.request, Request::Show);
+            req.reply.send(Response::error("fake loop")).unwrap();
+        });
+        let err = client::request(&path, Request::Show).await.unwrap_err();
+        assert_eq!(err.to_string(), "fake loop");
+        answering.await.unwrap();
+        stop.send(()).unwrap();
+        server.await.unwrap();
+        drop(file);
+        assert!(!path.exists(), "the socket file is removed");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
