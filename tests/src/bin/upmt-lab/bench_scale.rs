@@ -167,6 +167,14 @@ fn one(count: usize, options: &Options) -> Result<Row> {
     })?;
     std::thread::sleep(Duration::from_secs(2));
     let rss_sessions_kib = proc_stat(an)?.rss_kib;
+    // Each phase's figures as they come, so a later phase that fails leaves them behind.
+    eprintln!(
+        "bench-scale: {count} hosts: RSS {} MB configured, {} MB with every session; all up after \
+         {all_up_s:.1} s ({:.0} handshakes/s)",
+        rss_configured_kib / 1024,
+        rss_sessions_kib / 1024,
+        count as f64 / all_up_s.max(1e-3)
+    );
 
     swarm.open_flows();
     swarm.wait("every host's flows open", generous, |p| {
@@ -192,12 +200,22 @@ fn one(count: usize, options: &Options) -> Result<Row> {
     std::thread::sleep(options.settle);
     let rss_flows_kib = proc_stat(an)?.rss_kib;
     let flows_counted = anchor_flows();
+    eprintln!(
+        "bench-scale: {count} hosts: RSS {} MB with {flows_counted} flows",
+        rss_flows_kib / 1024
+    );
 
     let before = proc_stat(an)?;
     let t0 = Instant::now();
     std::thread::sleep(options.window);
     let after = proc_stat(an)?;
     let lost_idle = swarm.progress().unwrap_or_default().disconnects;
+    eprintln!(
+        "bench-scale: {count} hosts: anchor CPU {:.2} % of a core over the idle window",
+        100.0 * (after.ticks - before.ticks) as f64
+            / ticks_per_second()
+            / t0.elapsed().as_secs_f64()
+    );
     let idle_cpu_percent = 100.0 * (after.ticks - before.ticks) as f64
         / ticks_per_second()
         / t0.elapsed().as_secs_f64();
