@@ -454,6 +454,7 @@ impl EventLoop {
                     name: p.name,
                     connected: p.connected,
                     paths: p.paths.len() as u64,
+                    flows: p.flows as u64,
                     rx_bytes: p.rx_bytes,
                     tx_bytes: p.tx_bytes,
                     rx_packets: p.rx_packets,

@@ -49,5 +49,8 @@ pub fn anchor_config(config: &config::Config) -> AnchorConfig {
     }
     core.mtu = config.mtu;
     core.path_stale_after = config.path_stale_after;
+    if let Some(t) = config.session_timeout {
+        core.session_timeout = t;
+    }
     core
 }

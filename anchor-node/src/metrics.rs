@@ -20,6 +20,8 @@ pub struct PeerSnapshot {
     pub name: String,
     pub connected: bool,
     pub paths: u64,
+    /// Flows the core remembers for the peer's downlink path choice.
+    pub flows: u64,
     pub rx_bytes: u64,
     pub tx_bytes: u64,
     pub rx_packets: u64,
@@ -193,7 +195,7 @@ type PeerMetric = (
 
 /// The byte and packet totals only ever grow, but their names (which dashboards and tests use)
 /// predate the `_total` suffix that the encoder gives every counter, so they are untyped.
-const PER_PEER: [PeerMetric; 6] = [
+const PER_PEER: [PeerMetric; 7] = [
     (
         "upmt_peer_connected",
         MetricType::Gauge,
@@ -205,6 +207,12 @@ const PER_PEER: [PeerMetric; 6] = [
         MetricType::Gauge,
         "Paths the peer currently has.",
         |p| p.paths,
+    ),
+    (
+        "upmt_peer_flows",
+        MetricType::Gauge,
+        "Flows the anchor remembers for the peer (forgotten when its session expires).",
+        |p| p.flows,
     ),
     (
         "upmt_peer_rx_bytes",
@@ -355,6 +363,7 @@ mod tests {
                 name: "ph\"one".into(),
                 connected: true,
                 paths: 2,
+                flows: 4,
                 rx_bytes: 100,
                 tx_bytes: 50,
                 rx_packets: 3,
@@ -398,6 +407,10 @@ mod tests {
         );
         assert!(
             text.contains("upmt_peer_connected{peer=\"ph\\\"one\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("upmt_peer_flows{peer=\"ph\\\"one\"} 4\n"),
             "{text}"
         );
         assert!(text.contains("upmt_udp_rx_datagrams_total 7\n"), "{text}");

@@ -423,6 +423,18 @@ impl ChallengeGate {
             }
         }
     }
+
+    /// Forgets `peer`'s `paths` (its session expired; they start afresh with a new one).
+    pub(crate) fn forget(&mut self, peer: PeerId, paths: impl Iterator<Item = PathId>) {
+        for path in paths {
+            self.last_sent.remove(&(peer, path));
+        }
+    }
+
+    /// Paths with a challenge on record.
+    pub(crate) fn len(&self) -> usize {
+        self.last_sent.len()
+    }
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use upmt_proto::keys::StaticSecret;
+use upmt_proto::keys::{PublicKey, StaticSecret};
 
 use crate::bin_path;
 use crate::error::{LabError, Result};
@@ -43,6 +43,9 @@ pub struct DeployOptions {
     pub an_extra: String,
     /// More `[[peer]]` tables appended after the AN's own (e.g. a load generator's peer).
     pub an_extra_peers: String,
+    /// The AN's virtual IPv4 subnet; `None`: 10.77.0.0/24 (a swarm of thousands of peers needs
+    /// a wider one, e.g. a /16).
+    pub an_subnet: Option<String>,
     /// `RUST_LOG` for both daemons.
     pub log: String,
     /// A policy file for the MH, written as `policy.toml` next to its config and named by it.
@@ -67,6 +70,7 @@ impl Default for DeployOptions {
             mh_extra: String::new(),
             an_extra: String::new(),
             an_extra_peers: String::new(),
+            an_subnet: None,
             log: "info,upmt=debug".to_owned(),
             mh_policy: None,
             second_mh: false,
@@ -89,6 +93,8 @@ pub struct Deployment<'a> {
     pub an_config: PathBuf,
     /// The mobile host's config file.
     pub mh_config: PathBuf,
+    /// The anchor's public key (what load generators handshake with).
+    pub an_public: PublicKey,
 }
 
 impl<'a> Deployment<'a> {
@@ -127,10 +133,11 @@ impl<'a> Deployment<'a> {
         let _ = write!(
             an_toml,
             "listen = \"[::]:{AN_PORT}\"\nprivate_key = \"{an_secret}\"\ntun = \"{AN_TUN}\"\n\
-             subnet = \"10.77.0.0/24\"\nsubnet6 = \"fd77::/64\"\negress = \"eth0\"\n\
+             subnet = \"{}\"\nsubnet6 = \"fd77::/64\"\negress = \"eth0\"\n\
              metrics = \"{AN_METRICS}\"\n{}\n\
              [[peer]]\nname = \"phone\"\npublic_key = \"{}\"\naddress = \"{MH_VIRTUAL_V4}\"\n\
              address6 = \"fd77::2\"\n{}{second_peer}",
+            options.an_subnet.as_deref().unwrap_or("10.77.0.0/24"),
             options.an_extra,
             mh_secret.public_key(),
             options.an_extra_peers,
@@ -234,6 +241,7 @@ impl<'a> Deployment<'a> {
             mh2,
             an_config,
             mh_config,
+            an_public: an_secret.public_key(),
         };
         deployment.wait_connected(Duration::from_secs(15))?;
         if let Some(mh2) = &deployment.mh2 {

@@ -32,11 +32,14 @@ pub mod deploy;
 pub mod download;
 pub mod error;
 pub mod exec;
+pub mod guard;
 pub mod lab;
 pub mod measure;
 pub mod process;
+pub mod scale;
 pub mod second_an;
 pub mod servers;
+pub mod swarm;
 pub mod topology;
 
 pub use bins::bin_path;

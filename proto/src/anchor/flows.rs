@@ -58,9 +58,9 @@ impl FlowTable {
         self.map.len()
     }
 
+    /// Forgets every flow and frees the tables (an expired peer holds no flow memory).
     pub(super) fn clear(&mut self) {
-        self.map.clear();
-        self.order.clear();
+        *self = FlowTable::default();
     }
 }
 

@@ -85,9 +85,16 @@ impl Anchor {
         if let Some(old) = peer.next.take() {
             self.by_index.remove(&old.local_index.0);
         }
-        peer.next = Some(Keypair::new(&send, &recv, local_index, sender_index, now));
+        peer.next = Some(Box::new(Keypair::new(
+            &send,
+            &recv,
+            local_index,
+            sender_index,
+            now,
+        )));
         peer.origin = Some((local_index, path, from));
         self.by_index.insert(local_index.0, id);
+        self.schedule_expiry(id);
         self.queues.push_transmit(Queued::Resp {
             bytes,
             path,

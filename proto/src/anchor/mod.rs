@@ -64,10 +64,12 @@
 //!
 //! Code layout: `handshake.rs` (inits and the flood defences), `peer.rs` (a peer's keypairs and
 //! path validation), `flows.rs` (downlink path choice, uplink checks, `encapsulate`),
-//! `control.rs` (probes and signals from the client, and their answers); this file holds the
-//! struct, the inputs and outputs, and the timers.
+//! `control.rs` (probes and signals from the client, and their answers), `expiry.rs` (the
+//! deadline heap of session expiry: a wake-up touches only the sessions that are due); this file
+//! holds the struct, the inputs and outputs, and the timers.
 
 mod control;
+mod expiry;
 mod flows;
 mod handshake;
 mod membership;
@@ -84,11 +86,12 @@ use crate::handshake::mac1_key;
 use crate::keys::{PublicKey, StaticSecret};
 use crate::queue::Queues;
 use crate::time::Instant;
-use crate::timer::{Timer, TimerTable};
+use crate::timer::Timer;
 use crate::wire::{self, COOKIE_REPLY_LEN, Kind, RESP_LEN, TransportHeader, TransportRepr};
 use crate::{DEFAULT_MTU, DropCounters, DropReason, HEADER_LEN, PathId, PeerId, Transmit};
 use core::ops::Range;
 use core::time::Duration;
+use expiry::ExpiryQueue;
 use peer::{PathAction, Peer};
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -313,6 +316,8 @@ pub struct Anchor {
     cookies: CookieJar,
     limiter: Limiter,
     challenges: ChallengeGate,
+    /// When each peer with a session is due for its expiry check (see `expiry.rs`).
+    expiry: ExpiryQueue,
     /// The defence counters; the queue counters live in `queues`.
     stats: AnchorStats,
 }
@@ -350,6 +355,7 @@ impl Anchor {
             cookies: CookieJar::new(&public, now),
             limiter: Limiter::new(now),
             challenges: ChallengeGate::default(),
+            expiry: ExpiryQueue::default(),
             stats: AnchorStats::default(),
         }
     }
@@ -510,35 +516,73 @@ impl Anchor {
         None
     }
 
-    /// When `handle_timeout` must be called next, and why.
+    /// When `handle_timeout` must be called next, and why. Constant time: the earliest entry
+    /// of the expiry heap, which may be a little early for a peer heard from since (see
+    /// `expiry.rs`); the wake-up then only re-files that peer.
     pub fn poll_timeout(&self) -> Option<(Instant, Timer)> {
-        let mut timers = TimerTable::default();
-        for p in &self.peers {
-            if let Some(t) = p.deadline(self.config.session_timeout) {
-                timers.set_earliest(Timer::SessionExpiry, t);
-            }
-        }
-        timers.next()
+        self.expiry.next().map(|at| (at, Timer::SessionExpiry))
     }
 
-    /// Runs the timers due at `now`: forgets sessions silent for `session_timeout`.
+    /// Runs the timers due at `now`: forgets sessions silent for `session_timeout`. Touches only
+    /// the peers whose expiry entry is due, not every peer.
     pub fn handle_timeout(&mut self, now: Instant) {
         let timeout = self.config.session_timeout;
-        for (i, peer) in self.peers.iter_mut().enumerate() {
-            if peer.deadline(timeout).is_none_or(|d| now < d) {
+        while let Some(id) = self.expiry.pop_due(now) {
+            let Some(peer) = self.peers.get_mut(id.0 as usize) else {
                 continue;
-            }
-            for index in peer.forget_session() {
-                self.by_index.remove(&index.0);
-            }
-            if peer.connected {
-                peer.connected = false;
-                self.queues.push_event(Event::PeerDisconnected {
-                    peer: PeerId(i as u32),
-                    name: peer.config.name.clone(),
-                });
+            };
+            peer.expiry_scheduled = false;
+            match peer.deadline(timeout) {
+                // The session went away meanwhile: nothing to expire.
+                None => {}
+                Some(d) if now < d => {
+                    peer.expiry_scheduled = true;
+                    self.expiry.push(d, id);
+                }
+                Some(_) => {
+                    self.challenges.forget(id, peer.paths.iter().map(|p| p.id));
+                    for index in peer.forget_session() {
+                        self.by_index.remove(&index.0);
+                    }
+                    if peer.connected {
+                        peer.connected = false;
+                        self.queues.push_event(Event::PeerDisconnected {
+                            peer: id,
+                            name: peer.config.name.clone(),
+                        });
+                    }
+                }
             }
         }
+    }
+
+    /// Files `id`'s session for an expiry check, unless it already has an entry (whose time is
+    /// never later than the session's deadline, which only moves later).
+    fn schedule_expiry(&mut self, id: PeerId) {
+        let timeout = self.config.session_timeout;
+        if let Some(peer) = self.peers.get_mut(id.0 as usize)
+            && !peer.expiry_scheduled
+            && let Some(d) = peer.deadline(timeout)
+        {
+            peer.expiry_scheduled = true;
+            self.expiry.push(d, id);
+        }
+    }
+
+    /// Expiry entries the timers took off their heap so far: a wake-up costs one per due peer,
+    /// never one per configured peer (for tests and benches).
+    pub fn timer_visits(&self) -> u64 {
+        self.expiry.visits()
+    }
+
+    /// Peers with a session waiting on the expiry heap.
+    pub fn sessions_scheduled(&self) -> usize {
+        self.expiry.len()
+    }
+
+    /// Paths with a path challenge on record (they are forgotten with their session).
+    pub fn challenged_paths(&self) -> usize {
+        self.challenges.len()
     }
 
     /// The next event.

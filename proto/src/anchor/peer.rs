@@ -65,10 +65,14 @@ pub(super) enum PathAction {
 pub(super) struct Peer {
     pub(super) config: PeerConfig,
     pub(super) last_timestamp: Option<u64>,
-    pub(super) current: Option<Keypair>,
-    pub(super) previous: Option<Keypair>,
-    pub(super) next: Option<Keypair>,
+    /// Boxed: a keypair holds its replay window and ciphers (about 2 KB), and most configured
+    /// peers of a big anchor have no session at any moment.
+    pub(super) current: Option<Box<Keypair>>,
+    pub(super) previous: Option<Box<Keypair>>,
+    pub(super) next: Option<Box<Keypair>>,
     pub(super) connected: bool,
+    /// It has an entry in the anchor's expiry heap (at most one).
+    pub(super) expiry_scheduled: bool,
     pub(super) paths: Vec<PathEntry>,
     /// The latest handshake: (its session index, path, source address).
     pub(super) origin: Option<(SessionIndex, PathId, SocketAddr)>,
@@ -95,6 +99,7 @@ impl Peer {
             previous: None,
             next: None,
             connected: false,
+            expiry_scheduled: false,
             paths: Vec::new(),
             origin: None,
             last_path: None,
@@ -157,7 +162,10 @@ impl Peer {
         now: Instant,
         reject_after: Duration,
     ) -> Result<&mut Keypair, crate::DropReason> {
-        let k = self.current.as_mut().ok_or(crate::DropReason::NoSession)?;
+        let k = self
+            .current
+            .as_deref_mut()
+            .ok_or(crate::DropReason::NoSession)?;
         if now.saturating_duration_since(k.created) >= reject_after {
             return Err(crate::DropReason::Expired);
         }
@@ -247,9 +255,21 @@ impl Peer {
     /// Forgets the session: its keypairs (their local indices are returned), paths and flows.
     pub(super) fn forget_session(&mut self) -> impl Iterator<Item = SessionIndex> + use<> {
         let keys = [self.current.take(), self.previous.take(), self.next.take()];
-        self.paths.clear();
+        self.paths = Vec::new();
         self.flows.clear();
         self.last_path = None;
         keys.into_iter().flatten().map(|k| k.local_index)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_configured_peer_without_a_session_is_small() {
+        // Ten thousand configured peers must not cost tens of megabytes before any connects.
+        let size = size_of::<Peer>();
+        assert!(size <= 512, "a Peer is {size} bytes");
     }
 }

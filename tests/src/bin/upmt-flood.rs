@@ -35,6 +35,7 @@ use upmt_proto::keys::{PublicKey, StaticSecret};
 use upmt_proto::time::Instant;
 use upmt_proto::wire::INIT_LEN;
 use upmt_proto::{HEADER_LEN, PathId, TAG_LEN};
+use upmt_tests::guard::{inner_allowed, target_allowed};
 
 /// The most datagrams one run may send.
 const MAX_COUNT: u64 = 20_000_000;
@@ -134,20 +135,6 @@ fn main() {
         eprintln!("upmt-flood: {e:#}");
         std::process::exit(1);
     }
-}
-
-/// Only the lab's documentation ranges may be attacked.
-fn target_allowed(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => v4.octets()[..3] == [203, 0, 113],
-        IpAddr::V6(v6) => v6.segments()[..2] == [0x2001, 0x0db8],
-    }
-}
-
-/// Inner destinations: private or documentation ranges only.
-fn inner_allowed(ip: Ipv4Addr) -> bool {
-    let o = ip.octets();
-    ip.is_private() || matches!(o[..3], [192, 0, 2] | [198, 51, 100] | [203, 0, 113])
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
@@ -626,16 +613,6 @@ impl Rng {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn only_lab_documentation_targets_are_allowed() {
-        assert!(target_allowed("203.0.113.2".parse().expect("ip")));
-        assert!(target_allowed("2001:db8:3::2".parse().expect("ip")));
-        assert!(!target_allowed("8.8.8.8".parse().expect("ip")));
-        assert!(!target_allowed("127.0.0.1".parse().expect("ip")));
-        assert!(!target_allowed("192.0.2.2".parse().expect("ip")));
-        assert!(!target_allowed("2001:4860::8888".parse().expect("ip")));
-    }
 
     #[test]
     fn inner_packets_are_valid_ipv4_with_a_correct_header_checksum() {

@@ -50,7 +50,7 @@ pub fn throughput(lab: &Lab, seconds: u32) -> Result<()> {
 }
 
 /// Runs one iperf3 client in the MH namespace and returns the received bits per second.
-fn iperf3(lab: &Lab, server: &str, seconds: u32, reverse: bool) -> Result<f64> {
+pub fn iperf3(lab: &Lab, server: &str, seconds: u32, reverse: bool) -> Result<f64> {
     let secs = seconds.to_string();
     let mut args = vec!["iperf3", "-c", server, "-t", &secs, "-J"];
     if reverse {

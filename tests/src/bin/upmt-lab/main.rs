@@ -7,6 +7,7 @@ mod bench;
 mod bench_connect;
 mod bench_handover;
 mod bench_idle;
+mod bench_scale;
 mod demo;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -64,6 +65,29 @@ enum Command {
         /// Seconds measured.
         #[arg(long, default_value_t = 60)]
         window: u64,
+    },
+    /// Print what one anchor costs per mobile host: RSS per MH and per flow, the handshake rate
+    /// it sustains, its CPU with only keepalives, and one real MH's download while N simulated
+    /// MHs (`upmt-swarm`) idle.
+    BenchScale {
+        /// Numbers of simulated mobile hosts, one lab each.
+        #[arg(long, value_delimiter = ',', default_value = "100,1000")]
+        counts: Vec<usize>,
+        /// Flows per simulated host.
+        #[arg(long, default_value_t = 10)]
+        flows: u16,
+        /// Source addresses of the swarm (the anchor limits handshakes per source).
+        #[arg(long, default_value_t = 64)]
+        sources: u32,
+        /// Seconds after the flows opened before the idle window.
+        #[arg(long, default_value_t = 10)]
+        settle: u64,
+        /// Seconds of the idle CPU window.
+        #[arg(long, default_value_t = 30)]
+        window: u64,
+        /// Seconds of the real MH's iperf3 download.
+        #[arg(long, default_value_t = 5)]
+        iperf_seconds: u32,
     },
     /// Holds idle TCP connections open (the bench's idle flows; runs inside a namespace).
     #[command(hide = true)]
@@ -164,6 +188,26 @@ fn main() -> Result<()> {
                 window: Duration::from_secs(window),
             };
             bench_idle::run(&lab, &options)?;
+        }
+        Command::BenchScale {
+            counts,
+            flows,
+            sources,
+            settle,
+            window,
+            iperf_seconds,
+        } => {
+            if window == 0 || counts.contains(&0) {
+                anyhow::bail!("--window and every count must be at least 1");
+            }
+            bench_scale::run(&bench_scale::Options {
+                counts,
+                flows,
+                sources,
+                settle: Duration::from_secs(settle),
+                window: Duration::from_secs(window),
+                iperf_seconds,
+            })?;
         }
         Command::HoldTcp { .. } => unreachable!("handled before the stop handler"),
         Command::BenchConnect {
