@@ -42,5 +42,6 @@ pub fn anchor_config(config: &config::Config) -> AnchorConfig {
     }
     core.mtu = config.mtu;
     core.path_stale_after = config.path_stale_after;
+    core.fast_aes = config.cipher.fast_aes();
     core
 }

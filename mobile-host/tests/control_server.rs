@@ -54,6 +54,7 @@ fn status() -> StatusReply {
             anchor: "198.51.100.1:51820".parse().unwrap(),
             virtual_addresses: vec!["10.77.0.2".parse().unwrap()],
             tun: Some("upmt0".into()),
+            cipher: None,
         },
         tunnels: vec![tunnel("wifi", "wlan0"), tunnel("cell", "rmnet0")],
         owners: None,

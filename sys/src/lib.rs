@@ -2,6 +2,7 @@
 //! need, written once so the two cannot drift apart.
 //!
 //! - [`batch`]: batched UDP IO (recvmmsg, GRO, GSO) for the tunnel sockets;
+//! - [`cipher`]: the `cipher` config key and the AES hardware check behind its `auto`;
 //! - [`clock`]: `CLOCK_BOOTTIME` (counts suspended time) and Unix time;
 //! - [`caps`]: whether the process holds CAP_NET_ADMIN;
 //! - [`file`](mod@file): the bounded, regular-file-only read used for configs, policies and keys;
@@ -15,6 +16,7 @@
 
 pub mod batch;
 pub mod caps;
+pub mod cipher;
 pub mod clock;
 pub mod config;
 pub mod error;

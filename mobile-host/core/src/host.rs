@@ -748,6 +748,7 @@ impl MobileHost {
                     virtual_ipv4 = %format_args!("{}/{}", params.virtual_ipv4, params.prefix4),
                     virtual_ipv6 = ?params.virtual_ipv6,
                     mtu = params.mtu,
+                    cipher = %params.cipher,
                     "connected to the anchor"
                 );
                 self.routing.push_back(RoutingIntent::Connect(params));
@@ -904,12 +905,14 @@ impl MobileHost {
                     .chain(params.virtual_ipv6.map(std::net::IpAddr::V6))
                     .collect(),
                 tun: self.tun.clone(),
+                cipher: Some(params.cipher.into()),
             },
             None => SessionStatus {
                 state: SessionState::Handshaking,
                 anchor: self.anchor,
                 virtual_addresses: Vec::new(),
                 tun: None,
+                cipher: None,
             },
         };
         // Bytes per tunnel: the inner bytes of the live flows it carried.
