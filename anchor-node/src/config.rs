@@ -13,6 +13,7 @@ use ipnet::{Ipv4Net, Ipv6Net};
 use serde::Deserialize;
 use toml::Spanned;
 use upmt_proto::keys::{PublicKey, StaticSecret};
+use upmt_sys::cipher::CipherSetting;
 use upmt_sys::config::{ConfigText, line_col, shown};
 
 pub use upmt_sys::config::ConfigError;
@@ -70,6 +71,8 @@ pub struct Config {
     pub control_group: Option<String>,
     /// `private_key_file` as written, when the key is in a file (a reload compares it).
     pub private_key_file: Option<String>,
+    /// Whether AES-256-GCM is picked for mobile hosts that offer it (`cipher`, default auto).
+    pub cipher: CipherSetting,
     /// The private key is written in the config itself (not in `private_key_file`, whose
     /// mode is checked when it is read).
     pub key_in_config: bool,
@@ -112,6 +115,7 @@ struct RawConfig {
     user: Option<Spanned<String>>,
     control_socket: Option<Spanned<String>>,
     control_group: Option<Spanned<String>>,
+    cipher: Option<Spanned<String>>,
     #[serde(default)]
     peer: Vec<RawPeer>,
 }
@@ -292,6 +296,19 @@ impl Validator<'_> {
                         )
                     })?,
             ),
+        };
+        let cipher = match &raw.cipher {
+            None => CipherSetting::Auto,
+            Some(c) => CipherSetting::parse(c.get_ref()).ok_or_else(|| {
+                self.err(
+                    c.span(),
+                    format!(
+                        "expected cipher {}, got {}",
+                        CipherSetting::EXPECTED,
+                        shown(c.get_ref())
+                    ),
+                )
+            })?,
         };
         let path_stale_after = match &raw.path_stale_after_ms {
             None => upmt_proto::anchor::DEFAULT_PATH_STALE_AFTER,
@@ -495,6 +512,7 @@ impl Validator<'_> {
             control_socket,
             control_group,
             private_key_file: raw.private_key_file.as_ref().map(|f| f.get_ref().clone()),
+            cipher,
             key_in_config,
             peers,
         })
@@ -977,6 +995,28 @@ address = "10.77.0.3"
             "egress = \"eth0\"\npath_stale_after_ms = 5",
         );
         assert!(err_of(&text).2.contains("between 50 and 60000"));
+    }
+
+    #[test]
+    fn the_cipher_defaults_to_auto_and_an_unknown_one_is_refused_at_its_value() {
+        let c = parse(Path::new("an.toml"), &good()).unwrap();
+        assert_eq!(c.cipher, CipherSetting::Auto);
+        let text = good().replace(
+            "egress = \"eth0\"",
+            "egress = \"eth0\"\ncipher = \"chacha20\"",
+        );
+        let c = parse(Path::new("an.toml"), &text).unwrap();
+        assert_eq!(c.cipher, CipherSetting::ChaCha20);
+        let text = good().replace(
+            "egress = \"eth0\"",
+            "egress = \"eth0\"\ncipher = \"aes128\"",
+        );
+        let (line, col, msg) = err_of(&text);
+        assert_eq!((line, col), (7, 10));
+        assert!(
+            msg.contains("\"auto\", \"chacha20\" or \"aes256gcm\""),
+            "{msg}"
+        );
     }
 
     #[test]

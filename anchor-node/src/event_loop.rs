@@ -393,7 +393,10 @@ impl EventLoop {
                     peer,
                     name,
                     endpoint,
-                } => tracing::info!(%peer, %name, %endpoint, "peer connected"),
+                } => {
+                    let cipher = self.anchor.peer_cipher(peer).map_or("none", |c| c.as_str());
+                    tracing::info!(%peer, %name, %endpoint, cipher, "peer connected")
+                }
                 Event::PeerDisconnected { peer, name } => {
                     tracing::info!(%peer, %name, "peer disconnected")
                 }

@@ -52,5 +52,6 @@ pub fn anchor_config(config: &config::Config) -> AnchorConfig {
     if let Some(t) = config.session_timeout {
         core.session_timeout = t;
     }
+    core.fast_aes = config.cipher.fast_aes();
     core
 }

@@ -194,6 +194,7 @@ mod tests {
             tx_packets: 800,
             tx_bytes: 35_000,
             last_rx: Some(now),
+            cipher: None,
         };
         let laptop = PeerStatus {
             peer: PeerId(1),
@@ -211,6 +212,7 @@ mod tests {
             tx_packets: 0,
             tx_bytes: 0,
             last_rx: None,
+            cipher: None,
         };
         snapshot(&base(), [phone, laptop].into_iter(), now)
     }

@@ -18,6 +18,7 @@ use serde_spanned::Spanned;
 use upmt_mh_core::candidates::Pattern;
 use upmt_paft::MAX_UPLINKS;
 use upmt_proto::keys::{PublicKey, StaticSecret};
+use upmt_sys::cipher::CipherSetting;
 use upmt_sys::config::{ConfigText, shown};
 use upmt_sys::ifname;
 
@@ -137,6 +138,8 @@ pub struct Config {
     /// Android's uid -> package table (`packages_list`, default [`PACKAGES_LIST`]); absent on
     /// Linux, which is fine.
     pub packages_list: PathBuf,
+    /// Whether inits offer AES-256-GCM (`cipher`, default auto: where the CPU has AES hardware).
+    pub cipher: CipherSetting,
 }
 
 /// How the core probes its paths (`[probe]`); each maps onto a `ClientConfig` field.
@@ -215,6 +218,7 @@ struct RawConfig {
     probe: Option<RawProbe>,
     proc_root: Option<Spanned<String>>,
     packages_list: Option<Spanned<String>>,
+    cipher: Option<Spanned<String>>,
     #[serde(default)]
     uplink: Vec<RawUplink>,
     #[serde(default)]
@@ -451,6 +455,20 @@ impl Config {
             None => Platform::Linux,
         };
         let android = platform == Platform::Android;
+
+        let cipher = match &raw.cipher {
+            None => CipherSetting::Auto,
+            Some(c) => CipherSetting::parse(c.get_ref()).ok_or_else(|| {
+                at(
+                    c.span(),
+                    format!(
+                        "invalid cipher {}: expected {}",
+                        shown(c.get_ref()),
+                        CipherSetting::EXPECTED
+                    ),
+                )
+            })?,
+        };
         let dns = match &raw.dns {
             Some(d) => match d.get_ref().as_str() {
                 "tunnel" => DnsRoute::Tunnel,
@@ -769,6 +787,7 @@ impl Config {
             probe,
             proc_root,
             packages_list,
+            cipher,
         })
     }
 
@@ -1456,6 +1475,25 @@ mod tests {
         let (line, column, message) = invalid(&format!("platform = \"ios\"\n{}", good()));
         assert_eq!((line, column), (1, 12));
         assert!(message.contains("\"linux\" or \"android\""), "{message}");
+    }
+
+    #[test]
+    fn the_cipher_defaults_to_auto_and_an_unknown_one_is_refused_at_its_value() {
+        assert_eq!(
+            parse_with_build_prop(&good(), false).unwrap().cipher,
+            CipherSetting::Auto
+        );
+        let forced = format!("cipher = \"aes256gcm\"\n{}", good());
+        assert_eq!(
+            parse_with_build_prop(&forced, false).unwrap().cipher,
+            CipherSetting::Aes256Gcm
+        );
+        let (line, column, message) = invalid(&format!("cipher = \"rc4\"\n{}", good()));
+        assert_eq!((line, column), (1, 10));
+        assert!(
+            message.contains("\"auto\", \"chacha20\" or \"aes256gcm\""),
+            "{message}"
+        );
     }
 
     #[test]

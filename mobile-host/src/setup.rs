@@ -25,8 +25,15 @@ pub fn now() -> Instant {
 
 /// The core's start for `config` deciding with `policy`.
 pub fn host_config(config: &Config, policy: Policy) -> Result<HostConfig, TooManyUplinks> {
+    let client = client_config(config);
+    tracing::info!(
+        cipher = config.cipher.as_str(),
+        aes_hardware = upmt_sys::cipher::aes_hardware(),
+        offers_aes256gcm = client.fast_aes,
+        "transport cipher setting"
+    );
     Ok(HostConfig {
-        client: client_config(config),
+        client,
         client_seed: upmt_sys::clock::unix_nanos(),
         anchor: config.anchor,
         uplinks: Uplinks::new(config.uplinks.iter().map(|u| u.name.clone()).collect())?,
@@ -66,6 +73,7 @@ pub fn client_config(config: &Config) -> ClientConfig {
     c.keepalive_max = config.probe.idle_keepalive_max;
     c.path_timeout = config.probe.path_timeout;
     c.hold_down = config.probe.hold_down;
+    c.fast_aes = config.cipher.fast_aes();
     c
 }
 
@@ -143,6 +151,7 @@ mod tests {
             virtual_ipv6: None,
             prefix6: 64,
             mtu: 1380,
+            cipher: Default::default(),
         };
         let a = tun_addressing(&p);
         assert_eq!(

@@ -56,6 +56,7 @@ fn status() -> StatusReply {
             virtual_addresses: vec!["10.77.0.2".parse().unwrap()],
             tun: Some("upmt0".into()),
             active_anchor: None,
+            cipher: None,
         },
         tunnels: vec![tunnel("wifi", "wlan0"), tunnel("cell", "rmnet0")],
         owners: None,

@@ -1,5 +1,7 @@
-//! Transport keys of one session: in-place ChaCha20-Poly1305 (ring) and the replay window.
+//! Transport keys of one session: in-place AEAD (ring) and the replay window.
 //!
+//! The AEAD is ChaCha20-Poly1305, or AES-256-GCM where the handshake negotiated it (both ends run
+//! AES in hardware: see [`Cipher`]); both take the same 32-byte split keys and 12-byte nonces.
 //! Nonce = 4 zero bytes || counter (u64 LE); associated data = the 16-byte transport header, so
 //! kind, path, indices and counter are authenticated. Each path numbers its packets in its own
 //! counter space and has its own replay window (see [`crate::replay`] for the layout and the
@@ -10,7 +12,45 @@ use crate::replay::{MAX_PATH_COUNTER, PathWindows, path_counter};
 use crate::time::Instant;
 use crate::wire::{Kind, TransportHeader, TransportRepr};
 use crate::{DropReason, HEADER_LEN, PathId, SessionIndex, TAG_LEN};
-use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, Tag, UnboundKey};
+use ring::aead::{AES_256_GCM, Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, Tag, UnboundKey};
+
+/// The AEAD of a session's transport packets. The Noise handshake itself always runs
+/// ChaCha20-Poly1305; only the transport keys use the negotiated cipher.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Cipher {
+    /// ChaCha20-Poly1305: fast everywhere in software, the fallback.
+    #[default]
+    ChaCha20Poly1305,
+    /// AES-256-GCM: several times faster where the CPU has AES and carry-less multiply
+    /// instructions (x86 AES-NI + PCLMULQDQ, ARMv8 crypto extensions), slow without.
+    Aes256Gcm,
+}
+
+impl Cipher {
+    /// The cipher's name, for logs, status and metrics labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cipher::ChaCha20Poly1305 => "chacha20-poly1305",
+            Cipher::Aes256Gcm => "aes-256-gcm",
+        }
+    }
+
+    /// What an anchor picks: AES-256-GCM only when the client offered it and the anchor runs it
+    /// fast too.
+    pub fn negotiate(client_offers_aes: bool, anchor_fast_aes: bool) -> Cipher {
+        if client_offers_aes && anchor_fast_aes {
+            Cipher::Aes256Gcm
+        } else {
+            Cipher::ChaCha20Poly1305
+        }
+    }
+}
+
+impl core::fmt::Display for Cipher {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 fn nonce(counter: u64) -> Nonce {
     let mut n = [0u8; 12];
@@ -18,11 +58,13 @@ fn nonce(counter: u64) -> Nonce {
     Nonce::assume_unique_for_key(n)
 }
 
-fn key(bytes: &[u8; 32]) -> LessSafeKey {
-    // CHACHA20_POLY1305 takes exactly 32 bytes, which the type guarantees.
-    LessSafeKey::new(
-        UnboundKey::new(&CHACHA20_POLY1305, bytes).expect("chacha20-poly1305 key is 32 bytes"),
-    )
+fn key(cipher: Cipher, bytes: &[u8; 32]) -> LessSafeKey {
+    let alg = match cipher {
+        Cipher::ChaCha20Poly1305 => &CHACHA20_POLY1305,
+        Cipher::Aes256Gcm => &AES_256_GCM,
+    };
+    // Both algorithms take exactly 32 bytes, which the type guarantees.
+    LessSafeKey::new(UnboundKey::new(alg, bytes).expect("both aeads take a 32-byte key"))
 }
 
 /// A random session index. Indices only need to be unpredictable enough that an off-path
@@ -36,6 +78,8 @@ pub(crate) fn random_index(salt: u64) -> SessionIndex {
 
 /// The two directions of one session.
 pub(crate) struct Keypair {
+    /// The AEAD of both directions.
+    pub(crate) cipher: Cipher,
     send: LessSafeKey,
     recv: LessSafeKey,
     /// Our index: the peer puts it in the packets it sends us.
@@ -50,6 +94,7 @@ pub(crate) struct Keypair {
 
 impl Keypair {
     pub(crate) fn new(
+        cipher: Cipher,
         send: &[u8; 32],
         recv: &[u8; 32],
         local_index: SessionIndex,
@@ -57,8 +102,9 @@ impl Keypair {
         created: Instant,
     ) -> Self {
         Keypair {
-            send: key(send),
-            recv: key(recv),
+            cipher,
+            send: key(cipher, send),
+            recv: key(cipher, recv),
             local_index,
             remote_index,
             next_counters: [0; 256],
@@ -136,18 +182,40 @@ impl Keypair {
 mod tests {
     use super::*;
 
-    fn pair() -> (Keypair, Keypair) {
+    const BOTH: [Cipher; 2] = [Cipher::ChaCha20Poly1305, Cipher::Aes256Gcm];
+
+    fn pair(cipher: Cipher) -> (Keypair, Keypair) {
         let a = [1u8; 32];
         let b = [2u8; 32];
         (
-            Keypair::new(&a, &b, SessionIndex(10), SessionIndex(20), Instant::ZERO),
-            Keypair::new(&b, &a, SessionIndex(20), SessionIndex(10), Instant::ZERO),
+            Keypair::new(
+                cipher,
+                &a,
+                &b,
+                SessionIndex(10),
+                SessionIndex(20),
+                Instant::ZERO,
+            ),
+            Keypair::new(
+                cipher,
+                &b,
+                &a,
+                SessionIndex(20),
+                SessionIndex(10),
+                Instant::ZERO,
+            ),
         )
     }
 
     #[test]
-    fn sealed_packet_opens_once_and_bit_flips_are_forged() {
-        let (mut a, mut b) = pair();
+    fn sealed_packet_opens_once_and_bit_flips_are_forged_with_either_cipher() {
+        for cipher in BOTH {
+            sealed_packet_opens_once_and_bit_flips_are_forged(cipher);
+        }
+    }
+
+    fn sealed_packet_opens_once_and_bit_flips_are_forged(cipher: Cipher) {
+        let (mut a, mut b) = pair(cipher);
         let mut buf = [0u8; 64];
         buf[HEADER_LEN..HEADER_LEN + 5].copy_from_slice(b"hello");
         let n = a.seal(Kind::Data, PathId(3), &mut buf, 5).unwrap();
@@ -168,11 +236,39 @@ mod tests {
 
         let mut again = wire;
         assert_eq!(b.open(counter, &mut again[..n]), Err(DropReason::Replayed));
+
+        let mut body = wire;
+        body[HEADER_LEN] ^= 1;
+        assert_eq!(
+            b.open(path_counter(3, 1), &mut body[..n]),
+            Err(DropReason::Forged)
+        );
+    }
+
+    #[test]
+    fn the_same_keys_under_the_other_cipher_do_not_open() {
+        let (mut chacha, _) = pair(Cipher::ChaCha20Poly1305);
+        let (_, mut aes) = pair(Cipher::Aes256Gcm);
+        let mut buf = [0u8; 64];
+        buf[HEADER_LEN..HEADER_LEN + 5].copy_from_slice(b"hello");
+        let n = chacha.seal(Kind::Data, PathId(0), &mut buf, 5).unwrap();
+        assert_eq!(
+            aes.open(path_counter(0, 0), &mut buf[..n]),
+            Err(DropReason::Forged)
+        );
+    }
+
+    #[test]
+    fn aes_is_picked_only_when_both_ends_run_it_fast() {
+        assert_eq!(Cipher::negotiate(true, true), Cipher::Aes256Gcm);
+        assert_eq!(Cipher::negotiate(true, false), Cipher::ChaCha20Poly1305);
+        assert_eq!(Cipher::negotiate(false, true), Cipher::ChaCha20Poly1305);
+        assert_eq!(Cipher::negotiate(false, false), Cipher::ChaCha20Poly1305);
     }
 
     #[test]
     fn seal_refuses_a_buffer_without_room_for_the_tag() {
-        let (mut a, _) = pair();
+        let (mut a, _) = pair(Cipher::Aes256Gcm);
         let mut buf = [0u8; HEADER_LEN + 10];
         assert_eq!(
             a.seal(Kind::Data, PathId(0), &mut buf, 5),

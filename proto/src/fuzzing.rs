@@ -38,6 +38,56 @@ pub fn run(name: &str, data: &[u8]) -> bool {
     true
 }
 
+/// Both ends of one session's transport keys under `cipher`, for the AEAD bench
+/// (`benches/aead.rs`): the same in-place seal and open the cores run per packet.
+pub struct TransportKeys {
+    sender: crate::crypto::Keypair,
+    receiver: crate::crypto::Keypair,
+}
+
+impl TransportKeys {
+    /// Fixed keys (a bench needs no secrecy) under `cipher`.
+    pub fn new(cipher: crate::Cipher) -> Self {
+        use crate::SessionIndex;
+        use crate::time::Instant;
+        let (a, b) = ([1u8; 32], [2u8; 32]);
+        TransportKeys {
+            sender: crate::crypto::Keypair::new(
+                cipher,
+                &a,
+                &b,
+                SessionIndex(1),
+                SessionIndex(2),
+                Instant::ZERO,
+            ),
+            receiver: crate::crypto::Keypair::new(
+                cipher,
+                &b,
+                &a,
+                SessionIndex(2),
+                SessionIndex(1),
+                Instant::ZERO,
+            ),
+        }
+    }
+
+    /// Seals `buf[HEADER_LEN..HEADER_LEN + len]` as a Data packet on path 0; returns the
+    /// datagram length.
+    pub fn seal(&mut self, buf: &mut [u8], len: usize) -> Result<usize, crate::DropReason> {
+        self.sender.seal(wire::Kind::Data, PathId(0), buf, len)
+    }
+
+    /// Opens a datagram [`Self::seal`] made (replay check included); returns the plaintext
+    /// range.
+    pub fn open(
+        &mut self,
+        datagram: &mut [u8],
+    ) -> Result<core::ops::Range<usize>, crate::DropReason> {
+        let counter = wire::TransportHeader::new_checked(&datagram[..])?.counter();
+        self.receiver.open(counter, datagram)
+    }
+}
+
 /// Writes a valid mac1 for `anchor` into an `INIT_LEN`-long init (tests and flood scenarios).
 pub fn seal_mac1(anchor: &PublicKey, init: &mut [u8]) {
     if init.len() == INIT_LEN {

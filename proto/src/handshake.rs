@@ -4,13 +4,18 @@
 //! keys are taken raw and handed to [`crate::crypto::Keypair`] (ring, in place), because snow's
 //! transport mode would copy every packet. mac1 is checked before any Diffie-Hellman so that a
 //! flood of junk inits costs the anchor one BLAKE2s each, not a scalar multiplication.
+//!
+//! The transport cipher is negotiated around the Noise messages: the init's flags offer
+//! AES-256-GCM, the anchor's choice travels in the authenticated message 2 payload
+//! ([`SessionParams::cipher`]), and an initiator refuses a choice it did not offer.
 
 use crate::keys::{PublicKey, StaticSecret};
 use crate::wire::{
-    HandshakeInit, HandshakeInitRepr, INIT_HEADER_LEN, INIT_LEN, INIT_NOISE_LEN, INIT_PAYLOAD_LEN,
-    MAC1_LEN, MAC1_OFFSET, MAC2_OFFSET, RESP_LEN, RESP_NOISE_LEN, RESP_PAYLOAD_LEN,
+    HandshakeInit, HandshakeInitRepr, INIT_FLAG_AES256GCM, INIT_HEADER_LEN, INIT_LEN,
+    INIT_NOISE_LEN, INIT_PAYLOAD_LEN, MAC1_LEN, MAC1_OFFSET, MAC2_OFFSET, RESP_LEN, RESP_NOISE_LEN,
+    RESP_PAYLOAD_LEN,
 };
-use crate::{DropReason, PathId, SessionIndex, SessionParams};
+use crate::{Cipher, DropReason, SessionParams};
 use blake2::digest::{Digest, Mac};
 use blake2::{Blake2s256, Blake2sMac};
 use snow::HandshakeState;
@@ -62,16 +67,17 @@ fn params() -> snow::params::NoiseParams {
 /// An initiator waiting for the response.
 pub(crate) struct Initiation {
     hs: HandshakeState,
+    offers_aes256gcm: bool,
 }
 
 impl Initiation {
-    /// Writes a complete HandshakeInit datagram into `out`.
+    /// Writes a complete HandshakeInit datagram with `header` (its mac1 is computed here) into
+    /// `out`.
     pub(crate) fn start(
         secret: &StaticSecret,
         responder: &PublicKey,
         mac1_key: &[u8; 32],
-        path: PathId,
-        sender_index: SessionIndex,
+        header: HandshakeInitRepr,
         timestamp: u64,
         out: &mut [u8; INIT_LEN],
     ) -> Result<Self, DropReason> {
@@ -90,14 +96,16 @@ impl Initiation {
         debug_assert_eq!(n, INIT_NOISE_LEN);
         let mut view = HandshakeInit::new_unchecked(&mut out[..]);
         HandshakeInitRepr {
-            path,
-            sender_index,
             mac1: [0; MAC1_LEN],
+            ..header
         }
         .emit(&mut view);
         let m = mac1(mac1_key, &out[..]);
         HandshakeInit::new_unchecked(&mut out[..]).set_mac1(&m);
-        Ok(Initiation { hs })
+        Ok(Initiation {
+            hs,
+            offers_aes256gcm: header.offers_aes256gcm,
+        })
     }
 
     /// Reads the Noise message 2; returns the anchor's parameters and the split keys.
@@ -118,6 +126,9 @@ impl Initiation {
             return Err(DropReason::HandshakeFailed);
         }
         let params = SessionParams::parse(&payload[..n])?;
+        if params.cipher == Cipher::Aes256Gcm && !self.offers_aes256gcm {
+            return Err(DropReason::HandshakeFailed);
+        }
         let (i2r, r2i) = self.hs.dangerously_get_raw_split();
         Ok((params, (i2r, r2i)))
     }
@@ -130,6 +141,9 @@ pub(crate) struct Response {
     pub(crate) initiator: PublicKey,
     /// The initiator's timestamp (authenticated).
     pub(crate) timestamp: u64,
+    /// Whether the init's flags offer AES-256-GCM (covered by mac1 only, see
+    /// [`crate::wire::INIT_FLAG_AES256GCM`]).
+    pub(crate) offers_aes256gcm: bool,
 }
 
 impl Response {
@@ -141,6 +155,7 @@ impl Response {
     ) -> Result<Self, DropReason> {
         check_mac1(mac1_key, init)?;
         let view = HandshakeInit::new_checked(init)?;
+        let offers_aes256gcm = view.flags() & INIT_FLAG_AES256GCM != 0;
         let mut hs = snow::Builder::new(params())
             .local_private_key(secret.as_bytes())
             .and_then(|b| b.prologue(PROLOGUE))
@@ -165,6 +180,7 @@ impl Response {
             hs,
             initiator: PublicKey::from_bytes(initiator),
             timestamp: u64::from_be_bytes(ts),
+            offers_aes256gcm,
         })
     }
 
@@ -192,7 +208,17 @@ impl Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{PathId, SessionIndex};
     use std::net::Ipv4Addr;
+
+    fn header(path: PathId, sender_index: SessionIndex, aes: bool) -> HandshakeInitRepr {
+        HandshakeInitRepr {
+            path,
+            sender_index,
+            offers_aes256gcm: aes,
+            mac1: [0; MAC1_LEN],
+        }
+    }
 
     fn params_fixture() -> SessionParams {
         SessionParams {
@@ -201,6 +227,7 @@ mod tests {
             virtual_ipv6: None,
             prefix6: 64,
             mtu: 1420,
+            cipher: Cipher::ChaCha20Poly1305,
         }
     }
 
@@ -214,8 +241,7 @@ mod tests {
             &mh,
             &an.public_key(),
             &key,
-            PathId(1),
-            SessionIndex(7),
+            header(PathId(1), SessionIndex(7), false),
             42,
             &mut init,
         )
@@ -243,8 +269,7 @@ mod tests {
             &mh,
             &other.public_key(),
             &wrong_key,
-            PathId(0),
-            SessionIndex(1),
+            header(PathId(0), SessionIndex(1), false),
             1,
             &mut init,
         )
@@ -266,8 +291,7 @@ mod tests {
             &mh,
             &an.public_key(),
             &key,
-            PathId(0),
-            SessionIndex(1),
+            header(PathId(0), SessionIndex(1), false),
             1,
             &mut init,
         )
@@ -279,5 +303,47 @@ mod tests {
             Response::read_init(&an, &key, &init),
             Err(DropReason::HandshakeFailed)
         ));
+    }
+
+    fn handshake(offer: bool, choice: Cipher) -> Result<SessionParams, DropReason> {
+        let mh = StaticSecret::generate().unwrap();
+        let an = StaticSecret::generate().unwrap();
+        let key = mac1_key(&an.public_key());
+        let mut init = [0u8; INIT_LEN];
+        let mut ini = Initiation::start(
+            &mh,
+            &an.public_key(),
+            &key,
+            header(PathId(0), SessionIndex(1), offer),
+            1,
+            &mut init,
+        )
+        .unwrap();
+        let resp = Response::read_init(&an, &key, &init).unwrap();
+        assert_eq!(resp.offers_aes256gcm, offer);
+        let mut out = [0u8; RESP_LEN];
+        let params = SessionParams {
+            cipher: choice,
+            ..params_fixture()
+        };
+        resp.write_resp(&params, &mut out).unwrap();
+        ini.finish(&out[crate::wire::RESP_HEADER_LEN..])
+            .map(|(p, _)| p)
+    }
+
+    #[test]
+    fn the_initiator_takes_aes_only_when_it_offered_it() {
+        assert_eq!(
+            handshake(true, Cipher::Aes256Gcm).unwrap().cipher,
+            Cipher::Aes256Gcm
+        );
+        assert_eq!(
+            handshake(true, Cipher::ChaCha20Poly1305).unwrap().cipher,
+            Cipher::ChaCha20Poly1305
+        );
+        assert_eq!(
+            handshake(false, Cipher::Aes256Gcm),
+            Err(DropReason::HandshakeFailed)
+        );
     }
 }

@@ -38,6 +38,8 @@ pub mod wire;
 mod crypto;
 mod handshake;
 
+pub use crypto::Cipher;
+
 use core::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -89,6 +91,9 @@ pub struct SessionParams {
     pub prefix6: u8,
     /// TUN MTU to use.
     pub mtu: u16,
+    /// The transport AEAD the anchor picked (ChaCha20-Poly1305 unless the client offered
+    /// AES-256-GCM and the anchor runs it fast too).
+    pub cipher: Cipher,
 }
 
 /// A datagram a core wrote into the caller's buffer: send `buf[..len]` on `path`.

@@ -131,6 +131,17 @@ impl Pair {
         Self::with_secrets(mh_secret, an_secret, delays_ms, tweak)
     }
 
+    /// A pair with fresh keys whose anchor config is tweaked too.
+    pub fn with_anchor(
+        delays_ms: &[u64],
+        tweak: impl FnOnce(&mut ClientConfig),
+        tweak_anchor: impl FnOnce(&mut AnchorConfig),
+    ) -> Self {
+        let mh_secret = StaticSecret::generate().expect("os random generator");
+        let an_secret = StaticSecret::generate().expect("os random generator");
+        Self::build(mh_secret, an_secret, delays_ms, tweak, tweak_anchor)
+    }
+
     /// A pair with the given keys (reproducible runs), starting at [`Instant::ZERO`].
     pub fn with_secrets(
         mh_secret: StaticSecret,
@@ -138,11 +149,23 @@ impl Pair {
         delays_ms: &[u64],
         tweak: impl FnOnce(&mut ClientConfig),
     ) -> Self {
+        Self::build(mh_secret, an_secret, delays_ms, tweak, |_| {})
+    }
+
+    fn build(
+        mh_secret: StaticSecret,
+        an_secret: StaticSecret,
+        delays_ms: &[u64],
+        tweak: impl FnOnce(&mut ClientConfig),
+        tweak_anchor: impl FnOnce(&mut AnchorConfig),
+    ) -> Self {
         let mut cc = ClientConfig::new(mh_secret.clone(), an_secret.public_key());
         tweak(&mut cc);
         let now = Instant::ZERO;
         let client = Client::new(cc, now, UNIX_START);
-        let anchor = Anchor::new(anchor_config(&an_secret, &mh_secret), now);
+        let mut ac = anchor_config(&an_secret, &mh_secret);
+        tweak_anchor(&mut ac);
+        let anchor = Anchor::new(ac, now);
         let links = delays_ms
             .iter()
             .enumerate()

@@ -6,14 +6,15 @@
 //! allocates, decrypts or verifies a MAC: that is the handshake's and the session's job.
 //!
 //! Layouts (byte 0 is `version << 4 | kind` everywhere):
-//! - HandshakeInit: `path u8, reserved u16, sender_index u32, mac1 [u8;16]`, Noise IK message 1,
-//!   `mac2 [u8;16]` (zero unless the initiator holds a cookie).
+//! - HandshakeInit: `path u8, flags u16, sender_index u32, mac1 [u8;16]`, Noise IK message 1,
+//!   `mac2 [u8;16]` (zero unless the initiator holds a cookie). `flags` was a reserved zero
+//!   field that anchors ignore: bit 0 ([`INIT_FLAG_AES256GCM`]) offers AES-256-GCM.
 //! - HandshakeResp: `path u8, reserved u16, sender_index u32, receiver_index u32`, Noise message 2.
 //! - Data / Control: `path u8, reserved u16, receiver_index u32, counter u64`, ciphertext, tag.
 //! - CookieReply: `path u8, reserved u16, receiver_index u32, nonce [u8;12]`, sealed cookie
 //!   `[u8;16]`, tag `[u8;16]`.
 
-use crate::{DropReason, HEADER_LEN, PathId, SessionIndex, SessionParams, TAG_LEN};
+use crate::{Cipher, DropReason, HEADER_LEN, PathId, SessionIndex, SessionParams, TAG_LEN};
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// The protocol version this crate speaks.
@@ -35,6 +36,16 @@ pub const INIT_PAYLOAD_LEN: usize = 8;
 pub const MAC1_OFFSET: usize = 8;
 /// Length of mac1.
 pub const MAC1_LEN: usize = 16;
+
+/// HandshakeInit flag: the initiator runs AES-256-GCM fast and would take it for the transport
+/// keys. mac1 and mac2 cover the flags, the Noise message does not: flipping the bit on the way
+/// can only pick ChaCha20-Poly1305 (as secure, slower) or fail the handshake.
+pub const INIT_FLAG_AES256GCM: u16 = 1;
+/// SessionParams byte 5, bit 0: the anchor routes IPv6 (the address bytes are meaningful).
+const PARAMS_FLAG_IPV6: u8 = 1;
+/// SessionParams byte 5, bit 1: the transport keys are AES-256-GCM. Set only in answer to an
+/// init that offered it, so a client that never offers never sees it.
+const PARAMS_FLAG_AES256GCM: u8 = 2;
 
 /// Length of the HandshakeResp header.
 pub const RESP_HEADER_LEN: usize = 12;
@@ -290,6 +301,12 @@ impl<T: AsRef<[u8]>> HandshakeInit<T> {
         SessionIndex(be_u32(&self.buffer.as_ref()[4..]))
     }
 
+    /// The flags (zero from initiators that predate them).
+    pub fn flags(&self) -> u16 {
+        let b = self.buffer.as_ref();
+        u16::from_be_bytes([b[2], b[3]])
+    }
+
     /// The mac1 field.
     pub fn mac1(&self) -> [u8; MAC1_LEN] {
         let mut m = [0u8; MAC1_LEN];
@@ -334,6 +351,8 @@ pub struct HandshakeInitRepr {
     pub path: PathId,
     /// The initiator's session index.
     pub sender_index: SessionIndex,
+    /// Whether the initiator offers AES-256-GCM ([`INIT_FLAG_AES256GCM`]).
+    pub offers_aes256gcm: bool,
     /// mac1.
     pub mac1: [u8; MAC1_LEN],
 }
@@ -348,6 +367,7 @@ impl HandshakeInitRepr {
         Ok(HandshakeInitRepr {
             path: h.path(),
             sender_index: h.sender_index(),
+            offers_aes256gcm: h.flags() & INIT_FLAG_AES256GCM != 0,
             mac1: h.mac1(),
         })
     }
@@ -357,7 +377,12 @@ impl HandshakeInitRepr {
         let b = h.buffer.as_mut();
         b[0] = Kind::HandshakeInit.first_byte();
         b[1] = self.path.0;
-        b[2..4].copy_from_slice(&[0, 0]);
+        let flags = if self.offers_aes256gcm {
+            INIT_FLAG_AES256GCM
+        } else {
+            0
+        };
+        b[2..4].copy_from_slice(&flags.to_be_bytes());
         b[4..8].copy_from_slice(&self.sender_index.0.to_be_bytes());
         h.set_mac1(&self.mac1);
     }
@@ -561,9 +586,14 @@ impl SessionParams {
         Ok(SessionParams {
             virtual_ipv4: v4,
             prefix4: b[4],
-            virtual_ipv6: (b[5] != 0).then(|| Ipv6Addr::from(v6)),
+            virtual_ipv6: (b[5] & PARAMS_FLAG_IPV6 != 0).then(|| Ipv6Addr::from(v6)),
             prefix6: b[22],
             mtu: u16::from_be_bytes([b[23], b[24]]),
+            cipher: if b[5] & PARAMS_FLAG_AES256GCM != 0 {
+                Cipher::Aes256Gcm
+            } else {
+                Cipher::ChaCha20Poly1305
+            },
         })
     }
 
@@ -572,7 +602,12 @@ impl SessionParams {
         let b = b.get_mut(..Self::WIRE_LEN).ok_or(DropReason::TooBig)?;
         b[0..4].copy_from_slice(&self.virtual_ipv4.octets());
         b[4] = self.prefix4;
-        b[5] = u8::from(self.virtual_ipv6.is_some());
+        let aes = self.cipher == Cipher::Aes256Gcm;
+        b[5] = if self.virtual_ipv6.is_some() {
+            PARAMS_FLAG_IPV6
+        } else {
+            0
+        } | if aes { PARAMS_FLAG_AES256GCM } else { 0 };
         b[6..22].copy_from_slice(&self.virtual_ipv6.map(|a| a.octets()).unwrap_or([0; 16]));
         b[22] = self.prefix6;
         b[23..25].copy_from_slice(&self.mtu.to_be_bytes());
@@ -593,6 +628,39 @@ mod tests {
         assert_eq!(peek_kind(&[0x15]), Ok(Kind::CookieReply));
         assert_eq!(peek_kind(&[0x17]), Err(DropReason::UnknownKind));
         assert_eq!(peek_kind(&[]), Err(DropReason::Truncated));
+    }
+
+    #[test]
+    fn the_aes_offer_is_bit_0_of_the_former_reserved_field_and_zero_means_chacha() {
+        let mut buf = [0u8; INIT_LEN];
+        let mut repr = HandshakeInitRepr {
+            path: PathId(2),
+            sender_index: SessionIndex(9),
+            offers_aes256gcm: true,
+            mac1: [0; MAC1_LEN],
+        };
+        repr.emit(&mut HandshakeInit::new_unchecked(&mut buf[..]));
+        assert_eq!(&buf[..4], &[0x11, 2, 0, 1]);
+        repr.offers_aes256gcm = false;
+        repr.emit(&mut HandshakeInit::new_unchecked(&mut buf[..]));
+        assert_eq!(&buf[..4], &[0x11, 2, 0, 0]);
+        let parsed = HandshakeInitRepr::parse(&HandshakeInit::new_checked(&buf[..]).unwrap());
+        assert!(!parsed.unwrap().offers_aes256gcm);
+    }
+
+    #[test]
+    fn params_from_an_anchor_that_predates_ciphers_mean_chacha_and_keep_ipv6() {
+        // Such an anchor writes byte 5 as 0 or 1 (IPv6 or not) and nothing else.
+        let mut b = [0u8; SessionParams::WIRE_LEN];
+        b[5] = 1;
+        b[6] = 0x20;
+        let p = SessionParams::parse(&b).unwrap();
+        assert_eq!(p.cipher, Cipher::ChaCha20Poly1305);
+        assert!(p.virtual_ipv6.is_some());
+        b[5] = 2;
+        let p = SessionParams::parse(&b).unwrap();
+        assert_eq!(p.cipher, Cipher::Aes256Gcm);
+        assert!(p.virtual_ipv6.is_none());
     }
 
     #[test]
@@ -631,9 +699,10 @@ mod tests {
         }
 
         #[test]
-        fn handshake_init_header_round_trips(path: u8, idx: u32, mac1: [u8; 16]) {
+        fn handshake_init_header_round_trips(path: u8, idx: u32, aes: bool, mac1: [u8; 16]) {
             let mut buf = [0u8; INIT_LEN];
-            let repr = HandshakeInitRepr { path: PathId(path), sender_index: SessionIndex(idx), mac1 };
+            let repr = HandshakeInitRepr { path: PathId(path), sender_index: SessionIndex(idx),
+                offers_aes256gcm: aes, mac1 };
             repr.emit(&mut HandshakeInit::new_unchecked(&mut buf[..]));
             let h = HandshakeInit::new_checked(&buf[..]).unwrap();
             prop_assert_eq!(HandshakeInitRepr::parse(&h).unwrap(), repr);
@@ -664,9 +733,10 @@ mod tests {
 
         #[test]
         fn session_params_round_trip(v4: [u8; 4], p4 in 0u8..=32, v6: Option<[u8; 16]>,
-                                     p6 in 0u8..=128, mtu: u16) {
+                                     p6 in 0u8..=128, mtu: u16, aes: bool) {
+            let cipher = if aes { Cipher::Aes256Gcm } else { Cipher::ChaCha20Poly1305 };
             let params = SessionParams { virtual_ipv4: v4.into(), prefix4: p4,
-                virtual_ipv6: v6.map(Ipv6Addr::from), prefix6: p6, mtu };
+                virtual_ipv6: v6.map(Ipv6Addr::from), prefix6: p6, mtu, cipher };
             let mut b = [0u8; SessionParams::WIRE_LEN];
             prop_assert_eq!(params.emit(&mut b), Ok(SessionParams::WIRE_LEN));
             prop_assert_eq!(SessionParams::parse(&b), Ok(params));

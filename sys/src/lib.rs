@@ -2,6 +2,7 @@
 //! need, written once so the two cannot drift apart.
 //!
 //! - [`batch`]: batched UDP IO (recvmmsg, GRO, GSO) for the tunnel sockets;
+//! - [`cipher`]: the `cipher` config key and the AES hardware check behind its `auto`;
 //! - [`clock`]: `CLOCK_BOOTTIME` (counts suspended time) and Unix time;
 //! - [`caps`]: whether the process holds CAP_NET_ADMIN;
 //! - [`cli_assets`]: the programs' shell completions and manual pages, from their clap definitions;
@@ -18,6 +19,7 @@
 pub mod batch;
 pub mod caps;
 pub mod cli_assets;
+pub mod cipher;
 pub mod clock;
 pub mod config;
 pub mod error;

@@ -373,7 +373,14 @@ async fn serve(config: Config, nft: PathBuf, account: Option<privilege::Account>
             let _ = control_stopped.await;
         },
     ));
-    let anchor = Anchor::new(anchor_config(&config), clock::now());
+    let core_config = anchor_config(&config);
+    tracing::info!(
+        cipher = config.cipher.as_str(),
+        aes_hardware = upmt_sys::cipher::aes_hardware(),
+        aes256gcm = core_config.fast_aes,
+        "transport cipher setting"
+    );
+    let anchor = Anchor::new(core_config, clock::now());
     let event_loop = EventLoop::new(anchor, udp, device, config.mtu, scrapes)
         .with_isolation_counters(counters)
         .with_ops(Ops::new(&config, Some(requests)));

@@ -129,6 +129,9 @@ pub struct SessionStatus {
     /// [`Response`] does not grow by its size.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub active_anchor: Option<Box<ActiveAnchor>>,
+    /// The session's transport AEAD, once connected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cipher: Option<SessionCipher>,
 }
 
 /// The anchor in use when the config lists more than one, and the last failover.
@@ -153,6 +156,40 @@ pub struct ActiveAnchor {
     /// What users read: "failed over from X Ns ago: N flows reset".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+}
+
+/// A session's transport AEAD, named as the core names it (`upmt_proto::Cipher::as_str`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SessionCipher {
+    #[serde(rename = "chacha20-poly1305")]
+    ChaCha20Poly1305,
+    #[serde(rename = "aes-256-gcm")]
+    Aes256Gcm,
+}
+
+impl SessionCipher {
+    /// The name in the JSON reply and the human status.
+    pub fn as_str(self) -> &'static str {
+        upmt_proto::Cipher::from(self).as_str()
+    }
+}
+
+impl From<upmt_proto::Cipher> for SessionCipher {
+    fn from(c: upmt_proto::Cipher) -> Self {
+        match c {
+            upmt_proto::Cipher::ChaCha20Poly1305 => SessionCipher::ChaCha20Poly1305,
+            upmt_proto::Cipher::Aes256Gcm => SessionCipher::Aes256Gcm,
+        }
+    }
+}
+
+impl From<SessionCipher> for upmt_proto::Cipher {
+    fn from(c: SessionCipher) -> Self {
+        match c {
+            SessionCipher::ChaCha20Poly1305 => upmt_proto::Cipher::ChaCha20Poly1305,
+            SessionCipher::Aes256Gcm => upmt_proto::Cipher::Aes256Gcm,
+        }
+    }
 }
 
 /// Where the session is.

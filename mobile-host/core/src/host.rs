@@ -854,6 +854,7 @@ impl MobileHost {
                     virtual_ipv4 = %format_args!("{}/{}", params.virtual_ipv4, params.prefix4),
                     virtual_ipv6 = ?params.virtual_ipv6,
                     mtu = params.mtu,
+                    cipher = %params.cipher,
                     "connected to the anchor"
                 );
                 self.routing.push_back(RoutingIntent::Connect(params));
@@ -1163,6 +1164,7 @@ impl MobileHost {
                     .collect(),
                 tun: self.tun.clone(),
                 active_anchor: None,
+                cipher: Some(params.cipher.into()),
             },
             None => SessionStatus {
                 state: SessionState::Handshaking,
@@ -1170,6 +1172,7 @@ impl MobileHost {
                 virtual_addresses: Vec::new(),
                 tun: None,
                 active_anchor: None,
+                cipher: None,
             },
         };
         let mut session = session;

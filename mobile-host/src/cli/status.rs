@@ -27,7 +27,7 @@ pub fn render(reply: &StatusReply) -> String {
         SessionState::Connected => {
             let addrs: Vec<String> = s.virtual_addresses.iter().map(|a| a.to_string()).collect();
             format!(
-                "session: connected to {} as {}{}\n",
+                "session: connected to {} as {}{}{}\n",
                 s.anchor,
                 if addrs.is_empty() {
                     "-".to_owned()
@@ -37,6 +37,10 @@ pub fn render(reply: &StatusReply) -> String {
                 s.tun
                     .as_ref()
                     .map(|t| format!(" on {t}"))
+                    .unwrap_or_default(),
+                s.cipher
+                    .as_ref()
+                    .map(|c| format!(" ({})", c.as_str()))
                     .unwrap_or_default()
             )
         }
@@ -105,7 +109,7 @@ fn state(s: TunnelState) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::proto::{OwnerLookups, SessionStatus, TunnelStatus};
+    use crate::control::proto::{OwnerLookups, SessionCipher, SessionStatus, TunnelStatus};
 
     #[test]
     fn status_renders_the_session_line_and_an_aligned_tunnel_table() {
@@ -116,6 +120,7 @@ mod tests {
                 virtual_addresses: vec!["10.77.0.2".parse().unwrap(), "fd77::2".parse().unwrap()],
                 tun: Some("upmt0".into()),
                 active_anchor: None,
+                cipher: None,
             },
             tunnels: vec![
                 TunnelStatus {
@@ -178,6 +183,7 @@ owners: 40 by uid, 7 from the index, 1 by scan, 2 by uid without a process, 3 un
                 virtual_addresses: vec![],
                 tun: None,
                 active_anchor: None,
+                cipher: None,
             },
             tunnels: vec![TunnelStatus {
                 uplink: "cell".into(),
@@ -200,6 +206,29 @@ owners: 40 by uid, 7 from the index, 1 by scan, 2 by uid without a process, 3 un
     }
 
     #[test]
+    fn a_connected_session_names_its_cipher() {
+        let reply = StatusReply {
+            session: SessionStatus {
+                state: SessionState::Connected,
+                anchor: "198.51.100.1:51820".parse().unwrap(),
+                virtual_addresses: vec!["10.77.0.2".parse().unwrap()],
+                tun: Some("upmt0".into()),
+                active_anchor: None,
+                cipher: Some(SessionCipher::Aes256Gcm),
+            },
+            tunnels: vec![],
+            owners: None,
+        };
+        assert!(
+            render(&reply).starts_with(
+                "session: connected to 198.51.100.1:51820 as 10.77.0.2 on upmt0 (aes-256-gcm)\n"
+            ),
+            "{}",
+            render(&reply)
+        );
+    }
+
+    #[test]
     fn a_handshaking_session_says_so() {
         let reply = StatusReply {
             session: SessionStatus {
@@ -208,6 +237,7 @@ owners: 40 by uid, 7 from the index, 1 by scan, 2 by uid without a process, 3 un
                 virtual_addresses: vec![],
                 tun: None,
                 active_anchor: None,
+                cipher: None,
             },
             tunnels: vec![],
             owners: None,
@@ -237,6 +267,7 @@ owners: 40 by uid, 7 from the index, 1 by scan, 2 by uid without a process, 3 un
                     flows_reset: 3,
                     note: Some("failed over from 203.0.113.2:51900 42s ago: 3 flows reset".into()),
                 })),
+                cipher: None,
             },
             tunnels: vec![],
             owners: None,

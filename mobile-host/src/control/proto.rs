@@ -245,6 +245,7 @@ mod tests {
                 virtual_addresses: vec![IpAddr::V4(Ipv4Addr::new(10, 77, 0, 2))],
                 tun: Some("upmt0".into()),
                 active_anchor: None,
+                cipher: Some(SessionCipher::Aes256Gcm),
             },
             tunnels: vec![TunnelStatus {
                 uplink: "wifi".into(),
@@ -356,6 +357,16 @@ mod tests {
         old.owners = None;
         let json = serde_json::to_value(&old).unwrap();
         assert!(json.get("owners").is_none(), "{json}");
+        let back: StatusReply = serde_json::from_value(json).unwrap();
+        assert_eq!(back, old);
+    }
+
+    #[test]
+    fn a_status_without_a_cipher_from_an_older_daemon_still_parses() {
+        let mut old = sample_status();
+        old.session.cipher = None;
+        let json = serde_json::to_value(&old).unwrap();
+        assert!(json["session"].get("cipher").is_none(), "{json}");
         let back: StatusReply = serde_json::from_value(json).unwrap();
         assert_eq!(back, old);
     }

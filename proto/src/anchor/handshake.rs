@@ -6,7 +6,7 @@ use crate::crypto::{Keypair, random_index};
 use crate::handshake::{Response, check_mac1};
 use crate::time::Instant;
 use crate::wire::{self, COOKIE_REPLY_LEN, HandshakeRespRepr, RESP_LEN};
-use crate::{DropReason, SessionIndex, SessionParams};
+use crate::{Cipher, DropReason, SessionIndex, SessionParams};
 use std::net::SocketAddr;
 
 impl Anchor {
@@ -67,6 +67,7 @@ impl Anchor {
             virtual_ipv6: peer.config.virtual_ipv6,
             prefix6: self.config.prefix6,
             mtu: self.config.mtu,
+            cipher: Cipher::negotiate(resp.offers_aes256gcm, self.config.fast_aes),
         };
         let mut bytes = [0u8; RESP_LEN];
         let (send, recv) = resp.write_resp(&params, &mut bytes)?;
@@ -86,6 +87,7 @@ impl Anchor {
             self.by_index.remove(&old.local_index.0);
         }
         peer.next = Some(Box::new(Keypair::new(
+            params.cipher,
             &send,
             &recv,
             local_index,

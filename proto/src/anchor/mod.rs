@@ -88,7 +88,7 @@ use crate::queue::Queues;
 use crate::time::Instant;
 use crate::timer::Timer;
 use crate::wire::{self, COOKIE_REPLY_LEN, Kind, RESP_LEN, TransportHeader, TransportRepr};
-use crate::{DEFAULT_MTU, DropCounters, DropReason, HEADER_LEN, PathId, PeerId, Transmit};
+use crate::{Cipher, DEFAULT_MTU, DropCounters, DropReason, HEADER_LEN, PathId, PeerId, Transmit};
 use core::ops::Range;
 use core::time::Duration;
 use expiry::ExpiryQueue;
@@ -165,6 +165,10 @@ pub struct AnchorConfig {
     /// Keys older than this neither send nor accept anything (default 180 s, WireGuard's
     /// REJECT_AFTER_TIME; the client rekeys well before).
     pub reject_after: Duration,
+    /// Whether the anchor runs AES-256-GCM fast (the driver detects AES hardware, or the
+    /// `cipher` key forces it): then it picks AES-256-GCM for clients that offer it, and
+    /// ChaCha20-Poly1305 otherwise (default false: always ChaCha20-Poly1305).
+    pub fast_aes: bool,
 }
 
 /// Default [`AnchorConfig::path_stale_after`].
@@ -182,6 +186,7 @@ impl AnchorConfig {
             session_timeout: Duration::from_secs(180),
             path_stale_after: DEFAULT_PATH_STALE_AFTER,
             reject_after: crate::client::REJECT_AFTER_TIME,
+            fast_aes: false,
         }
     }
 }
@@ -267,6 +272,8 @@ pub struct PeerStatus {
     pub tx_bytes: u64,
     /// When the last authenticated datagram arrived.
     pub last_rx: Option<Instant>,
+    /// The transport AEAD of its confirmed session, if any.
+    pub cipher: Option<Cipher>,
 }
 
 /// One path of a peer, for the CLI.
@@ -632,6 +639,12 @@ impl Anchor {
         self.limiter.tracked_ips()
     }
 
+    /// The transport AEAD of a peer's confirmed session, if it has one.
+    pub fn peer_cipher(&self, peer: PeerId) -> Option<Cipher> {
+        let p = self.peers.get(peer.0 as usize)?;
+        p.current.as_ref().map(|k| k.cipher)
+    }
+
     /// Status of every configured peer.
     pub fn peers(&self) -> impl Iterator<Item = PeerStatus> + '_ {
         self.peers
@@ -671,6 +684,7 @@ impl Anchor {
                 tx_packets: p.tx_packets,
                 tx_bytes: p.tx_bytes,
                 last_rx: p.last_rx,
+                cipher: p.current.as_ref().map(|k| k.cipher),
             })
     }
 }

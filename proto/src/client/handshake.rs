@@ -8,7 +8,8 @@ use crate::handshake::Initiation;
 use crate::time::Instant;
 use crate::timer::{Timer, TimerTable};
 use crate::wire::{
-    CookieReply, CookieReplyRepr, HandshakeInit, HandshakeResp, HandshakeRespRepr, INIT_LEN,
+    CookieReply, CookieReplyRepr, HandshakeInit, HandshakeInitRepr, HandshakeResp,
+    HandshakeRespRepr, INIT_LEN, MAC1_LEN,
 };
 use crate::{DropReason, PathId, SessionIndex};
 use core::time::Duration;
@@ -124,8 +125,12 @@ impl Client {
             &self.config.static_secret,
             &self.config.anchor_public,
             &self.mac1_key,
-            path,
-            local_index,
+            HandshakeInitRepr {
+                path,
+                sender_index: local_index,
+                offers_aes256gcm: self.config.fast_aes,
+                mac1: [0; MAC1_LEN],
+            },
             timestamp,
             &mut bytes,
         ) else {
@@ -289,7 +294,14 @@ impl Client {
         let local_index = pending.local_index;
         let purpose = pending.purpose;
         self.pending = None;
-        let keys = Keypair::new(&send, &recv, local_index, repr.sender_index, now);
+        let keys = Keypair::new(
+            params.cipher,
+            &send,
+            &recv,
+            local_index,
+            repr.sender_index,
+            now,
+        );
         self.previous = self.current.replace(keys);
         self.given_up = false;
         if self.keys_expired {

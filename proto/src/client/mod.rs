@@ -140,6 +140,10 @@ pub struct ClientConfig {
     pub reject_after: Duration,
     /// Age of a session after which a new handshake starts (default 120 s).
     pub rekey_after: Duration,
+    /// Whether the client runs AES-256-GCM fast (the driver detects AES hardware, or the
+    /// `cipher` key forces it): then its inits offer AES-256-GCM, which the anchor picks when it
+    /// runs it fast too (default false: ChaCha20-Poly1305 only).
+    pub fast_aes: bool,
 }
 
 impl ClientConfig {
@@ -161,6 +165,7 @@ impl ClientConfig {
             handshake_attempt_time: handshake::REKEY_ATTEMPT_TIME,
             reject_after: handshake::REJECT_AFTER_TIME,
             rekey_after: Duration::from_secs(120),
+            fast_aes: false,
         }
     }
 }

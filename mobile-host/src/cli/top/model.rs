@@ -213,6 +213,7 @@ pub(crate) mod tests {
                 virtual_addresses: Vec::new(),
                 tun: Some("upmt0".into()),
                 active_anchor: None,
+                cipher: None,
             },
             tunnels,
             owners: None,
