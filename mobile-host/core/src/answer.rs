@@ -119,6 +119,7 @@ pub fn apps(
                     .collect(),
                 flows: acc.flows,
                 blocked: 0,
+                duplicated_bytes: 0,
                 bytes: (0..names.len().min(upmt_paft::MAX_UPLINKS))
                     .filter(|&i| acc.bytes[i] != [0, 0])
                     .filter_map(|i| {

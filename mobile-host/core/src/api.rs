@@ -195,6 +195,10 @@ pub struct AppStatus {
     pub blocked: u64,
     /// Bytes per uplink, over the app's live flows.
     pub bytes: Vec<UplinkBytes>,
+    /// What `redundant = true` cost so far: the second copies of its packets sent by the
+    /// mobile host (whole datagrams), kept after its flows ended.
+    #[serde(default)]
+    pub duplicated_bytes: u64,
 }
 
 /// Bytes carried on one uplink.

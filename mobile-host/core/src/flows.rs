@@ -21,6 +21,7 @@ use upmt_paft::{AppId, Dir, Entry, FlowId, FlowKey, NewFlow, Paft, UplinkId, par
 use upmt_policy::{AppIdentity, Policy, UplinkStatus, Verdict};
 
 use crate::owner::Owner;
+use crate::redundant::Redundancy;
 use crate::uplinks::Uplinks;
 
 /// Packets of one new flow kept while its owner is looked up; later ones are dropped.
@@ -52,6 +53,13 @@ pub const UNKNOWN_APP: &str = "";
 pub enum TunAction {
     /// Encapsulate and send on this uplink.
     Send(UplinkId),
+    /// A redundant flow's packet: send it on both uplinks (the first is the flow's own).
+    Redundant {
+        /// The flow's uplink, then its second one.
+        uplinks: [UplinkId; 2],
+        /// The flow, to count what the copy cost.
+        flow: FlowId,
+    },
     /// Queued while the flow's owner is looked up; `new`: ask the worker for `key`.
     Queued { key: FlowKey, new: bool },
     /// Dropped (counted).
@@ -147,6 +155,7 @@ pub struct Flows {
     expired: Vec<(FlowKey, Entry)>,
     ids: Vec<FlowId>,
     keys: Vec<FlowKey>,
+    redundancy: Redundancy,
 }
 
 fn identity<'a>(app: &'a AppId, uid: Option<u32>) -> AppIdentity<'a> {
@@ -172,7 +181,45 @@ impl Flows {
             expired: Vec::new(),
             ids: Vec::new(),
             keys: Vec::new(),
+            redundancy: Redundancy::default(),
         }
+    }
+
+    /// The redundant flows and what their copies cost.
+    pub fn redundancy(&self) -> &Redundancy {
+        &self.redundancy
+    }
+
+    /// The redundant flows, to count copies and take changes.
+    pub fn redundancy_mut(&mut self) -> &mut Redundancy {
+        &mut self.redundancy
+    }
+
+    /// How a known flow's packet goes out: on its uplink, and on its second one if redundant.
+    fn send_action(redundancy: &Redundancy, e: &Entry) -> TunAction {
+        if !redundancy.is_empty()
+            && let Some(second) = redundancy.second(e.id())
+        {
+            return TunAction::Redundant {
+                uplinks: [e.uplink(), second],
+                flow: e.id(),
+            };
+        }
+        TunAction::Send(e.uplink())
+    }
+
+    /// Sets the second uplink of flow `id` from its rule (none unless redundant).
+    fn place_second(&mut self, id: FlowId, uplinks: &[UplinkStatus]) {
+        let Some((_, e)) = self.paft.by_id(id) else {
+            return;
+        };
+        let app = e.app().clone();
+        let first = Uplinks::index(e.uplink());
+        let second = self
+            .policy
+            .redundant_uplink(&identity(&app, e.uid()), uplinks, first)
+            .and_then(Uplinks::id_for_index);
+        self.redundancy.set(id, &app, second);
     }
 
     /// The policy in force.
@@ -216,7 +263,7 @@ impl Flows {
             .paft
             .touch(&key, Dir::Orig, packet.len(), meta.tcp_flags, None, now)
         {
-            return TunAction::Send(e.uplink());
+            return Self::send_action(&self.redundancy, e);
         }
         // An inbound flow's replies (the AN forwarded the first packet to us).
         if let Some(e) = self.paft.touch(
@@ -227,7 +274,7 @@ impl Flows {
             None,
             now,
         ) {
-            return TunAction::Send(e.uplink());
+            return Self::send_action(&self.redundancy, e);
         }
         if let Some(h) = self.held.get_mut(&key) {
             h.last_seen = now;
@@ -384,14 +431,14 @@ impl Flows {
         self.trim_arrivals();
         let decision = self.policy.decide(&identity(&app, owner.uid), uplinks);
         let outcome = match decision.verdict {
-            Verdict::Tunnel(i) => self.admit(key, &app, owner.uid, i, now),
+            Verdict::Tunnel(i) => self.admit(key, &app, owner.uid, i, uplinks, now),
             Verdict::Bypass => {
                 // Bypass works through uid routing rules, before the TUN; a bypass app whose
                 // uid has no rule lands here, and is tunnelled rather than cut off.
                 self.counters.bypass_in_tun += 1;
                 tracing::info!(app = %app, uid = ?owner.uid, "bypass app's flow reached the TUN (its uid has no bypass rule); tunnelling it");
                 match uplinks.iter().position(|s| s.up) {
-                    Some(i) => self.admit(key, &app, owner.uid, i, now),
+                    Some(i) => self.admit(key, &app, owner.uid, i, uplinks, now),
                     None => self.hold(key, app.clone(), owner.uid, HoldReason::NoUplink, now),
                 }
             }
@@ -424,6 +471,7 @@ impl Flows {
         app: &AppId,
         uid: Option<u32>,
         index: usize,
+        uplinks: &[UplinkStatus],
         now: Duration,
     ) -> Outcome {
         let Some(uplink) = Uplinks::id_for_index(index) else {
@@ -438,6 +486,9 @@ impl Flows {
         match self.paft.insert(key, flow, now) {
             Ok(_) | Err(upmt_paft::InsertError::Exists(_)) => {
                 self.counters.flows_tunnelled += 1;
+                if let Some(id) = self.paft.lookup(&key).map(|e| e.id()) {
+                    self.place_second(id, uplinks);
+                }
                 Outcome::Tunnel(uplink)
             }
             Err(upmt_paft::InsertError::Full(_)) => {
@@ -548,8 +599,11 @@ impl Flows {
                 // until an uplink returns, and the connection survives a short outage.
                 Verdict::NoUplinkUp | Verdict::Bypass => {}
             }
+            self.place_second(id, uplinks);
         }
         self.ids = ids;
+        let paft = &self.paft;
+        self.redundancy.retain(|id| paft.by_id(id).is_some());
         self.keys.clear();
         self.keys.extend(self.held.keys().copied());
         let keys = std::mem::take(&mut self.keys);
@@ -575,7 +629,7 @@ impl Flows {
             if let Some(i) = target
                 && let Some(h) = self.held.remove(key)
             {
-                self.admit(*key, &h.app, h.uid, i, now);
+                self.admit(*key, &h.app, h.uid, i, uplinks, now);
                 changed += 1;
             }
         }
@@ -602,6 +656,10 @@ impl Flows {
     pub fn housekeeping(&mut self, now: Duration) {
         self.expired.clear();
         self.paft.expire(now, &mut self.expired);
+        if !self.expired.is_empty() && !self.redundancy.is_empty() {
+            let paft = &self.paft;
+            self.redundancy.retain(|id| paft.by_id(id).is_some());
+        }
         for (key, e) in &self.expired {
             let t = e.total();
             tracing::debug!(flow = %e.id(), app = %e.app(), ?key, up = t.bytes[0], down = t.bytes[1], "flow expired");

@@ -4,7 +4,8 @@
 //!   its policy, the uplinks' state (socket open, path up, hold-down), the user's pins and the
 //!   bypass set; it takes inputs with the `now` the driver sampled once per loop turn and hands
 //!   back datagrams, TUN writes, lookups to make, routing intents and events to poll.
-//! - [`flows`]: which uplink each packet from the TUN takes, and what waits for an owner.
+//! - [`flows`]: which uplink each packet from the TUN takes, and what waits for an owner;
+//!   [`redundant`]: the flows that go over two uplinks, and what their copies cost.
 //! - [`uplinks`]: the one registry of uplink names and ids.
 //! - [`api`]: the control vocabulary (requests, replies, events) `upmt` and the daemon share;
 //!   [`answer`] and [`describe`] compute replies from the tables.
@@ -20,6 +21,7 @@ pub mod describe;
 pub mod flows;
 pub mod host;
 pub mod owner;
+pub mod redundant;
 pub mod rst;
 pub mod uplinks;
 

@@ -6,6 +6,7 @@ use super::{CHALLENGE_RESEND, CHALLENGE_TIMEOUT, PeerConfig};
 use crate::control::CHALLENGE_LEN;
 use crate::cookie::random_bytes;
 use crate::crypto::Keypair;
+use crate::dup::DupVerdict;
 use crate::time::Instant;
 use crate::{PathId, SessionIndex};
 use core::time::Duration;
@@ -81,6 +82,8 @@ pub(super) struct Peer {
     pub(super) rx_bytes: u64,
     pub(super) tx_packets: u64,
     pub(super) tx_bytes: u64,
+    /// The dup sequence of the last redundant downlink packet.
+    pub(super) dup_seq: u64,
 }
 
 impl Peer {
@@ -102,6 +105,7 @@ impl Peer {
             rx_bytes: 0,
             tx_packets: 0,
             tx_bytes: 0,
+            dup_seq: 0,
         }
     }
 
@@ -125,7 +129,8 @@ impl Peer {
     }
 
     /// Opens a transport datagram with the keypair of `idx`. The second value is true when
-    /// that keypair is the *next* one, which this packet confirms.
+    /// that keypair is the *next* one, which this packet confirms; the third says whether it
+    /// is the second copy of a redundant packet.
     /// Keys older than `reject_after` open nothing (`Expired`).
     pub(super) fn open(
         &mut self,
@@ -134,7 +139,7 @@ impl Peer {
         datagram: &mut [u8],
         now: Instant,
         reject_after: Duration,
-    ) -> Result<(core::ops::Range<usize>, bool), crate::DropReason> {
+    ) -> Result<(core::ops::Range<usize>, bool, DupVerdict), crate::DropReason> {
         let (k, next) = match (&mut self.current, &mut self.previous, &mut self.next) {
             (Some(k), _, _) if k.local_index == idx => (k, false),
             (_, Some(k), _) if k.local_index == idx => (k, false),
@@ -144,7 +149,8 @@ impl Peer {
         if now.saturating_duration_since(k.created) >= reject_after {
             return Err(crate::DropReason::Expired);
         }
-        Ok((k.open(counter, datagram)?, next))
+        let range = k.open(counter, datagram)?;
+        Ok((range, next, k.check_dup(datagram)))
     }
 
     /// The current keys, unless older than `reject_after`.
