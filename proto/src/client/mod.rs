@@ -20,6 +20,18 @@
 //! within `probe_interval + path_timeout` (<= 0.9 s) while active, and within one keepalive plus
 //! `path_timeout` when idle. A link the driver reports gone (`handle_path_down`) is Down at once.
 //!
+//! # Fast detection while data flows
+//! A path that carried data and then heard nothing authenticated for
+//! [`paths::suspect_after`] (3 × SRTT, at least 150 ms) is *suspect*: [`paths::SUSPECT_BURST`]
+//! probes go out on it at once instead of at the next probe tick, and if nothing answers
+//! within [`paths::burst_timeout`] (4 × SRTT, at least 250 ms) it is Down. A blackhole under
+//! traffic is thus found about 0.4 s after the first unanswered packet (SRTT below 50 ms)
+//! instead of up to 0.9 s. Why these numbers: TCP acks every other segment and the anchor
+//! answers every probe, so a live path answers within one or two RTTs; the floors keep an RTT
+//! measured on a quiet path from turning a queueing spike into a false Down (which would move
+//! the path's flows away for a whole hold-down). Idle paths are untouched: both deadlines
+//! exist only after data went out, so an idle session arms no new timer.
+//!
 //! # Signalling the anchor
 //! The anchor learns each move at once: when a path goes Down (timeout or the driver) the client
 //! sends `PathStatus { down }` on a live path, and `PathStatus { up }` when it answers again;
@@ -456,6 +468,7 @@ impl Client {
             Ok(_) => {
                 if let Some(p) = self.path_mut(path) {
                     p.on_sent(now);
+                    p.on_data_sent(now);
                 }
                 self.note_activity(now);
                 // Lazy rekey: the first packet after `rekey_after` starts it.
@@ -575,6 +588,7 @@ impl Client {
         self.expire_paths(now);
         self.handshake_timeouts(now);
         if self.current.is_some() {
+            self.probe_suspect_paths(now);
             self.send_due_probes(now);
             self.send_due_signals(now);
         }
