@@ -94,6 +94,8 @@ pub struct EventLoop {
     udp_tx: TxBatch,
     /// TUN receive buffer: packets land at HEADER_LEN so `encapsulate` works in place.
     tun_buf: Box<[u8]>,
+    /// The second copy of a redundant flow's packet (see `Anchor::encapsulate_with_copy`).
+    copy_buf: Box<[u8]>,
     /// Where `poll_transmit` writes handshake responses, probe acks and keepalives.
     tx: Box<[u8]>,
     counters: DriverCounters,
@@ -165,6 +167,7 @@ impl EventLoop {
             rx: RxBatch::default(),
             udp_tx: TxBatch::default(),
             tun_buf: vec![0; HEADER_LEN + MAX_PACKET + TAG_LEN].into_boxed_slice(),
+            copy_buf: vec![0; HEADER_LEN + MAX_PACKET + TAG_LEN].into_boxed_slice(),
             tx: vec![0; MAX_PACKET].into_boxed_slice(),
             counters: DriverCounters::default(),
             scrapes,
@@ -354,8 +357,19 @@ impl EventLoop {
                 }
             };
             self.counters.tun_rx += 1;
-            match self.anchor.encapsulate(&mut self.tun_buf, n, now) {
-                Ok(t) => {
+            match self
+                .anchor
+                .encapsulate_with_copy(&mut self.tun_buf, n, &mut self.copy_buf, now)
+            {
+                Ok((t, copy)) => {
+                    if let Some(c) = copy
+                        && let (Some(dst), Some(datagram)) = (c.dst, self.copy_buf.get(..c.len))
+                    {
+                        count_sent(
+                            &mut self.counters,
+                            batch::queue(&mut self.udp, &mut self.udp_tx, dst, datagram),
+                        );
+                    }
                     let Some(dst) = t.dst else {
                         tracing::debug!("core gave an anchor transmit without destination");
                         continue;

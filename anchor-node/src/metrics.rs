@@ -56,6 +56,8 @@ pub struct CoreStats {
     pub paths_validated: u64,
     pub queue_overflows: u64,
     pub event_overflows: u64,
+    pub duplicated_packets: u64,
+    pub duplicated_bytes: u64,
     /// Gauge: source IPs the per-IP handshake limiter tracks now.
     pub rate_limited_sources: u64,
 }
@@ -71,12 +73,14 @@ impl CoreStats {
             paths_validated: stats.paths_validated,
             queue_overflows: stats.queue_overflows,
             event_overflows: stats.event_overflows,
+            duplicated_packets: stats.duplicated_packets,
+            duplicated_bytes: stats.duplicated_bytes,
             rate_limited_sources: rate_limited_sources as u64,
         }
     }
 
     /// The counters as (metric name, help, value); the names are also the log line's keys.
-    pub fn counters(&self) -> [(&'static str, &'static str, u64); 7] {
+    pub fn counters(&self) -> [(&'static str, &'static str, u64); 9] {
         [
             (
                 "dh_operations",
@@ -112,6 +116,16 @@ impl CoreStats {
                 "event_overflows",
                 "Core events lost because the event queue was full (a bound reached).",
                 self.event_overflows,
+            ),
+            (
+                "duplicated_packets",
+                "Downlink packets of redundant flows sent a second time, on the flow's other path.",
+                self.duplicated_packets,
+            ),
+            (
+                "duplicated_bytes",
+                "Bytes of those second copies (whole datagrams); the dropped uplink copies are upmt_drops_total{reason=\"duplicate\"}.",
+                self.duplicated_bytes,
             ),
         ]
     }

@@ -573,6 +573,9 @@ impl Daemon {
                     .queue(&mut self.uplinks, t.path, &self.tun_buf[..t.len]);
                 self.counters.send_errors += lost;
             }
+            if let Some((path, copy)) = self.host.take_copy() {
+                self.counters.send_errors += self.uplink_tx.queue(&mut self.uplinks, path, copy);
+            }
         }
         self.counters.send_errors += self.uplink_tx.flush(&mut self.uplinks);
         Ok(())

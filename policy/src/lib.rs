@@ -9,8 +9,11 @@
 //!
 //! Decisions are per new flow (and on uplink changes), not per packet.
 //!
+//! `redundant = true` on a rule names a second uplink per flow
+//! ([`Policy::redundant_uplink`]); the daemon and the protocol send every packet on both.
+//!
 //! Designed for, not built here: the "redundant" strategy is reserved in the format and
-//! refused with "not supported yet"; hold-down before moving back to a preferred uplink and
+//! refused with "not supported yet" (the `redundant` key is how redundancy is asked for); hold-down before moving back to a preferred uplink and
 //! per-flow pinning live in the daemon, which re-runs [`Policy::decide`] when uplinks change.
 //! Choices by measurement keep state (hysteresis, spreading), so the policy only says which
 //! uplinks are candidates and asks a [`Chooser`] the daemon owns ([`Policy::decide_with`]);
@@ -131,6 +134,9 @@ pub struct Rule {
     pub route: Route,
     /// The line of its `[[rule]]` header, for display.
     pub line: usize,
+    /// `redundant = true`: every packet of its flows also goes over a second uplink (see
+    /// [`Policy::redundant_uplink`]).
+    pub redundant: bool,
 }
 
 /// Who owns a flow. Unknown owners have neither and fall to the default rule.
@@ -417,6 +423,37 @@ impl Policy {
                 None => (&ANY, Matched::Builtin),
             }))
     }
+}
+
+impl Policy {
+    /// The second uplink of a flow of `who` tunnelled over `chosen`, when the rule that
+    /// decides for `who` is redundant: the first other uplink of the rule's list that is up
+    /// (of the config's list when the rule names none). `None`: not redundant, or nothing else
+    /// is up. Called per new flow and on uplink changes, like [`Policy::decide`].
+    pub fn redundant_uplink(
+        &self,
+        who: &AppIdentity<'_>,
+        uplinks: &[UplinkStatus],
+        chosen: usize,
+    ) -> Option<usize> {
+        let rule = self.rules.iter().find(|r| r.matcher.matches(who))?;
+        let Route::Tunnel { uplinks: list, .. } = &rule.route else {
+            return None;
+        };
+        if !rule.redundant {
+            return None;
+        }
+        let other = |&i: &usize| i != chosen && is_up(uplinks, i);
+        if list.is_empty() {
+            (0..uplinks.len()).find(other)
+        } else {
+            list.iter().copied().find(other)
+        }
+    }
+}
+
+fn is_up(uplinks: &[UplinkStatus], i: usize) -> bool {
+    uplinks.get(i).is_some_and(|s| s.up)
 }
 
 fn any_up(uplinks: &[UplinkStatus]) -> Verdict {

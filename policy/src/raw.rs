@@ -32,6 +32,7 @@ struct RawRule {
     move_existing: Option<Spanned<bool>>,
     avoid_metered: Option<Spanned<bool>>,
     spread: Option<Spanned<bool>>,
+    redundant: Option<Spanned<bool>>,
 }
 
 /// `[default]`: a rule without a matcher. A separate struct so that `app` there is refused
@@ -120,10 +121,28 @@ pub(crate) fn parse(text: &str, known: &[&str]) -> Result<Policy, Failure> {
             },
             known,
         )?;
+        let redundant = match &r.redundant {
+            Some(v) if *v.get_ref() && !matches!(route, Route::Tunnel { .. }) => {
+                return Err((
+                    v.span().start,
+                    ErrorKind::MeaninglessKey {
+                        key: "redundant",
+                        action: if route == Route::Bypass {
+                            "bypass"
+                        } else {
+                            "block"
+                        },
+                    },
+                ));
+            }
+            Some(v) => *v.get_ref(),
+            None => false,
+        };
         rules.push(Rule {
             matcher,
             route,
             line: crate::line_col(text, start).0,
+            redundant,
         });
     }
     let default = match &raw.default {

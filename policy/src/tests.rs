@@ -366,7 +366,7 @@ fn a_toml_syntax_error_names_its_position() {
 fn an_unknown_key_in_a_rule_is_refused_with_the_keys_expected() {
     assert_eq!(
         error("version = 1\n\n[[rule]]\napp = \"a\"\nuplink = [\"wifi\"]\n"),
-        "policy.toml:5:1: unknown field `uplink`, expected one of `app`, `uid`, `uplinks`, `when_none`, `action`, `strategy`, `select`, `move_existing`, `avoid_metered`, `spread`"
+        "policy.toml:5:1: unknown field `uplink`, expected one of `app`, `uid`, `uplinks`, `when_none`, `action`, `strategy`, `select`, `move_existing`, `avoid_metered`, `spread`, `redundant`"
     );
 }
 
@@ -892,4 +892,49 @@ proptest! {
             Err(e) => prop_assert!(e.line >= 1 && e.column >= 1),
         }
     }
+}
+
+// ---- redundant ----
+
+#[test]
+fn a_redundant_rule_names_the_first_other_uplink_of_its_list_that_is_up() {
+    let p = policy(
+        "version = 1\n[[rule]]\napp = \"call\"\nuplinks = [\"cell\", \"wifi\"]\nredundant = true\n[[rule]]\napp = \"web\"\nuplinks = [\"wifi\", \"cell\"]\n",
+    );
+    let both = status(true, true);
+    assert_eq!(p.decide(&app("call"), &both).verdict, Verdict::Tunnel(CELL));
+    assert_eq!(p.redundant_uplink(&app("call"), &both, CELL), Some(WIFI));
+    assert_eq!(
+        p.redundant_uplink(&app("call"), &status(false, true), CELL),
+        None,
+        "nothing else is up"
+    );
+    assert_eq!(p.redundant_uplink(&app("web"), &both, WIFI), None);
+    assert_eq!(p.redundant_uplink(&app("other"), &both, WIFI), None);
+    assert!(p.rules()[0].redundant && !p.rules()[1].redundant);
+}
+
+#[test]
+fn a_redundant_rule_without_uplinks_pairs_any_two_that_are_up() {
+    let p = policy("version = 1\n[[rule]]\napp = \"game\"\nredundant = true\n");
+    assert_eq!(
+        p.redundant_uplink(&app("game"), &status(true, true), WIFI),
+        Some(CELL)
+    );
+}
+
+#[test]
+fn redundant_is_refused_on_a_bypass_rule_and_in_default() {
+    assert_eq!(
+        error("version = 1\n[[rule]]\napp = \"bank\"\naction = \"bypass\"\nredundant = true\n"),
+        "policy.toml:5:13: `redundant` has no meaning with action = \"bypass\"; expected it only with action = \"tunnel\""
+    );
+    assert!(
+        error("version = 1\n[default]\nredundant = true\n")
+            .starts_with("policy.toml:3:1: unknown field `redundant`")
+    );
+    assert!(
+        error("version = 1\n[[rule]]\napp = \"a\"\nredundant = \"yes\"\n")
+            .starts_with("policy.toml:4:13:")
+    );
 }

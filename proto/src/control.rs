@@ -33,11 +33,13 @@ pub const TYPE_FLOW_MOVE: u8 = 6;
 /// Type byte of [`ControlMessage::SignalAck`].
 pub const TYPE_SIGNAL_ACK: u8 = 7;
 
-/// The longest control message this version emits (a `FlowMove`).
-pub const MAX_LEN: usize = FLOW_MOVE_LEN;
+/// The longest control message this version emits (a `FlowMove` of a redundant flow).
+pub const MAX_LEN: usize = FLOW_MOVE_LEN + 1;
 const PATH_STATUS_LEN: usize = 1 + 8 + 1 + 1;
 /// `type`, `seq u64`, `path u8`, `protocol u8`, `local_port u16`, `remote_port u16`,
-/// `family u8` (4 or 6), `remote [u8; 16]` (IPv4 in the first 4 bytes, the rest zero).
+/// `family u8` (4 or 6), `remote [u8; 16]` (IPv4 in the first 4 bytes, the rest zero); a
+/// redundant flow appends `redundant path u8`, which an older anchor ignores (it keeps sending
+/// the downlink on `path` alone).
 const FLOW_MOVE_LEN: usize = 1 + 8 + 1 + 1 + 2 + 2 + 1 + 16;
 const SIGNAL_ACK_LEN: usize = 1 + 8;
 
@@ -105,7 +107,8 @@ pub enum ControlMessage {
         /// True: the path is gone; false: usable again.
         down: bool,
     },
-    /// Client to anchor: send this flow's downlink on `path` from now on.
+    /// Client to anchor: send this flow's downlink on `path` from now on (and a copy of each
+    /// packet on `redundant`, if set).
     FlowMove {
         /// Signalling sequence number (see the module docs).
         seq: u64,
@@ -113,6 +116,8 @@ pub enum ControlMessage {
         path: PathId,
         /// The flow.
         flow: FlowKey,
+        /// A redundant flow's second path: every downlink packet goes on both.
+        redundant: Option<PathId>,
     },
     /// Anchor to client: the signal numbered `seq` arrived.
     SignalAck {
@@ -142,7 +147,9 @@ impl ControlMessage {
                 1 + CHALLENGE_LEN
             }
             ControlMessage::PathStatus { .. } => PATH_STATUS_LEN,
-            ControlMessage::FlowMove { .. } => FLOW_MOVE_LEN,
+            ControlMessage::FlowMove { redundant, .. } => {
+                FLOW_MOVE_LEN + usize::from(redundant.is_some())
+            }
             ControlMessage::SignalAck { .. } => SIGNAL_ACK_LEN,
         }
     }
@@ -185,6 +192,7 @@ impl ControlMessage {
                 })
             }
             TYPE_FLOW_MOVE => {
+                let redundant = b.get(FLOW_MOVE_LEN).map(|&p| PathId(p));
                 let b = b.get(..FLOW_MOVE_LEN).ok_or(DropReason::Truncated)?;
                 let seq = u64_at(b, 1)?;
                 let (path, protocol) = (b[9], b[10]);
@@ -206,6 +214,7 @@ impl ControlMessage {
                         remote_port,
                         local_port,
                     },
+                    redundant,
                 })
             }
             TYPE_SIGNAL_ACK => Ok(ControlMessage::SignalAck { seq: u64_at(b, 1)? }),
@@ -225,8 +234,16 @@ impl ControlMessage {
                 b[10] = u8::from(down);
                 return Ok(len);
             }
-            ControlMessage::FlowMove { seq, path, flow } => {
+            ControlMessage::FlowMove {
+                seq,
+                path,
+                flow,
+                redundant,
+            } => {
                 b[0] = TYPE_FLOW_MOVE;
+                if let Some(r) = redundant {
+                    b[FLOW_MOVE_LEN] = r.0;
+                }
                 b[1..9].copy_from_slice(&seq.to_be_bytes());
                 b[9] = path.0;
                 b[10] = flow.protocol;
@@ -285,6 +302,7 @@ mod tests {
                 remote_port: 443,
                 local_port: 40000,
             },
+            redundant: None,
         };
         let mut b = [0u8; MAX_LEN];
         let n = m.emit(&mut b).unwrap();
@@ -334,9 +352,10 @@ mod tests {
                 any::<u16>(),
                 any::<u16>(),
                 any::<bool>(),
-                any::<[u8; 16]>()
+                any::<[u8; 16]>(),
+                any::<Option<u8>>()
             )
-                .prop_map(|(seq, p, protocol, lp, rp, v6, a)| {
+                .prop_map(|(seq, p, protocol, lp, rp, v6, a, r)| {
                     ControlMessage::FlowMove {
                         seq,
                         path: PathId(p),
@@ -350,6 +369,7 @@ mod tests {
                             remote_port: rp,
                             local_port: lp,
                         },
+                        redundant: r.map(PathId),
                     }
                 }),
             any::<u64>().prop_map(|seq| ControlMessage::SignalAck { seq }),

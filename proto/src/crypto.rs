@@ -8,6 +8,7 @@
 //! arithmetic). Sealing and opening work in the caller's buffer: nothing here allocates per
 //! packet (a receive window is made once per path and key).
 
+use crate::dup::{DupFilter, DupVerdict};
 use crate::replay::{MAX_PATH_COUNTER, PathWindows, path_counter};
 use crate::time::Instant;
 use crate::wire::{Kind, TransportHeader, TransportRepr};
@@ -89,6 +90,8 @@ pub(crate) struct Keypair {
     /// The next packet number of each path (indexed by path id).
     next_counters: [u64; 256],
     replay: PathWindows,
+    /// Second copies of redundant packets (see [`crate::dup`]).
+    dups: DupFilter,
     pub(crate) created: Instant,
 }
 
@@ -109,6 +112,7 @@ impl Keypair {
             remote_index,
             next_counters: [0; 256],
             replay: PathWindows::new(),
+            dups: DupFilter::new(),
             created,
         }
     }
@@ -121,6 +125,18 @@ impl Keypair {
         path: PathId,
         buf: &mut [u8],
         len: usize,
+    ) -> Result<usize, DropReason> {
+        self.seal_with(kind, path, buf, len, 0)
+    }
+
+    /// [`Keypair::seal`] with `reserved` in the header (a redundant packet's dup field).
+    pub(crate) fn seal_with(
+        &mut self,
+        kind: Kind,
+        path: PathId,
+        buf: &mut [u8],
+        len: usize,
+        reserved: u16,
     ) -> Result<usize, DropReason> {
         let total = HEADER_LEN
             .checked_add(len)
@@ -141,7 +157,9 @@ impl Keypair {
             receiver_index: self.remote_index,
             counter,
         };
-        repr.emit(&mut TransportHeader::new_unchecked(&mut buf[..HEADER_LEN]));
+        let mut header = TransportHeader::new_unchecked(&mut buf[..HEADER_LEN]);
+        repr.emit(&mut header);
+        header.set_reserved(reserved);
         let (header, rest) = buf.split_at_mut(HEADER_LEN);
         let (body, tail) = rest.split_at_mut(len);
         let tag: Tag = self
@@ -175,6 +193,15 @@ impl Keypair {
             return Err(DropReason::Replayed);
         }
         Ok(HEADER_LEN..HEADER_LEN + plain)
+    }
+
+    /// After `open` succeeded on `datagram`: whether it is the second copy of a redundant
+    /// packet. Its reserved field was authenticated with it.
+    pub(crate) fn check_dup(&mut self, datagram: &[u8]) -> DupVerdict {
+        match datagram.get(2..4) {
+            Some(r) => self.dups.check(u16::from_be_bytes([r[0], r[1]])),
+            None => DupVerdict::Deliver,
+        }
     }
 }
 

@@ -23,6 +23,7 @@ pub mod anchor;
 pub mod client;
 pub mod control;
 pub mod cookie;
+pub mod dup;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod ip;
@@ -151,6 +152,7 @@ drop_reasons! {
     RateLimited => "rate_limited", "rate limited";
     CookieRequired => "cookie_required", "under load: init without a valid mac2, answered with a cookie";
     QueueFull => "queue_full", "a bounded transmit or event queue was full";
+    Duplicate => "duplicate", "second copy of a redundant packet (not a replay)";
 }
 
 /// One counter per [`DropReason`].

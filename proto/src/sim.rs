@@ -404,11 +404,46 @@ impl Pair {
         Ok(())
     }
 
-    /// Encapsulates `inner` at the anchor and puts it on the chosen link.
+    /// Encapsulates `inner` at the client for a redundant flow: a copy on each of `paths`.
+    /// Returns how many datagrams went out.
+    pub fn client_send_redundant(
+        &mut self,
+        paths: [PathId; 2],
+        inner: &[u8],
+    ) -> Result<usize, DropReason> {
+        let mut buf = vec![0u8; HEADER_LEN + inner.len() + TAG_LEN];
+        let mut copy = buf.clone();
+        buf[HEADER_LEN..HEADER_LEN + inner.len()].copy_from_slice(inner);
+        let (n, m) =
+            self.client
+                .encapsulate_redundant(paths, &mut buf, inner.len(), &mut copy, self.now)?;
+        buf.truncate(n);
+        self.uplink_log.push((paths[0], buf.clone()));
+        self.send(true, paths[0], buf);
+        let Some(m) = m else { return Ok(1) };
+        copy.truncate(m);
+        self.uplink_log.push((paths[1], copy.clone()));
+        self.send(true, paths[1], copy);
+        Ok(2)
+    }
+
+    /// Encapsulates `inner` at the anchor and puts it on the chosen link (and, for a redundant
+    /// flow, its copy on the other one). Returns the chosen path.
     pub fn anchor_send(&mut self, inner: &[u8]) -> Result<PathId, DropReason> {
         let mut buf = vec![0u8; HEADER_LEN + inner.len() + TAG_LEN];
+        let mut copy = buf.clone();
         buf[HEADER_LEN..HEADER_LEN + inner.len()].copy_from_slice(inner);
-        let t = self.anchor.encapsulate(&mut buf, inner.len(), self.now)?;
+        let (t, c) =
+            self.anchor
+                .encapsulate_with_copy(&mut buf, inner.len(), &mut copy, self.now)?;
+        self.anchor_put(t, buf);
+        if let Some(c) = c {
+            self.anchor_put(c, copy);
+        }
+        Ok(t.path)
+    }
+
+    fn anchor_put(&mut self, t: crate::Transmit, mut buf: Vec<u8>) {
         buf.truncate(t.len);
         let dst = t.dst.expect("anchor names a destination");
         assert_eq!(
@@ -419,7 +454,6 @@ impl Pair {
         self.downlink_count[t.path.0 as usize] += 1;
         self.downlink_log.push((t.path, buf.clone()));
         self.send(false, t.path, buf);
-        Ok(t.path)
     }
 }
 

@@ -123,6 +123,7 @@ pub fn apps(
                 move_existing: false,
                 avoid_metered: false,
                 spread: false,
+                duplicated_bytes: 0,
                 bytes: (0..names.len().min(upmt_paft::MAX_UPLINKS))
                     .filter(|&i| acc.bytes[i] != [0, 0])
                     .filter_map(|i| {
@@ -164,6 +165,7 @@ pub fn add_blocked<'a>(
                 move_existing: false,
                 avoid_metered: false,
                 spread: false,
+                duplicated_bytes: 0,
             }),
         }
     }

@@ -276,6 +276,10 @@ pub struct AppStatus {
     /// Its new flows are spread over its uplinks.
     #[serde(default)]
     pub spread: bool,
+    /// What `redundant = true` cost so far: the second copies of its packets sent by the
+    /// mobile host (whole datagrams), kept after its flows ended.
+    #[serde(default)]
+    pub duplicated_bytes: u64,
 }
 
 /// Bytes carried on one uplink.

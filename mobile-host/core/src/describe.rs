@@ -170,6 +170,7 @@ when_none = "any"
             move_existing: false,
             avoid_metered: false,
             spread: false,
+            duplicated_bytes: 0,
         };
         let mut reply = AppsReply {
             apps: vec![app("call"), app("other")],

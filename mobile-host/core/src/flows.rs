@@ -23,6 +23,7 @@ use upmt_paft::{
 use upmt_policy::{AppIdentity, Placing, Policy, UplinkStatus, Verdict};
 
 use crate::owner::Owner;
+use crate::redundant::Redundancy;
 use crate::select::{Selections, Switch};
 use crate::uplinks::Uplinks;
 
@@ -58,6 +59,13 @@ pub const UNKNOWN_APP: &str = "";
 pub enum TunAction {
     /// Encapsulate and send on this uplink.
     Send(UplinkId),
+    /// A redundant flow's packet: send it on both uplinks (the first is the flow's own).
+    Redundant {
+        /// The flow's uplink, then its second one.
+        uplinks: [UplinkId; 2],
+        /// The flow, to count what the copy cost.
+        flow: FlowId,
+    },
     /// Queued while the flow's owner is looked up; `new`: ask the worker for `key`.
     Queued { key: FlowKey, new: bool },
     /// Dropped (counted).
@@ -157,6 +165,7 @@ pub struct Flows {
     selections: Selections,
     /// Bytes of ended flows per app and uplink, so per-app totals never go down.
     retired: BTreeMap<AppId, AppBytes>,
+    redundancy: Redundancy,
 }
 
 /// Bytes per uplink (index = [`UplinkId`]): `[sent, received]`.
@@ -187,6 +196,7 @@ impl Flows {
             keys: Vec::new(),
             selections: Selections::new(),
             retired: BTreeMap::new(),
+            redundancy: Redundancy::default(),
         }
     }
 
@@ -213,6 +223,43 @@ impl Flows {
             AppId::from(UNKNOWN_APP)
         };
         add_entry(self.retired.entry(app).or_insert([[0; 2]; MAX_UPLINKS]), e);
+    }
+
+    /// The redundant flows and what their copies cost.
+    pub fn redundancy(&self) -> &Redundancy {
+        &self.redundancy
+    }
+
+    /// The redundant flows, to count copies and take changes.
+    pub fn redundancy_mut(&mut self) -> &mut Redundancy {
+        &mut self.redundancy
+    }
+
+    /// How a known flow's packet goes out: on its uplink, and on its second one if redundant.
+    fn send_action(redundancy: &Redundancy, e: &Entry) -> TunAction {
+        if !redundancy.is_empty()
+            && let Some(second) = redundancy.second(e.id())
+        {
+            return TunAction::Redundant {
+                uplinks: [e.uplink(), second],
+                flow: e.id(),
+            };
+        }
+        TunAction::Send(e.uplink())
+    }
+
+    /// Sets the second uplink of flow `id` from its rule (none unless redundant).
+    fn place_second(&mut self, id: FlowId, uplinks: &[UplinkStatus]) {
+        let Some((_, e)) = self.paft.by_id(id) else {
+            return;
+        };
+        let app = e.app().clone();
+        let first = Uplinks::index(e.uplink());
+        let second = self
+            .policy
+            .redundant_uplink(&identity(&app, e.uid()), uplinks, first)
+            .and_then(Uplinks::id_for_index);
+        self.redundancy.set(id, &app, second);
     }
 
     /// The policy in force.
@@ -291,11 +338,10 @@ impl Flows {
             .paft
             .touch(&key, Dir::Orig, packet.len(), meta.tcp_flags, None, now)
         {
-            let uplink = e.uplink();
             self.selections
                 .capacity_mut()
-                .sent(Uplinks::index(uplink), packet.len());
-            return TunAction::Send(uplink);
+                .sent(Uplinks::index(e.uplink()), packet.len());
+            return Self::send_action(&self.redundancy, e);
         }
         // An inbound flow's replies (the AN forwarded the first packet to us).
         if let Some(e) = self.paft.touch(
@@ -306,11 +352,10 @@ impl Flows {
             None,
             now,
         ) {
-            let uplink = e.uplink();
             self.selections
                 .capacity_mut()
-                .sent(Uplinks::index(uplink), packet.len());
-            return TunAction::Send(uplink);
+                .sent(Uplinks::index(e.uplink()), packet.len());
+            return Self::send_action(&self.redundancy, e);
         }
         if let Some(h) = self.held.get_mut(&key) {
             h.last_seen = now;
@@ -476,14 +521,14 @@ impl Flows {
             &mut self.selections,
         );
         let outcome = match decision.verdict {
-            Verdict::Tunnel(i) => self.admit(key, &app, owner.uid, i, now),
+            Verdict::Tunnel(i) => self.admit(key, &app, owner.uid, i, uplinks, now),
             Verdict::Bypass => {
                 // Bypass works through uid routing rules, before the TUN; a bypass app whose
                 // uid has no rule lands here, and is tunnelled rather than cut off.
                 self.counters.bypass_in_tun += 1;
                 tracing::info!(app = %app, uid = ?owner.uid, "bypass app's flow reached the TUN (its uid has no bypass rule); tunnelling it");
                 match uplinks.iter().position(|s| s.up) {
-                    Some(i) => self.admit(key, &app, owner.uid, i, now),
+                    Some(i) => self.admit(key, &app, owner.uid, i, uplinks, now),
                     None => self.hold(key, app.clone(), owner.uid, HoldReason::NoUplink, now),
                 }
             }
@@ -516,6 +561,7 @@ impl Flows {
         app: &AppId,
         uid: Option<u32>,
         index: usize,
+        uplinks: &[UplinkStatus],
         now: Duration,
     ) -> Outcome {
         let Some(uplink) = Uplinks::id_for_index(index) else {
@@ -530,6 +576,9 @@ impl Flows {
         match self.paft.insert(key, flow, now) {
             Ok(_) | Err(upmt_paft::InsertError::Exists(_)) => {
                 self.counters.flows_tunnelled += 1;
+                if let Some(id) = self.paft.lookup(&key).map(|e| e.id()) {
+                    self.place_second(id, uplinks);
+                }
                 Outcome::Tunnel(uplink)
             }
             Err(upmt_paft::InsertError::Full(_)) => {
@@ -647,8 +696,11 @@ impl Flows {
                 // until an uplink returns, and the connection survives a short outage.
                 Verdict::NoUplinkUp | Verdict::Bypass => {}
             }
+            self.place_second(id, uplinks);
         }
         self.ids = ids;
+        let paft = &self.paft;
+        self.redundancy.retain(|id| paft.by_id(id).is_some());
         self.keys.clear();
         self.keys.extend(self.held.keys().copied());
         let keys = std::mem::take(&mut self.keys);
@@ -679,7 +731,7 @@ impl Flows {
             if let Some(i) = target
                 && let Some(h) = self.held.remove(key)
             {
-                self.admit(*key, &h.app, h.uid, i, now);
+                self.admit(*key, &h.app, h.uid, i, uplinks, now);
                 changed += 1;
             }
         }
@@ -706,6 +758,10 @@ impl Flows {
     pub fn housekeeping(&mut self, now: Duration) {
         self.expired.clear();
         self.paft.expire(now, &mut self.expired);
+        if !self.expired.is_empty() && !self.redundancy.is_empty() {
+            let paft = &self.paft;
+            self.redundancy.retain(|id| paft.by_id(id).is_some());
+        }
         let expired = std::mem::take(&mut self.expired);
         for (key, e) in &expired {
             let t = e.total();

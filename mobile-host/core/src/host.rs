@@ -48,8 +48,7 @@ use crate::anchors::{self, AnchorConfig, Anchors};
 use crate::answer;
 use crate::api::{
     ActiveAnchor, ErrorKind, ErrorReply, Event, MoveReason, OwnerLookups, ReloadReply, Request,
-    Response,
-    SessionState, SessionStatus, StatusReply,
+    Response, SessionState, SessionStatus, StatusReply,
 };
 use crate::candidates::{Change, Family, InterfaceFacts, Pattern, Selector};
 use crate::describe;
@@ -70,6 +69,18 @@ const RESET_LEN: usize = 64;
 /// probe interval (plus a handshake round over every uplink) to bring its path up before the
 /// next candidate is tried.
 pub const CANDIDATE_TRIAL_ROUNDS: u32 = 3;
+
+/// Room for the copy of one redundant packet: the largest inner packet with header and tag.
+const COPY_BUF_LEN: usize = HEADER_LEN + 65_535 + upmt_proto::TAG_LEN;
+
+/// The second copy of a redundant packet, sealed, waiting for the driver.
+#[derive(Default)]
+struct CopyBuf {
+    /// Made at the first redundant packet.
+    buf: Option<Vec<u8>>,
+    /// Its path and length, until taken.
+    ready: Option<(PathId, usize)>,
+}
 
 /// What the host needs to start.
 pub struct HostConfig {
@@ -162,6 +173,8 @@ pub struct MobileHost {
     interface_facts: Vec<InterfaceFacts>,
     anchor_families: Vec<Family>,
     uplink_changes: VecDeque<(UplinkId, Change)>,
+    /// The second copy of a redundant flow's packet, for [`MobileHost::take_copy`].
+    copy: CopyBuf,
 }
 
 impl MobileHost {
@@ -218,6 +231,7 @@ impl MobileHost {
                 Family::V6
             }],
             uplink_changes: VecDeque::new(),
+            copy: CopyBuf::default(),
         };
         // The driver installs its fail-closed capture rules at start, before any session: the
         // bypass set must be there from the start too, or bypass apps lose their path until
@@ -322,6 +336,9 @@ impl MobileHost {
         }
         match self.flows.on_tun_packet(packet, now.as_duration()) {
             TunAction::Send(uplink) => self.encapsulate(uplink, buf, len, now),
+            TunAction::Redundant { uplinks, flow } => {
+                self.encapsulate_redundant(uplinks, flow, buf, len, now)
+            }
             TunAction::Queued { key, new: true } => {
                 self.lookups.push_back(key);
                 None
@@ -399,6 +416,7 @@ impl MobileHost {
         }
         self.flows.recycle(&mut released);
         self.scratch = released;
+        self.signal_redundancy(now);
     }
 
     /// Decides flows whose owner lookup passed its bound by the default rule.
@@ -621,6 +639,7 @@ impl MobileHost {
                 let mut reply = answer::apps(self.flows.paft(), &names, rule_of);
                 answer::add_blocked(&mut reply, self.flows.held(), rule_of);
                 describe::choices(&mut reply, policy, self.flows.paft(), self.flows.held());
+                crate::redundant::fill_costs(self.flows.redundancy(), &mut reply);
                 Ok(Response::Apps(reply))
             }
             Request::Flows { app } => Ok(Response::Flows(answer::flows(
@@ -809,6 +828,63 @@ impl MobileHost {
                 tracing::debug!(reason = reason.as_str(), "TUN packet dropped");
                 None
             }
+        }
+    }
+
+    /// A redundant flow's packet: sealed in place for its first uplink, and a copy for the
+    /// second one sealed into the host's copy buffer ([`MobileHost::take_copy`]). With only one
+    /// of the two uplinks open, it goes on that one.
+    fn encapsulate_redundant(
+        &mut self,
+        uplinks: [UplinkId; 2],
+        flow: FlowId,
+        buf: &mut [u8],
+        len: usize,
+        now: Instant,
+    ) -> Option<Transmit> {
+        match uplinks.map(|u| self.is_available(u)) {
+            [true, true] => {}
+            [false, true] => return self.encapsulate(uplinks[1], buf, len, now),
+            _ => return self.encapsulate(uplinks[0], buf, len, now),
+        }
+        let paths = uplinks.map(Uplinks::path);
+        let copy = self.copy.buf.get_or_insert_with(|| vec![0; COPY_BUF_LEN]);
+        match self
+            .client
+            .encapsulate_redundant(paths, buf, len, copy, now)
+        {
+            Ok((n, second)) => {
+                if let Some(m) = second {
+                    self.copy.ready = Some((paths[1], m));
+                    self.flows.redundancy_mut().count_copy(flow, m);
+                }
+                Some(Transmit {
+                    path: paths[0],
+                    dst: None,
+                    len: n,
+                })
+            }
+            Err(reason) => {
+                tracing::debug!(reason = reason.as_str(), "TUN packet dropped");
+                None
+            }
+        }
+    }
+
+    /// The second copy of the packet [`MobileHost::handle_tun_packet`] just encapsulated, if
+    /// its flow is redundant: send it on the returned path too.
+    pub fn take_copy(&mut self) -> Option<(PathId, &[u8])> {
+        let (path, len) = self.copy.ready.take()?;
+        Some((path, self.copy.buf.as_deref()?.get(..len)?))
+    }
+
+    /// Tells the anchor about every flow whose second uplink changed (new redundant flows
+    /// too), so it duplicates their downlink.
+    fn signal_redundancy(&mut self, now: Instant) {
+        let mut changed = Vec::new();
+        self.flows.redundancy_mut().take_changed(&mut changed);
+        for id in changed {
+            self.signal_move(id, now);
         }
     }
 
@@ -1092,6 +1168,7 @@ impl MobileHost {
             }
         }
         self.publish(events, now);
+        self.signal_redundancy(now);
         changed
     }
 
@@ -1120,8 +1197,9 @@ impl MobileHost {
             remote_port: key.dport,
             local_port: key.sport,
         };
+        let redundant = self.flows.redundancy().second(id).map(Uplinks::path);
         self.client
-            .move_flows(&[flow], Uplinks::path(entry.uplink()), now);
+            .move_flows_redundant(&[flow], Uplinks::path(entry.uplink()), redundant, now);
     }
 
     /// The uids whose traffic bypasses the tunnel: `uid = N` bypass rules, and bypass rules by

@@ -6,6 +6,8 @@
 //!   back datagrams, TUN writes, lookups to make, routing intents and events to poll.
 //! - [`anchors`]: several anchors in order, and when the host fails over to the next.
 //! - [`flows`]: which uplink each packet from the TUN takes, and what waits for an owner.
+//! - [`flows`]: which uplink each packet from the TUN takes, and what waits for an owner;
+//!   [`redundant`]: the flows that go over two uplinks, and what their copies cost.
 //! - [`uplinks`]: the one registry of uplink names and ids.
 //! - [`api`]: the control vocabulary (requests, replies, events) `upmt` and the daemon share;
 //!   [`answer`] and [`describe`] compute replies from the tables.
@@ -24,6 +26,7 @@ pub mod describe;
 pub mod flows;
 pub mod host;
 pub mod owner;
+pub mod redundant;
 pub mod rst;
 pub mod select;
 pub mod uplinks;

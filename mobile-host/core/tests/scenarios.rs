@@ -60,10 +60,15 @@ struct Net {
 impl Net {
     /// A host with wifi and cell (both with a socket), handshaken and with its TUN up.
     fn connected() -> Net {
+        Net::with_policy(POLICY)
+    }
+
+    /// [`Net::connected`] with another policy.
+    fn with_policy(text: &str) -> Net {
         let mh = StaticSecret::generate().expect("key");
         let an = StaticSecret::generate().expect("key");
         let now = Instant::ZERO;
-        let policy = Policy::parse(POLICY, "policy.toml", &["wifi", "cell"]).expect("policy");
+        let policy = Policy::parse(text, "policy.toml", &["wifi", "cell"]).expect("policy");
         let host = MobileHost::new(
             HostConfig {
                 client: ClientConfig::new(mh.clone(), an.public_key()),
@@ -222,6 +227,10 @@ impl Net {
         {
             let bytes = buf[..t.len].to_vec();
             self.send(true, t.path, bytes);
+        }
+        if let Some((path, copy)) = self.host.take_copy() {
+            let copy = copy.to_vec();
+            self.send(true, path, copy);
         }
         self.flush();
     }
@@ -584,4 +593,61 @@ fn a_measured_rule_moves_its_running_flows_once_another_uplink_stays_faster() {
     );
     net.start_flow("web", 8201);
     assert_eq!(net.arrived_on(8201), Some(CELL), "web's new flows follow");
+}
+
+#[test]
+fn a_redundant_apps_packets_go_over_both_uplinks_both_ways_and_arrive_once() {
+    let mut net = Net::with_policy(
+        "version = 1\n[[rule]]\napp = \"com.example.call\"\nuplinks = [\"cell\", \"wifi\"]\nredundant = true\n",
+    );
+    let key = net.start_flow("com.example.call", 5000);
+    let n = 20;
+    for _ in 0..n {
+        net.app_sends(&tcp(5000, 0x10));
+    }
+    net.run_for(Duration::from_millis(200));
+    let of_flow = |rx: &[(usize, Vec<u8>)], i: usize| {
+        rx.iter()
+            .filter(|(on, p)| *on == i && p.get(20..22) == Some(&5000u16.to_be_bytes()[..]))
+            .count()
+    };
+    // The SYN waited for the lookup and went once; every later packet went on both uplinks, and
+    // the anchor delivered each once.
+    assert_eq!(
+        of_flow(&net.anchor_rx, CELL) + of_flow(&net.anchor_rx, WIFI),
+        1 + n
+    );
+    assert_eq!(
+        net.anchor.drops().get(upmt_proto::DropReason::Duplicate),
+        n as u64
+    );
+    // The anchor was told, so it duplicates the downlink too.
+    let mut down = tcp(5000, 0x10);
+    down[12..16].copy_from_slice(&CH_V4.octets());
+    down[16..20].copy_from_slice(&MH_V4.octets());
+    down[20..22].copy_from_slice(&443u16.to_be_bytes());
+    down[22..24].copy_from_slice(&key.sport.to_be_bytes());
+    let mut buf = vec![0u8; 256];
+    let mut copy = vec![0u8; 256];
+    buf[HEADER_LEN..HEADER_LEN + down.len()].copy_from_slice(&down);
+    let (first, second) = net
+        .anchor
+        .encapsulate_with_copy(&mut buf, down.len(), &mut copy, net.now)
+        .expect("downlink");
+    let second = second.expect("a copy on the other path");
+    assert_eq!(first.path, PathId(CELL as u8));
+    assert_eq!(second.path, PathId(WIFI as u8));
+    let Response::Apps(apps) = net.host.answer(Request::Apps, net.now) else {
+        panic!("apps reply");
+    };
+    let call = apps
+        .apps
+        .iter()
+        .find(|a| a.name == "com.example.call")
+        .expect("the app");
+    assert!(
+        call.duplicated_bytes >= (n * (40 + HEADER_LEN + TAG_LEN)) as u64,
+        "{}",
+        call.duplicated_bytes
+    );
 }

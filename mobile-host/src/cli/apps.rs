@@ -1,5 +1,5 @@
-//! `upmt apps`: each app seen, the policy rule it matched, the uplink(s) its flows use now, and
-//! its bytes per uplink.
+//! `upmt apps`: each app seen, the policy rule it matched, the uplink(s) its flows use now, its
+//! bytes per uplink, and what its redundant copies cost (DUP).
 
 use std::io::Write;
 
@@ -33,6 +33,7 @@ pub fn render(reply: &AppsReply) -> String {
         ("BLOCKED", Align::Right),
         ("TX", Align::Right),
         ("RX", Align::Right),
+        ("DUP", Align::Right),
         ("PER UPLINK (TX/RX)", Align::Left),
     ]);
     for app in &reply.apps {
@@ -62,6 +63,7 @@ pub fn render(reply: &AppsReply) -> String {
             app.blocked.to_string(),
             table::bytes(tx),
             table::bytes(rx),
+            table::bytes(app.duplicated_bytes),
             per.join(", "),
         ]);
     }
@@ -83,6 +85,7 @@ mod tests {
                     uplinks: vec!["wifi".into(), "cell".into()],
                     flows: 3,
                     blocked: 0,
+                    duplicated_bytes: 0,
                     bytes: vec![
                         UplinkBytes {
                             uplink: "wifi".into(),
@@ -106,6 +109,7 @@ mod tests {
                     uplinks: vec![],
                     flows: 1,
                     blocked: 1,
+                    duplicated_bytes: 3 * 1024,
                     bytes: vec![],
                     select: None,
                     move_existing: false,
@@ -115,9 +119,9 @@ mod tests {
             ],
         };
         let expected = "\
-APP                RULE                           UPLINK     FLOWS  BLOCKED       TX       RX  PER UPLINK (TX/RX)
-com.example.video  com.example.* -> wifi, cell    wifi,cell      3        0  2.1 KiB  5.0 MiB  wifi 2.0 KiB/5.0 MiB, cell 100 B/1.0 KiB
-os-update          os-update -> wifi, else block  -              1        1      0 B      0 B
+APP                RULE                           UPLINK     FLOWS  BLOCKED       TX       RX      DUP  PER UPLINK (TX/RX)
+com.example.video  com.example.* -> wifi, cell    wifi,cell      3        0  2.1 KiB  5.0 MiB      0 B  wifi 2.0 KiB/5.0 MiB, cell 100 B/1.0 KiB
+os-update          os-update -> wifi, else block  -              1        1      0 B      0 B  3.0 KiB
 ";
         assert_eq!(render(&reply), expected);
     }

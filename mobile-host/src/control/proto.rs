@@ -279,6 +279,7 @@ mod tests {
                     uplinks: vec!["cell".into()],
                     flows: 2,
                     blocked: 0,
+                    duplicated_bytes: 4096,
                     bytes: vec![UplinkBytes {
                         uplink: "cell".into(),
                         tx_bytes: 10,

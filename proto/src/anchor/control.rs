@@ -94,8 +94,9 @@ impl Anchor {
                 seq,
                 path: target,
                 flow,
+                redundant,
             } => {
-                if peer.flows.apply_move(flow, target, seq) {
+                if peer.flows.apply_move(flow, target, redundant, seq) {
                     event = Some(Event::FlowMoved {
                         peer: id,
                         flow,

@@ -2,6 +2,7 @@
 
 use super::peer::{PathEntry, Peer};
 use super::{Anchor, FlowKey, MAX_FLOWS_PER_PEER};
+use crate::dup::dup_field;
 use crate::time::Instant;
 use crate::wire::Kind;
 use crate::{DropReason, HEADER_LEN, PathId, TAG_LEN, Transmit, ip};
@@ -9,11 +10,21 @@ use core::time::Duration;
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 
-/// Flow -> the path it last came up on or was moved to, with the sequence number of the last
-/// explicit move (0: none), bounded, oldest inserted evicted first.
+/// Where one flow's downlink goes.
+#[derive(Clone, Copy, Debug)]
+struct FlowRoute {
+    /// The path it last came up on or was moved to.
+    path: PathId,
+    /// The sequence number of the last explicit move (0: none).
+    seq: u64,
+    /// A redundant flow's second path (set only by an explicit move).
+    redundant: Option<PathId>,
+}
+
+/// Flow -> its [`FlowRoute`], bounded, oldest inserted evicted first.
 #[derive(Default)]
 pub(super) struct FlowTable {
-    map: HashMap<FlowKey, (PathId, u64)>,
+    map: HashMap<FlowKey, FlowRoute>,
     order: VecDeque<FlowKey>,
 }
 
@@ -21,26 +32,47 @@ impl FlowTable {
     /// Learns `path` from uplink data.
     pub(super) fn record(&mut self, key: FlowKey, path: PathId) {
         if let Some(p) = self.map.get_mut(&key) {
-            p.0 = path;
+            // A redundant flow's copies come up on both of its paths: neither changes the pair.
+            if p.redundant != Some(path) {
+                p.path = path;
+            }
             return;
         }
-        self.insert(key, (path, 0));
+        self.insert(
+            key,
+            FlowRoute {
+                path,
+                seq: 0,
+                redundant: None,
+            },
+        );
     }
 
     /// Applies an explicit move; false when an equal or newer move was already applied.
-    pub(super) fn apply_move(&mut self, key: FlowKey, path: PathId, seq: u64) -> bool {
+    pub(super) fn apply_move(
+        &mut self,
+        key: FlowKey,
+        path: PathId,
+        redundant: Option<PathId>,
+        seq: u64,
+    ) -> bool {
+        let route = FlowRoute {
+            path,
+            seq,
+            redundant: redundant.filter(|r| *r != path),
+        };
         if let Some(p) = self.map.get_mut(&key) {
-            if seq <= p.1 {
+            if seq <= p.seq {
                 return false;
             }
-            *p = (path, seq);
+            *p = route;
             return true;
         }
-        self.insert(key, (path, seq));
+        self.insert(key, route);
         true
     }
 
-    fn insert(&mut self, key: FlowKey, value: (PathId, u64)) {
+    fn insert(&mut self, key: FlowKey, value: FlowRoute) {
         if self.map.len() >= MAX_FLOWS_PER_PEER
             && let Some(old) = self.order.pop_front()
         {
@@ -51,7 +83,13 @@ impl FlowTable {
     }
 
     fn get(&self, key: &FlowKey) -> Option<PathId> {
-        self.map.get(key).map(|v| v.0)
+        self.map.get(key).map(|v| v.path)
+    }
+
+    /// The two paths of a redundant flow.
+    fn redundant_pair(&self, key: &FlowKey) -> Option<[PathId; 2]> {
+        let v = self.map.get(key)?;
+        Some([v.path, v.redundant?])
     }
 
     pub(super) fn len(&self) -> usize {
@@ -113,6 +151,18 @@ impl Peer {
     }
 }
 
+impl Peer {
+    /// The path and endpoint of the copy of a redundant flow's downlink packet going on
+    /// `chosen`: the flow's other path, when validated and not said down. Freshness is not
+    /// asked for: a copy on a path that just went silent is what redundancy is for.
+    fn redundant_copy(&self, flow: &FlowKey, chosen: PathId) -> Option<(PathId, SocketAddr)> {
+        let pair = self.flows.redundant_pair(flow)?;
+        let other = *pair.iter().find(|p| **p != chosen)?;
+        let e = self.paths.iter().find(|e| e.id == other && !e.down)?;
+        Some((other, e.endpoint?))
+    }
+}
+
 impl Anchor {
     /// `buf[HEADER_LEN..HEADER_LEN + len]` holds an inner packet read from the TUN; its
     /// destination picks the peer; the downlink path is the one the flow last came up on or was
@@ -123,7 +173,22 @@ impl Anchor {
         len: usize,
         now: Instant,
     ) -> Result<Transmit, DropReason> {
-        let r = self.encapsulate_inner(buf, len, now);
+        self.encapsulate_with_copy(buf, len, &mut [], now)
+            .map(|(t, _)| t)
+    }
+
+    /// [`Anchor::encapsulate`] that also serves redundant flows: when the packet's flow is
+    /// redundant (see [`crate::control::ControlMessage::FlowMove`]) a second datagram with the
+    /// same dup sequence goes to the flow's other path, written into `copy` (which needs the
+    /// same room as `buf`; an empty one means no copy).
+    pub fn encapsulate_with_copy(
+        &mut self,
+        buf: &mut [u8],
+        len: usize,
+        copy: &mut [u8],
+        now: Instant,
+    ) -> Result<(Transmit, Option<Transmit>), DropReason> {
+        let r = self.encapsulate_inner(buf, len, copy, now);
         if let Err(reason) = r {
             self.drops.add(reason);
         }
@@ -134,8 +199,9 @@ impl Anchor {
         &mut self,
         buf: &mut [u8],
         len: usize,
+        copy: &mut [u8],
         now: Instant,
-    ) -> Result<Transmit, DropReason> {
+    ) -> Result<(Transmit, Option<Transmit>), DropReason> {
         let end = HEADER_LEN.checked_add(len).ok_or(DropReason::TooBig)?;
         if end.checked_add(TAG_LEN).is_none_or(|n| n > buf.len()) {
             return Err(DropReason::TooBig);
@@ -148,14 +214,40 @@ impl Anchor {
         let (path, dst) = peer
             .downlink_path(&flow, now, self.config.path_stale_after)
             .ok_or(DropReason::NoSession)?;
+        let second = peer
+            .redundant_copy(&flow, path)
+            .filter(|_| copy.len() >= end + TAG_LEN);
+        let reserved = match second {
+            Some(_) => {
+                copy[HEADER_LEN..end].copy_from_slice(&buf[HEADER_LEN..end]);
+                peer.dup_seq = peer.dup_seq.wrapping_add(1);
+                dup_field(peer.dup_seq)
+            }
+            None => 0,
+        };
         let keys = peer.sending_keys(now, self.config.reject_after)?;
-        let n = keys.seal(Kind::Data, path, buf, len)?;
-        peer.tx_packets += 1;
-        peer.tx_bytes += n as u64;
-        Ok(Transmit {
+        let n = keys.seal_with(Kind::Data, path, buf, len, reserved)?;
+        let first = Transmit {
             path,
             dst: Some(dst),
             len: n,
-        })
+        };
+        let copied = second.and_then(|(p, dst)| {
+            let n = keys.seal_with(Kind::Data, p, copy, len, reserved).ok()?;
+            Some(Transmit {
+                path: p,
+                dst: Some(dst),
+                len: n,
+            })
+        });
+        peer.tx_packets += 1;
+        peer.tx_bytes += n as u64;
+        if let Some(c) = &copied {
+            peer.tx_packets += 1;
+            peer.tx_bytes += c.len as u64;
+            self.stats.duplicated_packets = self.stats.duplicated_packets.saturating_add(1);
+            self.stats.duplicated_bytes = self.stats.duplicated_bytes.saturating_add(c.len as u64);
+        }
+        Ok((first, copied))
     }
 }

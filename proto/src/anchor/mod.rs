@@ -82,6 +82,7 @@ pub use membership::PeerChanges;
 
 use crate::control::ControlMessage;
 use crate::cookie::{ChallengeGate, CookieJar, Limiter};
+use crate::dup::DupVerdict;
 use crate::handshake::mac1_key;
 use crate::keys::{PublicKey, StaticSecret};
 use crate::queue::Queues;
@@ -128,6 +129,10 @@ pub struct AnchorStats {
     /// Applied signals whose event was left out because the peer spent its event budget
     /// (see [`SIGNAL_EVENT_BURST`]).
     pub signal_events_suppressed: u64,
+    /// Downlink packets of redundant flows sent a second time, on the flow's other path.
+    pub duplicated_packets: u64,
+    /// The bytes of those second copies (whole datagrams).
+    pub duplicated_bytes: u64,
 }
 
 /// One mobile host the anchor accepts.
@@ -413,7 +418,7 @@ impl Anchor {
             .get(&idx.0)
             .ok_or(DropReason::UnknownSession)?;
         let peer = &mut self.peers[id.0 as usize];
-        let (range, confirmed_next) =
+        let (range, confirmed_next, dup) =
             peer.open(idx, repr.counter, datagram, now, self.config.reject_after)?;
         // Authenticated from here on.
         if confirmed_next && let Some(old) = peer.confirm_next() {
@@ -463,6 +468,10 @@ impl Anchor {
         if let Some(control) = control {
             self.handle_control(id, path, from, control?, now)?;
             return Ok(None);
+        }
+        // After `heard_on`: the second copy still proves its path alive.
+        if dup == DupVerdict::Duplicate {
+            return Err(DropReason::Duplicate);
         }
         peer.uplink(&datagram[range.clone()], path)?;
         Ok(Some((id, range)))

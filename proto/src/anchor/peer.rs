@@ -6,6 +6,7 @@ use super::{CHALLENGE_RESEND, CHALLENGE_TIMEOUT, PeerConfig};
 use crate::control::CHALLENGE_LEN;
 use crate::cookie::random_bytes;
 use crate::crypto::Keypair;
+use crate::dup::DupVerdict;
 use crate::time::Instant;
 use crate::{PathId, SessionIndex};
 use core::time::Duration;
@@ -88,6 +89,8 @@ pub(super) struct Peer {
     /// Taken out of the config by [`super::Anchor::set_peers`]: no map points here any more,
     /// the slot only keeps the ids of the others stable.
     pub(super) removed: bool,
+    /// The dup sequence of the last redundant downlink packet.
+    pub(super) dup_seq: u64,
 }
 
 impl Peer {
@@ -111,6 +114,7 @@ impl Peer {
             tx_packets: 0,
             tx_bytes: 0,
             removed: false,
+            dup_seq: 0,
         }
     }
 
@@ -134,7 +138,8 @@ impl Peer {
     }
 
     /// Opens a transport datagram with the keypair of `idx`. The second value is true when
-    /// that keypair is the *next* one, which this packet confirms.
+    /// that keypair is the *next* one, which this packet confirms; the third says whether it
+    /// is the second copy of a redundant packet.
     /// Keys older than `reject_after` open nothing (`Expired`).
     pub(super) fn open(
         &mut self,
@@ -143,7 +148,7 @@ impl Peer {
         datagram: &mut [u8],
         now: Instant,
         reject_after: Duration,
-    ) -> Result<(core::ops::Range<usize>, bool), crate::DropReason> {
+    ) -> Result<(core::ops::Range<usize>, bool, DupVerdict), crate::DropReason> {
         let (k, next) = match (&mut self.current, &mut self.previous, &mut self.next) {
             (Some(k), _, _) if k.local_index == idx => (k, false),
             (_, Some(k), _) if k.local_index == idx => (k, false),
@@ -153,7 +158,8 @@ impl Peer {
         if now.saturating_duration_since(k.created) >= reject_after {
             return Err(crate::DropReason::Expired);
         }
-        Ok((k.open(counter, datagram)?, next))
+        let range = k.open(counter, datagram)?;
+        Ok((range, next, k.check_dup(datagram)))
     }
 
     /// The current keys, unless older than `reject_after`.

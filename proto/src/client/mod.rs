@@ -20,6 +20,18 @@
 //! within `probe_interval + path_timeout` (<= 0.9 s) while active, and within one keepalive plus
 //! `path_timeout` when idle. A link the driver reports gone (`handle_path_down`) is Down at once.
 //!
+//! # Fast detection while data flows
+//! A path that carried data and then heard nothing authenticated for
+//! [`paths::suspect_after`] (3 × SRTT, at least 150 ms) is *suspect*: [`paths::SUSPECT_BURST`]
+//! probes go out on it at once instead of at the next probe tick, and if nothing answers
+//! within [`paths::burst_timeout`] (4 × SRTT, at least 250 ms) it is Down. A blackhole under
+//! traffic is thus found about 0.4 s after the first unanswered packet (SRTT below 50 ms)
+//! instead of up to 0.9 s. Why these numbers: TCP acks every other segment and the anchor
+//! answers every probe, so a live path answers within one or two RTTs; the floors keep an RTT
+//! measured on a quiet path from turning a queueing spike into a false Down (which would move
+//! the path's flows away for a whole hold-down). Idle paths are untouched: both deadlines
+//! exist only after data went out, so an idle session arms no new timer.
+//!
 //! # Signalling the anchor
 //! The anchor learns each move at once: when a path goes Down (timeout or the driver) the client
 //! sends `PathStatus { down }` on a live path, and `PathStatus { up }` when it answers again;
@@ -85,6 +97,7 @@ pub use signals::{MAX_PENDING_SIGNALS, SignalStats};
 use crate::control::ControlMessage;
 use crate::cookie::cookie_key;
 use crate::crypto::Keypair;
+use crate::dup::{DupVerdict, dup_field};
 use crate::handshake::mac1_key;
 use crate::keys::{PublicKey, StaticSecret};
 use crate::queue::Queues;
@@ -231,6 +244,8 @@ pub struct Client {
     given_up: bool,
     /// Jitter of the handshake retries (xorshift state, never 0).
     rng: u64,
+    /// The dup sequence of the next redundant packet.
+    dup_seq: u64,
 }
 
 impl Client {
@@ -261,6 +276,7 @@ impl Client {
             keys_expired: false,
             given_up: false,
             rng: getrandom::u64().unwrap_or(unix_nanos_at_now) | 1,
+            dup_seq: 0,
         }
     }
 
@@ -342,6 +358,7 @@ impl Client {
                     return Err(DropReason::Expired);
                 }
                 let range = keys.open(repr.counter, datagram)?;
+                let dup = keys.check_dup(datagram);
                 self.on_authenticated(path, now);
                 let plain = &datagram[range.clone()];
                 if repr.kind == Kind::Data {
@@ -349,6 +366,10 @@ impl Client {
                         return Err(DropReason::NotIp);
                     }
                     self.note_activity(now);
+                    // After `on_authenticated`: the copy still proves its path alive.
+                    if dup == DupVerdict::Duplicate {
+                        return Err(DropReason::Duplicate);
+                    }
                     return Ok(Some(range));
                 }
                 self.handle_control(path, ControlMessage::parse(plain)?, now)?;
@@ -403,11 +424,56 @@ impl Client {
         len: usize,
         now: Instant,
     ) -> Result<usize, DropReason> {
-        let r = self.encapsulate_inner(path, buf, len, now);
+        let r = self.encapsulate_inner(path, buf, len, 0, now);
+        self.after_encapsulate(path, r, now)
+    }
+
+    /// Like [`Client::encapsulate`], for a redundant flow: the same packet goes on `paths[0]`
+    /// and on `paths[1]`, both carrying one dup sequence so the anchor delivers the first copy
+    /// and drops the second (see [`crate::dup`]). `copy` receives the second datagram, so it
+    /// needs the same room as `buf`. Returns both lengths; the second is `None` when the copy
+    /// could not be sealed (no room, or the second path's counters are spent) and only the
+    /// first goes out.
+    pub fn encapsulate_redundant(
+        &mut self,
+        paths: [PathId; 2],
+        buf: &mut [u8],
+        len: usize,
+        copy: &mut [u8],
+        now: Instant,
+    ) -> Result<(usize, Option<usize>), DropReason> {
+        let field = dup_field(self.dup_seq);
+        let copied = match (
+            buf.get(HEADER_LEN..HEADER_LEN + len),
+            copy.get_mut(HEADER_LEN..HEADER_LEN + len),
+        ) {
+            (Some(from), Some(to)) => {
+                to.copy_from_slice(from);
+                true
+            }
+            _ => false,
+        };
+        let first = self.encapsulate_inner(paths[0], buf, len, field, now);
+        let first = self.after_encapsulate(paths[0], first, now)?;
+        if !copied || paths[0] == paths[1] {
+            return Ok((first, None));
+        }
+        self.dup_seq = self.dup_seq.wrapping_add(1);
+        let second = self.encapsulate_inner(paths[1], copy, len, field, now);
+        Ok((first, self.after_encapsulate(paths[1], second, now).ok()))
+    }
+
+    fn after_encapsulate(
+        &mut self,
+        path: PathId,
+        r: Result<usize, DropReason>,
+        now: Instant,
+    ) -> Result<usize, DropReason> {
         match r {
             Ok(_) => {
                 if let Some(p) = self.path_mut(path) {
                     p.on_sent(now);
+                    p.on_data_sent(now);
                 }
                 self.note_activity(now);
                 // Lazy rekey: the first packet after `rekey_after` starts it.
@@ -435,6 +501,7 @@ impl Client {
         path: PathId,
         buf: &mut [u8],
         len: usize,
+        reserved: u16,
         now: Instant,
     ) -> Result<usize, DropReason> {
         let keys = self.current.as_mut().ok_or(DropReason::NoSession)?;
@@ -447,7 +514,7 @@ impl Client {
         if len == 0 || !matches!(first >> 4, 4 | 6) {
             return Err(DropReason::NotIp);
         }
-        keys.seal(Kind::Data, path, buf, len)
+        keys.seal_with(Kind::Data, path, buf, len, reserved)
     }
 
     /// The next datagram to send, written into `buf` (at least 1500 bytes is always enough).
@@ -526,6 +593,7 @@ impl Client {
         self.expire_paths(now);
         self.handshake_timeouts(now);
         if self.current.is_some() {
+            self.probe_suspect_paths(now);
             self.send_due_probes(now);
             self.send_due_signals(now);
         }

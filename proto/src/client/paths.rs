@@ -8,6 +8,30 @@ use crate::time::Instant;
 use crate::timer::{Timer, TimerTable};
 use core::time::Duration;
 
+/// The shortest silence after data that makes a path suspect (see [`suspect_after`]).
+pub const SUSPECT_FLOOR: Duration = Duration::from_millis(150);
+/// Probes sent at once to a suspect path.
+pub const SUSPECT_BURST: usize = 2;
+/// The shortest wait for a suspect path's burst to be answered before it is Down.
+pub const BURST_TIMEOUT_FLOOR: Duration = Duration::from_millis(250);
+
+/// How long a path may stay silent after data went out on it before it is suspect: three
+/// smoothed RTTs (a reply to the data, or to the probes between, is due well within that:
+/// TCP acks at least every other segment, the anchor answers every probe), and never less
+/// than [`SUSPECT_FLOOR`], so an RTT measured on an idle, uncongested path does not make a
+/// short queueing spike look like a blackhole. Unmeasured paths use the floor.
+pub fn suspect_after(srtt: Option<Duration>) -> Duration {
+    srtt.map_or(SUSPECT_FLOOR, |s| (s * 3).max(SUSPECT_FLOOR))
+}
+
+/// How long a suspect path's probe burst may stay unanswered before the path is Down: four
+/// smoothed RTTs, at least [`BURST_TIMEOUT_FLOOR`]. Larger than [`suspect_after`] because a
+/// path whose queue just filled (a bulk upload) answers late, not never, and declaring it
+/// Down moves its flows for a whole hold-down.
+pub fn burst_timeout(srtt: Option<Duration>) -> Duration {
+    srtt.map_or(BURST_TIMEOUT_FLOOR, |s| (s * 4).max(BURST_TIMEOUT_FLOOR))
+}
+
 /// Liveness of a path as the probes see it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum PathState {
@@ -56,6 +80,11 @@ pub(super) struct Path {
     idle_gap: Option<Duration>,
     /// Its learned keepalive interval, when learning is on.
     learner: Option<KeepaliveLearner>,
+    /// The first data packet sent on it since its last authenticated packet.
+    data_unanswered_since: Option<Instant>,
+    /// When a burst of probes went out because data stayed unanswered (see the module docs
+    /// of [`super`], "Fast detection while data flows").
+    burst_at: Option<Instant>,
 }
 
 impl Path {
@@ -76,6 +105,31 @@ impl Path {
             last_tx: None,
             idle_gap: None,
             learner: None,
+            data_unanswered_since: None,
+            burst_at: None,
+        }
+    }
+
+    /// A data packet went out on this path.
+    pub(super) fn on_data_sent(&mut self, now: Instant) {
+        self.data_unanswered_since.get_or_insert(now);
+    }
+
+    /// When this path becomes suspect, if data went out unanswered and no burst runs.
+    fn suspect_at(&self) -> Option<Instant> {
+        match (self.state, self.burst_at) {
+            (PathState::Up, None) => self
+                .data_unanswered_since
+                .map(|t| t + suspect_after(self.srtt)),
+            _ => None,
+        }
+    }
+
+    /// When this path is Down unless its burst is answered.
+    fn burst_deadline(&self) -> Option<Instant> {
+        match self.state {
+            PathState::Up => self.burst_at.map(|t| t + burst_timeout(self.srtt)),
+            PathState::Down => None,
         }
     }
 
@@ -211,6 +265,8 @@ impl Client {
         if let Some(p) = self.path_mut(path) {
             p.last_rx = Some(now);
             p.unanswered_since = None;
+            p.data_unanswered_since = None;
+            p.burst_at = None;
             p.rx_packets += 1;
             if p.state == PathState::Down {
                 p.state = PathState::Up;
@@ -257,6 +313,31 @@ impl Client {
             if let (PathState::Up, Some(t)) = (p.state, p.unanswered_since) {
                 timers.set_earliest(Timer::PathTimeout, t + self.config.path_timeout);
             }
+            // Both exist only while data flows: an idle session arms neither.
+            if let Some(t) = p.suspect_at() {
+                timers.set_earliest(Timer::Probe, t);
+            }
+            if let Some(t) = p.burst_deadline() {
+                timers.set_earliest(Timer::PathTimeout, t);
+            }
+        }
+    }
+
+    /// Sends a burst of probes on every path whose data stayed unanswered for
+    /// [`suspect_after`]; its answers (or any packet) clear the suspicion.
+    pub(super) fn probe_suspect_paths(&mut self, now: Instant) {
+        for i in 0..self.paths.len() {
+            let p = &mut self.paths[i];
+            if p.suspect_at().is_none_or(|t| now < t) {
+                continue;
+            }
+            p.burst_at = Some(now);
+            p.unanswered_since.get_or_insert(now);
+            let id = p.id;
+            for _ in 0..SUSPECT_BURST {
+                // A full queue only leaves the burst shorter.
+                let _ = self.queues.push_transmit(Queued::Probe(id));
+            }
         }
     }
 
@@ -265,11 +346,13 @@ impl Client {
         let path_timeout = self.config.path_timeout;
         for i in 0..self.paths.len() {
             let p = &mut self.paths[i];
-            if let (PathState::Up, Some(t)) = (p.state, p.unanswered_since)
-                && now >= t + path_timeout
-            {
+            let timed_out = matches!((p.state, p.unanswered_since), (PathState::Up, Some(t)) if now >= t + path_timeout);
+            let burst_unanswered = p.burst_deadline().is_some_and(|t| now >= t);
+            if timed_out || burst_unanswered {
                 p.state = PathState::Down;
                 p.up_since = None;
+                p.data_unanswered_since = None;
+                p.burst_at = None;
                 let id = p.id;
                 self.queues.push_event(Event::PathDown(id));
                 self.signal(

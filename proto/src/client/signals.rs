@@ -30,8 +30,15 @@ pub struct SignalStats {
 /// What a signal says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum SignalBody {
-    PathStatus { path: PathId, down: bool },
-    FlowMove { path: PathId, flow: FlowKey },
+    PathStatus {
+        path: PathId,
+        down: bool,
+    },
+    FlowMove {
+        path: PathId,
+        flow: FlowKey,
+        redundant: Option<PathId>,
+    },
 }
 
 impl SignalBody {
@@ -49,7 +56,16 @@ impl SignalBody {
     fn message(&self, seq: u64) -> ControlMessage {
         match *self {
             SignalBody::PathStatus { path, down } => ControlMessage::PathStatus { seq, path, down },
-            SignalBody::FlowMove { path, flow } => ControlMessage::FlowMove { seq, path, flow },
+            SignalBody::FlowMove {
+                path,
+                flow,
+                redundant,
+            } => ControlMessage::FlowMove {
+                seq,
+                path,
+                flow,
+                redundant,
+            },
         }
     }
 }
@@ -85,8 +101,28 @@ impl Client {
     /// Moves flows to `path`: the anchor sends their downlink there once it has the (acked,
     /// retransmitted) signal. The driver still chooses the uplink path of each packet.
     pub fn move_flows(&mut self, flows: &[FlowKey], path: PathId, now: Instant) {
+        self.move_flows_redundant(flows, path, None, now);
+    }
+
+    /// [`Client::move_flows`], and the anchor sends a copy of every downlink packet of these
+    /// flows on `redundant` too (`None`: no more copies). The driver sends the uplink copies
+    /// with [`Client::encapsulate_redundant`].
+    pub fn move_flows_redundant(
+        &mut self,
+        flows: &[FlowKey],
+        path: PathId,
+        redundant: Option<PathId>,
+        now: Instant,
+    ) {
         for flow in flows {
-            self.signal(SignalBody::FlowMove { path, flow: *flow }, now);
+            self.signal(
+                SignalBody::FlowMove {
+                    path,
+                    flow: *flow,
+                    redundant,
+                },
+                now,
+            );
         }
     }
 

@@ -236,6 +236,7 @@ pub(crate) mod tests {
             move_existing: false,
             avoid_metered: false,
             spread: false,
+            duplicated_bytes: 0,
         }
     }
 

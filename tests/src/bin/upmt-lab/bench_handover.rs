@@ -8,6 +8,10 @@
 //! which is what an application sees. Alongside, a paced UDP stream from the CH to the MH
 //! (iperf3 -u -R, 1250 datagrams/s of 200 bytes) runs across the same event; its lost
 //! datagrams, counted by iperf3's receiver, are printed as a count and as milliseconds of stream.
+//!
+//! Each event runs under two policies: `order` (every app on wifi, else cell: today's default)
+//! and `redundant` (the same with `redundant = true`: every packet on both uplinks), printed as
+//! one table of event x policy.
 
 use std::time::{Duration, Instant};
 
@@ -27,6 +31,29 @@ const UDP_SECS: u64 = 7;
 struct Measured {
     gap: Duration,
     udp_lost: u64,
+}
+
+/// The policy of a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Order,
+    Redundant,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Order => "order",
+            Mode::Redundant => "redundant",
+        }
+    }
+
+    fn policy(self) -> String {
+        format!(
+            "version = 1\n[[rule]]\napp = \"*\"\nuplinks = [\"wifi\", \"cell\"]\nwhen_none = \"any\"\nredundant = {}\n",
+            self == Mode::Redundant
+        )
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,15 +81,19 @@ pub fn run(lab: &Lab, runs: usize) -> Result<()> {
     }
     let want = http.sha256("big.bin").context("big.bin served")?.to_owned();
     println!(
-        "{:<18} {:>5} {:>12} {:>12} {:>22} {:>22}",
-        "event", "runs", "median gap", "max gap", "median UDP lost", "max UDP lost"
+        "{:<18} {:<10} {:>5} {:>12} {:>12} {:>22} {:>22}",
+        "event", "policy", "runs", "median gap", "max gap", "median UDP lost", "max UDP lost"
     );
-    for kind in [Kind::LinkDown, Kind::Blackhole, Kind::PreferredReturns] {
+    let events = [Kind::LinkDown, Kind::Blackhole, Kind::PreferredReturns];
+    for (kind, mode) in events
+        .into_iter()
+        .flat_map(|k| [(k, Mode::Order), (k, Mode::Redundant)])
+    {
         let mut gaps = Vec::with_capacity(runs);
         let mut lost = Vec::with_capacity(runs);
         for i in 0..runs {
-            let m = one_run(lab, kind, &want)
-                .with_context(|| format!("{} run {}", kind.name(), i + 1))?;
+            let m = one_run(lab, kind, mode, &want)
+                .with_context(|| format!("{} ({}) run {}", kind.name(), mode.name(), i + 1))?;
             gaps.push(m.gap);
             lost.push(m.udp_lost);
         }
@@ -71,8 +102,9 @@ pub fn run(lab: &Lab, runs: usize) -> Result<()> {
         let ms = |n: u64| n as f64 * 1e3 / UDP_PPS as f64;
         let (mid, max) = (lost[lost.len() / 2], lost[lost.len() - 1]);
         println!(
-            "{:<18} {:>5} {:>9.0} ms {:>9.0} ms {:>7} ({:>6.0} ms) {:>7} ({:>6.0} ms)",
+            "{:<18} {:<10} {:>5} {:>9.0} ms {:>9.0} ms {:>7} ({:>6.0} ms) {:>7} ({:>6.0} ms)",
             kind.name(),
+            mode.name(),
             runs,
             gaps[gaps.len() / 2].as_secs_f64() * 1e3,
             gaps[gaps.len() - 1].as_secs_f64() * 1e3,
@@ -96,8 +128,9 @@ fn udp_lost(log: &str) -> Result<u64> {
         .with_context(|| format!("iperf3 reported no lost_packets: {}", json["error"]))
 }
 
-fn one_run(lab: &Lab, kind: Kind, want: &str) -> Result<Measured> {
+fn one_run(lab: &Lab, kind: Kind, mode: Mode, want: &str) -> Result<Measured> {
     let options = DeployOptions {
+        mh_policy: Some(mode.policy()),
         mh_extra: format!(
             "control_socket = \"{}\"",
             lab.dir().join("bench-mh.sock").display()
