@@ -173,6 +173,9 @@ pub struct UplinkConfig {
     pub interface: String,
     /// The path id the core knows it by: its position in the file.
     pub path_index: u8,
+    /// `idle = "sleep"`: no keepalives while it carries no flows (a metered or cellular link
+    /// whose radio should stay idle); the first flow on it costs one round trip more.
+    pub sleep: bool,
 }
 
 #[derive(Deserialize)]
@@ -259,6 +262,7 @@ enum RawKeepalive {
 struct RawUplink {
     name: Spanned<String>,
     interface: Spanned<String>,
+    idle: Option<Spanned<String>>,
 }
 
 impl Config {
@@ -586,11 +590,28 @@ impl Config {
                     format!("interface {} is used by two uplinks", shown(interface)),
                 ));
             }
+            let sleep = match &u.idle {
+                None => false,
+                Some(idle) => match idle.get_ref().as_str() {
+                    "keepalive" => false,
+                    "sleep" => true,
+                    other => {
+                        return Err(at(
+                            idle.span(),
+                            format!(
+                                "invalid idle {}: expected \"keepalive\" (the default) or \"sleep\"",
+                                shown(other)
+                            ),
+                        ));
+                    }
+                },
+            };
             uplinks.push(UplinkConfig {
                 name: u.name.into_inner(),
                 interface: u.interface.into_inner(),
                 // Cannot fail: the length was checked above.
                 path_index: u8::try_from(i).unwrap_or(u8::MAX),
+                sleep,
             });
         }
 
@@ -1385,6 +1406,23 @@ mod tests {
         let (line, _, message) = invalid(&format!("dns = \"8.8.8.8\"\n{}", good()));
         assert_eq!(line, 1);
         assert!(message.contains("\"tunnel\" or \"local\""), "{message}");
+    }
+
+    #[test]
+    fn an_uplink_may_sleep_while_it_carries_no_flows() {
+        let text = good().replace(
+            "interface = \"rmnet_data0\"",
+            "interface = \"rmnet_data0\"\nidle = \"sleep\"",
+        );
+        let config = parse(&text).expect("valid");
+        let sleep: Vec<bool> = config.uplinks.iter().map(|u| u.sleep).collect();
+        assert_eq!(sleep, [false, true]);
+        let (line, column, message) = invalid(&text.replace("\"sleep\"", "\"nap\""));
+        assert_eq!((line, column), (11, 8));
+        assert!(
+            message.contains("\"keepalive\" (the default) or \"sleep\""),
+            "{message}"
+        );
     }
 
     #[test]

@@ -170,6 +170,14 @@ impl Daemon {
         let mut host = MobileHost::new(setup::host_config(&config, policy)?, setup::now());
         let packages = appid::android::Packages::at(&config.packages_list);
         host.set_packages(packages.uids_by_name());
+        for (uplink, u) in host
+            .uplinks()
+            .ids()
+            .zip(&config.uplinks)
+            .collect::<Vec<_>>()
+        {
+            host.set_sleep(uplink, u.sleep);
+        }
         let uplinks = config
             .uplinks
             .iter()

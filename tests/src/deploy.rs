@@ -53,6 +53,8 @@ pub struct DeployOptions {
     /// The MH's `anchor` value as TOML (e.g. a list of an IPv4 and an IPv6 endpoint); `None`:
     /// the AN's IPv4 endpoint.
     pub mh_anchor: Option<String>,
+    /// Extra lines for the `[[uplink]]` table of the named uplink (e.g. `idle = "sleep"`).
+    pub uplink_extra: Vec<(String, String)>,
 }
 
 impl Default for DeployOptions {
@@ -69,6 +71,7 @@ impl Default for DeployOptions {
             mh_policy: None,
             second_mh: false,
             mh_anchor: None,
+            uplink_extra: Vec::new(),
         }
     }
 }
@@ -153,6 +156,9 @@ impl<'a> Deployment<'a> {
                 mh_toml,
                 "[[uplink]]\nname = \"{name}\"\ninterface = \"{interface}\"\n"
             );
+            for (_, extra) in options.uplink_extra.iter().filter(|(u, _)| u == name) {
+                let _ = writeln!(mh_toml, "{extra}");
+            }
         }
         let an_config = dir.join("an.toml");
         let mh_config = dir.join("mh.toml");

@@ -150,6 +150,12 @@ pub struct MobileHost {
     interface_facts: Vec<InterfaceFacts>,
     anchor_families: Vec<Family>,
     uplink_changes: VecDeque<(UplinkId, Change)>,
+    /// Uplinks that sleep while they carry no flows (`idle = "sleep"`), one bit each.
+    sleepers: u8,
+    /// Uplinks that carried flows when the paths' idle modes were last set.
+    carrying: u8,
+    /// Flows may have left an uplink since: the idle modes are set again on the next pump.
+    idle_stale: bool,
 }
 
 impl MobileHost {
@@ -198,12 +204,27 @@ impl MobileHost {
                 Family::V6
             }],
             uplink_changes: VecDeque::new(),
+            sleepers: 0,
+            carrying: 0,
+            idle_stale: true,
         };
         // The driver installs its fail-closed capture rules at start, before any session: the
         // bypass set must be there from the start too, or bypass apps lose their path until
         // the first handshake.
         host.publish_bypass();
         host
+    }
+
+    /// Puts `uplink` to sleep while it carries no flows (`idle = "sleep"`): no keepalives; the
+    /// first packet of a flow on it wakes it (see [`crate::idle`]).
+    pub fn set_sleep(&mut self, uplink: UplinkId, sleep: bool) {
+        let bit = crate::idle::bit(uplink);
+        if sleep {
+            self.sleepers |= bit;
+        } else {
+            self.sleepers &= !bit;
+        }
+        self.idle_stale = true;
     }
 
     /// The uplink registry.
@@ -312,6 +333,7 @@ impl MobileHost {
             Outcome::Tunnel(uplink) => {
                 self.released
                     .extend(released.drain(..).map(|packet| (uplink, packet)));
+                self.carry(uplink, now);
             }
             Outcome::Blocked => {
                 for packet in &released {
@@ -368,6 +390,7 @@ impl MobileHost {
         link.available = true;
         link.local = local;
         self.client.handle_path_up(Uplinks::path(uplink), now);
+        self.idle_stale = true;
         self.pump(now);
     }
 
@@ -479,6 +502,7 @@ impl MobileHost {
         if self.housekeeping_deadline().is_some_and(|at| at <= now) {
             self.next_housekeeping = now + HOUSEKEEPING_INTERVAL;
             self.flows.housekeeping(now.as_duration());
+            self.idle_stale = true;
             // A returning uplink's hold-down ends without an event of its own.
             if self.statuses_stale(now) {
                 self.uplinks_changed = true;
@@ -573,6 +597,7 @@ impl MobileHost {
             }),
         };
         let unpinned = matches!(result, Ok(Response::Unpinned(ref r)) if !r.flows.is_empty());
+        self.idle_stale |= !events.is_empty();
         self.publish(events, now);
         if unpinned {
             // Unpinned flows go back to their policy at once.
@@ -738,6 +763,10 @@ impl MobileHost {
                 );
             }
         }
+        if std::mem::take(&mut self.idle_stale) {
+            self.carrying = crate::idle::carrying(self.flows.paft());
+            self.set_idle_modes(now);
+        }
     }
 
     fn client_event(&mut self, event: ClientEvent, now: Instant) {
@@ -826,6 +855,7 @@ impl MobileHost {
         let mut before = Vec::new();
         answer::placements(self.flows.paft(), &mut before);
         let changed = self.flows.redecide(&self.statuses, now.as_duration());
+        self.idle_stale = true;
         let mut events = Vec::new();
         answer::placement_events(
             &before,
@@ -835,6 +865,28 @@ impl MobileHost {
         );
         self.publish(events, now);
         changed
+    }
+
+    /// A flow was placed on `uplink`: its path (and, for a session's first flow, every path)
+    /// keeps its NAT binding from now on. No scan: flows only ever leave an uplink in the
+    /// places that mark the modes stale.
+    fn carry(&mut self, uplink: UplinkId, now: Instant) {
+        let bit = crate::idle::bit(uplink);
+        if self.carrying & bit == 0 {
+            self.carrying |= bit;
+            self.set_idle_modes(now);
+        }
+    }
+
+    /// Tells the client what each path sends while idle.
+    fn set_idle_modes(&mut self, now: Instant) {
+        for i in 0..self.uplinks.len() {
+            let Some(uplink) = self.uplinks.at(i) else {
+                continue;
+            };
+            let mode = crate::idle::mode(crate::idle::bit(uplink), self.carrying, self.sleepers);
+            self.client.set_path_idle(Uplinks::path(uplink), mode, now);
+        }
     }
 
     /// Queues events for watchers, and tells the anchor about every flow that moved.
@@ -932,6 +984,7 @@ impl MobileHost {
                     &link.interface,
                     link.local.filter(|_| link.available),
                     self.client.path_stats(Uplinks::path(u)),
+                    self.client.path_idle_interval(Uplinks::path(u)),
                     b,
                 )
             })

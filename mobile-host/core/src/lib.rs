@@ -19,6 +19,7 @@ pub mod candidates;
 pub mod describe;
 pub mod flows;
 pub mod host;
+pub mod idle;
 pub mod owner;
 pub mod rst;
 pub mod uplinks;
