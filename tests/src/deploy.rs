@@ -382,6 +382,33 @@ fn write_private(path: &std::path::Path, text: &str) -> Result<()> {
         })
 }
 
+/// Counts the MH's datagrams to the anchor leaving each uplink (an nftables counter per uplink
+/// in its namespace: the kernel's own ARP and neighbour discovery are not counted).
+pub fn count_tunnel_datagrams(lab: &Lab) -> Result<()> {
+    let ruleset = format!(
+        "table inet upmt-lab-tunnel-tx {{\n\
+         counter wifi {{}}\n counter cell {{}}\n\
+         chain out {{ type filter hook output priority 0; \
+         oifname \"{MH_WIFI_IF}\" udp dport {AN_PORT} counter name wifi; \
+         oifname \"{MH_CELL_IF}\" udp dport {AN_PORT} counter name cell; }}\n}}\n"
+    );
+    lab.mh()
+        .run_input(&["nft", "-f", "-"], ruleset.as_bytes())?;
+    Ok(())
+}
+
+/// The MH's datagrams to the anchor so far on (wifi, cell), counted since
+/// [`count_tunnel_datagrams`].
+pub fn tunnel_datagrams(lab: &Lab) -> Result<(u64, u64)> {
+    let read = |name| -> Result<u64> {
+        Ok(lab
+            .mh()
+            .nft_counter("inet", "upmt-lab-tunnel-tx", name)?
+            .packets)
+    };
+    Ok((read("wifi")?, read("cell")?))
+}
+
 /// `upmt status --json` of the lab's MH, through the control socket [`Deployment::start`] gives
 /// it (`mh.sock` in the lab's directory).
 pub fn mh_status(lab: &Lab) -> Result<serde_json::Value> {

@@ -6,8 +6,8 @@
 
 use std::time::{Duration, Instant};
 
-use upmt_tests::deploy::{AN_PORT, mh_status};
-use upmt_tests::topology::{CH_V4, HTTP_PORT, MH_CELL_IF, MH_WIFI_IF};
+use upmt_tests::deploy::{self, mh_status};
+use upmt_tests::topology::{CH_V4, HTTP_PORT, MH_CELL_IF};
 use upmt_tests::{DeployOptions, Deployment, Family, Lab};
 
 /// A short keepalive keeps the windows short.
@@ -31,29 +31,13 @@ fn options(uplink_extra: Vec<(String, String)>, policy: Option<String>) -> Deplo
     }
 }
 
-/// Counts the daemon's datagrams to the anchor leaving each uplink.
 fn count_tunnel_datagrams(lab: &Lab) {
-    let ruleset = format!(
-        "table inet upmt-lab-idle {{\n\
-         counter wifi {{}}\n counter cell {{}}\n\
-         chain out {{ type filter hook output priority 0; \
-         oifname \"{MH_WIFI_IF}\" udp dport {AN_PORT} counter name wifi; \
-         oifname \"{MH_CELL_IF}\" udp dport {AN_PORT} counter name cell; }}\n}}\n"
-    );
-    lab.mh()
-        .run_input(&["nft", "-f", "-"], ruleset.as_bytes())
-        .expect("tunnel datagram counters in the MH namespace");
+    deploy::count_tunnel_datagrams(lab).expect("tunnel datagram counters in the MH namespace");
 }
 
 /// Datagrams sent to the anchor on (wifi, cell) so far.
 fn sent(lab: &Lab) -> (u64, u64) {
-    let read = |name| {
-        lab.mh()
-            .nft_counter("inet", "upmt-lab-idle", name)
-            .expect("the MH's tunnel counter")
-            .packets
-    };
-    (read("wifi"), read("cell"))
+    deploy::tunnel_datagrams(lab).expect("the MH's tunnel counters")
 }
 
 /// The `idle` of each tunnel in `upmt status --json`, by uplink name.
