@@ -196,6 +196,9 @@ pub struct UplinkConfig {
     pub path_index: u8,
     /// Data on it costs (cellular): rules with `avoid_metered` use it only as a last resort.
     pub metered: bool,
+    /// `idle = "sleep"`: no keepalives while it carries no flows (a metered or cellular link
+    /// whose radio should stay idle); the first flow on it costs one round trip more.
+    pub sleep: bool,
 }
 
 #[derive(Deserialize)]
@@ -357,6 +360,7 @@ struct RawUplink {
     interface: Spanned<String>,
     #[serde(default)]
     metered: bool,
+    idle: Option<Spanned<String>>,
 }
 
 impl Config {
@@ -685,12 +689,29 @@ impl Config {
                     format!("interface {} is used by two uplinks", shown(interface)),
                 ));
             }
+            let sleep = match &u.idle {
+                None => false,
+                Some(idle) => match idle.get_ref().as_str() {
+                    "keepalive" => false,
+                    "sleep" => true,
+                    other => {
+                        return Err(at(
+                            idle.span(),
+                            format!(
+                                "invalid idle {}: expected \"keepalive\" (the default) or \"sleep\"",
+                                shown(other)
+                            ),
+                        ));
+                    }
+                },
+            };
             uplinks.push(UplinkConfig {
                 name: u.name.into_inner(),
                 interface: u.interface.into_inner(),
                 // Cannot fail: the length was checked above.
                 path_index: u8::try_from(i).unwrap_or(u8::MAX),
                 metered: u.metered,
+                sleep,
             });
         }
 
@@ -1521,6 +1542,23 @@ mod tests {
         let (line, _, message) = invalid(&format!("dns = \"8.8.8.8\"\n{}", good()));
         assert_eq!(line, 1);
         assert!(message.contains("\"tunnel\" or \"local\""), "{message}");
+    }
+
+    #[test]
+    fn an_uplink_may_sleep_while_it_carries_no_flows() {
+        let text = good().replace(
+            "interface = \"rmnet_data0\"",
+            "interface = \"rmnet_data0\"\nidle = \"sleep\"",
+        );
+        let config = parse(&text).expect("valid");
+        let sleep: Vec<bool> = config.uplinks.iter().map(|u| u.sleep).collect();
+        assert_eq!(sleep, [false, true]);
+        let (line, column, message) = invalid(&text.replace("\"sleep\"", "\"nap\""));
+        assert_eq!((line, column), (11, 8));
+        assert!(
+            message.contains("\"keepalive\" (the default) or \"sleep\""),
+            "{message}"
+        );
     }
 
     #[test]

@@ -176,6 +176,14 @@ impl Daemon {
         host.set_metered(&config.uplinks.iter().map(|u| u.metered).collect::<Vec<_>>());
         let packages = appid::android::Packages::at(&config.packages_list);
         host.set_packages(packages.uids_by_name());
+        for (uplink, u) in host
+            .uplinks()
+            .ids()
+            .zip(&config.uplinks)
+            .collect::<Vec<_>>()
+        {
+            host.set_sleep(uplink, u.sleep);
+        }
         let uplinks = config
             .uplinks
             .iter()

@@ -48,6 +48,8 @@ fn status() -> StatusReply {
         rx_bytes: 200,
         tx_packets: 1,
         rx_packets: 2,
+        idle: None,
+        keepalive_s: None,
     };
     StatusReply {
         session: SessionStatus {

@@ -209,3 +209,119 @@ fn without_learning_the_keepalive_stays_fixed_behind_any_nat() {
     assert_eq!(pair.client.path_keepalive(p0), Some(KEEPALIVE));
     assert_eq!(pair.links[0].nat_rebinds, 0);
 }
+
+/// Datagrams the client sent on `path` since `from` (an index into the uplink log).
+fn sent_on(pair: &Pair, path: upmt_proto::PathId, from: usize) -> usize {
+    pair.uplink_log[from..]
+        .iter()
+        .filter(|(p, _)| *p == path)
+        .count()
+}
+
+#[test]
+fn a_session_without_flows_only_checks_each_path_once_per_flowless_interval() {
+    use upmt_proto::client::Idle;
+    let (p0, p1) = (upmt_proto::PathId(0), upmt_proto::PathId(1));
+    let mut pair = Pair::new(&[20, 40], |c| c.keepalive = KEEPALIVE);
+    pair.run_for(Duration::from_secs(30));
+    assert!(pair.connected());
+    let now = pair.now;
+    pair.client.set_path_idle(p0, Idle::Check, now);
+    pair.client.set_path_idle(p1, Idle::Check, now);
+    let from = pair.uplink_log.len();
+
+    // Ten idle minutes: at most one check per 120 s per path, plus the lazy rekeys riding on
+    // them (an init on one path each time).
+    let wakes = client_wakes(&mut pair, Duration::from_secs(600));
+    let (s0, s1) = (sent_on(&pair, p0, from), sent_on(&pair, p1, from));
+    let rekeys = 600 / 120 + 1;
+    assert!(
+        s0 + s1 <= 2 * (600 / 120 + 1) + rekeys,
+        "{s0} + {s1} datagrams in 10 flowless minutes"
+    );
+    assert!(s0 >= 4 && s1 >= 4, "a path went unchecked: {s0}, {s1}");
+    assert!(
+        wakes.len() <= 2 * (600 / 120 + 1),
+        "{} wakes in 10 flowless minutes: {wakes:?}",
+        wakes.len()
+    );
+    assert!(pair.connected());
+    assert!(
+        !pair
+            .client_events
+            .contains(&upmt_proto::client::Event::Disconnected),
+        "the flowless session dropped"
+    );
+
+    // Flows again: back to the binding's keepalive from the last thing sent.
+    let now = pair.now;
+    pair.client.set_path_idle(p0, Idle::Keepalive, now);
+    let from = pair.uplink_log.len();
+    pair.run_for(Duration::from_secs(120));
+    assert!(
+        sent_on(&pair, p0, from) >= 120 / KEEPALIVE.as_secs() as usize,
+        "a path with flows went back to {} datagrams in 2 idle minutes",
+        sent_on(&pair, p0, from)
+    );
+}
+
+#[test]
+fn an_asleep_path_sends_nothing_for_an_hour_and_its_first_packet_wakes_it() {
+    use upmt_proto::client::{Idle, PathState};
+    let (p0, p1) = (upmt_proto::PathId(0), upmt_proto::PathId(1));
+    let mut pair = Pair::new(&[20, 40], |c| c.keepalive = KEEPALIVE);
+    pair.run_for(Duration::from_secs(30));
+    assert!(pair.connected());
+    let now = pair.now;
+    pair.client.set_path_idle(p1, Idle::Sleep, now);
+    let from = pair.uplink_log.len();
+
+    // An hour with traffic now and then on the other path: the sleeper stays silent through
+    // active periods, keepalives and rekeys alike.
+    for minute in 0..60u32 {
+        if minute % 10 == 0 {
+            pair.client_send(p0, &up(5000, minute)).unwrap();
+        }
+        pair.run_for(Duration::from_secs(60));
+    }
+    assert_eq!(
+        sent_on(&pair, p1, from),
+        0,
+        "the asleep path sent during an hour"
+    );
+    assert!(sent_on(&pair, p0, from) > 0);
+    assert!(pair.connected());
+    assert_eq!(
+        pair.client.path_stats(p1).unwrap().idle,
+        Idle::Sleep,
+        "status must say it is asleep"
+    );
+
+    // Behind a NAT that forgot it long ago, the first packet on it is delivered, and the path
+    // is probed and validated again within a round trip.
+    pair.links[1].nat_timeout = Some(Duration::from_secs(60));
+    let delivered = pair.anchor_rx.len();
+    let rebinds = pair.links[1].nat_rebinds;
+    pair.client_send(p1, &up(6000, 1)).unwrap();
+    pair.run_for(Duration::from_millis(100));
+    assert_eq!(
+        pair.anchor_rx.len(),
+        delivered + 1,
+        "the first packet was lost"
+    );
+    assert_eq!(pair.links[1].nat_rebinds, rebinds + 1);
+    let stats = pair.client.path_stats(p1).unwrap();
+    assert_eq!(stats.state, PathState::Up);
+    assert_eq!(stats.idle, Idle::Keepalive, "data did not wake the path");
+    let answered = stats.rx_packets;
+    pair.run_for(Duration::from_millis(200));
+    assert!(
+        pair.client.path_stats(p1).unwrap().rx_packets > answered || stats.rtt.is_some(),
+        "the woken path was not probed"
+    );
+    // Downlink for a flow on it reaches the client over its new binding.
+    let got = pair.client_rx.len();
+    pair.anchor_send(&down(6000, 2)).unwrap();
+    pair.run_for(Duration::from_millis(100));
+    assert_eq!(pair.client_rx.len(), got + 1, "downlink lost after waking");
+}

@@ -58,6 +58,8 @@ pub struct DeployOptions {
     pub mh_anchor: Option<String>,
     /// Names of the MH's uplinks marked `metered = true`.
     pub metered: Vec<String>,
+    /// Extra lines for the `[[uplink]]` table of the named uplink (e.g. `idle = "sleep"`).
+    pub uplink_extra: Vec<(String, String)>,
 }
 
 impl Default for DeployOptions {
@@ -76,6 +78,7 @@ impl Default for DeployOptions {
             second_mh: false,
             mh_anchor: None,
             metered: Vec::new(),
+            uplink_extra: Vec::new(),
         }
     }
 }
@@ -170,6 +173,9 @@ impl<'a> Deployment<'a> {
             );
             if options.metered.contains(name) {
                 mh_toml.push_str("metered = true\n");
+            }
+            for (_, extra) in options.uplink_extra.iter().filter(|(u, _)| u == name) {
+                let _ = writeln!(mh_toml, "{extra}");
             }
         }
         let an_config = dir.join("an.toml");
@@ -393,6 +399,33 @@ pub(crate) fn write_private(path: &std::path::Path, text: &str) -> Result<()> {
             path: path.to_path_buf(),
             source,
         })
+}
+
+/// Counts the MH's datagrams to the anchor leaving each uplink (an nftables counter per uplink
+/// in its namespace: the kernel's own ARP and neighbour discovery are not counted).
+pub fn count_tunnel_datagrams(lab: &Lab) -> Result<()> {
+    let ruleset = format!(
+        "table inet upmt-lab-tunnel-tx {{\n\
+         counter wifi {{}}\n counter cell {{}}\n\
+         chain out {{ type filter hook output priority 0; \
+         oifname \"{MH_WIFI_IF}\" udp dport {AN_PORT} counter name wifi; \
+         oifname \"{MH_CELL_IF}\" udp dport {AN_PORT} counter name cell; }}\n}}\n"
+    );
+    lab.mh()
+        .run_input(&["nft", "-f", "-"], ruleset.as_bytes())?;
+    Ok(())
+}
+
+/// The MH's datagrams to the anchor so far on (wifi, cell), counted since
+/// [`count_tunnel_datagrams`].
+pub fn tunnel_datagrams(lab: &Lab) -> Result<(u64, u64)> {
+    let read = |name| -> Result<u64> {
+        Ok(lab
+            .mh()
+            .nft_counter("inet", "upmt-lab-tunnel-tx", name)?
+            .packets)
+    };
+    Ok((read("wifi")?, read("cell")?))
 }
 
 /// `upmt status --json` of the lab's MH, through the control socket [`Deployment::start`] gives

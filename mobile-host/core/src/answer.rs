@@ -13,9 +13,9 @@ use upmt_paft::{AppId, Entry, FlowId, FlowKey, Paft, UplinkId};
 
 use crate::api::{
     AppStatus, AppsReply, ErrorKind, ErrorReply, Event, FlowStatus, FlowsReply, MoveReason,
-    MoveReply, TunnelState, TunnelStatus, UnpinReply, UplinkBytes,
+    MoveReply, TunnelIdle, TunnelState, TunnelStatus, UnpinReply, UplinkBytes,
 };
-use upmt_proto::client::{PathState, PathStats};
+use upmt_proto::client::{Idle, PathState, PathStats};
 
 use crate::uplinks::Uplinks;
 
@@ -376,6 +376,7 @@ pub fn tunnel(
     interface: &str,
     local: Option<std::net::SocketAddr>,
     stats: Option<PathStats>,
+    keepalive: Option<std::time::Duration>,
     bytes: (u64, u64),
 ) -> TunnelStatus {
     let state = match (local, stats.map(|s| s.state)) {
@@ -398,6 +399,14 @@ pub fn tunnel(
         rx_bytes: bytes.1,
         tx_packets: stats.map_or(0, |s| s.tx_packets),
         rx_packets: stats.map_or(0, |s| s.rx_packets),
+        idle: stats.map(|s| match s.idle {
+            Idle::Keepalive => TunnelIdle::Keepalive,
+            Idle::Check => TunnelIdle::Check,
+            Idle::Sleep => TunnelIdle::Asleep,
+        }),
+        keepalive_s: keepalive
+            .filter(|_| stats.is_some_and(|s| s.idle != Idle::Sleep))
+            .map(|k| k.as_secs()),
     }
 }
 
@@ -616,10 +625,10 @@ mod tests {
 
     #[test]
     fn a_tunnel_without_a_socket_is_down_and_one_not_proven_is_probing() {
-        let t = tunnel("wifi", "wlan0", None, None, (0, 0));
+        let t = tunnel("wifi", "wlan0", None, None, None, (0, 0));
         assert_eq!(t.state, TunnelState::Down);
         let local = Some("192.0.2.1:4000".parse().unwrap());
-        let t = tunnel("wifi", "wlan0", local, None, (1, 2));
+        let t = tunnel("wifi", "wlan0", local, None, None, (1, 2));
         assert_eq!(
             (t.state, t.tx_bytes, t.rx_bytes),
             (TunnelState::Probing, 1, 2)

@@ -226,6 +226,25 @@ pub struct TunnelStatus {
     pub rx_bytes: u64,
     pub tx_packets: u64,
     pub rx_packets: u64,
+    /// What it sends while the session is idle (absent from daemons that do not say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle: Option<TunnelIdle>,
+    /// The interval between its idle packets now, in seconds: the keepalive (learned or
+    /// configured) or the flowless check; absent while asleep.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keepalive_s: Option<u64>,
+}
+
+/// What a tunnel sends while the session is idle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TunnelIdle {
+    /// Keepalives that hold its NAT binding open: it carries flows, or may take them over.
+    Keepalive,
+    /// No flows anywhere: a rare liveness check only.
+    Check,
+    /// Asleep (`idle = "sleep"`, no flows on it): nothing until a flow uses it.
+    Asleep,
 }
 
 /// Liveness of a tunnel as the daemon sees it.

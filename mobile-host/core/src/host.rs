@@ -175,6 +175,12 @@ pub struct MobileHost {
     uplink_changes: VecDeque<(UplinkId, Change)>,
     /// The second copy of a redundant flow's packet, for [`MobileHost::take_copy`].
     copy: CopyBuf,
+    /// Uplinks that sleep while they carry no flows (`idle = "sleep"`), one bit each.
+    sleepers: u8,
+    /// Uplinks that carried flows when the paths' idle modes were last set.
+    carrying: u8,
+    /// Flows may have left an uplink since: the idle modes are set again on the next pump.
+    idle_stale: bool,
 }
 
 impl MobileHost {
@@ -232,6 +238,9 @@ impl MobileHost {
             }],
             uplink_changes: VecDeque::new(),
             copy: CopyBuf::default(),
+            sleepers: 0,
+            carrying: 0,
+            idle_stale: true,
         };
         // The driver installs its fail-closed capture rules at start, before any session: the
         // bypass set must be there from the start too, or bypass apps lose their path until
@@ -269,6 +278,18 @@ impl MobileHost {
     /// The endpoints of the anchor in use, preferred first: where uplink sockets connect.
     pub fn anchor_endpoints(&self) -> &[SocketAddr] {
         &self.anchors.current().endpoints
+    }
+
+    /// Puts `uplink` to sleep while it carries no flows (`idle = "sleep"`): no keepalives; the
+    /// first packet of a flow on it wakes it (see [`crate::idle`]).
+    pub fn set_sleep(&mut self, uplink: UplinkId, sleep: bool) {
+        let bit = crate::idle::bit(uplink);
+        if sleep {
+            self.sleepers |= bit;
+        } else {
+            self.sleepers &= !bit;
+        }
+        self.idle_stale = true;
     }
 
     /// The uplink registry.
@@ -402,6 +423,7 @@ impl MobileHost {
             Outcome::Tunnel(uplink) => {
                 self.released
                     .extend(released.drain(..).map(|packet| (uplink, packet)));
+                self.carry(uplink, now);
             }
             Outcome::Blocked => {
                 for packet in &released {
@@ -459,6 +481,7 @@ impl MobileHost {
         link.available = true;
         link.local = local;
         self.client.handle_path_up(Uplinks::path(uplink), now);
+        self.idle_stale = true;
         self.pump(now);
     }
 
@@ -583,6 +606,7 @@ impl MobileHost {
         if self.housekeeping_deadline().is_some_and(|at| at <= now) {
             self.next_housekeeping = now + HOUSEKEEPING_INTERVAL;
             self.flows.housekeeping(now.as_duration());
+            self.idle_stale = true;
             // A returning uplink's hold-down ends without an event of its own.
             if self.statuses_stale(now) {
                 self.uplinks_changed = true;
@@ -678,6 +702,7 @@ impl MobileHost {
             }),
         };
         let unpinned = matches!(result, Ok(Response::Unpinned(ref r)) if !r.flows.is_empty());
+        self.idle_stale |= !events.is_empty();
         self.publish(events, now);
         if unpinned {
             // Unpinned flows go back to their policy at once.
@@ -901,6 +926,10 @@ impl MobileHost {
                     "flows decided again after an uplink change"
                 );
             }
+        }
+        if std::mem::take(&mut self.idle_stale) {
+            self.carrying = crate::idle::carrying(self.flows.paft(), self.flows.redundancy());
+            self.set_idle_modes(now);
         }
         self.observe_anchor(now);
     }
@@ -1155,6 +1184,7 @@ impl MobileHost {
         let mut before = Vec::new();
         answer::placements(self.flows.paft(), &mut before);
         let changed = self.flows.redecide(&self.statuses, now.as_duration());
+        self.idle_stale = true;
         let mut events = Vec::new();
         answer::placement_events(
             &before,
@@ -1170,6 +1200,28 @@ impl MobileHost {
         self.publish(events, now);
         self.signal_redundancy(now);
         changed
+    }
+
+    /// A flow was placed on `uplink`: its path (and, for a session's first flow, every path)
+    /// keeps its NAT binding from now on. No scan: flows only ever leave an uplink in the
+    /// places that mark the modes stale.
+    fn carry(&mut self, uplink: UplinkId, now: Instant) {
+        let bit = crate::idle::bit(uplink);
+        if self.carrying & bit == 0 {
+            self.carrying |= bit;
+            self.set_idle_modes(now);
+        }
+    }
+
+    /// Tells the client what each path sends while idle.
+    fn set_idle_modes(&mut self, now: Instant) {
+        for i in 0..self.uplinks.len() {
+            let Some(uplink) = self.uplinks.at(i) else {
+                continue;
+            };
+            let mode = crate::idle::mode(crate::idle::bit(uplink), self.carrying, self.sleepers);
+            self.client.set_path_idle(Uplinks::path(uplink), mode, now);
+        }
     }
 
     /// Queues events for watchers, and tells the anchor about every flow that moved.
@@ -1275,6 +1327,7 @@ impl MobileHost {
                     &link.interface,
                     link.local.filter(|_| link.available),
                     self.client.path_stats(Uplinks::path(u)),
+                    self.client.path_idle_interval(Uplinks::path(u)),
                     b,
                 );
                 t.metered = link.metered;

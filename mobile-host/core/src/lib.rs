@@ -25,6 +25,7 @@ pub mod candidates;
 pub mod describe;
 pub mod flows;
 pub mod host;
+pub mod idle;
 pub mod owner;
 pub mod redundant;
 pub mod rst;

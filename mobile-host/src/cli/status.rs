@@ -4,7 +4,9 @@
 use std::io::Write;
 
 use crate::control::client::Client;
-use crate::control::proto::{Request, Response, SessionState, StatusReply, TunnelState};
+use crate::control::proto::{
+    Request, Response, SessionState, StatusReply, TunnelIdle, TunnelState,
+};
 
 use super::table::{self, Align, Table};
 
@@ -70,6 +72,7 @@ pub fn render(reply: &StatusReply) -> String {
         ("LOSS", Align::Right),
         ("TX", Align::Right),
         ("RX", Align::Right),
+        ("IDLE", Align::Left),
     ]);
     for tun in &reply.tunnels {
         t.row(vec![
@@ -86,6 +89,7 @@ pub fn render(reply: &StatusReply) -> String {
             table::loss(tun.loss),
             table::bytes(tun.tx_bytes),
             table::bytes(tun.rx_bytes),
+            idle(tun.idle, tun.keepalive_s),
         ]);
     }
     text.push_str(&t.render());
@@ -96,6 +100,18 @@ pub fn render(reply: &StatusReply) -> String {
         ));
     }
     text
+}
+
+/// What a tunnel sends while idle: "keepalive 25s", "check 120s" (no flows anywhere),
+/// "asleep".
+fn idle(idle: Option<TunnelIdle>, every: Option<u64>) -> String {
+    let every = every.map(|s| format!(" {s}s")).unwrap_or_default();
+    match idle {
+        Some(TunnelIdle::Keepalive) => format!("keepalive{every}"),
+        Some(TunnelIdle::Check) => format!("check{every}"),
+        Some(TunnelIdle::Asleep) => "asleep".to_owned(),
+        None => "-".to_owned(),
+    }
 }
 
 fn state(s: TunnelState) -> &'static str {
@@ -136,6 +152,8 @@ mod tests {
                     rx_bytes: 98_765_432,
                     tx_packets: 10,
                     rx_packets: 20,
+                    idle: Some(TunnelIdle::Keepalive),
+                    keepalive_s: Some(25),
                 },
                 TunnelStatus {
                     uplink: "cell".into(),
@@ -150,6 +168,8 @@ mod tests {
                     rx_bytes: 512,
                     tx_packets: 0,
                     rx_packets: 1,
+                    idle: Some(TunnelIdle::Asleep),
+                    keepalive_s: None,
                 },
             ],
             owners: Some(Box::new(OwnerLookups {
@@ -165,9 +185,9 @@ mod tests {
         let expected = "\
 session: connected to 198.51.100.1:51820 as 10.77.0.2, fd77::2 on upmt0
 
-UPLINK  INTERFACE  STATE  LOCAL               PUBLIC                 RTT  LOSS       TX        RX
-wifi    wlan0      up     192.168.1.10:40000  203.0.113.7:61000  12.3 ms    0%  1.2 MiB  94.2 MiB
-cell    rmnet0     down   -                   -                        -  100%      0 B     512 B
+UPLINK  INTERFACE  STATE  LOCAL               PUBLIC                 RTT  LOSS       TX        RX  IDLE
+wifi    wlan0      up     192.168.1.10:40000  203.0.113.7:61000  12.3 ms    0%  1.2 MiB  94.2 MiB  keepalive 25s
+cell    rmnet0     down   -                   -                        -  100%      0 B     512 B  asleep
 
 owners: 40 by uid, 7 from the index, 1 by scan, 2 by uid without a process, 3 unknown; 1 decided by default after the lookup bound, 1 decided again
 ";
@@ -193,6 +213,8 @@ owners: 40 by uid, 7 from the index, 1 by scan, 2 by uid without a process, 3 un
                 public: None,
                 rtt_us: None,
                 loss: 0.0,
+                idle: None,
+                keepalive_s: None,
                 metered: true,
                 tx_bytes: 0,
                 rx_bytes: 0,

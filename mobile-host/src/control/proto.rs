@@ -260,6 +260,8 @@ mod tests {
                 rx_bytes: 2,
                 tx_packets: 3,
                 rx_packets: 4,
+                idle: None,
+                keepalive_s: None,
             }],
             owners: Some(Box::new(OwnerLookups {
                 by_uid: 5,

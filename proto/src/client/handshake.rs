@@ -1,6 +1,6 @@
 //! The client's handshakes: connect, rekey, retries over the paths, cookies under load.
 
-use super::paths::PathState;
+use super::paths::{Idle, PathState};
 use super::{Client, Event, Queued};
 use crate::cookie::{COOKIE_ROTATION, mac2, open_reply};
 use crate::crypto::{Keypair, random_index};
@@ -52,6 +52,14 @@ impl Client {
         self.pending.is_some()
     }
 
+    /// Whether a handshake's first init goes out on `path` at `now`: its exchange tests and
+    /// refreshes the path's binding as a keepalive would.
+    pub(super) fn handshake_starts_on(&self, path: PathId, now: Instant) -> bool {
+        self.pending
+            .as_ref()
+            .is_some_and(|p| p.path == path && p.started == now && p.retries == 0)
+    }
+
     /// Starts a handshake: the first attempt of a new series of retries.
     pub(super) fn start_handshake(&mut self, purpose: Purpose, now: Instant) {
         self.given_up = false;
@@ -98,12 +106,23 @@ impl Client {
             self.pending = None;
             return;
         }
+        // An asleep path is woken for a handshake only when no other path is Up.
+        let awake = self
+            .paths
+            .iter()
+            .filter(|p| p.state == PathState::Up && p.idle() != Idle::Sleep)
+            .count();
         let ups = self
             .paths
             .iter()
             .filter(|p| p.state == PathState::Up)
             .count();
-        let path = if ups > 0 {
+        let path = if awake > 0 {
+            self.paths
+                .iter()
+                .filter(|p| p.state == PathState::Up && p.idle() != Idle::Sleep)
+                .nth(self.attempt % awake)
+        } else if ups > 0 {
             self.paths
                 .iter()
                 .filter(|p| p.state == PathState::Up)
@@ -317,7 +336,8 @@ impl Client {
             self.connected = true;
             self.queues.push_event(Event::Connected(params));
         }
-        self.probe_all_now(now);
+        let rekeyed_on = (purpose == Purpose::Rekey).then_some(path);
+        self.probe_all_now(rekeyed_on, now);
         Ok(())
     }
 

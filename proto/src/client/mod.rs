@@ -11,7 +11,11 @@
 //! Probe timing balances detection time against a phone's battery:
 //! - *active* (data sent or received within `active_window`, default 5 s): every path is probed
 //!   every `probe_interval` (default 200 ms);
-//! - *idle*: one probe per `keepalive` (default 25 s), just often enough to keep NAT bindings;
+//! - *idle*: what each path's [`Idle`] mode says, set by the driver from the flows it carries:
+//!   one probe per `keepalive` (default 25 s, or the learned interval), just often enough to
+//!   keep NAT bindings, on a path with flows or that would take them over; one per
+//!   `flowless_keepalive` (120 s) when the session has no flows at all; none on a path put to
+//!   sleep;
 //! - a path with a probe outstanding is probed every `probe_interval` until answered, and a Down
 //!   path every `down_probe_interval` (default 1 s), to see it come back.
 //!
@@ -91,7 +95,7 @@ pub use crate::control::FlowKey;
 pub use crate::queue::QueueStats;
 pub use handshake::{REJECT_AFTER_TIME, REKEY_ATTEMPT_TIME, REKEY_TIMEOUT};
 pub use natlearn::KeepaliveLearner;
-pub use paths::{PathState, PathStats};
+pub use paths::{Idle, PathState, PathStats};
 pub use signals::{MAX_PENDING_SIGNALS, SignalStats};
 
 use crate::control::ControlMessage;
@@ -129,6 +133,10 @@ pub struct ClientConfig {
     /// Learn each path's NAT binding lifetime and stretch its idle keepalive up to this
     /// (see [`KeepaliveLearner`]); `None`: every path keeps `keepalive` (the default).
     pub keepalive_max: Option<Duration>,
+    /// Probe interval of an idle path in [`Idle::Check`]: the session carries no flows, so
+    /// only the path's liveness is checked (default 120 s, which is also `rekey_after`: the
+    /// lazy rekey rides on the same wake-up).
+    pub flowless_keepalive: Duration,
     /// Probe interval on every path while active, and while a probe is unanswered
     /// (default 200 ms).
     pub probe_interval: Duration,
@@ -167,6 +175,7 @@ impl ClientConfig {
             anchor_public,
             keepalive: Duration::from_secs(25),
             keepalive_max: None,
+            flowless_keepalive: Duration::from_secs(120),
             probe_interval: Duration::from_millis(200),
             down_probe_interval: Duration::from_secs(1),
             active_window: Duration::from_secs(5),
@@ -475,6 +484,7 @@ impl Client {
                     p.on_sent(now);
                     p.on_data_sent(now);
                 }
+                self.wake_for_data(path, now);
                 self.note_activity(now);
                 // Lazy rekey: the first packet after `rekey_after` starts it.
                 if self.pending.is_none()

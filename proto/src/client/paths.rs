@@ -41,6 +41,24 @@ pub enum PathState {
     Down,
 }
 
+/// What a path sends while the session is idle; the driver says which, from the flows it
+/// carries (see [`Client::set_path_idle`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Idle {
+    /// Keepalives as often as its NAT binding needs (`keepalive`, or what was learned): it
+    /// carries flows, or would take them over when another path fails, and their downlink must
+    /// find the binding still open.
+    #[default]
+    Keepalive,
+    /// One liveness check per `flowless_keepalive`: the session carries no flows at all, so a
+    /// binding the NAT forgot costs only a path challenge (one round trip) on the next flow.
+    Check,
+    /// Nothing, idle or active: an uplink its owner put to sleep (`idle = "sleep"`) that
+    /// carries no flows. The first data sent on it wakes it and probes it at once; the anchor
+    /// validates its new binding within a round trip.
+    Sleep,
+}
+
 /// Measurements of one path.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct PathStats {
@@ -56,6 +74,8 @@ pub struct PathStats {
     pub tx_packets: u64,
     /// Authenticated datagrams received on this path.
     pub rx_packets: u64,
+    /// What it sends while idle.
+    pub idle: Idle,
 }
 
 pub(super) struct Path {
@@ -85,6 +105,7 @@ pub(super) struct Path {
     /// When a burst of probes went out because data stayed unanswered (see the module docs
     /// of [`super`], "Fast detection while data flows").
     burst_at: Option<Instant>,
+    idle: Idle,
 }
 
 impl Path {
@@ -105,6 +126,7 @@ impl Path {
             last_tx: None,
             idle_gap: None,
             learner: None,
+            idle: Idle::Keepalive,
             data_unanswered_since: None,
             burst_at: None,
         }
@@ -139,6 +161,11 @@ impl Path {
         self
     }
 
+    /// What it sends while idle.
+    pub(super) fn idle(&self) -> Idle {
+        self.idle
+    }
+
     /// A datagram went out on this path.
     pub(super) fn on_sent(&mut self, now: Instant) {
         self.tx_packets += 1;
@@ -163,6 +190,41 @@ impl Path {
         self.learner
             .as_ref()
             .map_or(base, KeepaliveLearner::interval)
+    }
+
+    /// When this path sends its next idle probe, by its idle mode; `None`: never while idle.
+    fn idle_interval(&self, config: &super::ClientConfig) -> Option<Duration> {
+        let binding = self.keepalive(config.keepalive);
+        match self.idle {
+            Idle::Keepalive => Some(binding),
+            Idle::Check => Some(binding.max(config.flowless_keepalive)),
+            Idle::Sleep => None,
+        }
+    }
+
+    /// When its next idle probe is owed, counted from the last thing it sent. A flowless check
+    /// comes no later than the lazy rekey at `rekey_at`, which rides on it: keys left to expire
+    /// unreplaced would drop the session.
+    fn idle_due(&self, config: &super::ClientConfig, rekey_at: Option<Instant>) -> Option<Instant> {
+        let interval = self.idle_interval(config)?;
+        Some(self.meet_rekey(self.last_tx? + interval, interval, rekey_at))
+    }
+
+    /// A flowless check due at `due` slips up to an eighth of its interval to meet a lazy
+    /// rekey due just after it: one wake-up and one exchange instead of two. (A rekey due
+    /// before the check rides on it anyway; with `flowless_keepalive` no longer than
+    /// `rekey_after`, that is well within the keys' `reject_after`.)
+    fn meet_rekey(&self, due: Instant, interval: Duration, rekey_at: Option<Instant>) -> Instant {
+        match (self.idle, rekey_at) {
+            (Idle::Check, Some(rekey)) if rekey > due && rekey <= due + interval / 8 => rekey,
+            _ => due,
+        }
+    }
+
+    /// Whether it waits for nothing but data: asleep, Up and no probe outstanding. A Down path
+    /// asleep is still probed at the down pace, or a failover to it would find it unusable.
+    fn dormant(&self) -> bool {
+        self.idle == Idle::Sleep && self.state == PathState::Up && self.unanswered_since.is_none()
     }
 
     /// What was learned of this path's NAT, if learning is on.
@@ -207,6 +269,7 @@ impl Path {
             last_rx: self.last_rx,
             tx_packets: self.tx_packets,
             rx_packets: self.rx_packets,
+            idle: self.idle,
         }
     }
 }
@@ -230,6 +293,49 @@ impl Client {
         };
         p.state == PathState::Up
             && (settled(p) || !self.paths.iter().any(|o| o.id != path && settled(o)))
+    }
+
+    /// What `path` sends while idle (see [`Idle`]). New paths keep their NAT binding
+    /// ([`Idle::Keepalive`]) until told otherwise. A path put to sleep sends nothing from its
+    /// next probe on; one woken (or relaxed to a rarer check) reschedules its next probe from
+    /// the last thing it sent.
+    pub fn set_path_idle(&mut self, path: PathId, idle: Idle, now: Instant) {
+        let rekey_at = self.rekey_at();
+        let config = &self.config;
+        let Some(p) = self.paths.iter_mut().find(|p| p.id == path) else {
+            return;
+        };
+        if p.idle == idle {
+            return;
+        }
+        let was_dormant = p.dormant();
+        p.idle = idle;
+        if p.state != PathState::Up || p.unanswered_since.is_some() {
+            return;
+        }
+        if was_dormant {
+            // Woken: its binding is as old as its sleep; find out now.
+            p.next_probe = now;
+        } else if let Some(due) = p.idle_due(config, rekey_at) {
+            p.next_probe = due.max(now);
+        }
+    }
+
+    /// The first data on an asleep path wakes it: a probe goes out with it, so the anchor
+    /// validates the path's (probably new) NAT binding within a round trip.
+    pub(super) fn wake_for_data(&mut self, path: PathId, now: Instant) {
+        if let Some(p) = self.path_mut(path)
+            && p.idle == Idle::Sleep
+        {
+            p.idle = Idle::Keepalive;
+            p.next_probe = now;
+        }
+    }
+
+    /// The interval between `path`'s idle packets in its idle mode now: its keepalive, or the
+    /// flowless check; `None` while it is asleep.
+    pub fn path_idle_interval(&self, path: PathId) -> Option<Duration> {
+        self.path(path)?.idle_interval(&self.config)
     }
 
     /// The idle keepalive interval of `path` now (learned, or the configured one).
@@ -294,13 +400,30 @@ impl Client {
             .is_some_and(|t| now.saturating_duration_since(t) < self.config.active_window)
     }
 
-    /// Probes every path at once (a new session: measures them, and the first authenticated
-    /// packet is what makes the anchor switch to it).
-    pub(super) fn probe_all_now(&mut self, now: Instant) {
+    /// When the lazy rekey is due, if none runs.
+    fn rekey_at(&self) -> Option<Instant> {
+        self.current
+            .as_ref()
+            .filter(|_| self.pending.is_none())
+            .map(|k| k.created + self.config.rekey_after)
+    }
+
+    /// Probes at once every path of a new session (it measures them, and the first
+    /// authenticated packet is what makes the anchor switch to it), or after a rekey only
+    /// `rekeyed_on`, where the new keys are confirmed: the other paths keep their schedule and
+    /// switch with their next packet. Asleep paths are left asleep.
+    pub(super) fn probe_all_now(&mut self, rekeyed_on: Option<PathId>, now: Instant) {
         let interval = self.config.probe_interval;
+        // A session without flows confirms its new keys with its next packet: the anchor has
+        // nothing to send before it.
+        let flowless = self.paths.iter().all(|p| p.idle != Idle::Keepalive);
         for i in 0..self.paths.len() {
-            self.paths[i].next_probe = now + interval;
-            let id = self.paths[i].id;
+            let p = &mut self.paths[i];
+            if p.dormant() || rekeyed_on.is_some_and(|r| r != p.id || flowless) {
+                continue;
+            }
+            p.next_probe = now + interval;
+            let id = p.id;
             // A full queue only delays this probe to the next interval.
             let _ = self.queues.push_transmit(Queued::Probe(id));
         }
@@ -309,7 +432,9 @@ impl Client {
     /// The probe and path-timeout deadlines.
     pub(super) fn path_timers(&self, timers: &mut TimerTable) {
         for p in &self.paths {
-            timers.set_earliest(Timer::Probe, p.next_probe);
+            if !p.dormant() {
+                timers.set_earliest(Timer::Probe, p.next_probe);
+            }
             if let (PathState::Up, Some(t)) = (p.state, p.unanswered_since) {
                 timers.set_earliest(Timer::PathTimeout, t + self.config.path_timeout);
             }
@@ -369,28 +494,54 @@ impl Client {
     /// Queues a probe on every path whose probe time came, and schedules the next one.
     pub(super) fn send_due_probes(&mut self, now: Instant) {
         let active = self.is_active(now);
+        let rekey_at = self.rekey_at();
         for i in 0..self.paths.len() {
+            let rekey_here = self.handshake_starts_on(self.paths[i].id, now);
             let p = &mut self.paths[i];
-            if now < p.next_probe {
+            if now < p.next_probe || p.dormant() {
                 continue;
             }
             let outstanding = p.unanswered_since.is_some();
+            // An idle keepalive is owed only for silence: anything sent since (a rekey's
+            // probe, data) already refreshed the binding.
+            if p.state == PathState::Up
+                && !outstanding
+                && !active
+                && let Some(due) = p.idle_due(&self.config, rekey_at)
+                && now < due
+            {
+                p.next_probe = due;
+                continue;
+            }
             if !outstanding {
                 p.unanswered_since = Some(now);
             }
+            if rekey_here && !active && !outstanding && p.state == PathState::Up {
+                // The lazy rekey this deadline started is the keepalive: the anchor's response
+                // answers it (or its absence times the path out).
+                p.next_probe = now
+                    + p.idle_interval(&self.config)
+                        .unwrap_or(self.config.keepalive);
+                continue;
+            }
             // Unanswered probes are repeated at the fast pace: one lost keepalive is not a
             // dead path, three unanswered probes are.
+            // An asleep path sends this probe only to settle the one outstanding, then stops.
             let interval = match p.state {
                 PathState::Down => self.config.down_probe_interval,
-                PathState::Up if active || outstanding => self.config.probe_interval,
-                PathState::Up => p.keepalive(self.config.keepalive),
+                PathState::Up if outstanding || (active && p.idle != Idle::Sleep) => {
+                    self.config.probe_interval
+                }
+                PathState::Up => p
+                    .idle_interval(&self.config)
+                    .unwrap_or(self.config.probe_interval),
             };
             // An idle keepalive tests the binding: remember the silence it ended.
             p.idle_gap = match (p.state, active || outstanding, p.last_tx) {
                 (PathState::Up, false, Some(last)) => Some(now.saturating_duration_since(last)),
                 _ => None,
             };
-            p.next_probe = now + interval;
+            p.next_probe = p.meet_rekey(now + interval, interval, rekey_at);
             let id = p.id;
             // A full queue only delays this probe to the next interval.
             let _ = self.queues.push_transmit(Queued::Probe(id));

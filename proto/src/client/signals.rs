@@ -1,6 +1,6 @@
 //! Reliable signals to the anchor: path status and flow moves, resent until acked.
 
-use super::paths::PathState;
+use super::paths::{Idle, PathState};
 use super::{Client, FlowKey, Queued};
 use crate::PathId;
 use crate::control::ControlMessage;
@@ -217,10 +217,17 @@ impl Client {
         {
             return Some(w);
         }
+        // Asleep paths carry signals only when no other path is Up.
+        let any_awake = self
+            .paths
+            .iter()
+            .any(|p| Some(p.id) != avoid && p.state == PathState::Up && p.idle() != Idle::Sleep);
         let candidates = || {
-            self.paths
-                .iter()
-                .filter(move |p| Some(p.id) != avoid && p.state == PathState::Up)
+            self.paths.iter().filter(move |p| {
+                Some(p.id) != avoid
+                    && p.state == PathState::Up
+                    && (!any_awake || p.idle() != Idle::Sleep)
+            })
         };
         let n = candidates().count();
         if n > 0 {

@@ -201,6 +201,8 @@ pub(crate) mod tests {
             rx_bytes: bytes - bytes / 4,
             tx_packets: 0,
             rx_packets: 0,
+            idle: None,
+            keepalive_s: None,
             metered: false,
         }
     }

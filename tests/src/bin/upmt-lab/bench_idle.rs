@@ -3,7 +3,8 @@
 //! a fresh deployment settles, then over a window it counts, per idle minute:
 //! - wake-ups of each daemon: voluntary + involuntary context switches summed over all its
 //!   threads (`/proc/PID/task/*/status`);
-//! - packets sent on each of the MH's uplinks (interface counters);
+//! - packets sent on each of the MH's uplinks (interface counters, so the kernel's ARP and
+//!   neighbour discovery too), and of those the tunnel's own datagrams to the anchor;
 //! - CPU ticks of each daemon (utime + stime from `/proc/PID/stat`);
 //! - each daemon's RSS at the end of the window.
 //!
@@ -15,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use upmt_tests::topology::{CH_V4, MH_CELL_IF, MH_WIFI_IF};
-use upmt_tests::{DeployOptions, Deployment, Lab, LinkCounters};
+use upmt_tests::{DeployOptions, Deployment, Lab, LinkCounters, deploy};
 
 /// The port the CH's idle-flow server listens on.
 const HOLD_PORT: u16 = 7070;
@@ -27,6 +28,8 @@ pub struct Options {
     pub keepalives: Vec<Option<String>>,
     pub settle: Duration,
     pub window: Duration,
+    /// The cell uplink's `idle` settings (`keepalive`, `sleep`), one run each.
+    pub cell_idle: Vec<String>,
 }
 
 /// A snapshot of one process's counters.
@@ -87,10 +90,13 @@ fn sample(pid: u32) -> Result<ProcSample> {
 struct Row {
     flows: usize,
     keepalive: String,
+    cell_idle: String,
     mh: (f64, f64, u64),
     an: (f64, f64, u64),
     wifi_tx: f64,
     cell_tx: f64,
+    wifi_tun: f64,
+    cell_tun: f64,
 }
 
 pub fn run(lab: &Lab, options: &Options) -> Result<()> {
@@ -107,11 +113,15 @@ pub fn run(lab: &Lab, options: &Options) -> Result<()> {
         .spawn()
         .context("starting the CH's idle-flow server")?;
     let mut rows = Vec::new();
-    for keepalive in &options.keepalives {
-        for &flows in &options.flows {
-            let row = one(lab, &exe, flows, keepalive.as_deref(), options)
-                .with_context(|| format!("{flows} flows, keepalive {keepalive:?}"))?;
-            rows.push(row);
+    for cell_idle in &options.cell_idle {
+        for keepalive in &options.keepalives {
+            for &flows in &options.flows {
+                let row = one(lab, &exe, flows, keepalive.as_deref(), cell_idle, options)
+                    .with_context(|| {
+                        format!("{flows} flows, keepalive {keepalive:?}, cell idle {cell_idle}")
+                    })?;
+                rows.push(row);
+            }
         }
     }
     drop(server);
@@ -122,9 +132,10 @@ pub fn run(lab: &Lab, options: &Options) -> Result<()> {
         options.window.as_secs()
     );
     println!(
-        "{:>5} {:>9} | {:>9} {:>8} {:>8} | {:>9} {:>8} {:>8} | {:>8} {:>8}",
+        "{:>5} {:>9} {:>9} | {:>9} {:>8} {:>8} | {:>9} {:>8} {:>8} | {:>8} {:>8} | {:>8} {:>8}",
         "flows",
         "keepalive",
+        "cell idle",
         "MH wakes",
         "MH tick",
         "MH RSS",
@@ -132,13 +143,16 @@ pub fn run(lab: &Lab, options: &Options) -> Result<()> {
         "AN tick",
         "AN RSS",
         "wifi tx",
-        "cell tx"
+        "cell tx",
+        "wifi tun",
+        "cell tun"
     );
     for r in rows {
         println!(
-            "{:>5} {:>9} | {:>9.1} {:>8.1} {:>5} MB | {:>9.1} {:>8.1} {:>5} MB | {:>8.1} {:>8.1}",
+            "{:>5} {:>9} {:>9} | {:>9.1} {:>8.1} {:>5} MB | {:>9.1} {:>8.1} {:>5} MB | {:>8.1} {:>8.1} | {:>8.1} {:>8.1}",
             r.flows,
             r.keepalive,
+            r.cell_idle,
             r.mh.0 / minutes,
             r.mh.1 / minutes,
             r.mh.2 / 1024,
@@ -146,7 +160,9 @@ pub fn run(lab: &Lab, options: &Options) -> Result<()> {
             r.an.1 / minutes,
             r.an.2 / 1024,
             r.wifi_tx / minutes,
-            r.cell_tx / minutes
+            r.cell_tx / minutes,
+            r.wifi_tun / minutes,
+            r.cell_tun / minutes
         );
     }
     Ok(())
@@ -157,6 +173,7 @@ fn one(
     exe: &std::path::Path,
     flows: usize,
     keepalive: Option<&str>,
+    cell_idle: &str,
     options: &Options,
 ) -> Result<Row> {
     let mh_extra = match keepalive {
@@ -166,9 +183,11 @@ fn one(
     let deploy = DeployOptions {
         mh_extra,
         log: "info".to_owned(),
+        uplink_extra: vec![("cell".to_owned(), format!("idle = \"{cell_idle}\""))],
         ..DeployOptions::default()
     };
     let upmt = Deployment::start(lab, &deploy)?;
+    deploy::count_tunnel_datagrams(lab)?;
     let holder = if flows > 0 {
         let h = lab
             .mh()
@@ -199,8 +218,10 @@ fn one(
         Ok((mh.link_counters(MH_WIFI_IF)?, mh.link_counters(MH_CELL_IF)?))
     };
     let (mh0, an0, links0) = (sample(upmt.mh.pid())?, sample(upmt.an.pid())?, counters()?);
+    let tun0 = deploy::tunnel_datagrams(lab)?;
     std::thread::sleep(options.window);
     let (mh1, an1, links1) = (sample(upmt.mh.pid())?, sample(upmt.an.pid())?, counters()?);
+    let tun1 = deploy::tunnel_datagrams(lab)?;
     if let Some(h) = &holder
         && !h.is_running()
     {
@@ -218,10 +239,13 @@ fn one(
     Ok(Row {
         flows,
         keepalive: keepalive.unwrap_or("default").to_owned(),
+        cell_idle: cell_idle.to_owned(),
         mh: diff(mh0, mh1),
         an: diff(an0, an1),
         wifi_tx: links1.0.since(&links0.0).tx_packets as f64,
         cell_tx: links1.1.since(&links0.1).tx_packets as f64,
+        wifi_tun: tun1.0.saturating_sub(tun0.0) as f64,
+        cell_tun: tun1.1.saturating_sub(tun0.1) as f64,
     })
 }
 

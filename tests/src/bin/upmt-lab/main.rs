@@ -59,12 +59,16 @@ enum Command {
         /// `idle_keepalive_s` settings as TOML values (`25`, `'"auto"'`), or `default`.
         #[arg(long, value_delimiter = ',', default_value = "default")]
         keepalive: Vec<String>,
-        /// Seconds the tunnel settles before measuring.
-        #[arg(long, default_value_t = 20)]
+        /// Seconds the tunnel settles before measuring (the deployment's connect ping is a flow
+        /// for 30 s).
+        #[arg(long, default_value_t = 40)]
         settle: u64,
         /// Seconds measured.
         #[arg(long, default_value_t = 60)]
         window: u64,
+        /// The cell uplink's `idle` settings, one run each: `keepalive` (the default), `sleep`.
+        #[arg(long, value_delimiter = ',', default_value = "keepalive")]
+        cell_idle: Vec<String>,
     },
     /// Print what one anchor costs per mobile host: RSS per MH and per flow, the handshake rate
     /// it sustains, its CPU with only keepalives, and one real MH's download while N simulated
@@ -172,6 +176,7 @@ fn main() -> Result<()> {
             keepalive,
             settle,
             window,
+            cell_idle,
         } => {
             if window == 0 {
                 anyhow::bail!("--window must be at least 1");
@@ -186,6 +191,7 @@ fn main() -> Result<()> {
                 keepalives,
                 settle: Duration::from_secs(settle),
                 window: Duration::from_secs(window),
+                cell_idle,
             };
             bench_idle::run(&lab, &options)?;
         }
