@@ -54,6 +54,9 @@ pub enum Route {
         strategy: Strategy,
         /// What to do when none of them is up.
         when_none: WhenNone,
+        /// `essential = true`: the app keeps uplinks whose data cap is reached (see
+        /// [`UplinkStatus::capped`]); other apps lose them until the cap's period ends.
+        essential: bool,
     },
     /// Never tunnelled: straight out a physical interface.
     Bypass,
@@ -109,6 +112,10 @@ pub struct UplinkStatus {
     pub up: bool,
     /// Smoothed RTT of its tunnel, if measured.
     pub rtt: Option<Duration>,
+    /// Its data cap for the current period is reached: only `essential` rules may use it.
+    /// A capped uplink that is up still counts as up for "is anything up": an app it is
+    /// taken from is blocked rather than held, so its flows never stay on the capped uplink.
+    pub capped: bool,
 }
 
 /// The outcome for one app.
@@ -158,6 +165,7 @@ const ANY: Route = Route::Tunnel {
     uplinks: Vec::new(),
     strategy: Strategy::Ordered,
     when_none: WhenNone::Any,
+    essential: false,
 };
 
 impl Policy {
@@ -217,15 +225,22 @@ impl Policy {
     }
 }
 
-fn is_up(uplinks: &[UplinkStatus], i: usize) -> bool {
-    uplinks.get(i).is_some_and(|s| s.up)
+/// Whether uplink `i` may carry the traffic of a rule: up, and not capped unless the rule is
+/// essential.
+fn usable(uplinks: &[UplinkStatus], i: usize, essential: bool) -> bool {
+    uplinks
+        .get(i)
+        .is_some_and(|s| s.up && (essential || !s.capped))
 }
 
-fn any_up(uplinks: &[UplinkStatus]) -> Verdict {
-    uplinks
-        .iter()
-        .position(|s| s.up)
-        .map_or(Verdict::NoUplinkUp, Verdict::Tunnel)
+/// The first usable uplink in the config's order; none usable: `Block` when one is up but
+/// capped (the traffic must leave it), `NoUplinkUp` when nothing is up at all.
+fn any_up(uplinks: &[UplinkStatus], essential: bool) -> Verdict {
+    match (0..uplinks.len()).find(|&i| usable(uplinks, i, essential)) {
+        Some(i) => Verdict::Tunnel(i),
+        None if uplinks.iter().any(|s| s.up) => Verdict::Block,
+        None => Verdict::NoUplinkUp,
+    }
 }
 
 fn route_verdict(route: &Route, status: &[UplinkStatus]) -> Verdict {
@@ -236,11 +251,16 @@ fn route_verdict(route: &Route, status: &[UplinkStatus]) -> Verdict {
             uplinks,
             strategy,
             when_none,
+            essential,
         } => {
+            let essential = *essential;
             if uplinks.is_empty() {
-                return any_up(status);
+                return any_up(status, essential);
             }
-            let mut allowed = uplinks.iter().copied().filter(|&i| is_up(status, i));
+            let mut allowed = uplinks
+                .iter()
+                .copied()
+                .filter(|&i| usable(status, i, essential));
             let chosen = match strategy {
                 Strategy::Ordered => allowed.next(),
                 // Unmeasured RTT sorts last; min_by_key keeps the first of equals, so ties
@@ -251,8 +271,8 @@ fn route_verdict(route: &Route, status: &[UplinkStatus]) -> Verdict {
             };
             match (chosen, when_none) {
                 (Some(i), _) => Verdict::Tunnel(i),
-                (None, WhenNone::Any) => any_up(status),
-                (None, WhenNone::Block) => match any_up(status) {
+                (None, WhenNone::Any) => any_up(status, essential),
+                (None, WhenNone::Block) => match any_up(status, essential) {
                     Verdict::NoUplinkUp => Verdict::NoUplinkUp,
                     _ => Verdict::Block,
                 },

@@ -28,6 +28,7 @@ struct RawRule {
     when_none: Option<Spanned<RawWhenNone>>,
     action: Option<Spanned<RawAction>>,
     strategy: Option<Spanned<RawStrategy>>,
+    essential: Option<Spanned<bool>>,
 }
 
 /// `[default]`: a rule without a matcher. A separate struct so that `app` there is refused
@@ -39,6 +40,7 @@ struct RawRoute {
     when_none: Option<Spanned<RawWhenNone>>,
     action: Option<Spanned<RawAction>>,
     strategy: Option<Spanned<RawStrategy>>,
+    essential: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize, Clone, Copy)]
@@ -94,6 +96,7 @@ pub(crate) fn parse(text: &str, known: &[&str]) -> Result<Policy, Failure> {
                 when_none: &r.when_none,
                 action: &r.action,
                 strategy: &r.strategy,
+                essential: &r.essential,
             },
             known,
         )?;
@@ -111,6 +114,7 @@ pub(crate) fn parse(text: &str, known: &[&str]) -> Result<Policy, Failure> {
                 when_none: &d.when_none,
                 action: &d.action,
                 strategy: &d.strategy,
+                essential: &d.essential,
             },
             known,
         )?),
@@ -150,6 +154,7 @@ struct RouteFields<'a> {
     when_none: &'a Option<Spanned<RawWhenNone>>,
     action: &'a Option<Spanned<RawAction>>,
     strategy: &'a Option<Spanned<RawStrategy>>,
+    essential: &'a Option<Spanned<bool>>,
 }
 
 fn route(f: RouteFields<'_>, known: &[&str]) -> Result<Route, Failure> {
@@ -167,6 +172,7 @@ fn route(f: RouteFields<'_>, known: &[&str]) -> Result<Route, Failure> {
             ("uplinks", f.uplinks.as_ref().map(|s| s.span().start)),
             ("when_none", f.when_none.as_ref().map(|s| s.span().start)),
             ("strategy", f.strategy.as_ref().map(|s| s.span().start)),
+            ("essential", f.essential.as_ref().map(|s| s.span().start)),
         ];
         if let Some((key, Some(at))) = meaningless.into_iter().find(|(_, at)| at.is_some()) {
             return Err((
@@ -189,6 +195,7 @@ fn route(f: RouteFields<'_>, known: &[&str]) -> Result<Route, Failure> {
             return Err((at, ErrorKind::StrategyNotSupported("redundant")));
         }
     };
+    let essential = f.essential.as_ref().is_some_and(|e| *e.get_ref());
     let Some(list) = f.uplinks else {
         if let Some(w) = f.when_none {
             return Err((w.span().start, ErrorKind::WhenNoneWithoutUplinks));
@@ -197,6 +204,7 @@ fn route(f: RouteFields<'_>, known: &[&str]) -> Result<Route, Failure> {
             uplinks: Vec::new(),
             strategy,
             when_none: WhenNone::Any,
+            essential,
         });
     };
     if list.get_ref().is_empty() {
@@ -230,5 +238,6 @@ fn route(f: RouteFields<'_>, known: &[&str]) -> Result<Route, Failure> {
         uplinks,
         strategy,
         when_none,
+        essential,
     })
 }

@@ -40,6 +40,7 @@ pub fn route(r: &Route, names: &[String]) -> String {
             uplinks,
             strategy,
             when_none,
+            essential,
         } => {
             let mut s = if uplinks.is_empty() {
                 "any uplink".to_owned()
@@ -58,6 +59,9 @@ pub fn route(r: &Route, names: &[String]) -> String {
                     WhenNone::Block => ", else block",
                     WhenNone::Any => ", else any",
                 });
+            }
+            if *essential {
+                s.push_str(", essential");
             }
             s
         }
