@@ -200,6 +200,11 @@ impl Flows {
         self.counters
     }
 
+    /// The flows the last [`Flows::housekeeping`] expired, with their final counters.
+    pub fn expired(&self) -> &[(FlowKey, Entry)] {
+        &self.expired
+    }
+
     /// Flows waiting for their owner.
     pub fn pending_len(&self) -> usize {
         self.pending.len()
@@ -841,10 +846,12 @@ mod tests {
         UplinkStatus {
             up: true,
             rtt: None,
+            capped: false,
         },
         UplinkStatus {
             up: true,
             rtt: None,
+            capped: false,
         },
     ];
     const T: Duration = Duration::from_secs(10);
@@ -908,6 +915,7 @@ mod tests {
             UplinkStatus {
                 up: true,
                 rtt: None,
+                capped: false,
             },
             UplinkStatus::default(),
         ];
@@ -942,6 +950,7 @@ mod tests {
             UplinkStatus {
                 up: true,
                 rtt: None,
+                capped: false,
             },
         ];
         assert_eq!(f.redecide(&wifi_down, T), 2);
@@ -964,6 +973,7 @@ mod tests {
             UplinkStatus {
                 up: true,
                 rtt: None,
+                capped: false,
             },
             UplinkStatus::default(),
         ];

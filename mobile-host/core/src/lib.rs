@@ -8,6 +8,7 @@
 //! - [`uplinks`]: the one registry of uplink names and ids.
 //! - [`api`]: the control vocabulary (requests, replies, events) `upmt` and the daemon share;
 //!   [`answer`] and [`describe`] compute replies from the tables.
+//! - [`usage`]: bytes per app per uplink per day, kept apart from flows, and data caps.
 //! - [`owner`], [`rst`]: a flow's owner as the lookup found it; TCP resets for blocked flows.
 //!
 //! This crate never opens a socket or a file, never reads a clock, and never spawns anything:
@@ -22,6 +23,7 @@ pub mod host;
 pub mod owner;
 pub mod rst;
 pub mod uplinks;
+pub mod usage;
 
 pub use host::{HostConfig, HostCounters, MobileHost, RoutingIntent};
 pub use owner::{Owner, Source};

@@ -13,6 +13,7 @@ pub mod pubkey;
 pub mod status;
 pub mod table;
 pub mod unpin;
+pub mod usage;
 pub mod watch;
 
 use std::io::Write;
@@ -71,6 +72,15 @@ pub enum Command {
     Policy(policy::Policy),
     /// Print events as they happen (tunnel up/down, flow moved, app blocked) until interrupted.
     Watch,
+    /// Show data usage per app per uplink, kept across restarts, and what is left of each cap.
+    Usage {
+        /// Only this app.
+        #[arg(long, value_name = "NAME")]
+        app: Option<String>,
+        /// From this day on (local time); default: every day kept.
+        #[arg(long, value_name = "YYYY-MM-DD")]
+        since: Option<String>,
+    },
     /// Print a new private key (base64), like `wg genkey`.
     Genkey {
         /// Write the key to this new file, created with mode 0600, instead of standard output.
@@ -105,6 +115,7 @@ pub fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
             Command::Unpin(what) => unpin::run(client, what, json, out).await,
             Command::Policy(what) => policy::run(client, what, json, out).await,
             Command::Watch => watch::run(client, json, out).await,
+            Command::Usage { app, since } => usage::run(client, app, since, json, out).await,
             Command::Genkey { .. } | Command::Pubkey => Ok(()),
         }
     })
