@@ -508,13 +508,18 @@ impl Meter {
     }
 
     /// The wall clock at `now`: seconds since 1970-01-01 UTC and the local offset east of UTC.
-    /// Caps are checked again (a new day may have begun).
+    /// Caps are checked again when the day changed (or this is the first date).
     pub fn set_clock(&mut self, unix_secs: i64, utc_offset_secs: i32, now: Instant) {
+        let before = self.today(now);
         self.clock = Some(Clock {
             at: now,
             local_secs: unix_secs.saturating_add(i64::from(utc_offset_secs)),
         });
-        self.check_caps(now);
+        // Within a day the harvests check the caps; only a new day (or the first date) may
+        // change them here. The driver calls this on every timer turn, so it stays cheap.
+        if before != self.today(now) {
+            self.check_caps(now);
+        }
     }
 
     /// Today, once the clock is known.

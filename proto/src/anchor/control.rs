@@ -111,7 +111,10 @@ impl Anchor {
             ControlMessage::Probe { seq, sent_us } => ControlMessage::ProbeAck {
                 seq,
                 echo_us: sent_us,
-                observed: (len >= crate::control::PROBE_LEN).then_some(from),
+                // A dual-stack socket reports IPv4 peers as mapped IPv6; the client is told
+                // the address its NAT really has.
+                observed: (len >= crate::control::PROBE_LEN)
+                    .then(|| SocketAddr::new(from.ip().to_canonical(), from.port())),
             },
             // The anchor never challenges through the client; responses were used by path
             // validation already.
