@@ -18,8 +18,8 @@
 
 pub mod batch;
 pub mod caps;
-pub mod cli_assets;
 pub mod cipher;
+pub mod cli_assets;
 pub mod clock;
 pub mod config;
 pub mod error;

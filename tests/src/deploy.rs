@@ -58,6 +58,8 @@ pub struct DeployOptions {
     pub mh_anchor: Option<String>,
     /// Names of the MH's uplinks marked `metered = true`.
     pub metered: Vec<String>,
+    /// Extra lines for the MH's `[[uplink]]` tables, by uplink name (e.g. `cap = "..."`).
+    pub mh_uplink_extra: Vec<(String, String)>,
 }
 
 impl Default for DeployOptions {
@@ -76,6 +78,7 @@ impl Default for DeployOptions {
             second_mh: false,
             mh_anchor: None,
             metered: Vec::new(),
+            mh_uplink_extra: Vec::new(),
         }
     }
 }
@@ -152,6 +155,10 @@ impl<'a> Deployment<'a> {
         if !options.mh_extra.contains("control_socket") {
             mh_toml.push_str("control_socket = \"mh.sock\"\n");
         }
+        // Nor at the default usage file, which would also outlive the lab.
+        if !options.mh_extra.contains("usage_file") {
+            mh_toml.push_str("usage_file = \"usage.json\"\n");
+        }
         let _ = write!(
             mh_toml,
             "anchor = {}\nanchor_public_key = \"{}\"\nprivate_key = \"{mh_secret}\"\n\
@@ -170,6 +177,9 @@ impl<'a> Deployment<'a> {
             );
             if options.metered.contains(name) {
                 mh_toml.push_str("metered = true\n");
+            }
+            for (_, extra) in options.mh_uplink_extra.iter().filter(|(n, _)| n == name) {
+                let _ = writeln!(mh_toml, "{extra}");
             }
         }
         let an_config = dir.join("an.toml");
@@ -213,7 +223,7 @@ impl<'a> Deployment<'a> {
             write_private(
                 &mh2_config,
                 &format!(
-                    "control_socket = \"mh2.sock\"\nanchor = \"{AN_V4}:{AN_PORT}\"\n\
+                    "control_socket = \"mh2.sock\"\nusage_file = \"usage2.json\"\nanchor = \"{AN_V4}:{AN_PORT}\"\n\
                      anchor_public_key = \"{}\"\nprivate_key = \"{mh2_secret}\"\ntun = \"{MH_TUN}\"\n\
                      [[uplink]]\nname = \"wan\"\ninterface = \"eth0\"\n",
                     an_secret.public_key(),
@@ -332,6 +342,32 @@ impl<'a> Deployment<'a> {
         }
         self.an = an;
         Ok(())
+    }
+
+    /// Stops `upmt-mh` with SIGTERM (it restores its routing and saves its usage) and starts a
+    /// new one with the same config; returns once its tunnel is up again. The old process's
+    /// log stays in the lab's log directory.
+    pub fn restart_mh(&mut self, log: &str) -> Result<()> {
+        let lab = self.lab;
+        self.mh.signal(libc::SIGTERM);
+        if self.mh.wait_with_timeout(Duration::from_secs(10)).is_none() {
+            return Err(LabError::Deploy(format!(
+                "upmt-mh did not stop on SIGTERM\n{}",
+                self.mh.log()
+            )));
+        }
+        self.mh = lab
+            .mh()
+            .command(&[
+                bin_path("upmt-mh")?.as_os_str(),
+                "run".as_ref(),
+                "--config".as_ref(),
+                self.mh_config.as_os_str(),
+            ])
+            .env("RUST_LOG", log)
+            .label("upmt-mh-restarted")
+            .spawn()?;
+        self.wait_connected(Duration::from_secs(20))
     }
 
     /// The anchor's metrics (Prometheus text), fetched inside its namespace.

@@ -32,6 +32,9 @@ pub struct PathStats {
     pub tx_packets: u64,
     /// Authenticated datagrams received on this path.
     pub rx_packets: u64,
+    /// This path's address and port as the anchor last saw them (after NAT), from its
+    /// probe answers; `None` until one said (older anchors never do).
+    pub observed: Option<std::net::SocketAddr>,
 }
 
 pub(super) struct Path {
@@ -56,6 +59,8 @@ pub(super) struct Path {
     idle_gap: Option<Duration>,
     /// Its learned keepalive interval, when learning is on.
     learner: Option<KeepaliveLearner>,
+    /// Its public endpoint as the anchor last reported it.
+    pub(super) observed: Option<std::net::SocketAddr>,
 }
 
 impl Path {
@@ -76,6 +81,7 @@ impl Path {
             last_tx: None,
             idle_gap: None,
             learner: None,
+            observed: None,
         }
     }
 
@@ -153,6 +159,7 @@ impl Path {
             last_rx: self.last_rx,
             tx_packets: self.tx_packets,
             rx_packets: self.rx_packets,
+            observed: self.observed,
         }
     }
 }
