@@ -1024,3 +1024,82 @@ fn essential_that_is_not_a_boolean_is_refused_where_it_stands() {
     let e = error("version = 1\n[[rule]]\napp = \"x\"\nessential = \"yes\"\n");
     assert!(e.starts_with("policy.toml:4:13:"), "{e}");
 }
+
+const MEASURED_CAPS: &str = r#"version = 1
+
+[[rule]]
+app = "com.example.call"
+uplinks = ["wifi", "cell"]
+select = "lowest_rtt"
+move_existing = true
+essential = true
+
+[[rule]]
+app = "com.example.video"
+uplinks = ["wifi", "cell"]
+select = "lowest_rtt"
+
+[[rule]]
+app = "com.example.sync"
+avoid_metered = true
+"#;
+
+#[test]
+fn a_capped_uplink_is_no_candidate_for_a_measured_rule_unless_it_is_essential() {
+    let p = policy(MEASURED_CAPS);
+    let mut s = [measured(true, 80, 0.0, false), measured(true, 5, 0.0, true)];
+    s[CELL].capped = true;
+    let mut c = Recording {
+        asked: Vec::new(),
+        pick: Some(CELL),
+    };
+    let d = p.decide_with(&app("com.example.call"), &s, Placing::New, &mut c);
+    assert_eq!(d.verdict, Verdict::Tunnel(CELL));
+    let d = p.decide_with(&app("com.example.video"), &s, Placing::New, &mut c);
+    assert_eq!(
+        d.verdict,
+        Verdict::Tunnel(WIFI),
+        "a chooser's capped pick is ignored"
+    );
+    let asked: Vec<Vec<usize>> = c.asked.iter().map(|a| a.3.clone()).collect();
+    assert_eq!(asked, vec![vec![WIFI, CELL], vec![WIFI]]);
+}
+
+#[test]
+fn a_flow_kept_on_a_capped_uplink_by_a_measured_rule_is_blocked_when_nothing_else_is_up() {
+    let p = policy(MEASURED_CAPS);
+    let mut s = [
+        measured(false, 80, 0.0, false),
+        measured(true, 5, 0.0, true),
+    ];
+    s[CELL].capped = true;
+    let d = p.decide_with(
+        &app("com.example.video"),
+        &s,
+        Placing::Existing(CELL),
+        &mut Immediate,
+    );
+    assert_eq!(d.verdict, Verdict::Block, "never held on the capped uplink");
+    let d = p.decide_with(
+        &app("com.example.call"),
+        &s,
+        Placing::Existing(CELL),
+        &mut Immediate,
+    );
+    assert_eq!(d.verdict, Verdict::Tunnel(CELL));
+}
+
+#[test]
+fn avoid_metered_falls_back_only_to_an_uplink_that_is_not_capped() {
+    let p = policy(MEASURED_CAPS);
+    let mut s = [
+        measured(false, 80, 0.0, false),
+        measured(true, 5, 0.0, true),
+    ];
+    s[CELL].capped = true;
+    let d = p.decide(&app("com.example.sync"), &s);
+    assert_eq!(d.verdict, Verdict::Block);
+    s[CELL].capped = false;
+    let d = p.decide(&app("com.example.sync"), &s);
+    assert_eq!(d.verdict, Verdict::Tunnel(CELL));
+}
