@@ -60,6 +60,10 @@ pub const ANDROID_DIR: &str = "/data/adb/upmt";
 pub const ANDROID_CONFIG: &str = "/data/adb/upmt/mh.toml";
 /// The control socket's default path on Android (Android has no `/run`).
 pub const ANDROID_SOCKET: &str = "/data/adb/upmt/mh.sock";
+/// Where a Linux host keeps the usage ledger unless `usage_file` says otherwise.
+pub const LINUX_USAGE_FILE: &str = "/var/lib/upmt/usage.json";
+/// The usage ledger's default path on Android.
+pub const ANDROID_USAGE_FILE: &str = "/data/adb/upmt/usage.json";
 
 /// Whether this host keeps its files the Android way: [`ANDROID_DIR`] exists (the Magisk
 /// module makes it) or the system is Android ([`ANDROID_BUILD_PROP`]).
@@ -140,6 +144,9 @@ pub struct Config {
     pub packages_list: PathBuf,
     /// Whether inits offer AES-256-GCM (`cipher`, default auto: where the CPU has AES hardware).
     pub cipher: CipherSetting,
+    /// Where the usage ledger is kept across restarts (`usage_file`, resolved against the
+    /// config's directory; default [`LINUX_USAGE_FILE`], or [`ANDROID_USAGE_FILE`] on Android).
+    pub usage_file: PathBuf,
 }
 
 /// How the core probes its paths (`[probe]`); each maps onto a `ClientConfig` field.
@@ -199,6 +206,8 @@ pub struct UplinkConfig {
     /// `idle = "sleep"`: no keepalives while it carries no flows (a metered or cellular link
     /// whose radio should stay idle); the first flow on it costs one round trip more.
     pub sleep: bool,
+    /// Its data cap (`cap = "2 GiB per month"`, `cap_reset_day`), if it has one.
+    pub cap: Option<upmt_mh_core::usage::Cap>,
 }
 
 #[derive(Deserialize)]
@@ -222,6 +231,7 @@ struct RawConfig {
     proc_root: Option<Spanned<String>>,
     packages_list: Option<Spanned<String>>,
     cipher: Option<Spanned<String>>,
+    usage_file: Option<Spanned<String>>,
     #[serde(default)]
     uplink: Vec<RawUplink>,
     #[serde(default)]
@@ -361,6 +371,49 @@ struct RawUplink {
     #[serde(default)]
     metered: bool,
     idle: Option<Spanned<String>>,
+    cap: Option<Spanned<String>>,
+    cap_reset_day: Option<Spanned<i64>>,
+}
+
+/// An uplink's `cap` and `cap_reset_day`; an error names the span of the offending value.
+fn uplink_cap(
+    cap: Option<&Spanned<String>>,
+    reset_day: Option<&Spanned<i64>>,
+) -> Result<Option<upmt_mh_core::usage::Cap>, (Range<usize>, String)> {
+    use upmt_mh_core::usage::{Cap, Period, parse_cap};
+    let Some(cap) = cap else {
+        return match reset_day {
+            Some(d) => Err((
+                d.span(),
+                "cap_reset_day without a cap: expected cap = \"<size> per month\" in the same uplink".into(),
+            )),
+            None => Ok(None),
+        };
+    };
+    let (limit, monthly) = parse_cap(cap.get_ref()).map_err(|e| (cap.span(), e.to_string()))?;
+    let period = match (monthly, reset_day) {
+        (false, Some(d)) => {
+            return Err((
+                d.span(),
+                "cap_reset_day with a daily cap: expected it only with \"... per month\"".into(),
+            ));
+        }
+        (false, None) => Period::Day,
+        (true, None) => Period::Month { reset_day: 1 },
+        (true, Some(d)) => match u8::try_from(*d.get_ref()) {
+            Ok(day @ 1..=28) => Period::Month { reset_day: day },
+            _ => {
+                return Err((
+                    d.span(),
+                    format!(
+                        "invalid cap_reset_day {}: expected a day of the month from 1 to 28",
+                        d.get_ref()
+                    ),
+                ));
+            }
+        },
+    };
+    Ok(Some(Cap { limit, period }))
 }
 
 impl Config {
@@ -617,6 +670,17 @@ impl Config {
             Some(p) => Ok(PathBuf::from(p.get_ref())),
             None => Ok(PathBuf::from(default)),
         };
+        let usage_file = match &raw.usage_file {
+            Some(p) if p.get_ref().trim().is_empty() => {
+                return Err(at(
+                    p.span(),
+                    format!("empty usage_file: expected a path, e.g. \"{LINUX_USAGE_FILE}\""),
+                ));
+            }
+            Some(p) => path.parent().unwrap_or(Path::new(".")).join(p.get_ref()),
+            None if android || Path::new(ANDROID_DIR).is_dir() => PathBuf::from(ANDROID_USAGE_FILE),
+            None => PathBuf::from(LINUX_USAGE_FILE),
+        };
         let proc_root = system_path(&raw.proc_root, "proc_root", DEFAULT_PROC_ROOT)?;
         let packages_list = system_path(&raw.packages_list, "packages_list", PACKAGES_LIST)?;
 
@@ -705,6 +769,8 @@ impl Config {
                     }
                 },
             };
+            let cap = uplink_cap(u.cap.as_ref(), u.cap_reset_day.as_ref())
+                .map_err(|(span, message)| at(span, message))?;
             uplinks.push(UplinkConfig {
                 name: u.name.into_inner(),
                 interface: u.interface.into_inner(),
@@ -712,6 +778,7 @@ impl Config {
                 path_index: u8::try_from(i).unwrap_or(u8::MAX),
                 metered: u.metered,
                 sleep,
+                cap,
             });
         }
 
@@ -809,6 +876,7 @@ impl Config {
             proc_root,
             packages_list,
             cipher,
+            usage_file,
         })
     }
 
@@ -1288,6 +1356,78 @@ mod tests {
         assert_eq!(line, 12);
         let (line, _, _) = invalid(&format!("{}[probe]\nhold_down_ms = -1\n", good()));
         assert_eq!(line, 12);
+    }
+
+    #[test]
+    fn an_uplink_cap_is_read_per_day_or_per_month_from_its_reset_day() {
+        use upmt_mh_core::usage::{Cap, Period};
+        let text = good().replace(
+            "interface = \"rmnet_data0\"\n",
+            "interface = \"rmnet_data0\"\ncap = \"2 GiB per month\"\ncap_reset_day = 15\n",
+        );
+        let c = parse(&text).expect("valid");
+        assert_eq!(c.uplinks[0].cap, None);
+        assert_eq!(
+            c.uplinks[1].cap,
+            Some(Cap {
+                limit: 2 << 30,
+                period: Period::Month { reset_day: 15 }
+            })
+        );
+        let daily = good().replace(
+            "interface = \"wlan0\"\n",
+            "interface = \"wlan0\"\ncap = \"500 MB per day\"\n",
+        );
+        assert_eq!(
+            parse(&daily).expect("valid").uplinks[0].cap,
+            Some(Cap {
+                limit: 500_000_000,
+                period: Period::Day
+            })
+        );
+    }
+
+    #[test]
+    fn a_bad_cap_or_reset_day_is_refused_at_its_value() {
+        let with = |extra: &str| {
+            good().replace(
+                "interface = \"rmnet_data0\"\n",
+                &format!("interface = \"rmnet_data0\"\n{extra}"),
+            )
+        };
+        let (line, column, message) = invalid(&with("cap = \"2 GB a month\"\n"));
+        assert_eq!((line, column), (11, 7), "{message}");
+        assert!(message.contains("per month"), "{message}");
+        let (line, column, message) =
+            invalid(&with("cap = \"2 GB per month\"\ncap_reset_day = 31\n"));
+        assert_eq!((line, column), (12, 17), "{message}");
+        assert!(message.contains("from 1 to 28"), "{message}");
+        let (line, _, message) = invalid(&with("cap = \"2 GB per day\"\ncap_reset_day = 3\n"));
+        assert_eq!(line, 12, "{message}");
+        let (line, _, message) = invalid(&with("cap_reset_day = 3\n"));
+        assert_eq!(line, 11, "{message}");
+        assert!(message.contains("without a cap"), "{message}");
+    }
+
+    #[test]
+    fn the_usage_file_defaults_by_platform_and_resolves_against_the_config() {
+        assert_eq!(
+            parse_with_build_prop(&good(), false)
+                .expect("valid")
+                .usage_file,
+            Path::new(LINUX_USAGE_FILE)
+        );
+        assert_eq!(
+            parse_with_build_prop(&good(), true)
+                .expect("valid")
+                .usage_file,
+            Path::new(ANDROID_USAGE_FILE)
+        );
+        let own = format!("usage_file = \"state/usage.json\"\n{}", good());
+        assert_eq!(
+            parse(&own).expect("valid").usage_file,
+            Path::new("/etc/upmt/state/usage.json")
+        );
     }
 
     #[test]

@@ -174,6 +174,7 @@ impl Daemon {
         let mut host = MobileHost::new(setup::host_config(&config, policy)?, start);
         setup::set_anchors(&mut host, &config, start);
         host.set_metered(&config.uplinks.iter().map(|u| u.metered).collect::<Vec<_>>());
+        crate::usage_store::start(&mut host, &config, start);
         let packages = appid::android::Packages::at(&config.packages_list);
         host.set_packages(packages.uids_by_name());
         for (uplink, u) in host
@@ -268,8 +269,19 @@ impl Daemon {
     /// Runs until `shutdown` completes or a fatal error, then removes the routing it installed.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
         let result = self.run_loop(shutdown).await;
+        self.save_usage(setup::now(), true);
         let cleanup = self.cleanup().await;
         result.and(cleanup)
+    }
+
+    /// Saves the usage ledger when the core offers it (at most once a minute, and only when
+    /// something new was counted), or now with `force` (at exit).
+    fn save_usage(&mut self, now: Instant, force: bool) {
+        if let Some(file) = self.host.poll_usage_save(now, force)
+            && let Err(e) = crate::usage_store::save(&self.config.usage_file, &file)
+        {
+            tracing::warn!(error = %display_chain(&e), "usage not saved; it is tried again at the next save");
+        }
     }
 
     async fn run_loop(&mut self, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
@@ -427,6 +439,8 @@ impl Daemon {
             // Due timers run on every turn, not only on the timer's wake: the tokio timer does
             // not count suspended time, CLOCK_BOOTTIME does.
             if self.host.poll_timeout().is_some_and(|at| at <= now) {
+                let (unix, offset) = crate::usage_store::wall_clock();
+                self.host.handle_wall_clock(unix, offset, now);
                 // Read what already waits on the uplinks first: a loop that ran late under CPU
                 // pressure must not call a path dead whose answers sit unread in its socket.
                 for i in 0..self.uplinks.len() {
@@ -435,6 +449,7 @@ impl Daemon {
                 self.host.handle_timeout(now);
             }
             self.drain(now).await?;
+            self.save_usage(now, false);
         }
     }
 

@@ -23,3 +23,4 @@ pub mod setup;
 pub mod sys;
 pub mod tun;
 pub mod uplink;
+pub mod usage_store;

@@ -41,6 +41,7 @@ fn status() -> StatusReply {
         state: TunnelState::Up,
         local: Some("192.0.2.2:40000".parse().unwrap()),
         public: None,
+        public_addr: None,
         rtt_us: Some(1_500),
         loss: 0.0,
         metered: false,

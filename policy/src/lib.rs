@@ -81,6 +81,9 @@ pub struct Choice {
     /// New flows are spread over the candidates by the [`Chooser`]; each flow stays where it
     /// was put while that uplink remains a candidate.
     pub spread: bool,
+    /// `essential = true`: the app keeps uplinks whose data cap is reached (see
+    /// [`UplinkStatus::capped`]); other apps lose them until the cap's period ends.
+    pub essential: bool,
 }
 
 /// Where a rule sends its traffic.
@@ -159,9 +162,14 @@ pub struct UplinkStatus {
     pub loss: Option<f32>,
     /// Marked `metered = true` in the daemon's config (cellular data that costs).
     pub metered: bool,
+    /// Its data cap for the current period is reached: only `essential` rules may use it.
+    /// A capped uplink that is up still counts as up for "is anything up": an app it is
+    /// taken from is blocked rather than held, so its flows never stay on the capped uplink.
+    pub capped: bool,
 }
 
-/// The uplinks a tunnel rule may pick from right now: allowed by the rule, up, and of one
+/// The uplinks a tunnel rule may pick from right now: allowed by the rule, up, not capped (unless
+/// the rule is essential), and of one
 /// metering class (unmetered first when the rule avoids metered uplinks). Never empty when
 /// handed to a [`Chooser`].
 #[derive(Clone, Copy, Debug)]
@@ -171,6 +179,8 @@ pub struct Candidates<'a> {
     statuses: &'a [UplinkStatus],
     /// `Some(m)`: only uplinks whose `metered` is `m`.
     metered: Option<bool>,
+    /// Capped uplinks are candidates too (an essential rule).
+    essential: bool,
 }
 
 impl<'a> Candidates<'a> {
@@ -185,7 +195,13 @@ impl<'a> Candidates<'a> {
             listed,
             statuses,
             metered,
+            essential: false,
         }
+    }
+
+    /// The same candidates for an essential rule (`true`): capped uplinks stay candidates.
+    pub fn essential(self, essential: bool) -> Candidates<'a> {
+        Candidates { essential, ..self }
     }
 
     /// The candidates' indices, in the rule's order of preference.
@@ -196,9 +212,10 @@ impl<'a> Candidates<'a> {
             .copied()
             .chain(all.into_iter().flatten())
             .filter(|&i| {
-                self.statuses
-                    .get(i)
-                    .is_some_and(|s| s.up && self.metered.is_none_or(|m| s.metered == m))
+                self.statuses.get(i).is_some_and(|s| {
+                    s.up && (self.essential || !s.capped)
+                        && self.metered.is_none_or(|m| s.metered == m)
+                })
             })
     }
 
@@ -334,6 +351,7 @@ static ANY: Route = Route::Tunnel {
         avoid_metered: false,
         never_metered: false,
         spread: false,
+        essential: false,
     },
 };
 
@@ -456,19 +474,31 @@ fn is_up(uplinks: &[UplinkStatus], i: usize) -> bool {
     uplinks.get(i).is_some_and(|s| s.up)
 }
 
-fn any_up(uplinks: &[UplinkStatus]) -> Verdict {
+/// Whether uplink `i` may carry the traffic of a rule: up, and not capped unless the rule is
+/// essential.
+fn usable(uplinks: &[UplinkStatus], i: usize, essential: bool) -> bool {
     uplinks
-        .iter()
-        .position(|s| s.up)
-        .map_or(Verdict::NoUplinkUp, Verdict::Tunnel)
+        .get(i)
+        .is_some_and(|s| s.up && (essential || !s.capped))
 }
 
-/// The first uplink that is up in the config's order, unmetered ones first when `avoid`.
-fn any_up_avoiding(uplinks: &[UplinkStatus], avoid: bool) -> Verdict {
-    let unmetered = uplinks.iter().position(|s| s.up && !s.metered);
+/// The first usable uplink in the config's order; none usable: `Block` when one is up but
+/// capped (the traffic must leave it), `NoUplinkUp` when nothing is up at all.
+fn any_up(uplinks: &[UplinkStatus], essential: bool) -> Verdict {
+    match (0..uplinks.len()).find(|&i| usable(uplinks, i, essential)) {
+        Some(i) => Verdict::Tunnel(i),
+        None if uplinks.iter().any(|s| s.up) => Verdict::Block,
+        None => Verdict::NoUplinkUp,
+    }
+}
+
+/// The first usable uplink in the config's order, unmetered ones first when `avoid`.
+fn any_up_avoiding(uplinks: &[UplinkStatus], avoid: bool, essential: bool) -> Verdict {
+    let unmetered =
+        (0..uplinks.len()).find(|&i| usable(uplinks, i, essential) && !uplinks[i].metered);
     match unmetered {
         Some(i) if avoid => Verdict::Tunnel(i),
-        _ => any_up(uplinks),
+        _ => any_up(uplinks, essential),
     }
 }
 
@@ -503,6 +533,7 @@ fn route_verdict(
             when_none,
             choice,
         } => {
+            let essential = choice.essential;
             // An empty list means any uplink: there is nothing else to fall back to.
             let when_none = if uplinks.is_empty() {
                 WhenNone::Any
@@ -517,7 +548,7 @@ fn route_verdict(
                 (true, true) => &[Some(false)],
             };
             for &metered in classes {
-                let candidates = Candidates::new(uplinks, status, metered);
+                let candidates = Candidates::new(uplinks, status, metered).essential(essential);
                 let Some(first) = candidates.iter().next() else {
                     continue;
                 };
@@ -537,8 +568,8 @@ fn route_verdict(
                 return Verdict::Tunnel(picked.unwrap_or(first));
             }
             match when_none {
-                WhenNone::Any => any_up_avoiding(status, choice.avoid_metered),
-                WhenNone::Block => match any_up(status) {
+                WhenNone::Any => any_up_avoiding(status, choice.avoid_metered, essential),
+                WhenNone::Block => match any_up(status, essential) {
                     Verdict::NoUplinkUp => Verdict::NoUplinkUp,
                     _ => Verdict::Block,
                 },

@@ -33,6 +33,7 @@ struct RawRule {
     avoid_metered: Option<Spanned<bool>>,
     spread: Option<Spanned<bool>>,
     redundant: Option<Spanned<bool>>,
+    essential: Option<Spanned<bool>>,
 }
 
 /// `[default]`: a rule without a matcher. A separate struct so that `app` there is refused
@@ -48,6 +49,7 @@ struct RawRoute {
     move_existing: Option<Spanned<bool>>,
     avoid_metered: Option<Spanned<bool>>,
     spread: Option<Spanned<bool>>,
+    essential: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize, Clone, Copy)]
@@ -118,6 +120,7 @@ pub(crate) fn parse(text: &str, known: &[&str]) -> Result<Policy, Failure> {
                 move_existing: &r.move_existing,
                 avoid_metered: &r.avoid_metered,
                 spread: &r.spread,
+                essential: &r.essential,
             },
             known,
         )?;
@@ -157,6 +160,7 @@ pub(crate) fn parse(text: &str, known: &[&str]) -> Result<Policy, Failure> {
                 move_existing: &d.move_existing,
                 avoid_metered: &d.avoid_metered,
                 spread: &d.spread,
+                essential: &d.essential,
             },
             known,
         )?),
@@ -200,6 +204,7 @@ struct RouteFields<'a> {
     move_existing: &'a Option<Spanned<bool>>,
     avoid_metered: &'a Option<Spanned<bool>>,
     spread: &'a Option<Spanned<bool>>,
+    essential: &'a Option<Spanned<bool>>,
 }
 
 fn route(f: RouteFields<'_>, known: &[&str]) -> Result<Route, Failure> {
@@ -227,6 +232,7 @@ fn route(f: RouteFields<'_>, known: &[&str]) -> Result<Route, Failure> {
                 f.avoid_metered.as_ref().map(|s| s.span().start),
             ),
             ("spread", f.spread.as_ref().map(|s| s.span().start)),
+            ("essential", f.essential.as_ref().map(|s| s.span().start)),
         ];
         if let Some((key, Some(at))) = meaningless.into_iter().find(|(_, at)| at.is_some()) {
             return Err((
@@ -305,7 +311,7 @@ fn route(f: RouteFields<'_>, known: &[&str]) -> Result<Route, Failure> {
     })
 }
 
-/// `move_existing`, `avoid_metered` and `spread`, checked against the rule's `strategy`.
+/// `move_existing`, `avoid_metered`, `spread` and `essential`, checked against the rule's `strategy`.
 fn choice(f: &RouteFields<'_>, strategy: Strategy) -> Result<Choice, Failure> {
     let flag = |v: &Option<Spanned<bool>>| v.as_ref().is_some_and(|b| *b.get_ref());
     let at = |v: &Option<Spanned<bool>>| v.as_ref().map_or(0, |b| b.span().start);
@@ -318,6 +324,7 @@ fn choice(f: &RouteFields<'_>, strategy: Strategy) -> Result<Choice, Failure> {
         avoid_metered: flag(f.avoid_metered),
         never_metered: flag(f.avoid_metered) && explicit_block,
         spread: flag(f.spread),
+        essential: flag(f.essential),
     };
     if choice.spread && strategy.is_measured() {
         return Err((at(f.spread), ErrorKind::SpreadWithSelect(strategy.name())));

@@ -75,6 +75,34 @@ fn error(text: &str) -> String {
     }
 }
 
+/// Wi-Fi and cellular both up, cellular's data cap reached.
+fn cell_capped() -> [UplinkStatus; 2] {
+    let mut s = status(true, true);
+    s[CELL].capped = true;
+    s
+}
+
+const CAPS: &str = r#"version = 1
+
+[[rule]]
+app = "com.example.maps"
+uplinks = ["cell", "wifi"]
+essential = true
+
+[[rule]]
+app = "com.example.video"
+uplinks = ["cell", "wifi"]
+
+[[rule]]
+app = "com.example.sync"
+uplinks = ["cell"]
+when_none = "any"
+
+[[rule]]
+app = "com.example.podcasts"
+uplinks = ["cell"]
+"#;
+
 // ---- the documented example ----
 
 #[test]
@@ -366,7 +394,7 @@ fn a_toml_syntax_error_names_its_position() {
 fn an_unknown_key_in_a_rule_is_refused_with_the_keys_expected() {
     assert_eq!(
         error("version = 1\n\n[[rule]]\napp = \"a\"\nuplink = [\"wifi\"]\n"),
-        "policy.toml:5:1: unknown field `uplink`, expected one of `app`, `uid`, `uplinks`, `when_none`, `action`, `strategy`, `select`, `move_existing`, `avoid_metered`, `spread`, `redundant`"
+        "policy.toml:5:1: unknown field `uplink`, expected one of `app`, `uid`, `uplinks`, `when_none`, `action`, `strategy`, `select`, `move_existing`, `avoid_metered`, `spread`, `redundant`, `essential`"
     );
 }
 
@@ -383,7 +411,7 @@ fn an_unknown_top_level_key_is_refused() {
 fn a_matcher_in_the_default_section_is_refused() {
     assert_eq!(
         error("version = 1\n[default]\napp = \"x\"\n"),
-        "policy.toml:3:1: unknown field `app`, expected one of `uplinks`, `when_none`, `action`, `strategy`, `select`, `move_existing`, `avoid_metered`, `spread`"
+        "policy.toml:3:1: unknown field `app`, expected one of `uplinks`, `when_none`, `action`, `strategy`, `select`, `move_existing`, `avoid_metered`, `spread`, `redundant`, `essential`"
     );
 }
 
@@ -587,6 +615,7 @@ fn measured(up: bool, rtt_ms: u64, loss: f32, metered: bool) -> UplinkStatus {
         rtt: Some(Duration::from_millis(rtt_ms)),
         loss: Some(loss),
         metered,
+        capped: false,
     }
 }
 
@@ -627,6 +656,7 @@ fn the_select_example_parses_into_its_choices() {
         avoid_metered,
         never_metered,
         spread,
+        essential: false,
     };
     assert_eq!(
         choices,
@@ -892,6 +922,186 @@ proptest! {
             Err(e) => prop_assert!(e.line >= 1 && e.column >= 1),
         }
     }
+}
+
+// ---- data caps and essential apps ----
+
+#[test]
+fn a_capped_uplink_is_left_by_apps_that_are_not_essential() {
+    let p = policy(CAPS);
+    let d = p.decide(&app("com.example.video"), &cell_capped());
+    assert_eq!(d.verdict, Verdict::Tunnel(WIFI));
+}
+
+#[test]
+fn an_essential_app_keeps_a_capped_uplink() {
+    let p = policy(CAPS);
+    let d = p.decide(&app("com.example.maps"), &cell_capped());
+    assert_eq!(d.verdict, Verdict::Tunnel(CELL));
+}
+
+#[test]
+fn an_app_whose_only_uplink_is_capped_is_blocked_not_held() {
+    let p = policy(CAPS);
+    // Held flows stay where they are: a capped uplink that is up must block instead.
+    let only_cell = {
+        let mut s = status(false, true);
+        s[CELL].capped = true;
+        s
+    };
+    for who in [
+        "com.example.podcasts",
+        "com.example.video",
+        "com.example.sync",
+    ] {
+        assert_eq!(
+            p.decide(&app(who), &only_cell).verdict,
+            Verdict::Block,
+            "{who}"
+        );
+    }
+    assert_eq!(
+        p.decide(&app("com.example.maps"), &only_cell).verdict,
+        Verdict::Tunnel(CELL)
+    );
+}
+
+#[test]
+fn when_none_any_falls_back_to_an_uncapped_uplink_only() {
+    let p = policy(CAPS);
+    assert_eq!(
+        p.decide(&app("com.example.sync"), &cell_capped()).verdict,
+        Verdict::Tunnel(WIFI)
+    );
+    assert_eq!(
+        p.decide(&app("com.example.podcasts"), &cell_capped())
+            .verdict,
+        Verdict::Block
+    );
+}
+
+#[test]
+fn the_builtin_rule_avoids_a_capped_uplink_too() {
+    let p = Policy::tunnel_everything(&["cell", "wifi"]);
+    let s = {
+        let mut s = status(true, true);
+        s[0].capped = true;
+        s
+    };
+    assert_eq!(p.decide(&app("x"), &s).verdict, Verdict::Tunnel(1));
+}
+
+#[test]
+fn essential_is_shown_and_defaults_to_false() {
+    let p = policy(CAPS);
+    let essential = |i: usize| {
+        matches!(
+            p.rules()[i].route,
+            Route::Tunnel {
+                choice: Choice {
+                    essential: true,
+                    ..
+                },
+                ..
+            }
+        )
+    };
+    assert!(essential(0));
+    assert!(!essential(1));
+}
+
+#[test]
+fn essential_on_a_bypass_rule_is_refused_where_it_stands() {
+    let e = error("version = 1\n[[rule]]\napp = \"x\"\naction = \"bypass\"\nessential = true\n");
+    assert!(
+        e.starts_with("policy.toml:5:13: `essential` has no meaning"),
+        "{e}"
+    );
+}
+
+#[test]
+fn essential_that_is_not_a_boolean_is_refused_where_it_stands() {
+    let e = error("version = 1\n[[rule]]\napp = \"x\"\nessential = \"yes\"\n");
+    assert!(e.starts_with("policy.toml:4:13:"), "{e}");
+}
+
+const MEASURED_CAPS: &str = r#"version = 1
+
+[[rule]]
+app = "com.example.call"
+uplinks = ["wifi", "cell"]
+select = "lowest_rtt"
+move_existing = true
+essential = true
+
+[[rule]]
+app = "com.example.video"
+uplinks = ["wifi", "cell"]
+select = "lowest_rtt"
+
+[[rule]]
+app = "com.example.sync"
+avoid_metered = true
+"#;
+
+#[test]
+fn a_capped_uplink_is_no_candidate_for_a_measured_rule_unless_it_is_essential() {
+    let p = policy(MEASURED_CAPS);
+    let mut s = [measured(true, 80, 0.0, false), measured(true, 5, 0.0, true)];
+    s[CELL].capped = true;
+    let mut c = Recording {
+        asked: Vec::new(),
+        pick: Some(CELL),
+    };
+    let d = p.decide_with(&app("com.example.call"), &s, Placing::New, &mut c);
+    assert_eq!(d.verdict, Verdict::Tunnel(CELL));
+    let d = p.decide_with(&app("com.example.video"), &s, Placing::New, &mut c);
+    assert_eq!(
+        d.verdict,
+        Verdict::Tunnel(WIFI),
+        "a chooser's capped pick is ignored"
+    );
+    let asked: Vec<Vec<usize>> = c.asked.iter().map(|a| a.3.clone()).collect();
+    assert_eq!(asked, vec![vec![WIFI, CELL], vec![WIFI]]);
+}
+
+#[test]
+fn a_flow_kept_on_a_capped_uplink_by_a_measured_rule_is_blocked_when_nothing_else_is_up() {
+    let p = policy(MEASURED_CAPS);
+    let mut s = [
+        measured(false, 80, 0.0, false),
+        measured(true, 5, 0.0, true),
+    ];
+    s[CELL].capped = true;
+    let d = p.decide_with(
+        &app("com.example.video"),
+        &s,
+        Placing::Existing(CELL),
+        &mut Immediate,
+    );
+    assert_eq!(d.verdict, Verdict::Block, "never held on the capped uplink");
+    let d = p.decide_with(
+        &app("com.example.call"),
+        &s,
+        Placing::Existing(CELL),
+        &mut Immediate,
+    );
+    assert_eq!(d.verdict, Verdict::Tunnel(CELL));
+}
+
+#[test]
+fn avoid_metered_falls_back_only_to_an_uplink_that_is_not_capped() {
+    let p = policy(MEASURED_CAPS);
+    let mut s = [
+        measured(false, 80, 0.0, false),
+        measured(true, 5, 0.0, true),
+    ];
+    s[CELL].capped = true;
+    let d = p.decide(&app("com.example.sync"), &s);
+    assert_eq!(d.verdict, Verdict::Block);
+    s[CELL].capped = false;
+    let d = p.decide(&app("com.example.sync"), &s);
+    assert_eq!(d.verdict, Verdict::Tunnel(CELL));
 }
 
 // ---- redundant ----

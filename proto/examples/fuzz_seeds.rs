@@ -181,7 +181,11 @@ fn main() -> std::io::Result<()> {
         ("probe", ctl(ControlMessage::Probe { seq: 7, sent_us: 1 })),
         (
             "probe_ack",
-            ctl(ControlMessage::ProbeAck { seq: 7, echo_us: 1 }),
+            ctl(ControlMessage::ProbeAck {
+                seq: 7,
+                echo_us: 1,
+                observed: None,
+            }),
         ),
         (
             "challenge",

@@ -12,7 +12,7 @@
 //! or not, since the first ack may have been lost.
 
 use crate::{DropReason, PathId};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 /// Type byte of [`ControlMessage::Probe`].
 pub const TYPE_PROBE: u8 = 1;
@@ -33,8 +33,18 @@ pub const TYPE_FLOW_MOVE: u8 = 6;
 /// Type byte of [`ControlMessage::SignalAck`].
 pub const TYPE_SIGNAL_ACK: u8 = 7;
 
-/// The longest control message this version emits (a `FlowMove` of a redundant flow).
+/// The longest control message this version emits: a `FlowMove` of a redundant flow (a
+/// padded `Probe` and a `ProbeAck` with the observed endpoint are a byte shorter).
 pub const MAX_LEN: usize = FLOW_MOVE_LEN + 1;
+/// `type`, `seq u32`, `sent_us u64`: a probe or probe ack without anything appended.
+const PROBE_BASE_LEN: usize = 1 + 4 + 8;
+/// An endpoint appended to a message: `family u8` (4 or 6), `address [u8; 16]` (IPv4 in the
+/// first 4 bytes, the rest zero), `port u16`.
+const ENDPOINT_LEN: usize = 1 + 16 + 2;
+/// A probe as this version sends it: padded with zeros to the length of a `ProbeAck` carrying
+/// the observed endpoint, so that answer is never bigger than the probe (it goes to a source
+/// not validated yet). Older anchors ignore the padding; older clients the appended endpoint.
+pub const PROBE_LEN: usize = PROBE_BASE_LEN + ENDPOINT_LEN;
 const PATH_STATUS_LEN: usize = 1 + 8 + 1 + 1;
 /// `type`, `seq u64`, `path u8`, `protocol u8`, `local_port u16`, `remote_port u16`,
 /// `family u8` (4 or 6), `remote [u8; 16]` (IPv4 in the first 4 bytes, the rest zero); a
@@ -86,6 +96,10 @@ pub enum ControlMessage {
         seq: u32,
         /// The probe's `sent_us`.
         echo_us: u64,
+        /// Anchor to client: the probe's source address and port as the anchor saw it (the
+        /// path's public, NAT-mapped endpoint). Sent only in answer to a padded probe
+        /// ([`PROBE_LEN`]); absent from older anchors, ignored by older clients.
+        observed: Option<SocketAddr>,
     },
     /// The anchor asks whether the peer really is at the address a packet came from: only the
     /// peer can decrypt `data` and echo it from that address (QUIC-style path validation).
@@ -126,6 +140,39 @@ pub enum ControlMessage {
     },
 }
 
+/// An appended endpoint; `None` when it is absent, short or of an unknown family (a newer
+/// peer's field is ignored, never a failure).
+fn parse_endpoint(b: &[u8]) -> Option<SocketAddr> {
+    let b = b.get(..ENDPOINT_LEN)?;
+    let port = u16::from_be_bytes([b[17], b[18]]);
+    let ip = match b[0] {
+        4 => IpAddr::V4(Ipv4Addr::new(b[1], b[2], b[3], b[4])),
+        6 => {
+            let mut a = [0u8; 16];
+            a.copy_from_slice(&b[1..17]);
+            IpAddr::V6(Ipv6Addr::from(a))
+        }
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+/// Writes `e` into `b` (at least [`ENDPOINT_LEN`] bytes).
+fn emit_endpoint(e: SocketAddr, b: &mut [u8]) {
+    b[..ENDPOINT_LEN].fill(0);
+    match e.ip() {
+        IpAddr::V4(a) => {
+            b[0] = 4;
+            b[1..5].copy_from_slice(&a.octets());
+        }
+        IpAddr::V6(a) => {
+            b[0] = 6;
+            b[1..17].copy_from_slice(&a.octets());
+        }
+    }
+    b[17..19].copy_from_slice(&e.port().to_be_bytes());
+}
+
 fn u64_at(b: &[u8], at: usize) -> Result<u64, DropReason> {
     let mut t = [0u8; 8];
     t.copy_from_slice(b.get(at..at + 8).ok_or(DropReason::Truncated)?);
@@ -142,7 +189,11 @@ impl ControlMessage {
     /// Length of the encoded message.
     pub fn buffer_len(&self) -> usize {
         match self {
-            ControlMessage::Probe { .. } | ControlMessage::ProbeAck { .. } => 13,
+            ControlMessage::Probe { .. }
+            | ControlMessage::ProbeAck {
+                observed: Some(_), ..
+            } => PROBE_LEN,
+            ControlMessage::ProbeAck { observed: None, .. } => PROBE_BASE_LEN,
             ControlMessage::PathChallenge { .. } | ControlMessage::PathResponse { .. } => {
                 1 + CHALLENGE_LEN
             }
@@ -170,7 +221,11 @@ impl ControlMessage {
                 Ok(if ty == TYPE_PROBE {
                     ControlMessage::Probe { seq, sent_us: us }
                 } else {
-                    ControlMessage::ProbeAck { seq, echo_us: us }
+                    ControlMessage::ProbeAck {
+                        seq,
+                        echo_us: us,
+                        observed: rest.get(12..).and_then(parse_endpoint),
+                    }
                 })
             }
             TYPE_PATH_CHALLENGE | TYPE_PATH_RESPONSE => {
@@ -267,8 +322,20 @@ impl ControlMessage {
                 b[1..9].copy_from_slice(&seq.to_be_bytes());
                 return Ok(len);
             }
-            ControlMessage::Probe { seq, sent_us } => (TYPE_PROBE, seq, sent_us),
-            ControlMessage::ProbeAck { seq, echo_us } => (TYPE_PROBE_ACK, seq, echo_us),
+            ControlMessage::Probe { seq, sent_us } => {
+                b[PROBE_BASE_LEN..].fill(0);
+                (TYPE_PROBE, seq, sent_us)
+            }
+            ControlMessage::ProbeAck {
+                seq,
+                echo_us,
+                observed,
+            } => {
+                if let Some(e) = observed {
+                    emit_endpoint(e, &mut b[PROBE_BASE_LEN..]);
+                }
+                (TYPE_PROBE_ACK, seq, echo_us)
+            }
             ControlMessage::PathChallenge { data } | ControlMessage::PathResponse { data } => {
                 b[0] = if matches!(self, ControlMessage::PathChallenge { .. }) {
                     TYPE_PATH_CHALLENGE
@@ -318,6 +385,45 @@ mod tests {
     }
 
     #[test]
+    fn a_probe_is_padded_to_the_length_of_the_ack_that_carries_the_endpoint() {
+        let mut b = [0xffu8; MAX_LEN];
+        let probe = ControlMessage::Probe { seq: 1, sent_us: 2 };
+        assert_eq!(probe.emit(&mut b), Ok(PROBE_LEN));
+        assert!(b[PROBE_BASE_LEN..PROBE_LEN].iter().all(|&x| x == 0));
+        assert_eq!(ControlMessage::parse(&b[..PROBE_LEN]), Ok(probe));
+        let ack = ControlMessage::ProbeAck {
+            seq: 1,
+            echo_us: 2,
+            observed: Some("[2001:db8::7]:61000".parse().unwrap()),
+        };
+        assert_eq!(ack.buffer_len(), PROBE_LEN);
+    }
+
+    #[test]
+    fn an_older_anchors_probe_ack_has_no_endpoint_and_a_newer_family_is_ignored() {
+        let old = [TYPE_PROBE_ACK, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0, 9];
+        assert_eq!(
+            ControlMessage::parse(&old),
+            Ok(ControlMessage::ProbeAck {
+                seq: 5,
+                echo_us: 9,
+                observed: None
+            })
+        );
+        let mut newer = [0u8; PROBE_LEN];
+        newer[..PROBE_BASE_LEN].copy_from_slice(&old);
+        newer[PROBE_BASE_LEN] = 7;
+        assert_eq!(
+            ControlMessage::parse(&newer),
+            Ok(ControlMessage::ProbeAck {
+                seq: 5,
+                echo_us: 9,
+                observed: None
+            })
+        );
+    }
+
+    #[test]
     fn unknown_type_is_reported_as_unknown_control() {
         assert_eq!(
             ControlMessage::parse(&[9, 0, 0]),
@@ -334,8 +440,21 @@ mod tests {
         prop_oneof![
             (any::<u32>(), any::<u64>())
                 .prop_map(|(seq, sent_us)| ControlMessage::Probe { seq, sent_us }),
-            (any::<u32>(), any::<u64>())
-                .prop_map(|(seq, echo_us)| ControlMessage::ProbeAck { seq, echo_us }),
+            (
+                any::<u32>(),
+                any::<u64>(),
+                // Scope ids and flow labels are not carried: the anchor's peers are not
+                // link-local.
+                proptest::option::of(
+                    (any::<IpAddr>(), any::<u16>())
+                        .prop_map(|(ip, port)| SocketAddr::new(ip, port))
+                )
+            )
+                .prop_map(|(seq, echo_us, observed)| ControlMessage::ProbeAck {
+                    seq,
+                    echo_us,
+                    observed
+                }),
             any::<[u8; CHALLENGE_LEN]>().prop_map(|data| ControlMessage::PathChallenge { data }),
             any::<[u8; CHALLENGE_LEN]>().prop_map(|data| ControlMessage::PathResponse { data }),
             (any::<u64>(), any::<u8>(), any::<bool>()).prop_map(|(seq, p, down)| {

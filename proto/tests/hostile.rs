@@ -354,3 +354,20 @@ fn a_slash_64_with_ten_thousand_sources_and_valid_cookies_gets_one_sources_dh_ra
     assert!(pair.anchor.rate_limited_sources() <= 2 + HANDSHAKE_BURST as usize);
     assert!(pair.connected(), "the legit client lost its session");
 }
+
+#[test]
+fn the_client_learns_each_paths_public_endpoint_from_the_anchors_probe_answers() {
+    let mut pair = connected_pair(&[10, 10]);
+    pair.run_for(Duration::from_secs(2));
+    for (i, p) in [P0, P1].into_iter().enumerate() {
+        assert_eq!(
+            pair.client.path_stats(p).unwrap().observed,
+            Some(pair.links[i].addr)
+        );
+    }
+    // After a NAT rebinding the next answers (an idle client's keepalives) tell the new one.
+    let rebound: SocketAddr = "198.51.100.1:51234".parse().unwrap();
+    pair.links[0].addr = rebound;
+    pair.run_for(Duration::from_secs(60));
+    assert_eq!(pair.client.path_stats(P0).unwrap().observed, Some(rebound));
+}

@@ -155,6 +155,10 @@ impl<'a> Deployment<'a> {
         if !options.mh_extra.contains("control_socket") {
             mh_toml.push_str("control_socket = \"mh.sock\"\n");
         }
+        // Nor at the default usage file, which would also outlive the lab.
+        if !options.mh_extra.contains("usage_file") {
+            mh_toml.push_str("usage_file = \"usage.json\"\n");
+        }
         let _ = write!(
             mh_toml,
             "anchor = {}\nanchor_public_key = \"{}\"\nprivate_key = \"{mh_secret}\"\n\
@@ -219,7 +223,7 @@ impl<'a> Deployment<'a> {
             write_private(
                 &mh2_config,
                 &format!(
-                    "control_socket = \"mh2.sock\"\nanchor = \"{AN_V4}:{AN_PORT}\"\n\
+                    "control_socket = \"mh2.sock\"\nusage_file = \"usage2.json\"\nanchor = \"{AN_V4}:{AN_PORT}\"\n\
                      anchor_public_key = \"{}\"\nprivate_key = \"{mh2_secret}\"\ntun = \"{MH_TUN}\"\n\
                      [[uplink]]\nname = \"wan\"\ninterface = \"eth0\"\n",
                     an_secret.public_key(),
@@ -338,6 +342,32 @@ impl<'a> Deployment<'a> {
         }
         self.an = an;
         Ok(())
+    }
+
+    /// Stops `upmt-mh` with SIGTERM (it restores its routing and saves its usage) and starts a
+    /// new one with the same config; returns once its tunnel is up again. The old process's
+    /// log stays in the lab's log directory.
+    pub fn restart_mh(&mut self, log: &str) -> Result<()> {
+        let lab = self.lab;
+        self.mh.signal(libc::SIGTERM);
+        if self.mh.wait_with_timeout(Duration::from_secs(10)).is_none() {
+            return Err(LabError::Deploy(format!(
+                "upmt-mh did not stop on SIGTERM\n{}",
+                self.mh.log()
+            )));
+        }
+        self.mh = lab
+            .mh()
+            .command(&[
+                bin_path("upmt-mh")?.as_os_str(),
+                "run".as_ref(),
+                "--config".as_ref(),
+                self.mh_config.as_os_str(),
+            ])
+            .env("RUST_LOG", log)
+            .label("upmt-mh-restarted")
+            .spawn()?;
+        self.wait_connected(Duration::from_secs(20))
     }
 
     /// The anchor's metrics (Prometheus text), fetched inside its namespace.

@@ -389,7 +389,11 @@ pub fn tunnel(
         interface: interface.to_owned(),
         state,
         local,
-        public: None,
+        public: stats.and_then(|s| s.observed).filter(|_| local.is_some()),
+        public_addr: stats
+            .and_then(|s| s.observed)
+            .filter(|_| local.is_some())
+            .map(|e| e.ip()),
         rtt_us: stats
             .and_then(|s| s.rtt)
             .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),

@@ -35,6 +35,15 @@ pub enum Request {
     ReloadPolicy,
     /// Turns the connection into a stream of [`Event`]s.
     Watch,
+    /// Data usage kept across flows and restarts, per app per uplink, and the uplinks' caps.
+    Usage {
+        /// Only this app.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        app: Option<String>,
+        /// From this day on (`YYYY-MM-DD`, local time); default: every day kept.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        since: Option<String>,
+    },
 }
 
 impl Request {
@@ -50,6 +59,7 @@ impl Request {
             Request::UnpinApp { .. } => "unpin_app",
             Request::ReloadPolicy => "reload_policy",
             Request::Watch => "watch",
+            Request::Usage { .. } => "usage",
         }
     }
 }
@@ -68,6 +78,7 @@ pub enum Response {
     Watching,
     /// One event of a watch stream.
     Event(Event),
+    Usage(UsageReply),
     Error(ErrorReply),
 }
 
@@ -211,9 +222,12 @@ pub struct TunnelStatus {
     /// The tunnel socket's local address, when it is open.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub local: Option<SocketAddr>,
-    /// The address the anchor sees for it (after NAT), when known.
+    /// The address and port the anchor sees for it (after NAT), when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public: Option<SocketAddr>,
+    /// The address alone of [`TunnelStatus::public`]: the NAT's public address on this path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_addr: Option<IpAddr>,
     /// Smoothed probe round-trip time, in microseconds, once a probe was answered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rtt_us: Option<u64>,
@@ -309,6 +323,56 @@ pub struct UplinkBytes {
     pub rx_bytes: u64,
 }
 
+/// Data usage from `since` through `until` (local days, `YYYY-MM-DD`): what the carrier
+/// sees, tunnel overhead included.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct UsageReply {
+    pub since: String,
+    pub until: String,
+    /// Totals over the apps shown.
+    pub tx_bytes: u64,
+    pub rx_bytes: u64,
+    /// Per app, by name.
+    pub apps: Vec<AppUsage>,
+    /// Per uplink (over the apps shown), with its cap if it has one.
+    pub uplinks: Vec<UplinkUsage>,
+}
+
+/// One app's usage.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppUsage {
+    pub name: String,
+    pub tx_bytes: u64,
+    pub rx_bytes: u64,
+    pub uplinks: Vec<UplinkBytes>,
+}
+
+/// One uplink's usage.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UplinkUsage {
+    pub uplink: String,
+    pub tx_bytes: u64,
+    pub rx_bytes: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cap: Option<CapStatus>,
+}
+
+/// A data cap and where the current period stands (all apps, both directions).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CapStatus {
+    pub cap_bytes: u64,
+    /// "day" or "month".
+    pub period: String,
+    /// The first day of the current period.
+    pub period_start: String,
+    pub used_bytes: u64,
+    pub left_bytes: u64,
+    /// The first day of the next period, when the uplink is every app's again.
+    pub resets: String,
+    /// The cap is reached: only essential apps use the uplink.
+    pub reached: bool,
+}
+
 /// Flows, in id order.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FlowsReply {
@@ -397,6 +461,18 @@ pub enum Event {
     PolicyReloaded {
         path: String,
         rules: u64,
+    },
+    /// An uplink's data cap is reached: apps not marked essential lose it until `resets`.
+    CapReached {
+        uplink: String,
+        used_bytes: u64,
+        cap_bytes: u64,
+        /// The first day of the next period (`YYYY-MM-DD`).
+        resets: String,
+    },
+    /// A new period began: every app may use the uplink again.
+    CapRestored {
+        uplink: String,
     },
     /// This watcher was too slow and missed events.
     Lagged {

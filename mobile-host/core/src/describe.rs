@@ -114,6 +114,9 @@ pub fn route(r: &Route, names: &[String]) -> String {
                     WhenNone::Any => ", else any",
                 });
             }
+            if choice.essential {
+                s.push_str(", essential");
+            }
             s
         }
     }

@@ -322,6 +322,11 @@ impl Flows {
             .map(|h| (&h.app, h.uid, h.reason == HoldReason::Blocked))
     }
 
+    /// The flows the last [`Flows::housekeeping`] expired, with their final counters.
+    pub fn expired(&self) -> &[(FlowKey, Entry)] {
+        &self.expired
+    }
+
     /// Flows waiting for their owner.
     pub fn pending_len(&self) -> usize {
         self.pending.len()
@@ -1016,6 +1021,7 @@ mod tests {
         rtt: None,
         loss: None,
         metered: false,
+        capped: false,
     };
     const BOTH_UP: [UplinkStatus; 2] = [UP, UP];
     const T: Duration = Duration::from_secs(10);

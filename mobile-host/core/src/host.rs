@@ -55,6 +55,7 @@ use crate::describe;
 use crate::flows::{Flows, Outcome, TunAction, UNKNOWN_APP};
 use crate::owner::Owner;
 use crate::uplinks::Uplinks;
+use crate::usage::{CapChange, Day, Ledger, Meter, UsageFile};
 
 /// How often stalled lookups are given up, held flows forgotten and a returning uplink's
 /// hold-down looked at, while there are any; idle flows expire at their own deadline, and with
@@ -181,6 +182,8 @@ pub struct MobileHost {
     carrying: u8,
     /// Flows may have left an uplink since: the idle modes are set again on the next pump.
     idle_stale: bool,
+    /// Usage kept apart from flows, and the uplinks' data caps.
+    usage: Meter,
 }
 
 impl MobileHost {
@@ -203,11 +206,17 @@ impl MobileHost {
                 metered: false,
             })
             .collect();
+        let usage = Meter::new(
+            config.uplinks.names().to_vec(),
+            vec![None; config.uplinks.len()],
+            now,
+        );
         let first = AnchorConfig {
             endpoints: vec![config.anchor],
             public_key: config.client.anchor_public,
         };
         let mut host = MobileHost {
+            usage,
             client_config: config.client.clone(),
             client: Client::new(config.client, now, config.client_seed),
             client_seed: config.client_seed,
@@ -330,6 +339,11 @@ impl MobileHost {
         self.link(uplink).is_some_and(|l| l.metered)
     }
 
+    /// The usage meter (read only).
+    pub fn usage(&self) -> &Meter {
+        &self.usage
+    }
+
     /// Whether `uplink` has a socket now.
     pub fn is_available(&self, uplink: UplinkId) -> bool {
         self.link(uplink).is_some_and(|l| l.available)
@@ -401,6 +415,7 @@ impl MobileHost {
             (self.uplinks.by_path(path), datagram.get(range.clone()))
         {
             self.flows.on_downlink(packet, uplink, now.as_duration());
+            self.usage.note(Uplinks::index(uplink), packet.len());
         }
         self.pump(now);
         Some(range)
@@ -480,6 +495,8 @@ impl MobileHost {
         };
         link.available = true;
         link.local = local;
+        self.usage
+            .set_ipv6(Uplinks::index(uplink), local.is_some_and(|a| a.is_ipv6()));
         self.client.handle_path_up(Uplinks::path(uplink), now);
         self.idle_stale = true;
         self.pump(now);
@@ -607,12 +624,76 @@ impl MobileHost {
             self.next_housekeeping = now + HOUSEKEEPING_INTERVAL;
             self.flows.housekeeping(now.as_duration());
             self.idle_stale = true;
+            self.usage.harvest_removed(self.flows.expired(), now);
             // A returning uplink's hold-down ends without an event of its own.
             if self.statuses_stale(now) {
                 self.uplinks_changed = true;
             }
         }
+        if self.usage.deadline().is_some_and(|at| at <= now)
+            && self.usage.on_timeout(self.flows.paft(), now)
+        {
+            self.caps_changed();
+        }
         self.pump(now);
+    }
+
+    /// The uplinks' data caps, in config order (`None`: no cap). Checked at once when the date
+    /// is known.
+    pub fn set_caps(&mut self, caps: Vec<Option<crate::usage::Cap>>, now: Instant) {
+        self.usage = Meter::new(self.uplinks.names().to_vec(), caps, now);
+    }
+
+    /// The wall clock at `now` (seconds since 1970 UTC, and the local offset east of UTC): the
+    /// usage ledger's days and the caps' periods follow it. Call at start and now and then
+    /// (every timer turn is fine): a new period lifts a reached cap.
+    pub fn handle_wall_clock(&mut self, unix_secs: i64, utc_offset_secs: i32, now: Instant) {
+        self.usage.set_clock(unix_secs, utc_offset_secs, now);
+        self.caps_changed();
+        self.pump(now);
+    }
+
+    /// The usage saved by an earlier run.
+    pub fn load_usage(&mut self, ledger: Ledger, now: Instant) {
+        self.usage.load(ledger, now);
+        self.caps_changed();
+        self.pump(now);
+    }
+
+    /// The usage ledger to save now, when something new was counted and a save interval
+    /// passed since the last (see [`crate::usage::SAVE_INTERVAL`]); `force` at exit.
+    pub fn poll_usage_save(&mut self, now: Instant, force: bool) -> Option<UsageFile> {
+        if force {
+            self.usage.harvest(self.flows.paft(), now);
+        }
+        self.usage.take_save(now, force)
+    }
+
+    /// Publishes cap changes: events, a log line, and the flows decided again at the next pump.
+    fn caps_changed(&mut self) {
+        while let Some(change) = self.usage.poll_change() {
+            self.uplinks_changed = true;
+            match change {
+                CapChange::Reached {
+                    uplink,
+                    used,
+                    limit,
+                    resets,
+                } => {
+                    tracing::warn!(%uplink, used, cap = limit, %resets, "data cap reached: only essential apps use this uplink until the period ends");
+                    self.events.push_back(Event::CapReached {
+                        uplink,
+                        used_bytes: used,
+                        cap_bytes: limit,
+                        resets: resets.to_string(),
+                    });
+                }
+                CapChange::Restored { uplink } => {
+                    tracing::info!(%uplink, "a new data cap period began: every app may use this uplink again");
+                    self.events.push_back(Event::CapRestored { uplink });
+                }
+            }
+        }
     }
 
     /// Replaces Android's package table (name -> uid), used for bypass rules that name apps.
@@ -695,6 +776,9 @@ impl MobileHost {
             }
             Request::UnpinApp { app } => {
                 answer::unpin_app(self.flows.paft_mut(), &app, &mut events).map(Response::Unpinned)
+            }
+            Request::Usage { app, since } => {
+                self.usage_reply(app.as_deref(), since.as_deref(), now)
             }
             Request::ReloadPolicy | Request::Watch => Err(ErrorReply {
                 kind: ErrorKind::BadRequest,
@@ -801,6 +885,7 @@ impl MobileHost {
             self.selector_deadline(),
             self.flows.selections_deadline().map(Instant::from_duration),
             self.anchors.deadline(),
+            self.usage.deadline(),
         ]
         .into_iter()
         .flatten()
@@ -843,11 +928,14 @@ impl MobileHost {
         }
         let path = Uplinks::path(uplink);
         match self.client.encapsulate(path, buf, len, now) {
-            Ok(len) => Some(Transmit {
-                path,
-                dst: None,
-                len,
-            }),
+            Ok(sealed) => {
+                self.usage.note(Uplinks::index(uplink), len);
+                Some(Transmit {
+                    path,
+                    dst: None,
+                    len: sealed,
+                })
+            }
             Err(reason) => {
                 // The client counted it (no session yet, too big, ...).
                 tracing::debug!(reason = reason.as_str(), "TUN packet dropped");
@@ -1135,6 +1223,7 @@ impl MobileHost {
                 // Loss counts once a probe was answered: before, 0 % means nothing.
                 loss: stats.filter(|_| rtt.is_some()).map(|p| p.loss),
                 metered: link.metered,
+                capped: self.usage.is_capped(i),
             };
         }
         self.statuses = statuses;
@@ -1252,6 +1341,29 @@ impl MobileHost {
         let redundant = self.flows.redundancy().second(id).map(Uplinks::path);
         self.client
             .move_flows_redundant(&[flow], Uplinks::path(entry.uplink()), redundant, now);
+    }
+
+    fn usage_reply(
+        &mut self,
+        app: Option<&str>,
+        since: Option<&str>,
+        now: Instant,
+    ) -> Result<Response, ErrorReply> {
+        let since = match since {
+            None => None,
+            Some(text) => Some(Day::parse(text).ok_or_else(|| ErrorReply {
+                kind: ErrorKind::BadRequest,
+                message: format!("invalid date {text:?}: expected YYYY-MM-DD"),
+            })?),
+        };
+        self.usage.harvest(self.flows.paft(), now);
+        self.usage
+            .reply(app, since, now)
+            .map(Response::Usage)
+            .map_err(|message| ErrorReply {
+                kind: ErrorKind::Unavailable,
+                message,
+            })
     }
 
     /// The uids whose traffic bypasses the tunnel: `uid = N` bypass rules, and bypass rules by

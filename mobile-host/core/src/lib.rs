@@ -13,6 +13,7 @@
 //!   [`answer`] and [`describe`] compute replies from the tables.
 //! - [`select`]: the policy's choices that keep state: measured `select` with hysteresis,
 //!   `spread` by weighted round robin.
+//! - [`usage`]: bytes per app per uplink per day, kept apart from flows, and data caps.
 //! - [`owner`], [`rst`]: a flow's owner as the lookup found it; TCP resets for blocked flows.
 //!
 //! This crate never opens a socket or a file, never reads a clock, and never spawns anything:
@@ -31,6 +32,7 @@ pub mod redundant;
 pub mod rst;
 pub mod select;
 pub mod uplinks;
+pub mod usage;
 
 pub use host::{HostConfig, HostCounters, MobileHost, RoutingIntent};
 pub use owner::{Owner, Source};

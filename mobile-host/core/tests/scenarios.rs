@@ -651,3 +651,85 @@ fn a_redundant_apps_packets_go_over_both_uplinks_both_ways_and_arrive_once() {
         call.duplicated_bytes
     );
 }
+
+#[test]
+fn a_cap_reached_mid_flow_blocks_the_app_kept_on_it_and_the_next_day_lets_it_back() {
+    use upmt_mh_core::usage::{Cap, OVERHEAD_V4, Period};
+    let mut net = Net::connected();
+    // 2026-12-01 10:00 UTC; cell capped at 20 packets of ours.
+    let morning = 1_796_119_200;
+    let limit = 20 * (40 + OVERHEAD_V4);
+    net.host.set_caps(
+        vec![
+            None,
+            Some(Cap {
+                limit,
+                period: Period::Day,
+            }),
+        ],
+        net.now,
+    );
+    net.host.handle_wall_clock(morning, 0, net.now);
+    let store = net.start_flow("com.example.store", 7000);
+    let other = net.start_flow("org.example.other", 7001);
+    assert_eq!(net.arrived_on(7000), Some(CELL));
+    // The driver runs due timers after every batch; here after every packet.
+    for _ in 0..25 {
+        net.app_sends(&tcp(7000, 0x10));
+        net.run_for(Duration::from_millis(1));
+    }
+    net.run_for(Duration::from_millis(100));
+    assert!(
+        net.events
+            .iter()
+            .any(|e| matches!(e, Event::CapReached { uplink, .. } if uplink == "cell")),
+        "{:?}",
+        net.events
+    );
+    // The store may only use cell: blocked at the packet that used up the cap (the rest
+    // reset), not left on it.
+    assert!(net.host.flows().paft().lookup(&store).is_none());
+    let store_on_cell = |net: &Net| {
+        net.anchor_rx
+            .iter()
+            .filter(|(i, p)| *i == CELL && p[20..22] == 7000u16.to_be_bytes())
+            .count()
+    };
+    assert_eq!(store_on_cell(&net), 20, "{:?}", net.events);
+    assert_eq!(
+        net.resets.len(),
+        6,
+        "the SYN and 19 segments went, the other 6 were reset"
+    );
+    net.app_sends(&tcp(7000, 0x10));
+    net.run_for(Duration::from_millis(100));
+    assert_eq!(store_on_cell(&net), 20);
+    assert_eq!(net.resets.len(), 7, "a later segment is reset too");
+    // Other apps keep wifi; what was counted is in the usage reply.
+    assert!(net.host.flows().paft().lookup(&other).is_some());
+    let Response::Usage(usage) = net.host.answer(
+        Request::Usage {
+            app: None,
+            since: None,
+        },
+        net.now,
+    ) else {
+        panic!("a usage reply");
+    };
+    let cell = usage.uplinks.iter().find(|u| u.uplink == "cell").unwrap();
+    let cap = cell.cap.clone().expect("cell's cap");
+    assert!(cap.reached && cap.left_bytes == 0, "{cap:?}");
+    assert_eq!(cap.resets, "2026-12-02");
+
+    // The next day the store is let back on cell.
+    net.host.handle_wall_clock(morning + 86_400, 0, net.now);
+    net.flush();
+    assert!(
+        net.events
+            .iter()
+            .any(|e| matches!(e, Event::CapRestored { uplink } if uplink == "cell"))
+    );
+    net.app_sends(&tcp(7000, 0x10));
+    net.run_for(Duration::from_millis(100));
+    assert_eq!(net.arrived_on(7000), Some(CELL));
+}

@@ -14,6 +14,7 @@ pub mod status;
 pub mod table;
 pub mod top;
 pub mod unpin;
+pub mod usage;
 pub mod watch;
 
 use std::io::Write;
@@ -82,6 +83,15 @@ pub enum Command {
         #[arg(long, value_name = "N")]
         frames: Option<u32>,
     },
+    /// Show data usage per app per uplink, kept across restarts, and what is left of each cap.
+    Usage {
+        /// Only this app.
+        #[arg(long, value_name = "NAME")]
+        app: Option<String>,
+        /// From this day on (local time); default: every day kept.
+        #[arg(long, value_name = "YYYY-MM-DD")]
+        since: Option<String>,
+    },
     /// Print a new private key (base64), like `wg genkey`.
     Genkey {
         /// Write the key to this new file, created with mode 0600, instead of standard output.
@@ -119,6 +129,7 @@ pub fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
             Command::Top { interval, frames } => {
                 top::run(&cli.socket, client, interval, frames, out).await
             }
+            Command::Usage { app, since } => usage::run(client, app, since, json, out).await,
             Command::Genkey { .. } | Command::Pubkey => Ok(()),
         }
     })

@@ -53,6 +53,19 @@ pub fn render(event: &Event) -> String {
         Event::PolicyReloaded { path, rules } => {
             format!("policy {path} reloaded ({rules} rules)")
         }
+        Event::CapReached {
+            uplink,
+            used_bytes,
+            cap_bytes,
+            resets,
+        } => format!(
+            "data cap of {uplink} reached ({} of {}): only essential apps use it until {resets}",
+            super::table::bytes(*used_bytes),
+            super::table::bytes(*cap_bytes)
+        ),
+        Event::CapRestored { uplink } => {
+            format!("a new data cap period began: {uplink} is every app's again")
+        }
         Event::Lagged { missed } => format!("(missed {missed} events: this watcher was too slow)"),
     }
 }

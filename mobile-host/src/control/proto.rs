@@ -253,6 +253,7 @@ mod tests {
                 state: TunnelState::Up,
                 local: Some("192.168.1.10:40000".parse().unwrap()),
                 public: None,
+                public_addr: None,
                 rtt_us: Some(12_500),
                 loss: 0.25,
                 metered: false,

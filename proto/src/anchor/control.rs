@@ -54,7 +54,8 @@ impl EventBudget {
 }
 
 impl Anchor {
-    /// Applies an authenticated control message that came on `path` from `from`, and sends its
+    /// Applies an authenticated control message (`len` bytes of plaintext) that came on `path`
+    /// from `from`, and sends its
     /// answer (an ack, a probe's echo) back the same way.
     ///
     /// Answers go to the source even before it is validated: each is no bigger than what it
@@ -66,6 +67,7 @@ impl Anchor {
         path: PathId,
         from: SocketAddr,
         msg: ControlMessage,
+        len: usize,
         now: Instant,
     ) -> Result<(), DropReason> {
         let peer = &mut self.peers[id.0 as usize];
@@ -105,9 +107,15 @@ impl Anchor {
                 }
                 ControlMessage::SignalAck { seq }
             }
+            // The source is told back only to a probe padded to the answer's length, so the
+            // answer is never bigger than what it answers.
             ControlMessage::Probe { seq, sent_us } => ControlMessage::ProbeAck {
                 seq,
                 echo_us: sent_us,
+                // A dual-stack socket reports IPv4 peers as mapped IPv6; the client is told
+                // the address its NAT really has.
+                observed: (len >= crate::control::PROBE_LEN)
+                    .then(|| SocketAddr::new(from.ip().to_canonical(), from.port())),
             },
             // The anchor never challenges through the client; responses were used by path
             // validation already.

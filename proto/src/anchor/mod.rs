@@ -466,7 +466,7 @@ impl Anchor {
         let peer = &mut self.peers[id.0 as usize];
         peer.heard_on(path, from, now);
         if let Some(control) = control {
-            self.handle_control(id, path, from, control?, now)?;
+            self.handle_control(id, path, from, control?, range.len(), now)?;
             return Ok(None);
         }
         // After `heard_on`: the second copy still proves its path alive.

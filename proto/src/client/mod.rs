@@ -398,6 +398,7 @@ impl Client {
             ControlMessage::Probe { seq, sent_us } => ControlMessage::ProbeAck {
                 seq,
                 echo_us: sent_us,
+                observed: None,
             },
             ControlMessage::PathChallenge { data } => {
                 if let Some(p) = self.path_mut(path) {
@@ -405,9 +406,16 @@ impl Client {
                 }
                 ControlMessage::PathResponse { data }
             }
-            ControlMessage::ProbeAck { seq, echo_us } => {
+            ControlMessage::ProbeAck {
+                seq,
+                echo_us,
+                observed,
+            } => {
                 if let Some(p) = self.path_mut(path) {
                     p.on_probe_ack(seq, echo_us, now);
+                    if observed.is_some() {
+                        p.observed = observed;
+                    }
                 }
                 return Ok(());
             }

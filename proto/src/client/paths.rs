@@ -76,6 +76,9 @@ pub struct PathStats {
     pub rx_packets: u64,
     /// What it sends while idle.
     pub idle: Idle,
+    /// This path's address and port as the anchor last saw them (after NAT), from its
+    /// probe answers; `None` until one said (older anchors never do).
+    pub observed: Option<std::net::SocketAddr>,
 }
 
 pub(super) struct Path {
@@ -106,6 +109,8 @@ pub(super) struct Path {
     /// of [`super`], "Fast detection while data flows").
     burst_at: Option<Instant>,
     idle: Idle,
+    /// Its public endpoint as the anchor last reported it.
+    pub(super) observed: Option<std::net::SocketAddr>,
 }
 
 impl Path {
@@ -129,6 +134,7 @@ impl Path {
             idle: Idle::Keepalive,
             data_unanswered_since: None,
             burst_at: None,
+            observed: None,
         }
     }
 
@@ -270,6 +276,7 @@ impl Path {
             tx_packets: self.tx_packets,
             rx_packets: self.rx_packets,
             idle: self.idle,
+            observed: self.observed,
         }
     }
 }

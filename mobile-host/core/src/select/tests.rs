@@ -17,12 +17,14 @@ fn two(wifi_rtt: Option<Duration>, cell_rtt: Option<Duration>) -> [UplinkStatus;
             rtt: wifi_rtt,
             loss: wifi_rtt.map(|_| 0.0),
             metered: false,
+            capped: false,
         },
         UplinkStatus {
             up: true,
             rtt: cell_rtt,
             loss: cell_rtt.map(|_| 0.0),
             metered: false,
+            capped: false,
         },
     ]
 }

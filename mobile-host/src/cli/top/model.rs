@@ -195,6 +195,7 @@ pub(crate) mod tests {
             state,
             local: None,
             public: None,
+            public_addr: None,
             rtt_us: (state == TunnelState::Up).then_some(12_300),
             loss: if state == TunnelState::Up { 0.02 } else { 0.0 },
             tx_bytes: bytes / 4,
