@@ -411,7 +411,7 @@ fn an_unknown_top_level_key_is_refused() {
 fn a_matcher_in_the_default_section_is_refused() {
     assert_eq!(
         error("version = 1\n[default]\napp = \"x\"\n"),
-        "policy.toml:3:1: unknown field `app`, expected one of `uplinks`, `when_none`, `action`, `strategy`, `select`, `move_existing`, `avoid_metered`, `spread`, `redundant`, `essential`"
+        "policy.toml:3:1: unknown field `app`, expected one of `uplinks`, `when_none`, `action`, `strategy`, `select`, `move_existing`, `avoid_metered`, `spread`, `essential`"
     );
 }
 
