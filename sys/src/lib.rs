@@ -11,6 +11,8 @@
 //! - [`config`]: the one [`config::ConfigError`] shape (file:line:column: what was expected);
 //! - [`ifname`]: the kernel's interface-name rules;
 //! - [`metrics`]: the Prometheus endpoint (HTTP) that serves a daemon's snapshots;
+//! - [`peer`]: who may use a control socket (root, the daemon's user, a group), from the peer's
+//!   credentials;
 //! - [`error`]: an error and its causes on one line.
 //!
 //! It holds no protocol logic and no daemon state: the pure cores stay in `proto/`, `paft/` and
@@ -27,6 +29,7 @@ pub mod file;
 pub mod ifname;
 pub mod keys;
 pub mod metrics;
+pub mod peer;
 #[doc(hidden)]
 pub mod testing;
 

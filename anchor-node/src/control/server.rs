@@ -26,54 +26,10 @@ use tokio::task::JoinSet;
 
 use super::{LoopHandle, PROTOCOL_VERSION, RequestFrame, Response, ResponseFrame};
 
-/// Supplementary groups read per client; more than any real user has.
-const MAX_PEER_GROUPS: usize = 1024;
-/// `SO_PEERGROUPS` (Linux 4.13); not every libc exports it.
-const SO_PEERGROUPS: libc::c_int = 59;
 /// Connections still open at shutdown get this long to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
-/// Who may use the socket besides root and the daemon's own user.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Access {
-    /// Members of this group (name, gid) may connect too.
-    pub group: Option<(String, u32)>,
-}
-
-impl Access {
-    /// Root (and the daemon's own user) only.
-    pub fn root_only() -> Access {
-        Access { group: None }
-    }
-
-    /// Root and members of the group `name` (a name from the group database, or a gid).
-    pub fn with_group(name: &str) -> Result<Access, ServerError> {
-        let gid = group_id(name).ok_or_else(|| ServerError::UnknownGroup {
-            name: name.to_owned(),
-        })?;
-        Ok(Access {
-            group: Some((name.to_owned(), gid)),
-        })
-    }
-
-    /// Whether a client with these credentials may use the socket; the refusal says why.
-    pub fn check(&self, uid: u32, gid: u32, groups: &[u32]) -> Result<(), String> {
-        // SAFETY: geteuid cannot fail and touches no memory.
-        let own = unsafe { libc::geteuid() };
-        if uid == 0 || uid == own {
-            return Ok(());
-        }
-        match &self.group {
-            Some((_, g)) if gid == *g || groups.contains(g) => Ok(()),
-            Some((name, _)) => Err(format!(
-                "permission denied: uid {uid} is not root and not in group {name}"
-            )),
-            None => Err(format!(
-                "permission denied: uid {uid} is not root (set control_group in the anchor's config to allow a group)"
-            )),
-        }
-    }
-}
+pub use upmt_sys::peer::Access;
 
 /// What went wrong setting up the control socket.
 #[derive(Debug, thiserror::Error)]
@@ -106,8 +62,6 @@ pub enum ServerError {
         #[source]
         source: io::Error,
     },
-    #[error("control_group {name:?} is not a group on this system")]
-    UnknownGroup { name: String },
 }
 
 /// The socket file; removed when dropped (when the directory lets the daemon).
@@ -253,32 +207,14 @@ pub async fn serve(
     }
 }
 
-/// The client's supplementary groups.
-fn peer_groups(stream: &UnixStream) -> Vec<u32> {
-    let mut groups = vec![0 as libc::gid_t; MAX_PEER_GROUPS];
-    let mut len = (groups.len() * std::mem::size_of::<libc::gid_t>()) as libc::socklen_t;
-    // SAFETY: the buffer is valid for `len` bytes and the kernel writes at most that many.
-    let rc = unsafe {
-        libc::getsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            SO_PEERGROUPS,
-            groups.as_mut_ptr().cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        // Old kernel: only the primary group (checked separately) counts.
-        return Vec::new();
-    }
-    groups.truncate(len as usize / std::mem::size_of::<libc::gid_t>());
-    groups
-}
-
 async fn connection(mut stream: UnixStream, access: &Access, handler: &LoopHandle) {
     let verdict = match stream.peer_cred() {
         Ok(cred) => access
-            .check(cred.uid(), cred.gid(), &peer_groups(&stream))
+            .check(
+                cred.uid(),
+                cred.gid(),
+                &upmt_sys::peer::peer_groups(stream.as_raw_fd()),
+            )
             .map(|()| cred.uid()),
         Err(e) => Err(format!(
             "permission denied: cannot read peer credentials: {e}"
@@ -348,29 +284,6 @@ async fn send(
         },
     )
     .await
-}
-
-/// The gid of the group `name`; a number is a gid as it is.
-fn group_id(name: &str) -> Option<u32> {
-    if let Ok(gid) = name.parse::<u32>() {
-        return Some(gid);
-    }
-    let cname = std::ffi::CString::new(name).ok()?;
-    let mut buf = vec![0 as libc::c_char; 16 * 1024];
-    // SAFETY: zeroed `group` is a valid out-parameter; getgrnam_r writes strings into `buf`
-    // (of the length given) and a pointer to `grp` into `result`.
-    unsafe {
-        let mut grp: libc::group = std::mem::zeroed();
-        let mut result: *mut libc::group = std::ptr::null_mut();
-        let rc = libc::getgrnam_r(
-            cname.as_ptr(),
-            &mut grp,
-            buf.as_mut_ptr(),
-            buf.len(),
-            &mut result,
-        );
-        (rc == 0 && !result.is_null()).then_some(grp.gr_gid)
-    }
 }
 
 #[cfg(test)]

@@ -28,11 +28,6 @@ use super::proto::{
 
 /// Connections still open at shutdown get this long to finish their request.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
-/// Supplementary groups read per peer; more than any real user has.
-const MAX_PEER_GROUPS: usize = 1024;
-/// `SO_PEERGROUPS` (Linux 4.13): 59 on every architecture upmt targets (x86, arm, aarch64,
-/// riscv); not all libc versions export it.
-const SO_PEERGROUPS: libc::c_int = 59;
 
 /// What answers requests: in the daemon, the event loop through a channel
 /// ([`LoopHandle`](super::LoopHandle)); in tests, a fake.
@@ -43,48 +38,7 @@ pub trait Handler: Clone + Send + Sync + 'static {
     fn subscribe(&self) -> broadcast::Receiver<Event>;
 }
 
-/// Who may use the socket besides root and the daemon's own user.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Access {
-    /// Members of this group (name, gid) may connect too.
-    pub group: Option<(String, u32)>,
-}
-
-impl Access {
-    /// Root (and the daemon's own user) only.
-    pub fn root_only() -> Access {
-        Access { group: None }
-    }
-
-    /// Root and members of the group `name`, looked up in the system's group database.
-    pub fn with_group(name: &str) -> Result<Access, ServerError> {
-        let gid = group_id(name).ok_or_else(|| ServerError::UnknownGroup {
-            name: name.to_owned(),
-        })?;
-        Ok(Access {
-            group: Some((name.to_owned(), gid)),
-        })
-    }
-
-    /// Whether a peer with these credentials may use the socket; the refusal says why, in one
-    /// line.
-    pub fn check(&self, uid: u32, gid: u32, groups: &[u32]) -> Result<(), String> {
-        // SAFETY: geteuid cannot fail and touches no memory.
-        let own = unsafe { libc::geteuid() };
-        if uid == 0 || uid == own {
-            return Ok(());
-        }
-        match &self.group {
-            Some((_, g)) if gid == *g || groups.contains(g) => Ok(()),
-            Some((name, _)) => Err(format!(
-                "permission denied: uid {uid} is not root and not in group {name}"
-            )),
-            None => Err(format!(
-                "permission denied: uid {uid} is not root (set control_group in the daemon's config to allow a group)"
-            )),
-        }
-    }
-}
+pub use upmt_sys::peer::Access;
 
 /// What went wrong setting up the control socket.
 #[derive(Debug, thiserror::Error)]
@@ -117,8 +71,6 @@ pub enum ServerError {
         #[source]
         source: io::Error,
     },
-    #[error("control_group {name:?} is not a group on this system")]
-    UnknownGroup { name: String },
 }
 
 /// The socket file; removed when dropped, so a daemon that exits leaves no stale socket.
@@ -247,28 +199,6 @@ pub async fn serve<H: Handler>(
     }
 }
 
-/// The peer's primary and supplementary groups.
-fn peer_groups(stream: &UnixStream) -> Vec<u32> {
-    let mut groups = vec![0 as libc::gid_t; MAX_PEER_GROUPS];
-    let mut len = (groups.len() * std::mem::size_of::<libc::gid_t>()) as libc::socklen_t;
-    // SAFETY: the buffer is valid for `len` bytes and the kernel writes at most that many.
-    let rc = unsafe {
-        libc::getsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            SO_PEERGROUPS,
-            groups.as_mut_ptr().cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        // Old kernel: only the primary group (checked separately) counts.
-        return Vec::new();
-    }
-    groups.truncate(len as usize / std::mem::size_of::<libc::gid_t>());
-    groups
-}
-
 async fn connection<H: Handler>(
     mut stream: UnixStream,
     access: &Access,
@@ -277,7 +207,11 @@ async fn connection<H: Handler>(
 ) {
     let verdict = match stream.peer_cred() {
         Ok(cred) => access
-            .check(cred.uid(), cred.gid(), &peer_groups(&stream))
+            .check(
+                cred.uid(),
+                cred.gid(),
+                &upmt_sys::peer::peer_groups(stream.as_raw_fd()),
+            )
             .map(|()| cred.uid()),
         Err(e) => Err(format!(
             "permission denied: cannot read peer credentials: {e}"
@@ -376,30 +310,6 @@ async fn send(
     response: Response,
 ) -> Result<(), FrameError> {
     proto::write_frame(w, &ResponseFrame::from(response)).await
-}
-
-/// The gid of the group `name`, from the system's group database; a number is a gid as it
-/// is (Android has no group database to look names up in).
-fn group_id(name: &str) -> Option<u32> {
-    if let Ok(gid) = name.parse::<u32>() {
-        return Some(gid);
-    }
-    let cname = std::ffi::CString::new(name).ok()?;
-    let mut buf = vec![0 as libc::c_char; 16 * 1024];
-    // SAFETY: zeroed `group` is a valid out-parameter; getgrnam_r writes strings into `buf`
-    // (of the length given) and a pointer to `grp` into `result`.
-    unsafe {
-        let mut grp: libc::group = std::mem::zeroed();
-        let mut result: *mut libc::group = std::ptr::null_mut();
-        let rc = libc::getgrnam_r(
-            cname.as_ptr(),
-            &mut grp,
-            buf.as_mut_ptr(),
-            buf.len(),
-            &mut result,
-        );
-        (rc == 0 && !result.is_null()).then_some(grp.gr_gid)
-    }
 }
 
 #[cfg(test)]
