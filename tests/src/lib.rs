@@ -48,7 +48,7 @@ pub use deploy::{DeployOptions, Deployment};
 pub use download::{Download, Downloaded, RunningDownload};
 pub use error::{LabError, Result};
 pub use lab::{Cmd, Host, Lab, Role, check_environment, list_namespaces, sweep_stale};
-pub use measure::{LinkCounters, NftCounter, sha256_bytes, sha256_file, wait_for};
+pub use measure::{LinkCounters, NftCounter, iperf3_udp_lost, sha256_bytes, sha256_file, wait_for};
 pub use process::ProcHandle;
 pub use servers::{BIG_FILE_SIZE, HttpServer, Iperf3Server, MID_FILE_SIZE, ServedFile};
 pub use topology::Family;

@@ -51,6 +51,36 @@ pub struct NftCounter {
 /// Prefix of the nftables tables the lab adds to disturb traffic; one table per name.
 const DISTURB_TABLE_PREFIX: &str = "upmt-lab-";
 
+/// Lost datagrams of a finished `iperf3 -u -R -J` client, from its JSON output (iperf3 may
+/// print other lines around it); `None` when there is no such report.
+pub fn iperf3_udp_lost(log: &str) -> Option<u64> {
+    let json: serde_json::Value =
+        serde_json::from_str(&log[log.find('{')?..=log.rfind('}')?]).ok()?;
+    json["end"]["sum"]["lost_packets"].as_u64()
+}
+
+impl<'a> Host<'a> {
+    /// Starts an `iperf3 -u -R -J` client here: the CH's iperf3 server (which the caller
+    /// started) sends `pps` datagrams of `len` bytes per second for `secs` seconds; read what
+    /// was lost with [`iperf3_udp_lost`] on its log.
+    pub fn paced_udp_from_ch(
+        &self,
+        pps: u64,
+        len: u64,
+        secs: u64,
+        label: &str,
+    ) -> Result<crate::ProcHandle> {
+        let rate = (pps * len * 8).to_string();
+        let (secs, len) = (secs.to_string(), len.to_string());
+        let ch = crate::topology::CH_V4.to_string();
+        self.command(&[
+            "iperf3", "-c", &ch, "-u", "-R", "-b", &rate, "-l", &len, "-t", &secs, "-J",
+        ])
+        .label(label)
+        .spawn()
+    }
+}
+
 impl Host<'_> {
     /// The counters of interface `ifname` in this namespace.
     pub fn link_counters(&self, ifname: &str) -> Result<LinkCounters> {

@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use upmt_tests::topology::MH_WIFI_IF;
-use upmt_tests::{DeployOptions, Deployment, Lab};
+use upmt_tests::{DeployOptions, Deployment, Lab, iperf3_udp_lost};
 
 /// Datagrams per second of the stream, and their payload.
 const PPS: u64 = 1250;
@@ -41,13 +41,6 @@ fn deploy(lab: &Lab, redundant: bool) -> Deployment<'_> {
     Deployment::start(lab, &options).unwrap_or_else(|e| panic!("deploying upmt: {e}"))
 }
 
-/// Lost datagrams of a finished `iperf3 -u -R -J` client, from its JSON log.
-fn lost_packets(log: &str) -> Option<u64> {
-    let json: serde_json::Value =
-        serde_json::from_str(&log[log.find('{')?..=log.rfind('}')?]).ok()?;
-    json["end"]["sum"]["lost_packets"].as_u64()
-}
-
 /// Runs one stream of `secs` with `event` at [`EVENT_AFTER`], undoes the event, and returns
 /// the datagrams the MH did not get.
 fn stream_across(lab: &Lab, upmt: &Deployment<'_>, event: Event, secs: u64) -> u64 {
@@ -56,25 +49,8 @@ fn stream_across(lab: &Lab, upmt: &Deployment<'_>, event: Event, secs: u64) -> u
         mh.set_link(MH_WIFI_IF, false).expect("wifi down");
         std::thread::sleep(Duration::from_millis(1500));
     }
-    let rate = (PPS * PAYLOAD * 8).to_string();
-    let (secs, len) = (secs.to_string(), PAYLOAD.to_string());
     let udp = mh
-        .command(&[
-            "iperf3",
-            "-c",
-            "192.0.2.2",
-            "-u",
-            "-R",
-            "-b",
-            &rate,
-            "-l",
-            &len,
-            "-t",
-            &secs,
-            "-J",
-        ])
-        .label(&format!("udp-{event:?}"))
-        .spawn()
+        .paced_udp_from_ch(PPS, PAYLOAD, secs, &format!("udp-{event:?}"))
         .expect("iperf3 client");
     let t0 = Instant::now();
     std::thread::sleep(EVENT_AFTER);
@@ -93,7 +69,7 @@ fn stream_across(lab: &Lab, upmt: &Deployment<'_>, event: Event, secs: u64) -> u
         udp.log(),
         upmt.logs()
     );
-    lost_packets(&udp.log()).unwrap_or_else(|| {
+    iperf3_udp_lost(&udp.log()).unwrap_or_else(|| {
         panic!(
             "no lost_packets in iperf3's report: {}\n{}",
             udp.log(),

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use upmt_tests::topology::MH_WIFI_IF;
-use upmt_tests::{DeployOptions, Deployment, Lab};
+use upmt_tests::{DeployOptions, Deployment, Lab, iperf3_udp_lost};
 
 /// Each uplink's rate, so the download lasts several seconds.
 const SHAPED_BITS_PER_SEC: u64 = 50_000_000;
@@ -119,13 +119,7 @@ pub fn run(lab: &Lab, runs: usize) -> Result<()> {
 
 /// Lost datagrams of a finished `iperf3 -u -R -J` client, from its JSON log.
 fn udp_lost(log: &str) -> Result<u64> {
-    let start = log.find('{').context("no JSON in iperf3's output")?;
-    let end = log.rfind('}').context("no JSON in iperf3's output")?;
-    let json: serde_json::Value =
-        serde_json::from_str(&log[start..=end]).context("iperf3's JSON")?;
-    json["end"]["sum"]["lost_packets"]
-        .as_u64()
-        .with_context(|| format!("iperf3 reported no lost_packets: {}", json["error"]))
+    iperf3_udp_lost(log).with_context(|| format!("iperf3 reported no lost datagrams: {log}"))
 }
 
 fn one_run(lab: &Lab, kind: Kind, mode: Mode, want: &str) -> Result<Measured> {
@@ -145,25 +139,7 @@ fn one_run(lab: &Lab, kind: Kind, mode: Mode, want: &str) -> Result<Measured> {
         mh.set_link(MH_WIFI_IF, false)?;
         std::thread::sleep(Duration::from_secs(2));
     }
-    let rate = (UDP_PPS * 200 * 8).to_string();
-    let secs = UDP_SECS.to_string();
-    let udp = mh
-        .command(&[
-            "iperf3",
-            "-c",
-            "192.0.2.2",
-            "-u",
-            "-R",
-            "-b",
-            &rate,
-            "-l",
-            "200",
-            "-t",
-            &secs,
-            "-J",
-        ])
-        .label("bench-udp")
-        .spawn()?;
+    let udp = mh.paced_udp_from_ch(UDP_PPS, 200, UDP_SECS, "bench-udp")?;
     let curl = lab
         .download("big.bin")
         .max_time(Duration::from_secs(60))
