@@ -3,6 +3,8 @@
 //!
 //! - [`batch`]: batched UDP IO (recvmmsg, GRO, GSO) for the tunnel sockets;
 //! - [`cipher`]: the `cipher` config key and the AES hardware check behind its `auto`;
+//! - [`control_socket`]: the control socket file (bound before a privilege drop, mode set
+//!   before listening, removed at exit);
 //! - [`clock`]: `CLOCK_BOOTTIME` (counts suspended time) and Unix time;
 //! - [`caps`]: whether the process holds CAP_NET_ADMIN;
 //! - [`cli_assets`]: the programs' shell completions and manual pages, from their clap definitions;
@@ -24,6 +26,7 @@ pub mod cipher;
 pub mod cli_assets;
 pub mod clock;
 pub mod config;
+pub mod control_socket;
 pub mod error;
 pub mod file;
 pub mod ifname;
