@@ -176,3 +176,44 @@ pub fn bind(
     .map_err(bind_err)?;
     Ok((listener, file))
 }
+
+/// Why a client could not reach a daemon's control socket: the one-line errors users see.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("{daemon} not running (no socket at {})", path.display())]
+    NotRunning { daemon: &'static str, path: PathBuf },
+    #[error("{daemon} not running (nothing listens on {})", path.display())]
+    Refused { daemon: &'static str, path: PathBuf },
+    #[error("permission denied: cannot connect to {} (root, {daemon}'s user or its control_group only)", path.display())]
+    NoAccess { daemon: &'static str, path: PathBuf },
+    #[error("cannot connect to {}", path.display())]
+    Other {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Connects to `daemon`'s control socket at `path`.
+pub async fn connect(
+    path: &Path,
+    daemon: &'static str,
+) -> Result<tokio::net::UnixStream, ConnectError> {
+    tokio::net::UnixStream::connect(path).await.map_err(|e| {
+        let path = path.to_owned();
+        match e.kind() {
+            io::ErrorKind::NotFound => ConnectError::NotRunning { daemon, path },
+            io::ErrorKind::ConnectionRefused => ConnectError::Refused { daemon, path },
+            io::ErrorKind::PermissionDenied => ConnectError::NoAccess { daemon, path },
+            _ => ConnectError::Other { path, source: e },
+        }
+    })
+}
+
+/// The `version` field of a reply that did not parse as this program's frame: a daemon of
+/// another version says more than "invalid JSON".
+pub fn version_of(body: &[u8]) -> Option<u32> {
+    let value = serde_json::from_slice::<serde_json::Value>(body).ok()?;
+    let version = value.get("version")?.as_u64()?;
+    Some(u32::try_from(version).unwrap_or(u32::MAX))
+}
