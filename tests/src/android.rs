@@ -53,6 +53,32 @@ pub const TETHER_CLIENT_V4: std::net::Ipv4Addr = std::net::Ipv4Addr::new(192, 16
 /// netd's netIds of wlan0, rmnet_data0 and rmnet_data1.
 pub const NET_IDS: [u32; 3] = [100, 101, 102];
 
+/// wlan0, rmnet_data0 and rmnet_data1 (netd's order): each with its (subnet, gateway) in
+/// IPv4 and IPv6.
+const NETWORKS: [(&str, [(&str, &str); 2]); 3] = [
+    (
+        WLAN,
+        [
+            ("192.168.1.0/24", "192.168.1.1"),
+            ("fd00:1::/64", "fd00:1::1"),
+        ],
+    ),
+    (
+        RMNET,
+        [
+            ("100.64.0.0/24", "100.64.0.1"),
+            ("fd00:2::/64", "fd00:2::1"),
+        ],
+    ),
+    (
+        IMS,
+        [
+            ("100.65.0.0/24", "100.65.0.1"),
+            ("fd00:3::/64", "fd00:3::1"),
+        ],
+    ),
+];
+
 /// The IMS interface's peer on rcell, and the table that drops what comes from it.
 const IMS_PEER: &str = "ims";
 const IMS_DROP_TABLE: &str = "upmt-lab-ims";
@@ -183,6 +209,24 @@ impl AndroidLab {
                 net_id: NET_IDS[2],
             },
         ]
+    }
+
+    /// Adds (`true`) or deletes the default routes of network `i` (0 wlan0, 1 rmnet_data0,
+    /// 2 rmnet_data1) in its table, as netd does when the network connects or disconnects.
+    pub fn set_default_routes(&self, i: usize, present: bool) -> Result<()> {
+        let (Some((ifname, nets)), Some(table)) = (NETWORKS.get(i), self.tables.get(i)) else {
+            return Err(LabError::Invalid(format!(
+                "no network {i} in the android profile"
+            )));
+        };
+        let t = table.to_string();
+        for (_, gw) in nets {
+            let verb = if present { "replace" } else { "del" };
+            self.mh().ip(&[
+                "route", verb, "default", "via", gw, "dev", ifname, "table", &t,
+            ])?;
+        }
+        Ok(())
     }
 
     /// Adds netd's rules (both families), as netd does at start and again after a restart.
@@ -504,36 +548,11 @@ fn build(lab: &mut Lab) -> Result<[u32; 3]> {
         while mh.ip(&[family, "route", "del", "default"]).is_ok() {}
     }
     let mut tables = [0u32; 3];
-    for (i, (ifname, v4net, gw4, v6net, gw6)) in [
-        (
-            WLAN,
-            "192.168.1.0/24",
-            "192.168.1.1",
-            "fd00:1::/64",
-            "fd00:1::1",
-        ),
-        (
-            RMNET,
-            "100.64.0.0/24",
-            "100.64.0.1",
-            "fd00:2::/64",
-            "fd00:2::1",
-        ),
-        (
-            IMS,
-            "100.65.0.0/24",
-            "100.65.0.1",
-            "fd00:3::/64",
-            "fd00:3::1",
-        ),
-    ]
-    .into_iter()
-    .enumerate()
-    {
+    for (i, (ifname, nets)) in NETWORKS.into_iter().enumerate() {
         let table = ifindex(&mh, ifname)? + 1000;
         tables[i] = table;
         let t = table.to_string();
-        for (net, gw) in [(v4net, gw4), (v6net, gw6)] {
+        for (net, gw) in nets {
             mh.ip(&["route", "add", net, "dev", ifname, "table", &t])?;
             mh.ip(&[
                 "route", "add", "default", "via", gw, "dev", ifname, "table", &t,
