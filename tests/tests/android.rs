@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use upmt_tests::android::{AndroidLab, BROWSER, IMS, RMNET, STORE, VIDEO, WLAN};
 use upmt_tests::deploy::mh_status;
-use upmt_tests::topology::{AN_V4, CH_V4, RCELL_WAN_V4, RWIFI_WAN_V4};
+use upmt_tests::topology::{AN_V4, AN_V6, CH_V4, RCELL_WAN_V4, RWIFI_WAN_V4};
 use upmt_tests::{Deployment, Family, MID_FILE_SIZE, bin_path, wait_for};
 
 fn lab(name: &str) -> AndroidLab {
@@ -317,4 +317,46 @@ fn tunnelled_apps_have_no_clear_path_before_the_handshake_or_after_a_kill_and_st
         IpAddr::V4(RWIFI_WAN_V4)
     );
     assert!(lab.clear_app_packets().expect("counter").packets > 0);
+}
+
+#[test]
+fn an_ipv6_only_rmnet_data0_carries_the_stores_flows_to_a_dual_stack_anchor() {
+    let lab = lab("android-v6only");
+    // As under 464XLAT: the cellular interface has IPv6 only (the CLAT's IPv4 cannot carry a
+    // socket bound to rmnet_data0).
+    lab.mh()
+        .run(&["ip", "-4", "addr", "flush", "dev", RMNET])
+        .expect("flushing rmnet_data0's IPv4");
+    let port = upmt_tests::deploy::AN_PORT;
+    let mut options = lab.deploy_options();
+    options.mh_anchor = Some(format!("[\"{AN_V4}:{port}\", \"[{AN_V6}]:{port}\"]"));
+    let upmt = Deployment::start(&lab, &options).unwrap_or_else(|e| panic!("deploying upmt: {e}"));
+    let mut last = Value::Null;
+    let settled = wait_for("the cell uplink over IPv6", Duration::from_secs(15), || {
+        last = mh_status(&lab).unwrap_or(Value::Null);
+        tunnel(&last, "cell").is_some_and(|t| {
+            t["interface"] == RMNET
+                && t["state"] == "up"
+                && t["local"]
+                    .as_str()
+                    .and_then(|l| l.parse::<std::net::SocketAddr>().ok())
+                    .is_some_and(|a| a.is_ipv6())
+        })
+    });
+    assert!(settled.is_ok(), "{last:#}\n{}", upmt.logs());
+
+    let rmnet0 = lab.mh().link_counters(RMNET).expect("counters");
+    let out = lab.app_download(&STORE, "mid.bin").expect("curl");
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        upmt.logs()
+    );
+    let rmnet = lab
+        .mh()
+        .link_counters(RMNET)
+        .expect("counters")
+        .since(&rmnet0);
+    assert!(rmnet.rx_bytes >= MID_FILE_SIZE as u64, "{rmnet:?}");
 }
