@@ -302,6 +302,7 @@ async fn serve(config: Config, nft: PathBuf, account: Option<privilege::Account>
         tracing::info!(tun = %config.tun, "attaching to the TUN an earlier run left (`upmt-an down` removes it after a stop)");
     }
     let (device, offload) = tun::create(&tun_spec)?;
+    tracing::info!(tun = %config.tun, offload = offload.as_str(), "TUN ready");
     nat::enable_forwarding(config.subnet6.is_some(), &config.egress)?;
     let spec = nat::NatSpec {
         tun: config.tun.clone(),
