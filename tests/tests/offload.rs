@@ -27,7 +27,7 @@ fn download_whole(lab: &Lab, upmt: &Deployment<'_>) {
 fn anchor_tun_reads(upmt: &Deployment<'_>) -> (u64, u64) {
     let metric = |name: &str| {
         upmt.an_metric(name)
-            .unwrap_or_else(|e| panic!("anchor metric {name}: {e}\n{}", upmt.logs())) as u64
+            .unwrap_or_else(|e| panic!("anchor metric {name}: {e}\n{}", upmt.logs()))
     };
     (metric("upmt_tun_read_calls"), metric("upmt_tun_rx_packets"))
 }
