@@ -239,6 +239,11 @@ impl Snapshot {
             ("driver", "send_error", driver.send_errors),
             ("driver", "recv_error", driver.recv_errors),
             ("driver", "tun_write_error", driver.tun_write_errors),
+            (
+                "driver",
+                "tun_bad_super_packet",
+                driver.tun_bad_super_packets,
+            ),
         ]);
         let l = lookups.unwrap_or_default();
         Snapshot {

@@ -15,6 +15,7 @@
 //! - [`metrics`]: the Prometheus endpoint (HTTP) that serves a daemon's snapshots;
 //! - [`peer`]: who may use a control socket (root, the daemon's user, a group), from the peer's
 //!   credentials;
+//! - [`tunbatch`]: batched TUN IO with TSO/GRO offload where the kernel has it;
 //! - [`error`]: an error and its causes on one line.
 //!
 //! It holds no protocol logic and no daemon state: the pure cores stay in `proto/`, `paft/` and
@@ -35,5 +36,7 @@ pub mod metrics;
 pub mod peer;
 #[doc(hidden)]
 pub mod testing;
+#[cfg(target_os = "linux")]
+pub mod tunbatch;
 
 pub use error::display_chain;
