@@ -171,3 +171,33 @@ fn with_resending_off_nothing_is_kept_or_resent() {
     }
     assert_eq!(pair.client.resend_moved(P0, pair.now, |_| Some(P1)), 0);
 }
+
+#[test]
+fn the_anchor_resends_once_when_its_own_view_sends_downlink_around_a_stale_path() {
+    // The client never moves the flow (it sends nothing): only the anchor's staleness rule.
+    let mut pair = Pair::new(&[10, 30], |_| {});
+    pair.run_for(Duration::from_secs(1));
+    pair.client_send(P0, &up(PORT, 0)).unwrap();
+    pair.run_for(Duration::from_millis(50));
+    pair.links[0].blackholed = true;
+    let mut tag = 0;
+    let mut diverted = None;
+    while diverted.is_none() {
+        assert!(tag < 1000, "downlink never leaves the stale path");
+        if pair.anchor_send(&down(PORT, tag)).unwrap() == P1 {
+            diverted = Some(tag);
+        }
+        tag += 1;
+        pair.run_for(TICK);
+    }
+    pair.run_for(Duration::from_millis(200));
+    each_once(&counts(pair.client_rx.iter()), tag, "downlink");
+    let resent = pair.anchor.stats().resent_packets;
+    assert!(resent >= u64::from(diverted.unwrap()), "{resent} resent");
+    // Once per outage: more diverted packets resend nothing more.
+    for t in tag..tag + 20 {
+        pair.anchor_send(&down(PORT, t)).unwrap();
+        pair.run_for(TICK);
+    }
+    assert_eq!(pair.anchor.stats().resent_packets, resent);
+}
