@@ -57,6 +57,7 @@ use crate::owner::Owner;
 use crate::uplinks::Uplinks;
 use crate::usage::{CapChange, Day, Ledger, Meter, UsageFile};
 
+mod released;
 mod resend;
 
 /// How often stalled lookups are given up, held flows forgotten and a returning uplink's
@@ -805,9 +806,13 @@ impl MobileHost {
 
     /// The next datagram to send, written at the start of `buf` (which must have room for a
     /// whole packet plus [`HEADER_LEN`] and the tag): the protocol's own (handshakes, probes,
-    /// signals) first, then the packets that waited for their flow's owner.
+    /// signals) first, then the packets that waited for their flow's owner (and, for a redundant
+    /// flow, each one's copy on its second uplink).
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
         if let Some(t) = self.client.poll_transmit(now, buf) {
+            return Some(t);
+        }
+        if let Some(t) = self.pending_copy(buf) {
             return Some(t);
         }
         while let Some((uplink, packet)) = self.released.pop_front() {
@@ -820,7 +825,7 @@ impl MobileHost {
                 None => false,
             };
             self.flows.recycle_one(packet);
-            if copied && let Some(t) = self.encapsulate(uplink, buf, n, now) {
+            if copied && let Some(t) = self.encapsulate_released(uplink, buf, n, now) {
                 return Some(t);
             }
         }
