@@ -8,6 +8,7 @@ mod util;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Duration;
+use upmt_proto::anchor::MOVE_RESEND_SILENCE;
 use upmt_proto::client::{Event, FlowKey};
 use upmt_proto::{DropReason, PathId};
 use util::*;
@@ -150,7 +151,10 @@ fn the_anchor_resends_when_uplink_data_of_a_flow_arrives_on_a_new_path() {
         pair.run_for(TICK);
     }
     pair.links[0].blackholed = true;
-    for _ in 0..20 {
+    // Silent long enough to be a failure, not yet stale.
+    let silent = pair.now + MOVE_RESEND_SILENCE + Duration::from_millis(50);
+    let before = tag;
+    while pair.now < silent {
         assert_eq!(pair.anchor_send(&down(PORT, tag)), Ok(P0));
         tag += 1;
         pair.run_for(TICK);
@@ -158,7 +162,26 @@ fn the_anchor_resends_when_uplink_data_of_a_flow_arrives_on_a_new_path() {
     pair.client_send(P1, &up(PORT, 9999)).unwrap();
     pair.run_for(Duration::from_millis(200));
     each_once(&counts(pair.client_rx.iter()), tag, "downlink");
-    assert!(pair.anchor.stats().resent_packets >= 20);
+    assert!(pair.anchor.stats().resent_packets >= u64::from(tag - before));
+}
+
+#[test]
+fn a_move_off_a_healthy_path_resends_nothing() {
+    // A policy move (a preferred uplink returning): nothing was lost, nothing goes twice.
+    let mut pair = Pair::new(&[10, 30], |_| {});
+    pair.run_for(Duration::from_secs(1));
+    for tag in 0..50 {
+        pair.client_send(P0, &up(PORT, tag)).unwrap();
+        pair.anchor_send(&down(PORT, tag)).unwrap();
+        pair.run_for(TICK);
+    }
+    let now = pair.now;
+    pair.client.move_flows(&[flow()], P1, now);
+    pair.client_send(P1, &up(PORT, 50)).unwrap();
+    pair.run_for(Duration::from_millis(200));
+    assert_eq!(pair.anchor.stats().resent_packets, 0);
+    assert_eq!(pair.anchor.drops().get(DropReason::Duplicate), 0);
+    assert_eq!(pair.anchor.peers().next().unwrap().flows, 1);
 }
 
 #[test]

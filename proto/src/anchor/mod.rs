@@ -80,6 +80,7 @@ pub use crate::control::FlowKey;
 pub use crate::queue::QueueStats;
 pub use control::{SIGNAL_EVENT_BURST, SIGNAL_EVENT_REFILL};
 pub use membership::PeerChanges;
+pub use resend::MOVE_RESEND_SILENCE;
 
 use crate::control::ControlMessage;
 use crate::cookie::{ChallengeGate, CookieJar, Limiter};

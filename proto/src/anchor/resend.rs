@@ -7,6 +7,11 @@
 //! - its uplink data arrives on another path (the client moved it; this is usually the first
 //!   news of a move, a half round trip before the `FlowMove`, which may come later still when
 //!   the signal itself is lost);
+//!
+//!   these two resend only when the old path was said down or has been silent for
+//!   [`MOVE_RESEND_SILENCE`]: a move by policy off a healthy path (a preferred uplink
+//!   returning, a better RTT) lost nothing, and resending a whole ring there would only cost
+//!   the new path a burst of duplicates;
 //! - the client says the path is down (an applied `PathStatus`);
 //! - the anchor's own view sends its downlink around the path (stale, see the module docs of
 //!   [`super`]): once per outage, until the path is heard from again.
@@ -21,6 +26,11 @@ use crate::time::Instant;
 use crate::wire::Kind;
 use crate::{HEADER_LEN, PathId, PeerId, TAG_LEN, Transmit, ip};
 use core::time::Duration;
+
+/// How long a path must have been silent for a move of one flow off it to resend: longer than
+/// the client's active probe interval (200 ms), shorter than its fastest blackhole detection
+/// (about 400 ms of silence).
+pub const MOVE_RESEND_SILENCE: Duration = Duration::from_millis(300);
 
 /// The flow of a downlink packet, as the client started it.
 fn downlink_flow(packet: &[u8]) -> Option<FlowKey> {
@@ -56,7 +66,11 @@ impl Peer {
         let Some(i) = self.paths.iter().position(|e| e.id == from) else {
             return 0;
         };
-        if self.paths[i].ring.is_empty() {
+        let e = &self.paths[i];
+        let failed = e.down
+            || e.last_rx
+                .is_none_or(|t| now.saturating_duration_since(t) >= MOVE_RESEND_SILENCE);
+        if e.ring.is_empty() || (only.is_some() && !failed) {
             return 0;
         }
         // Taken out for the walk: routing reads the other paths. An empty ring allocates nothing.
