@@ -72,6 +72,8 @@ pub struct CoreStats {
     pub event_overflows: u64,
     pub duplicated_packets: u64,
     pub duplicated_bytes: u64,
+    pub resent_packets: u64,
+    pub resent_bytes: u64,
     /// Gauge: source IPs the per-IP handshake limiter tracks now.
     pub rate_limited_sources: u64,
 }
@@ -89,12 +91,14 @@ impl CoreStats {
             event_overflows: stats.event_overflows,
             duplicated_packets: stats.duplicated_packets,
             duplicated_bytes: stats.duplicated_bytes,
+            resent_packets: stats.resent_packets,
+            resent_bytes: stats.resent_bytes,
             rate_limited_sources: rate_limited_sources as u64,
         }
     }
 
     /// The counters as (metric name, help, value); the names are also the log line's keys.
-    pub fn counters(&self) -> [(&'static str, &'static str, u64); 9] {
+    pub fn counters(&self) -> [(&'static str, &'static str, u64); 11] {
         [
             (
                 "dh_operations",
@@ -140,6 +144,16 @@ impl CoreStats {
                 "duplicated_bytes",
                 "Bytes of those second copies (whole datagrams); the dropped uplink copies are upmt_drops_total{reason=\"duplicate\"}.",
                 self.duplicated_bytes,
+            ),
+            (
+                "resent_packets",
+                "Downlink packets sent again on a flow's new path after the flow left a path (moved, said down, or stale).",
+                self.resent_packets,
+            ),
+            (
+                "resent_bytes",
+                "Bytes of those datagrams; the receiver drops the copy that comes second as upmt_drops_total{reason=\"duplicate\"}.",
+                self.resent_bytes,
             ),
         ]
     }

@@ -52,6 +52,7 @@ fn status() -> StatusReply {
         rx_packets: 2,
         idle: None,
         keepalive_s: None,
+        resent_bytes: 0,
     };
     StatusReply {
         session: SessionStatus {

@@ -247,6 +247,10 @@ pub struct TunnelStatus {
     /// configured) or the flowless check; absent while asleep.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keepalive_s: Option<u64>,
+    /// Bytes of datagrams sent again on it: recent packets of flows that moved to it from a
+    /// path that went down (see docs/architecture.md, "Resending what was in flight").
+    #[serde(default)]
+    pub resent_bytes: u64,
 }
 
 /// What a tunnel sends while the session is idle.

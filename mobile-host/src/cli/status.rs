@@ -155,6 +155,7 @@ mod tests {
                     rx_packets: 20,
                     idle: Some(TunnelIdle::Keepalive),
                     keepalive_s: Some(25),
+                    resent_bytes: 0,
                 },
                 TunnelStatus {
                     uplink: "cell".into(),
@@ -172,6 +173,7 @@ mod tests {
                     rx_packets: 1,
                     idle: Some(TunnelIdle::Asleep),
                     keepalive_s: None,
+                    resent_bytes: 0,
                 },
             ],
             owners: Some(Box::new(OwnerLookups {
@@ -218,6 +220,7 @@ owners: 40 by uid, 7 from the index, 1 by scan, 2 by uid without a process, 3 un
                 loss: 0.0,
                 idle: None,
                 keepalive_s: None,
+                resent_bytes: 0,
                 metered: true,
                 tx_bytes: 0,
                 rx_bytes: 0,

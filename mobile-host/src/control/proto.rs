@@ -263,6 +263,7 @@ mod tests {
                 rx_packets: 4,
                 idle: None,
                 keepalive_s: None,
+                resent_bytes: 0,
             }],
             owners: Some(Box::new(OwnerLookups {
                 by_uid: 5,

@@ -7,6 +7,7 @@ use crate::control::CHALLENGE_LEN;
 use crate::cookie::random_bytes;
 use crate::crypto::Keypair;
 use crate::dup::DupVerdict;
+use crate::resend::ResendRing;
 use crate::time::Instant;
 use crate::{PathId, SessionIndex};
 use core::time::Duration;
@@ -30,6 +31,10 @@ pub(super) struct PathEntry {
     pub(super) down: bool,
     /// Sequence number of the last applied `PathStatus` (0: none).
     pub(super) status_seq: u64,
+    /// Its recent downlink packets (see [`super::resend`]); sized at the first one.
+    pub(super) ring: ResendRing,
+    /// Downlink went around it and its ring was marked; cleared when it is heard from again.
+    pub(super) drained: bool,
 }
 
 impl PathEntry {
@@ -41,6 +46,8 @@ impl PathEntry {
             last_rx: None,
             down: false,
             status_seq: 0,
+            ring: ResendRing::new(0, Duration::ZERO),
+            drained: false,
         }
     }
 
@@ -91,6 +98,12 @@ pub(super) struct Peer {
     pub(super) removed: bool,
     /// The dup sequence of the last redundant downlink packet.
     pub(super) dup_seq: u64,
+    /// The resend sequence of the last other downlink packet.
+    pub(super) resend_seq: u64,
+    /// It is in the anchor's queue of peers with packets to resend.
+    pub(super) resend_queued: bool,
+    /// Bytes of the datagrams it had resent.
+    pub(super) resent_bytes: u64,
 }
 
 impl Peer {
@@ -115,6 +128,9 @@ impl Peer {
             tx_bytes: 0,
             removed: false,
             dup_seq: 0,
+            resend_seq: 0,
+            resend_queued: false,
+            resent_bytes: 0,
         }
     }
 
@@ -244,6 +260,7 @@ impl Peer {
             self.last_path = Some(path);
             if let Some(e) = self.paths.iter_mut().find(|e| e.id == path) {
                 e.last_rx = Some(now);
+                e.drained = false;
             }
         }
     }
