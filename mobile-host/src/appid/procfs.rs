@@ -288,27 +288,26 @@ impl ProcTable {
     /// Reads candidates, most likely first, until one holds `inode`; with whether it was found
     /// among the new or changed processes, before any other was read.
     fn search(&mut self, inode: u64, uid: Option<u32>) -> Option<(u32, bool)> {
-        // Recent owners first, then the newest pid first: pids count up, so those are the
-        // likelier new owners.
-        let mut all: Vec<u32> = self.pids.keys().copied().collect();
-        all.sort_unstable_by(|a, b| b.cmp(a));
-        let recent: Vec<u32> = self.recent.iter().copied().collect();
-        let mut seen = HashSet::with_capacity(recent.len());
-        let order: Vec<u32> = recent
-            .into_iter()
-            .chain(all)
-            .filter(|&p| seen.insert(p))
+        // New or changed processes (process events) are read first; only they are sorted, as
+        // a just-started app is found among them.
+        let mut dirty: Vec<u32> = self
+            .pids
+            .iter()
+            .filter(|(_, i)| i.dirty)
+            .map(|(&p, _)| p)
             .collect();
-        // New or changed processes (process events) are read first.
+        dirty.sort_unstable_by_key(|&p| likelier(&self.recent, p));
         let mut read = HashSet::new();
-        for &pid in &order {
-            if self.pids.get(&pid).is_some_and(|i| i.dirty) && self.uid_matches(pid, uid) {
+        for pid in dirty {
+            if self.uid_matches(pid, uid) {
                 read.insert(pid);
                 if let Some(found) = self.read_finds(pid, inode) {
                     return Some((found, true));
                 }
             }
         }
+        let mut order: Vec<u32> = self.pids.keys().copied().collect();
+        order.sort_unstable_by_key(|&p| likelier(&self.recent, p));
         // Then those whose fd table moved (one stat each), then the others.
         let mut unchanged = Vec::new();
         for pid in order {
@@ -583,6 +582,15 @@ impl ProcTable {
     }
 }
 
+/// The order in which a search reads processes: recent socket owners first, then the newest
+/// pid first (pids count up, so those are the likelier new owners).
+fn likelier(recent: &VecDeque<u32>, pid: u32) -> (usize, std::cmp::Reverse<u32>) {
+    (
+        recent.iter().position(|&r| r == pid).unwrap_or(usize::MAX),
+        std::cmp::Reverse(pid),
+    )
+}
+
 /// The app name in a `/proc/PID/cmdline`: its first argument, up to the first `:` (Android
 /// names a package's extra processes `package:suffix`), and its last path component when it
 /// is a path (Linux programs started as `/usr/bin/curl`). `None` when empty.
@@ -828,6 +836,14 @@ pub(crate) mod tests {
         assert_eq!(p.found, Found::NewProcess);
         // The trusted pid set needed no listing beyond the first.
         assert_eq!(t.stats().listings, 1);
+    }
+
+    #[test]
+    fn searches_read_recent_owners_first_then_the_newest_pids() {
+        let recent: VecDeque<u32> = [50, 7].into();
+        let mut pids = vec![3, 7, 99, 50, 120];
+        pids.sort_unstable_by_key(|&p| likelier(&recent, p));
+        assert_eq!(pids, vec![50, 7, 120, 99, 3]);
     }
 
     #[test]
