@@ -3,9 +3,9 @@
 //! Run as root: `cargo run --release -p upmt-mobile-host --example classify_bench [PROCS]
 //! [SOCKETS] [FLOWS] [UIDS]` (defaults 1000, 10, 300, 1). It makes a throwaway network
 //! namespace, forks PROCS sleeping children into it with SOCKETS UDP sockets each, all root
-//! (UIDS 1) or spread over UIDS uids from 10000 on, as apps are on a phone (they die with the benchmark:
-//! PR_SET_PDEATHSIG, and are killed and reaped at the end), then times owner lookups in three
-//! cases and prints p50/p90/p99/max for each:
+//! (UIDS 1) or spread over UIDS uids from 10000 on, as apps are on a phone (they die with the
+//! benchmark: PR_SET_PDEATHSIG, and are killed and reaped at the end), then times owner lookups
+//! in several cases and prints p50/p90/p99/max for each:
 //! - warm: FLOWS times a random child, asked through a shared pipe, opens one more socket (a
 //!   fresh flow of a long-running app), looked up by one long-lived resolver fed by process
 //!   events and primed, as the daemon's worker does it;
