@@ -474,6 +474,8 @@ impl Daemon {
                 let owners = status.owners.get_or_insert_default();
                 owners.by_uid = found.by_uid;
                 owners.index_hits = found.index_hits;
+                owners.event_hits = found.event_hits;
+                owners.process_watch = Some(worker.process_watch());
                 owners.scans = found.scans;
                 owners.uid_fallback = found.uid_fallback;
                 owners.unknown = found.unknown;

@@ -271,6 +271,7 @@ impl Snapshot {
             owners: vec![
                 ("by_uid", l.by_uid),
                 ("index_hit", l.index_hits),
+                ("event_hit", l.event_hits),
                 ("scan", l.scans),
                 ("uid_fallback", l.uid_fallback),
                 ("unknown", l.unknown),
