@@ -47,6 +47,10 @@ pub struct Link {
     pub nat_last_out: Option<Instant>,
     /// Bindings the NAT forgot so far.
     pub nat_rebinds: u32,
+    /// The largest outer IP packet it carries (UDP payload plus 28 bytes of IPv4 and UDP
+    /// headers, 48 over IPv6); larger datagrams are dropped silently, as by a router whose ICMP
+    /// never arrives. `None`: any size.
+    pub mtu: Option<u16>,
 }
 
 /// A datagram on its way.
@@ -179,6 +183,7 @@ impl Pair {
                 nat_timeout: None,
                 nat_last_out: None,
                 nat_rebinds: 0,
+                mtu: None,
             })
             .collect::<Vec<_>>();
         let n = links.len();
@@ -261,7 +266,11 @@ impl Pair {
         link.rng ^= link.rng >> 7;
         link.rng ^= link.rng << 17;
         let lost = link.drop_one_in > 0 && link.rng.is_multiple_of(u64::from(link.drop_one_in));
-        if link.blackholed || lost {
+        let headers = if link.addr.is_ipv4() { 28 } else { 48 };
+        let too_big = link
+            .mtu
+            .is_some_and(|m| bytes.len() + headers > usize::from(m));
+        if link.blackholed || lost || too_big {
             return;
         }
         if to_anchor {

@@ -89,6 +89,7 @@
 mod handshake;
 mod natlearn;
 mod paths;
+pub mod pmtu;
 mod resend;
 mod signals;
 
@@ -227,6 +228,12 @@ enum Queued {
     },
     /// The pending signal with this sequence number (skipped if acked meanwhile).
     Signal(u64),
+    /// A probe padded to an outer IP packet of `size` bytes (see [`pmtu`]).
+    MtuProbe {
+        path: PathId,
+        size: u16,
+        seq: u32,
+    },
 }
 
 /// The mobile host's protocol core. See the crate docs for the calling order.
@@ -430,7 +437,11 @@ impl Client {
                 observed,
             } => {
                 if let Some(p) = self.path_mut(path) {
-                    p.on_probe_ack(seq, echo_us, now);
+                    if seq & pmtu::SEQ_BIT != 0 {
+                        p.pmtu.on_ack(seq, now);
+                    } else {
+                        p.on_probe_ack(seq, echo_us, now);
+                    }
                     if observed.is_some() {
                         p.observed = observed;
                     }
@@ -593,6 +604,9 @@ impl Client {
             }
             Queued::Reply { path, msg } => (path, msg),
             Queued::Signal(seq) => self.build_signal(seq)?,
+            Queued::MtuProbe { path, size, seq } => {
+                return self.build_mtu_probe(path, size, seq, now, buf);
+            }
         };
         if self.keys_expired {
             return None;
@@ -601,6 +615,52 @@ impl Client {
         let body = buf.get_mut(HEADER_LEN..HEADER_LEN + msg.buffer_len() + TAG_LEN)?;
         let n = msg.emit(body).ok()?;
         let len = keys.seal(Kind::Control, path, buf, n).ok()?;
+        if let Some(p) = self.path_mut(path) {
+            p.on_sent(now);
+        }
+        Some(Transmit {
+            path,
+            dst: None,
+            len,
+        })
+    }
+
+    /// A probe padded to an outer packet of `size`; a size the buffer cannot hold counts as
+    /// too big for the path.
+    fn build_mtu_probe(
+        &mut self,
+        path: PathId,
+        size: u16,
+        seq: u32,
+        now: Instant,
+        buf: &mut [u8],
+    ) -> Option<Transmit> {
+        if self.keys_expired {
+            return None;
+        }
+        let p = self.path_mut(path)?;
+        let len = p.pmtu.datagram_len(size);
+        let plain = len
+            .checked_sub(HEADER_LEN + TAG_LEN)
+            .filter(|n| *n >= crate::control::PROBE_LEN && len <= buf.len());
+        let Some(plain) = plain else {
+            p.pmtu.unsendable(size, now);
+            return None;
+        };
+        let body = &mut buf[HEADER_LEN..HEADER_LEN + plain];
+        // The anchor ignores the bytes after the probe's fields.
+        body.fill(0);
+        ControlMessage::Probe {
+            seq,
+            sent_us: micros(now),
+        }
+        .emit(body)
+        .ok()?;
+        let len = self
+            .current
+            .as_mut()?
+            .seal(Kind::Control, path, buf, plain)
+            .ok()?;
         if let Some(p) = self.path_mut(path) {
             p.on_sent(now);
         }
@@ -634,6 +694,7 @@ impl Client {
         if self.current.is_some() {
             self.probe_suspect_paths(now);
             self.send_due_probes(now);
+            self.send_due_mtu_probes(now);
             self.send_due_signals(now);
         }
     }

@@ -1,6 +1,7 @@
 //! The client's paths: liveness, probing, RTT and loss, hold-down.
 
 use super::natlearn::KeepaliveLearner;
+use super::pmtu::PmtuSearch;
 use super::signals::SignalBody;
 use super::{Client, Event, Queued};
 use crate::PathId;
@@ -79,6 +80,9 @@ pub struct PathStats {
     /// This path's address and port as the anchor last saw them (after NAT), from its
     /// probe answers; `None` until one said (older anchors never do).
     pub observed: Option<std::net::SocketAddr>,
+    /// The largest outer IP packet this path was proven to carry (see [`super::pmtu`]);
+    /// `None` until the driver reported its interface MTU.
+    pub mtu: Option<u16>,
 }
 
 pub(super) struct Path {
@@ -111,6 +115,8 @@ pub(super) struct Path {
     idle: Idle,
     /// Its public endpoint as the anchor last reported it.
     pub(super) observed: Option<std::net::SocketAddr>,
+    /// Its path MTU search.
+    pub(super) pmtu: PmtuSearch,
 }
 
 impl Path {
@@ -135,6 +141,7 @@ impl Path {
             data_unanswered_since: None,
             burst_at: None,
             observed: None,
+            pmtu: PmtuSearch::new(),
         }
     }
 
@@ -277,6 +284,7 @@ impl Path {
             rx_packets: self.rx_packets,
             idle: self.idle,
             observed: self.observed,
+            mtu: self.pmtu.mtu(),
         }
     }
 }
@@ -384,6 +392,8 @@ impl Client {
             if p.state == PathState::Down {
                 p.state = PathState::Up;
                 p.up_since = Some(now);
+                // The path that came back may run over another link or router.
+                p.pmtu.restart(now);
                 self.queues.push_event(Event::PathUp(path));
                 self.signal(SignalBody::PathStatus { path, down: false }, now);
             }
@@ -452,6 +462,43 @@ impl Client {
             if let Some(t) = p.burst_deadline() {
                 timers.set_earliest(Timer::PathTimeout, t);
             }
+            if p.state == PathState::Up
+                && !p.dormant()
+                && let Some(t) = p.pmtu.deadline(p.srtt)
+            {
+                timers.set_earliest(Timer::Probe, t);
+            }
+        }
+    }
+
+    /// The driver says `path` runs over an interface of `link_mtu` whose outer IP and UDP
+    /// headers take `overhead` bytes (28 for IPv4, 48 for IPv6): its MTU search starts, or
+    /// restarts when either changed.
+    pub fn set_path_link_mtu(&mut self, path: PathId, link_mtu: u16, overhead: u16, now: Instant) {
+        if let Some(p) = self.path_mut(path) {
+            p.pmtu.set_link(link_mtu, overhead, now);
+        }
+    }
+
+    /// The MTU `path` was proven to carry, as in [`PathStats::mtu`].
+    pub fn path_mtu(&self, path: PathId) -> Option<u16> {
+        self.path(path)?.pmtu.mtu()
+    }
+
+    /// Queues the MTU probe due on each Up path, if any (see [`super::pmtu`]).
+    pub(super) fn send_due_mtu_probes(&mut self, now: Instant) {
+        for i in 0..self.paths.len() {
+            let p = &mut self.paths[i];
+            if p.state != PathState::Up || p.dormant() {
+                continue;
+            }
+            if let Some((size, seq)) = p.pmtu.poll(p.srtt, now) {
+                let path = p.id;
+                // A full queue loses the probe; its timeout counts it lost like the network would.
+                let _ = self
+                    .queues
+                    .push_transmit(Queued::MtuProbe { path, size, seq });
+            }
         }
     }
 
@@ -465,6 +512,8 @@ impl Client {
             }
             p.burst_at = Some(now);
             p.unanswered_since.get_or_insert(now);
+            // Data lost while small probes pass is what a shrunken path MTU looks like.
+            p.pmtu.validate(now);
             let id = p.id;
             for _ in 0..SUSPECT_BURST {
                 // A full queue only leaves the burst shorter.
