@@ -510,6 +510,17 @@ impl Daemon {
             .map(|a| if a.is_ipv4() { Family::V4 } else { Family::V6 })
             .collect();
         self.host.handle_interfaces(facts, families, now);
+        self.report_uplink_mtus(now);
+    }
+
+    /// Tells the core each open uplink's interface MTU; it searches the path MTU below it and
+    /// starts again when it changed.
+    fn report_uplink_mtus(&mut self, now: Instant) {
+        for u in self.uplinks.iter().filter(|u| u.socket.is_some()) {
+            if let Some(mtu) = self.host.interface(u.id).and_then(uplink::interface_mtu) {
+                self.host.handle_uplink_mtu(u.id, mtu, now);
+            }
+        }
     }
 
     /// What the host's interfaces look like; without netlink, the uplinks' exact names looked
@@ -562,6 +573,7 @@ impl Daemon {
                 let local = socket.local_addr().ok();
                 u.socket = Some(socket);
                 self.host.handle_uplink_available(id, local, now);
+                self.report_uplink_mtus(now);
             }
             Err(e) => {
                 tracing::warn!(uplink = %u.config.name, interface = %attempt.interface, error = %display_chain(&e), "uplink not usable yet; retrying");
@@ -674,6 +686,19 @@ impl Daemon {
                     .is_some_and(|d| send_on(&mut self.uplinks, t.path, d));
                 if !sent {
                     self.counters.send_errors += 1;
+                }
+            }
+            while let Some(t) = self.host.poll_mtu_probe(now, &mut self.tx_buf) {
+                let sent = self.tx_buf.get(..t.len).is_some_and(|d| {
+                    let socket = self
+                        .uplinks
+                        .get_mut(usize::from(t.path.0))
+                        .and_then(|u| u.socket.as_mut());
+                    socket.is_some_and(|s| s.peer().is_some_and(|a| s.send_probe(a, d).is_ok()))
+                });
+                // Too big for the interface is a lost probe, which the search expects.
+                if !sent {
+                    tracing::debug!(path = %t.path, len = t.len, "mtu probe not sent");
                 }
             }
             self.write_resets();

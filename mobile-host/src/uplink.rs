@@ -54,6 +54,25 @@ pub enum UplinkError {
     },
 }
 
+/// The interface's MTU (SIOCGIFMTU), if it exists: the upper bound of its path MTU search.
+pub fn interface_mtu(interface: &str) -> Option<u16> {
+    let mut req = ifreq_for(interface)?;
+    // SAFETY: plain socket(2) call; the fd is closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: `req` is a valid ifreq with a NUL-terminated name; SIOCGIFMTU writes ifru_mtu.
+    let rc = unsafe { libc::ioctl(fd, libc::SIOCGIFMTU as _, &mut req) };
+    // SAFETY: `fd` is ours and open.
+    unsafe { libc::close(fd) };
+    if rc < 0 {
+        return None;
+    }
+    // SAFETY: SIOCGIFMTU succeeded, so the mtu member of the union is the one written.
+    u16::try_from(unsafe { req.ifr_ifru.ifru_mtu }).ok()
+}
+
 /// Looks the interface up (SIOCGIFFLAGS): missing, down, or up with carrier.
 pub fn link_state(interface: &str) -> LinkState {
     let Some(mut req) = ifreq_for(interface) else {

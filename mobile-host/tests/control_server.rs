@@ -53,6 +53,7 @@ fn status() -> StatusReply {
         idle: None,
         keepalive_s: None,
         resent_bytes: 0,
+        mtu: None,
     };
     StatusReply {
         session: SessionStatus {

@@ -229,6 +229,11 @@ impl Pair {
             self.uplink_log.push((t.path, bytes.clone()));
             self.send(true, t.path, bytes);
         }
+        while let Some(t) = self.client.poll_mtu_probe(self.now, &mut buf) {
+            let bytes = buf[..t.len].to_vec();
+            self.uplink_log.push((t.path, bytes.clone()));
+            self.send(true, t.path, bytes);
+        }
         while let Some(t) = self.anchor.poll_transmit(self.now, &mut buf) {
             let dst = t.dst.expect("anchor transmits name a destination");
             if self.data_only_to_links && buf[0] == wire::Kind::Data.first_byte() {

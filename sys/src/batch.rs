@@ -181,6 +181,31 @@ impl BatchSocket {
         self.send(dst, datagram, None, 1)
     }
 
+    /// Sends a path MTU probe: with the don't-fragment bit and never fragmented here, whatever
+    /// the kernel learned of the path MTU (`IP_PMTUDISC_PROBE` for this send only), so only a
+    /// path that carries the whole datagram delivers it. Other datagrams keep the socket's mode.
+    pub fn send_probe(&mut self, dst: SocketAddr, datagram: &[u8]) -> io::Result<()> {
+        let saved = PmtuMode::save(&self.socket);
+        let fd = self.socket.as_raw_fd();
+        // The option of the other family fails harmlessly.
+        let _ = setsockopt_int(
+            fd,
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            libc::IP_PMTUDISC_PROBE,
+        );
+        let _ = setsockopt_int(
+            fd,
+            libc::IPPROTO_IPV6,
+            libc::IPV6_MTU_DISCOVER,
+            libc::IPV6_PMTUDISC_PROBE,
+        );
+        let _ = setsockopt_int(fd, libc::IPPROTO_IPV6, libc::IPV6_DONTFRAG, 1);
+        let r = self.send_one(dst, datagram);
+        saved.restore(&self.socket);
+        r
+    }
+
     fn send(
         &mut self,
         destination: SocketAddr,

@@ -412,6 +412,7 @@ pub fn tunnel(
             .filter(|_| stats.is_some_and(|s| s.idle != Idle::Sleep))
             .map(|k| k.as_secs()),
         resent_bytes: 0,
+        mtu: stats.and_then(|s| s.mtu).filter(|_| local.is_some()),
     }
 }
 

@@ -270,6 +270,10 @@ pub struct TunnelStatus {
     /// path that went down (see docs/architecture.md, "Resending what was in flight").
     #[serde(default)]
     pub resent_bytes: u64,
+    /// The largest outer IP packet its path was proven to carry (padded probes, see
+    /// docs/architecture.md, "Path MTU"); absent until the interface MTU is known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u16>,
 }
 
 /// What a tunnel sends while the session is idle.

@@ -509,6 +509,22 @@ impl MobileHost {
         self.pump(now);
     }
 
+    /// `uplink`'s interface has MTU `link_mtu`: its path MTU is searched below it (see
+    /// `upmt_proto::client::pmtu`), again whenever it changes.
+    pub fn handle_uplink_mtu(&mut self, uplink: UplinkId, link_mtu: u16, now: Instant) {
+        let Some(link) = self.links.get(Uplinks::index(uplink)) else {
+            return;
+        };
+        let headers = if link.local.is_some_and(|a| a.is_ipv6()) {
+            40 + 8
+        } else {
+            20 + 8
+        };
+        self.client
+            .set_path_link_mtu(Uplinks::path(uplink), link_mtu, headers, now);
+        self.pump(now);
+    }
+
     /// The driver closed `uplink`'s socket (its link or address went away). Its flows go where
     /// their policy says next.
     pub fn handle_uplink_lost(&mut self, uplink: UplinkId, now: Instant) {
@@ -803,6 +819,13 @@ impl MobileHost {
     }
 
     // ---- outputs ----
+
+    /// The next path MTU probe, written like [`MobileHost::poll_transmit`]'s datagrams: the
+    /// driver sends it with the don't-fragment bit forced and no local fragmentation, so the
+    /// probe measures the path.
+    pub fn poll_mtu_probe(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        self.client.poll_mtu_probe(now, buf)
+    }
 
     /// The next datagram to send, written at the start of `buf` (which must have room for a
     /// whole packet plus [`HEADER_LEN`] and the tag): the protocol's own (handshakes, probes,

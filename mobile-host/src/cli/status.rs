@@ -70,6 +70,7 @@ pub fn render(reply: &StatusReply) -> String {
         ("PUBLIC", Align::Left),
         ("RTT", Align::Right),
         ("LOSS", Align::Right),
+        ("MTU", Align::Right),
         ("TX", Align::Right),
         ("RX", Align::Right),
         ("IDLE", Align::Left),
@@ -87,6 +88,7 @@ pub fn render(reply: &StatusReply) -> String {
             table::or_dash(tun.public),
             table::rtt(tun.rtt_us),
             table::loss(tun.loss),
+            table::or_dash(tun.mtu),
             table::bytes(tun.tx_bytes),
             table::bytes(tun.rx_bytes),
             idle(tun.idle, tun.keepalive_s),
@@ -162,6 +164,7 @@ mod tests {
                     idle: Some(TunnelIdle::Keepalive),
                     keepalive_s: Some(25),
                     resent_bytes: 0,
+                    mtu: Some(1472),
                 },
                 TunnelStatus {
                     uplink: "cell".into(),
@@ -180,6 +183,7 @@ mod tests {
                     idle: Some(TunnelIdle::Asleep),
                     keepalive_s: None,
                     resent_bytes: 0,
+                    mtu: None,
                 },
             ],
             owners: Some(Box::new(OwnerLookups {
@@ -197,9 +201,9 @@ mod tests {
         let expected = "\
 session: connected to 198.51.100.1:51820 as 10.77.0.2, fd77::2 on upmt0
 
-UPLINK  INTERFACE  STATE  LOCAL               PUBLIC                 RTT  LOSS       TX        RX  IDLE
-wifi    wlan0      up     192.168.1.10:40000  203.0.113.7:61000  12.3 ms    0%  1.2 MiB  94.2 MiB  keepalive 25s
-cell    rmnet0     down   -                   -                        -  100%      0 B     512 B  asleep
+UPLINK  INTERFACE  STATE  LOCAL               PUBLIC                 RTT  LOSS   MTU       TX        RX  IDLE
+wifi    wlan0      up     192.168.1.10:40000  203.0.113.7:61000  12.3 ms    0%  1472  1.2 MiB  94.2 MiB  keepalive 25s
+cell    rmnet0     down   -                   -                        -  100%     -      0 B     512 B  asleep
 
 owners: 40 by uid, 7 from the index, 5 among new processes, 1 by scan, 2 by uid without a process, 3 unknown; 1 decided by default after the lookup bound, 1 decided again; new processes from process events (initial network namespace)
 ";
@@ -229,6 +233,7 @@ owners: 40 by uid, 7 from the index, 5 among new processes, 1 by scan, 2 by uid 
                 idle: None,
                 keepalive_s: None,
                 resent_bytes: 0,
+                mtu: None,
                 metered: true,
                 tx_bytes: 0,
                 rx_bytes: 0,

@@ -264,6 +264,7 @@ mod tests {
                 idle: None,
                 keepalive_s: None,
                 resent_bytes: 0,
+                mtu: None,
             }],
             owners: Some(Box::new(OwnerLookups {
                 by_uid: 5,

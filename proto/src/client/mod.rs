@@ -228,12 +228,6 @@ enum Queued {
     },
     /// The pending signal with this sequence number (skipped if acked meanwhile).
     Signal(u64),
-    /// A probe padded to an outer IP packet of `size` bytes (see [`pmtu`]).
-    MtuProbe {
-        path: PathId,
-        size: u16,
-        seq: u32,
-    },
 }
 
 /// The mobile host's protocol core. See the crate docs for the calling order.
@@ -277,6 +271,8 @@ pub struct Client {
     rings: Vec<(PathId, crate::resend::ResendRing)>,
     /// Bytes resent per path they went out on.
     resent: Vec<(PathId, u64)>,
+    /// Path MTU probes due, as (path, size, sequence number): at most one per path.
+    mtu_probes: Vec<(PathId, u16, u32)>,
 }
 
 impl Client {
@@ -311,6 +307,7 @@ impl Client {
             resend_seq: 0,
             rings: Vec::new(),
             resent: Vec::new(),
+            mtu_probes: Vec::new(),
         }
     }
 
@@ -604,9 +601,6 @@ impl Client {
             }
             Queued::Reply { path, msg } => (path, msg),
             Queued::Signal(seq) => self.build_signal(seq)?,
-            Queued::MtuProbe { path, size, seq } => {
-                return self.build_mtu_probe(path, size, seq, now, buf);
-            }
         };
         if self.keys_expired {
             return None;
@@ -623,6 +617,19 @@ impl Client {
             dst: None,
             len,
         })
+    }
+
+    /// The next path MTU probe (see [`pmtu`]), written like `poll_transmit`'s datagrams. It is
+    /// a separate output because it must leave differently: with the don't-fragment bit and
+    /// never fragmented by the sender, whatever path MTU the sender's kernel cached, or it
+    /// would prove nothing.
+    pub fn poll_mtu_probe(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        while let Some((path, size, seq)) = self.mtu_probes.pop() {
+            if let Some(t) = self.build_mtu_probe(path, size, seq, now, buf) {
+                return Some(t);
+            }
+        }
+        None
     }
 
     /// A probe padded to an outer packet of `size`; a size the buffer cannot hold counts as

@@ -494,10 +494,9 @@ impl Client {
             }
             if let Some((size, seq)) = p.pmtu.poll(p.srtt, now) {
                 let path = p.id;
-                // A full queue loses the probe; its timeout counts it lost like the network would.
-                let _ = self
-                    .queues
-                    .push_transmit(Queued::MtuProbe { path, size, seq });
+                // A probe not polled before the next is replaced: its timeout counts it lost.
+                self.mtu_probes.retain(|q| q.0 != path);
+                self.mtu_probes.push((path, size, seq));
             }
         }
     }

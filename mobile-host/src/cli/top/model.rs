@@ -205,6 +205,7 @@ pub(crate) mod tests {
             idle: None,
             keepalive_s: None,
             resent_bytes: 0,
+            mtu: None,
             metered: false,
         }
     }
