@@ -751,6 +751,18 @@ impl Daemon {
                     self.host.handle_tun_ready(tun.name.clone());
                 }
             }
+            RoutingIntent::TunMtu(mtu) => {
+                if let Some(tun) = &self.tun {
+                    match self.netlink.set_mtu(tun.index, mtu).await {
+                        Ok(()) => {
+                            tracing::info!(tun = %tun.name, mtu, "TUN MTU follows the path MTU")
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %display_chain(&e), "TUN MTU not changed")
+                        }
+                    }
+                }
+            }
             RoutingIntent::Bypass(uids) => {
                 self.bypass = uids;
                 let tun = self.tun_route();

@@ -115,6 +115,8 @@ pub enum RoutingIntent {
     Connect(SessionParams),
     /// Traffic of these uids bypasses the tunnel (replaces the previous set).
     Bypass(Vec<u32>),
+    /// Give the TUN this MTU: the smallest live path's MTU changed (see [`crate::pmtu`]).
+    TunMtu(u16),
 }
 
 /// Counters of what the host itself dropped or answered (the protocol client counts its own).
@@ -165,6 +167,8 @@ pub struct MobileHost {
     bypass: Option<Vec<u32>>,
     tun: Option<String>,
     uplinks_changed: bool,
+    /// The TUN MTU last asked for; `None`: the session's, as `Connect` set it.
+    tun_mtu: Option<u16>,
     next_housekeeping: Instant,
     released: VecDeque<(UplinkId, Vec<u8>)>,
     scratch: Vec<Vec<u8>>,
@@ -238,6 +242,7 @@ impl MobileHost {
             bypass: None,
             tun: None,
             uplinks_changed: false,
+            tun_mtu: None,
             next_housekeeping: now + HOUSEKEEPING_INTERVAL,
             released: VecDeque::new(),
             scratch: Vec::with_capacity(crate::flows::MAX_PENDING_PACKETS),
@@ -1055,6 +1060,27 @@ impl MobileHost {
             self.set_idle_modes(now);
         }
         self.observe_anchor(now);
+        self.follow_path_mtu();
+    }
+
+    /// Asks for a new TUN MTU when the live paths' MTUs call for another one.
+    fn follow_path_mtu(&mut self) {
+        let Some(session_mtu) = self.client.session().map(|p| p.mtu) else {
+            return;
+        };
+        let paths = self.links.iter().enumerate().filter(|(_, l)| l.live);
+        let mtus = paths.filter_map(|(i, l)| {
+            let mtu = self
+                .client
+                .path_mtu(PathId(u8::try_from(i).unwrap_or(u8::MAX)))?;
+            Some((mtu, l.local.is_some_and(|a| a.is_ipv6())))
+        });
+        let wanted = crate::pmtu::inner_mtu(session_mtu, mtus);
+        if wanted != self.tun_mtu.unwrap_or(session_mtu) {
+            tracing::info!(mtu = wanted, "inner MTU follows the path MTU");
+            self.tun_mtu = Some(wanted);
+            self.routing.push_back(RoutingIntent::TunMtu(wanted));
+        }
     }
 
     /// Tells the anchors whether a path is up and whether the phone has a network.
@@ -1086,6 +1112,7 @@ impl MobileHost {
                     "connected to the anchor"
                 );
                 self.routing.push_back(RoutingIntent::Connect(params));
+                self.tun_mtu = None;
             }
             ClientEvent::Disconnected => {
                 // TUN and routes stay: traffic is dropped rather than leaked while re-handshaking.

@@ -28,6 +28,7 @@ pub mod flows;
 pub mod host;
 pub mod idle;
 pub mod owner;
+pub mod pmtu;
 pub mod redundant;
 pub mod rst;
 pub mod select;

@@ -231,6 +231,20 @@ impl Netlink {
         }))
     }
 
+    /// Sets the MTU of link `index`.
+    pub async fn set_mtu(&self, index: u32, mtu: u16) -> Result<(), RoutingError> {
+        self.handle
+            .link()
+            .set(
+                LinkUnspec::new_with_index(index)
+                    .mtu(u32::from(mtu))
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(request(format!("setting MTU {mtu} on link {index}")))
+    }
+
     /// Gives link `index` the session's addresses and MTU and brings it up.
     pub async fn configure_tun(
         &self,
