@@ -111,3 +111,27 @@ fn a_path_mtu_that_shrinks_under_data_is_found_again_without_losing_the_path() {
     let mtu = pair.client.path_mtu(P0).unwrap();
     assert!((1300 - GRANULARITY..=1300).contains(&mtu), "found {mtu}");
 }
+
+#[test]
+fn a_path_that_shrinks_under_a_download_is_found_by_the_periodic_confirmation() {
+    let mut pair = connected_pair([None, None]);
+    pair.run_for(Duration::from_secs(2));
+    assert_eq!(pair.client.path_mtu(P0), Some(1500));
+    pair.links[0].mtu = Some(1300);
+    let start = pair.now;
+    let mut found = None;
+    for tag in 0..2000 {
+        // Small packets both ways, as the acks of a download and its segments that still fit:
+        // nothing is lost, so only the confirmation can notice.
+        pair.client_send(P0, &up(5000, tag)).unwrap();
+        let _ = pair.anchor_send(&down(5000, tag));
+        pair.run_for(Duration::from_millis(10));
+        if pair.client.path_mtu(P0).is_some_and(|m| m <= 1300) {
+            found = Some(pair.now - start);
+            break;
+        }
+    }
+    let took = found.expect("the smaller MTU is found");
+    // Within a confirmation interval, plus two lost probes.
+    assert!(took <= Duration::from_secs(7), "took {took:?}");
+}

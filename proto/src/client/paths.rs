@@ -148,6 +148,7 @@ impl Path {
     /// A data packet went out on this path.
     pub(super) fn on_data_sent(&mut self, now: Instant) {
         self.data_unanswered_since.get_or_insert(now);
+        self.pmtu.on_data(now);
     }
 
     /// When this path becomes suspect, if data went out unanswered and no burst runs.

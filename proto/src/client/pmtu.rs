@@ -13,9 +13,12 @@
 //! [`MAX_PROBES`] lost probes. A finished search is repeated after [`RAISE_INTERVAL`] (a path
 //! may have grown), at once when the interface MTU changes, and when the path comes back Up.
 //!
-//! Black holes: when data on a path stays unanswered (the path turns suspect) the proven size
-//! is probed again at once; when that is lost too, the path falls back to the base and searches
-//! again. A lost MTU probe never counts toward the path's liveness or loss: MTU probes have
+//! Black holes: the proven size is probed again (confirmed) at once when data on a path stays
+//! unanswered (the path turns suspect), and every [`CONFIRM_INTERVAL`] while the path carries
+//! data, since a path that shrank downlink only (a download: the uplink carries small acks)
+//! shows no uplink loss; when that probe is lost too, the path falls back to the base and
+//! searches again. Confirming costs one full-size probe per interval, and only on a path that
+//! carries data. A lost MTU probe never counts toward the path's liveness or loss: MTU probes have
 //! their own sequence space (the top bit set) and leave the liveness bookkeeping alone.
 
 use crate::time::Instant;
@@ -29,6 +32,8 @@ pub const GRANULARITY: u16 = 16;
 pub const MAX_PROBES: u8 = 2;
 /// How long after a finished search the path is searched again for a larger MTU.
 pub const RAISE_INTERVAL: Duration = Duration::from_secs(600);
+/// How often the proven size is confirmed on a path that carries data.
+pub const CONFIRM_INTERVAL: Duration = Duration::from_secs(5);
 /// The shortest wait for the ack of an MTU probe.
 pub const PROBE_TIMEOUT_FLOOR: Duration = Duration::from_millis(500);
 /// The top bit of a probe's sequence number marks an MTU probe.
@@ -74,6 +79,10 @@ pub(super) struct PmtuSearch {
     probe: Option<Outstanding>,
     /// When the next probe goes out (or the next search starts).
     next_at: Option<Instant>,
+    /// When the finished search is repeated for a larger MTU.
+    raise_at: Option<Instant>,
+    /// When the proven size is confirmed, armed by data on the path.
+    confirm_at: Option<Instant>,
     next_seq: u32,
 }
 
@@ -87,6 +96,8 @@ impl PmtuSearch {
             overhead: 0,
             probe: None,
             next_at: None,
+            raise_at: None,
+            confirm_at: None,
             next_seq: 0,
         }
     }
@@ -119,6 +130,14 @@ impl PmtuSearch {
         self.probe = None;
         self.phase = Phase::Searching;
         self.next_at = Some(now);
+        self.confirm_at = None;
+    }
+
+    /// Data went out on the path: the proven size is confirmed within [`CONFIRM_INTERVAL`].
+    pub(super) fn on_data(&mut self, now: Instant) {
+        if self.phase == Phase::Searched && self.proven > PMTU_BASE && self.confirm_at.is_none() {
+            self.confirm_at = Some(now + CONFIRM_INTERVAL);
+        }
     }
 
     /// Data on the path went unanswered: probe the proven size again at once, unless it is
@@ -128,6 +147,7 @@ impl PmtuSearch {
             self.phase = Phase::Validating;
             self.probe = None;
             self.next_at = Some(now);
+            self.confirm_at = None;
         }
     }
 
@@ -135,7 +155,10 @@ impl PmtuSearch {
     pub(super) fn deadline(&self, srtt: Option<Duration>) -> Option<Instant> {
         match self.probe {
             Some(p) => Some(p.sent + probe_timeout(srtt)),
-            None => self.next_at,
+            None => match (self.next_at, self.confirm_at) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            },
         }
     }
 
@@ -153,6 +176,9 @@ impl PmtuSearch {
             self.probe = None;
             self.on_too_big(p.size);
             self.next_at = Some(now);
+        }
+        if self.phase == Phase::Searched && self.confirm_at.is_some_and(|t| now >= t) {
+            self.validate(now);
         }
         if self.next_at.is_none_or(|t| now < t) {
             return None;
@@ -185,8 +211,13 @@ impl PmtuSearch {
             return; // a late ack of a probe already given up, or a duplicate
         };
         self.probe = None;
+        if self.phase == Phase::Validating {
+            // Confirmed: back to waiting for the raise.
+            self.phase = Phase::Searched;
+            self.next_at = self.raise_at;
+            return;
+        }
         self.proven = p.size;
-        self.phase = Phase::Searching;
         self.next_at = Some(now);
     }
 
@@ -209,7 +240,8 @@ impl PmtuSearch {
     fn candidate(&mut self, now: Instant) -> Option<u16> {
         if self.too_big <= self.proven.saturating_add(GRANULARITY) {
             self.phase = Phase::Searched;
-            self.next_at = Some(now + RAISE_INTERVAL);
+            self.raise_at = Some(now + RAISE_INTERVAL);
+            self.next_at = self.raise_at;
             return None;
         }
         Some(if self.too_big > self.link_mtu {
@@ -340,6 +372,31 @@ mod tests {
         assert_eq!(s.poll(None, before), None);
         let (size, _) = s.poll(None, done).unwrap();
         assert_eq!(size, 1500);
+    }
+
+    #[test]
+    fn data_on_a_path_has_its_proven_size_confirmed_and_a_confirmed_size_stays() {
+        let mut s = PmtuSearch::new();
+        s.set_link(1500, 28, at(0));
+        search(&mut s, 1500, 0);
+        let raise = s.deadline(None).unwrap();
+        s.on_data(at(100));
+        s.on_data(at(200));
+        assert_eq!(s.deadline(None), Some(at(100) + CONFIRM_INTERVAL));
+        let (size, seq) = s.poll(None, at(100) + CONFIRM_INTERVAL).unwrap();
+        assert_eq!(size, 1500);
+        s.on_ack(seq, at(5200));
+        assert_eq!(s.mtu(), Some(1500));
+        // The raise keeps its time; the next confirmation waits for more data.
+        assert_eq!(s.deadline(None), Some(raise));
+    }
+
+    #[test]
+    fn an_idle_path_is_never_confirmed() {
+        let mut s = PmtuSearch::new();
+        s.set_link(1500, 28, at(0));
+        search(&mut s, 1500, 0);
+        assert_eq!(s.poll(None, at(100) + CONFIRM_INTERVAL * 10), None);
     }
 
     #[test]
