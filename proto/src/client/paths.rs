@@ -81,7 +81,7 @@ pub struct PathStats {
     /// probe answers; `None` until one said (older anchors never do).
     pub observed: Option<std::net::SocketAddr>,
     /// The largest outer IP packet this path was proven to carry (see [`super::pmtu`]);
-    /// `None` until the driver reported its interface MTU.
+    /// `None` until a search below the interface MTU the driver reported ended.
     pub mtu: Option<u16>,
 }
 

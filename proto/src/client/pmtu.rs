@@ -72,6 +72,9 @@ pub(super) struct PmtuSearch {
     phase: Phase,
     /// The largest size proven (or the base, assumed).
     proven: u16,
+    /// Whether `proven` is the path's MTU as far as known: a search ended (or a confirmation
+    /// failed) since the interface MTU was last set. While the first search runs it is not.
+    known: bool,
     /// The smallest size known not to pass; the interface MTU plus one while none failed.
     too_big: u16,
     link_mtu: u16,
@@ -91,6 +94,7 @@ impl PmtuSearch {
         PmtuSearch {
             phase: Phase::Disabled,
             proven: PMTU_BASE,
+            known: false,
             too_big: PMTU_BASE + 1,
             link_mtu: PMTU_BASE,
             overhead: 0,
@@ -102,9 +106,10 @@ impl PmtuSearch {
         }
     }
 
-    /// The path MTU as far as known: `None` until the driver reported the interface MTU.
+    /// The path MTU as far as known: `None` until a search below the interface MTU the driver
+    /// reported ended (a few round trips after it reported it).
     pub(super) fn mtu(&self) -> Option<u16> {
-        (self.phase != Phase::Disabled).then_some(self.proven)
+        self.known.then_some(self.proven)
     }
 
     /// The interface under the path has `link_mtu` and the outer headers take `overhead`
@@ -116,6 +121,7 @@ impl PmtuSearch {
         self.link_mtu = link_mtu;
         self.overhead = overhead;
         self.proven = PMTU_BASE.min(link_mtu);
+        self.known = false;
         self.phase = Phase::Searching;
         self.restart(now);
     }
@@ -230,6 +236,7 @@ impl PmtuSearch {
         if self.phase == Phase::Validating {
             // The proven size stopped passing: fall back and search below it.
             self.proven = PMTU_BASE.min(self.link_mtu);
+            self.known = true;
             self.phase = Phase::Searching;
         }
         self.too_big = self.too_big.min(size);
@@ -240,6 +247,7 @@ impl PmtuSearch {
     fn candidate(&mut self, now: Instant) -> Option<u16> {
         if self.too_big <= self.proven.saturating_add(GRANULARITY) {
             self.phase = Phase::Searched;
+            self.known = true;
             self.raise_at = Some(now + RAISE_INTERVAL);
             self.next_at = self.raise_at;
             return None;
@@ -307,7 +315,7 @@ mod tests {
     fn a_path_that_carries_the_interface_mtu_is_proven_with_one_probe() {
         let mut s = PmtuSearch::new();
         s.set_link(1500, 28, at(0));
-        assert_eq!(s.mtu(), Some(PMTU_BASE));
+        assert_eq!(s.mtu(), None, "unknown while the first search runs");
         assert_eq!(search(&mut s, 1500, 0), vec![1500]);
         assert_eq!(s.mtu(), Some(1500));
         assert_eq!(s.deadline(None), Some(at(10) + RAISE_INTERVAL));
@@ -346,7 +354,10 @@ mod tests {
         assert_ne!(seq & SEQ_BIT, 0);
         // An ack of another sequence number proves nothing.
         s.on_ack(seq & !SEQ_BIT, at(5));
-        assert_eq!(s.mtu(), Some(PMTU_BASE));
+        assert_eq!(s.poll(None, at(6)), None, "still waiting for its own ack");
+        s.on_ack(seq, at(7));
+        assert_eq!(s.poll(None, at(8)), None);
+        assert_eq!(s.mtu(), Some(1500));
     }
 
     #[test]
@@ -405,7 +416,7 @@ mod tests {
         s.set_link(1500, 28, at(0));
         search(&mut s, 1500, 0);
         s.set_link(1400, 28, at(50));
-        assert_eq!(s.mtu(), Some(PMTU_BASE));
+        assert_eq!(s.mtu(), None);
         assert_eq!(search(&mut s, 1500, 50), vec![1400]);
         assert_eq!(s.mtu(), Some(1400));
         // The same values again change nothing.
