@@ -135,6 +135,7 @@ pub struct PathSnapshot {
     pub tx_packets: u64,
     pub rx_packets: u64,
     pub resent_bytes: u64,
+    pub mtu: Option<u16>,
 }
 
 impl From<&TunnelStatus> for PathSnapshot {
@@ -148,6 +149,7 @@ impl From<&TunnelStatus> for PathSnapshot {
             tx_packets: t.tx_packets,
             rx_packets: t.rx_packets,
             resent_bytes: t.resent_bytes,
+            mtu: t.mtu,
         }
     }
 }
@@ -357,6 +359,12 @@ impl Collector for Snapshot {
             "Smoothed fraction of the path's probes lost, 0 to 1.",
             &by_path(&|p| Some(f64::from(p.loss))),
         )?;
+        gauge(
+            &mut encoder,
+            "upmt_mh_path_mtu_bytes",
+            "The largest outer IP packet the path was proven to carry (absent until its first search ended).",
+            &by_path(&|p| p.mtu.map(f64::from)),
+        )?;
         counters(
             &mut encoder,
             "upmt_mh_path_tx_datagrams",
@@ -557,6 +565,7 @@ mod tests {
                     tx_packets: 10,
                     rx_packets: 9,
                     resent_bytes: 0,
+                    mtu: Some(1472),
                 },
                 PathSnapshot {
                     uplink: "cell".into(),
@@ -567,6 +576,7 @@ mod tests {
                     tx_packets: 0,
                     rx_packets: 0,
                     resent_bytes: 0,
+                    mtu: None,
                 },
             ],
             apps: vec![AppBytes {
@@ -599,6 +609,7 @@ mod tests {
             "upmt_mh_path_state{uplink=\"cell\",interface=\"rmnet0\",state=\"down\"} 1\n",
             "upmt_mh_path_rtt_seconds{uplink=\"wifi\"} 0.0125\n",
             "upmt_mh_path_loss_ratio{uplink=\"wifi\"} 0.25\n",
+            "upmt_mh_path_mtu_bytes{uplink=\"wifi\"} 1472.0\n",
             "upmt_mh_path_tx_datagrams_total{uplink=\"wifi\"} 10\n",
             "upmt_mh_path_transitions_total{uplink=\"wifi\",to=\"down\"} 1\n",
         ] {
@@ -607,6 +618,10 @@ mod tests {
         // No RTT sample for a path never answered, rather than a misleading zero.
         assert!(
             !text.contains("upmt_mh_path_rtt_seconds{uplink=\"cell\"}"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("upmt_mh_path_mtu_bytes{uplink=\"cell\"}"),
             "{text}"
         );
     }
