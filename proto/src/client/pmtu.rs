@@ -10,8 +10,9 @@
 //! MTU the anchor accepts for its TUN) and the interface MTU the driver reports. It tries the
 //! interface MTU first (most paths carry it, so one probe usually ends the search), then halves
 //! the interval until it is narrower than [`GRANULARITY`]. A size is too big after
-//! [`MAX_PROBES`] lost probes. A finished search is repeated after [`RAISE_INTERVAL`] (a path
-//! may have grown), at once when the interface MTU changes, and when the path comes back Up.
+//! [`MAX_PROBES`] lost probes. A finished search is repeated with the first data after
+//! [`RAISE_INTERVAL`] (a path may have grown; an idle path gains nothing from it, so no timer
+//! wakes it), at once when the interface MTU changes, and when the path comes back Up.
 //!
 //! Black holes: the proven size is probed again (confirmed) at once when data on a path stays
 //! unanswered (the path turns suspect), and every [`CONFIRM_INTERVAL`] while the path carries
@@ -139,9 +140,16 @@ impl PmtuSearch {
         self.confirm_at = None;
     }
 
-    /// Data went out on the path: the proven size is confirmed within [`CONFIRM_INTERVAL`].
+    /// Data went out on the path: the proven size is confirmed within [`CONFIRM_INTERVAL`], or
+    /// the search is repeated now if its raise is due.
     pub(super) fn on_data(&mut self, now: Instant) {
-        if self.phase == Phase::Searched && self.proven > PMTU_BASE && self.confirm_at.is_none() {
+        if self.phase != Phase::Searched {
+            return;
+        }
+        if self.raise_at.is_some_and(|t| now >= t) {
+            self.raise_at = None;
+            self.next_at = Some(now);
+        } else if self.proven > PMTU_BASE && self.confirm_at.is_none() {
             self.confirm_at = Some(now + CONFIRM_INTERVAL);
         }
     }
@@ -218,9 +226,9 @@ impl PmtuSearch {
         };
         self.probe = None;
         if self.phase == Phase::Validating {
-            // Confirmed: back to waiting for the raise.
+            // Confirmed: back to waiting for data.
             self.phase = Phase::Searched;
-            self.next_at = self.raise_at;
+            self.next_at = None;
             return;
         }
         self.proven = p.size;
@@ -249,7 +257,7 @@ impl PmtuSearch {
             self.phase = Phase::Searched;
             self.known = true;
             self.raise_at = Some(now + RAISE_INTERVAL);
-            self.next_at = self.raise_at;
+            self.next_at = None;
             return None;
         }
         Some(if self.too_big > self.link_mtu {
@@ -318,7 +326,7 @@ mod tests {
         assert_eq!(s.mtu(), None, "unknown while the first search runs");
         assert_eq!(search(&mut s, 1500, 0), vec![1500]);
         assert_eq!(s.mtu(), Some(1500));
-        assert_eq!(s.deadline(None), Some(at(10) + RAISE_INTERVAL));
+        assert_eq!(s.deadline(None), None, "a searched idle path arms no timer");
     }
 
     #[test]
@@ -374,14 +382,14 @@ mod tests {
     }
 
     #[test]
-    fn a_finished_search_looks_for_a_larger_mtu_after_the_raise_interval() {
+    fn a_finished_search_looks_for_a_larger_mtu_with_data_after_the_raise_interval() {
         let mut s = PmtuSearch::new();
         s.set_link(1500, 28, at(0));
         search(&mut s, 1400, 0);
-        let done = s.deadline(None).unwrap();
-        let before = Instant::ZERO + (done.as_duration() - Duration::from_millis(1));
-        assert_eq!(s.poll(None, before), None);
-        let (size, _) = s.poll(None, done).unwrap();
+        // No timer: the raise waits for data at least RAISE_INTERVAL after the search.
+        assert_eq!(s.poll(None, at(100) + RAISE_INTERVAL * 2), None);
+        s.on_data(at(100) + RAISE_INTERVAL * 2);
+        let (size, _) = s.poll(None, at(100) + RAISE_INTERVAL * 2).unwrap();
         assert_eq!(size, 1500);
     }
 
@@ -390,7 +398,6 @@ mod tests {
         let mut s = PmtuSearch::new();
         s.set_link(1500, 28, at(0));
         search(&mut s, 1500, 0);
-        let raise = s.deadline(None).unwrap();
         s.on_data(at(100));
         s.on_data(at(200));
         assert_eq!(s.deadline(None), Some(at(100) + CONFIRM_INTERVAL));
@@ -398,8 +405,8 @@ mod tests {
         assert_eq!(size, 1500);
         s.on_ack(seq, at(5200));
         assert_eq!(s.mtu(), Some(1500));
-        // The raise keeps its time; the next confirmation waits for more data.
-        assert_eq!(s.deadline(None), Some(raise));
+        // The next confirmation waits for more data.
+        assert_eq!(s.deadline(None), None);
     }
 
     #[test]
