@@ -30,6 +30,8 @@ pub(super) struct PathEntry {
     pub(super) down: bool,
     /// Sequence number of the last applied `PathStatus` (0: none).
     pub(super) status_seq: u64,
+    /// The address its disposable NAT-test socket registered from (see `nattest.rs`).
+    pub(super) nat_test: Option<super::nattest::NatTestEntry>,
 }
 
 impl PathEntry {
@@ -41,6 +43,7 @@ impl PathEntry {
             last_rx: None,
             down: false,
             status_seq: 0,
+            nat_test: None,
         }
     }
 

@@ -111,6 +111,11 @@ pub(super) struct Path {
     idle: Idle,
     /// Its public endpoint as the anchor last reported it.
     pub(super) observed: Option<std::net::SocketAddr>,
+    /// The disposable-socket test of its NAT running now.
+    pub(super) nat_test: Option<super::natlearn::NatTest>,
+    /// Finished tests whose binding held, and that got no reply.
+    pub(super) nat_tests_held: u64,
+    pub(super) nat_tests_lost: u64,
 }
 
 impl Path {
@@ -135,6 +140,27 @@ impl Path {
             data_unanswered_since: None,
             burst_at: None,
             observed: None,
+            nat_test: None,
+            nat_tests_held: 0,
+            nat_tests_lost: 0,
+        }
+    }
+
+    /// Its smoothed RTT, once measured.
+    pub(super) fn srtt(&self) -> Option<Duration> {
+        self.srtt
+    }
+
+    /// Feeds a finished disposable-socket test to the learner; a lower interval applies to
+    /// the keepalive already scheduled.
+    pub(super) fn learn_from_test(&mut self, f: impl FnOnce(&mut KeepaliveLearner)) {
+        let Some(l) = &mut self.learner else { return };
+        f(l);
+        let interval = l.interval();
+        if let Some(sent) = self.last_tx
+            && self.idle == Idle::Keepalive
+        {
+            self.next_probe = self.next_probe.min(sent + interval);
         }
     }
 
@@ -525,7 +551,9 @@ impl Client {
             }
             if rekey_here && !active && !outstanding && p.state == PathState::Up {
                 // The lazy rekey this deadline started is the keepalive: the anchor's response
-                // answers it (or its absence times the path out).
+                // answers it (or its absence times the path out). It ends a silence like a
+                // keepalive: the probe confirming the new keys tells whether the binding held.
+                p.idle_gap = p.last_tx.map(|last| now.saturating_duration_since(last));
                 p.next_probe = now
                     + p.idle_interval(&self.config)
                         .unwrap_or(self.config.keepalive);
@@ -549,9 +577,13 @@ impl Client {
                 _ => None,
             };
             p.next_probe = p.meet_rekey(now + interval, interval, rekey_at);
+            let keepalive = p.idle_gap.is_some();
             let id = p.id;
             // A full queue only delays this probe to the next interval.
             let _ = self.queues.push_transmit(Queued::Probe(id));
+            if keepalive {
+                self.maybe_start_nat_test(i, now);
+            }
         }
     }
 }
