@@ -51,6 +51,7 @@ fn status() -> StatusReply {
         rx_packets: 2,
         idle: None,
         keepalive_s: None,
+        keepalive_learning: None,
     };
     StatusReply {
         session: SessionStatus {

@@ -411,6 +411,7 @@ pub fn tunnel(
         keepalive_s: keepalive
             .filter(|_| stats.is_some_and(|s| s.idle != Idle::Sleep))
             .map(|k| k.as_secs()),
+        keepalive_learning: None,
     }
 }
 

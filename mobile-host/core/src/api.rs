@@ -247,6 +247,10 @@ pub struct TunnelStatus {
     /// configured) or the flowless check; absent while asleep.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keepalive_s: Option<u64>,
+    /// With `idle_keepalive_s = "auto"`: true while its NAT is still being tested for a
+    /// longer keepalive, false once learned; absent with a fixed keepalive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keepalive_learning: Option<bool>,
 }
 
 /// What a tunnel sends while the session is idle.

@@ -1460,6 +1460,7 @@ impl MobileHost {
                     b,
                 );
                 t.metered = link.metered;
+                t.keepalive_learning = self.client.path_keepalive_learning(Uplinks::path(u));
                 t
             })
             .collect();
