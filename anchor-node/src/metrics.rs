@@ -58,6 +58,9 @@ pub struct CoreStats {
     pub event_overflows: u64,
     pub duplicated_packets: u64,
     pub duplicated_bytes: u64,
+    pub nat_registrations: u64,
+    pub nat_replies: u64,
+    pub nat_refused: u64,
     /// Gauge: source IPs the per-IP handshake limiter tracks now.
     pub rate_limited_sources: u64,
 }
@@ -75,12 +78,15 @@ impl CoreStats {
             event_overflows: stats.event_overflows,
             duplicated_packets: stats.duplicated_packets,
             duplicated_bytes: stats.duplicated_bytes,
+            nat_registrations: stats.nat_registrations,
+            nat_replies: stats.nat_replies,
+            nat_refused: stats.nat_refused,
             rate_limited_sources: rate_limited_sources as u64,
         }
     }
 
     /// The counters as (metric name, help, value); the names are also the log line's keys.
-    pub fn counters(&self) -> [(&'static str, &'static str, u64); 9] {
+    pub fn counters(&self) -> [(&'static str, &'static str, u64); 12] {
         [
             (
                 "dh_operations",
@@ -126,6 +132,21 @@ impl CoreStats {
                 "duplicated_bytes",
                 "Bytes of those second copies (whole datagrams); the dropped uplink copies are upmt_drops_total{reason=\"duplicate\"}.",
                 self.duplicated_bytes,
+            ),
+            (
+                "nat_registrations",
+                "NAT-test registrations noted from the mobile hosts' disposable test sockets.",
+                self.nat_registrations,
+            ),
+            (
+                "nat_replies",
+                "NAT-test replies sent, one per request of a noted registration.",
+                self.nat_replies,
+            ),
+            (
+                "nat_refused",
+                "NAT-test registrations and requests refused: unknown path, too fast, nothing noted, a wrong or used nonce.",
+                self.nat_refused,
             ),
         ]
     }
