@@ -138,3 +138,30 @@ fn a_path_without_flows_runs_no_test() {
     assert_eq!(pair.client.path_nat_tests(P0), Some((0, 0)));
     assert_eq!(pair.anchor.stats().nat_registrations, 0);
 }
+
+#[test]
+fn behind_a_patient_nat_keepalives_stop_short_of_the_keys_life_and_downlink_always_gets_through() {
+    let mut pair = pair_behind_nat(Duration::from_secs(600));
+    run_keeping_the_binding(&mut pair, Duration::from_secs(2 * 3600));
+    let learned = pair.client.path_keepalive(P0).unwrap();
+    let keys_life = upmt_proto::client::REJECT_AFTER_TIME;
+    assert!(
+        learned < keys_life && learned >= Duration::from_secs(120),
+        "learned {learned:?}"
+    );
+    // Downlink at any moment of the idle cycle finds the binding and live keys.
+    for i in 0..40u32 {
+        pair.run_for(Duration::from_secs(47));
+        let delivered = pair.client_rx.len();
+        pair.anchor_send(&down(5000, i))
+            .expect("the anchor has live keys");
+        pair.run_for(Duration::from_millis(100));
+        assert_eq!(
+            pair.client_rx.len(),
+            delivered + 1,
+            "downlink lost at {:?}",
+            pair.now
+        );
+    }
+    assert_eq!(pair.links[0].nat_rebinds, 0);
+}

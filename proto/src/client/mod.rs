@@ -302,7 +302,15 @@ impl Client {
     pub fn handle_path_up(&mut self, path: PathId, now: Instant) {
         if self.path(path).is_none() {
             let (base, probe) = (self.config.keepalive, self.config.nat_probe);
+            // Keepalives also keep the keys (see `Path::idle_due`): none is ever further apart
+            // than their life minus the margin, so learning more is of no use.
+            let longest = self
+                .config
+                .reject_after
+                .saturating_sub(paths::KEY_MARGIN)
+                .max(base);
             let learner = self.config.keepalive_max.map(|max| {
+                let max = max.min(longest);
                 if probe {
                     KeepaliveLearner::probing(base, max)
                 } else {

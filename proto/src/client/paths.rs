@@ -8,6 +8,10 @@ use crate::time::Instant;
 use crate::timer::{Timer, TimerTable};
 use core::time::Duration;
 
+/// An idle keepalive that refreshes the session's keys comes this long before they expire at
+/// the latest: time for the rekey's retries (`REKEY_TIMEOUT` each).
+pub const KEY_MARGIN: Duration = Duration::from_secs(15);
+
 /// The shortest silence after data that makes a path suspect (see [`suspect_after`]).
 pub const SUSPECT_FLOOR: Duration = Duration::from_millis(150);
 /// Probes sent at once to a suspect path.
@@ -239,7 +243,20 @@ impl Path {
     /// unreplaced would drop the session.
     fn idle_due(&self, config: &super::ClientConfig, rekey_at: Option<Instant>) -> Option<Instant> {
         let interval = self.idle_interval(config)?;
-        Some(self.meet_rekey(self.last_tx? + interval, interval, rekey_at))
+        let due = self.meet_rekey(self.last_tx? + interval, interval, rekey_at);
+        // A binding kept open is no use to downlink that finds the keys expired (or the anchor
+        // gone silent on the session): with a keepalive longer than the keys' life after the
+        // rekey mark, the last keepalive before they expire comes early and starts the rekey.
+        // Never earlier than the rekey mark, so a keepalive of 45 s or less is never moved.
+        Some(match (self.idle, rekey_at) {
+            (Idle::Keepalive, Some(rekey)) => {
+                // The keys were made at `rekey - rekey_after`; they expire `reject_after` later.
+                let life = config.reject_after.saturating_sub(KEY_MARGIN);
+                let latest = rekey + life.saturating_sub(config.rekey_after);
+                due.min(latest)
+            }
+            _ => due,
+        })
     }
 
     /// A flowless check due at `due` slips up to an eighth of its interval to meet a lazy
@@ -557,6 +574,7 @@ impl Client {
                 p.next_probe = now
                     + p.idle_interval(&self.config)
                         .unwrap_or(self.config.keepalive);
+                self.maybe_start_nat_test(i, now);
                 continue;
             }
             // Unanswered probes are repeated at the fast pace: one lost keepalive is not a
