@@ -15,6 +15,7 @@ use toml::Spanned;
 use upmt_proto::keys::{PublicKey, StaticSecret};
 use upmt_sys::cipher::CipherSetting;
 use upmt_sys::config::{ConfigText, line_col, shown};
+use upmt_sys::tunbatch::OffloadSetting;
 
 pub use upmt_sys::config::ConfigError;
 
@@ -73,6 +74,9 @@ pub struct Config {
     pub private_key_file: Option<String>,
     /// Whether AES-256-GCM is picked for mobile hosts that offer it (`cipher`, default auto).
     pub cipher: CipherSetting,
+    /// Whether the TUN uses the kernel's segmentation and coalescing offloads (`offload`,
+    /// default on where the kernel has them).
+    pub offload: OffloadSetting,
     /// The private key is written in the config itself (not in `private_key_file`, whose
     /// mode is checked when it is read).
     pub key_in_config: bool,
@@ -116,6 +120,7 @@ struct RawConfig {
     control_socket: Option<Spanned<String>>,
     control_group: Option<Spanned<String>>,
     cipher: Option<Spanned<String>>,
+    offload: Option<bool>,
     #[serde(default)]
     peer: Vec<RawPeer>,
 }
@@ -513,6 +518,7 @@ impl Validator<'_> {
             control_group,
             private_key_file: raw.private_key_file.as_ref().map(|f| f.get_ref().clone()),
             cipher,
+            offload: OffloadSetting::from_bool(raw.offload.unwrap_or(true)),
             key_in_config,
             peers,
         })
@@ -995,6 +1001,18 @@ address = "10.77.0.3"
             "egress = \"eth0\"\npath_stale_after_ms = 5",
         );
         assert!(err_of(&text).2.contains("between 50 and 60000"));
+    }
+
+    #[test]
+    fn offload_defaults_to_on_and_can_be_turned_off() {
+        let c = parse(Path::new("an.toml"), &good()).unwrap();
+        assert_eq!(c.offload, OffloadSetting::On);
+        let text = good().replace("egress = \"eth0\"", "egress = \"eth0\"\noffload = false");
+        let c = parse(Path::new("an.toml"), &text).unwrap();
+        assert_eq!(c.offload, OffloadSetting::Off);
+        let text = good().replace("egress = \"eth0\"", "egress = \"eth0\"\noffload = \"yes\"");
+        let (line, _, _) = err_of(&text);
+        assert_eq!(line, 7, "a non-boolean is refused at its line");
     }
 
     #[test]

@@ -10,8 +10,9 @@
 //! The loop holds no per-packet heap allocation. The UDP side is batched (`upmt_sys::batch`):
 //! one receive syscall takes many datagrams (recvmmsg, GRO), and the datagrams a TUN batch
 //! produces for one peer go out as one GSO send. The core still sees one datagram per call. The
-//! TUN side is one `try_*` call per packet today; TUN offload slots in the same way (see
-//! `tun.rs`).
+//! TUN side is batched too (`upmt_sys::tunbatch`): with offload a read hands over a TCP
+//! super-packet split into MTU packets, each encapsulated on its own, and the packets decrypted
+//! from one UDP receive batch are written together, coalesced per flow.
 
 use std::future::Future;
 use std::io;
@@ -25,6 +26,7 @@ use upmt_proto::time::Instant;
 use upmt_proto::{DropReason, HEADER_LEN, TAG_LEN};
 use upmt_sys::batch::{self, BatchSocket, RxBatch, TxBatch};
 use upmt_sys::clock;
+use upmt_sys::tunbatch::{OffloadState, TunRx, TunTx};
 
 use crate::control::ControlRequest;
 use crate::metrics::{self, CoreStats, PeerSnapshot, Snapshot};
@@ -87,13 +89,15 @@ pub struct EventLoop {
     anchor: Anchor,
     udp: BatchSocket,
     tun: AsyncDevice,
-    mtu: usize,
     /// UDP receive buffers: datagrams are decrypted in place and written to the TUN from here.
     rx: RxBatch,
     /// Encapsulated TUN packets waiting to go out together (one peer, one size).
     udp_tx: TxBatch,
-    /// TUN receive buffer: packets land at HEADER_LEN so `encapsulate` works in place.
-    tun_buf: Box<[u8]>,
+    /// TUN receive buffers: packets land at HEADER_LEN so `encapsulate` works in place.
+    tun_rx: TunRx,
+    /// Decrypted packets of one UDP receive batch, written to the TUN together.
+    tun_tx: TunTx,
+    offload: OffloadState,
     /// The second copy of a redundant flow's packet (see `Anchor::encapsulate_with_copy`).
     copy_buf: Box<[u8]>,
     /// Where `poll_transmit` writes handshake responses, probe acks and keepalives.
@@ -163,10 +167,11 @@ impl EventLoop {
             anchor,
             udp,
             tun,
-            mtu: usize::from(mtu),
             rx: RxBatch::default(),
             udp_tx: TxBatch::default(),
-            tun_buf: vec![0; HEADER_LEN + MAX_PACKET + TAG_LEN].into_boxed_slice(),
+            tun_rx: TunRx::new(usize::from(mtu), HEADER_LEN, TAG_LEN),
+            tun_tx: TunTx::new(),
+            offload: OffloadState::Off,
             copy_buf: vec![0; HEADER_LEN + MAX_PACKET + TAG_LEN].into_boxed_slice(),
             tx: vec![0; MAX_PACKET].into_boxed_slice(),
             counters: DriverCounters::default(),
@@ -175,6 +180,12 @@ impl EventLoop {
             isolation: None,
             ops: None,
         }
+    }
+
+    /// What offload the TUN was opened with (for the snapshot).
+    pub fn with_offload(mut self, offload: OffloadState) -> Self {
+        self.offload = offload;
+        self
     }
 
     /// Answers control requests and reloads on SIGHUP (see [`crate::ops`]).
@@ -292,8 +303,14 @@ impl EventLoop {
         }
     }
 
-    /// Reads about BATCH datagrams, a receive batch at a time, and feeds each to the core.
+    /// Reads about BATCH datagrams, a receive batch at a time, and feeds each to the core;
+    /// the inner packets go to the TUN together at the end.
     fn read_udp(&mut self, now: Instant) {
+        self.read_udp_batches(now);
+        flush_tun(&mut self.tun_tx, &self.tun, &mut self.counters);
+    }
+
+    fn read_udp_batches(&mut self, now: Instant) {
         for _ in 0..RECV_CALLS {
             match self.udp.recv_batch(&mut self.rx) {
                 Ok(_) => {}
@@ -309,13 +326,11 @@ impl EventLoop {
                 let n = datagram.len();
                 match self.anchor.handle_datagram(from, datagram, now) {
                     Ok(Some((peer, range))) => match datagram.get(range) {
-                        Some(inner) => match self.tun.try_send(inner) {
-                            Ok(_) => self.counters.tun_tx += 1,
-                            Err(e) => {
-                                self.counters.io_errors += 1;
-                                tracing::debug!(%peer, error = %e, "tun write failed");
+                        Some(inner) => {
+                            if self.tun_tx.push(inner) {
+                                flush_tun(&mut self.tun_tx, &self.tun, &mut self.counters);
                             }
-                        },
+                        }
                         None => {
                             tracing::debug!(%peer, "core returned a range outside the datagram")
                         }
@@ -338,16 +353,13 @@ impl EventLoop {
         }
     }
 
-    /// Reads up to BATCH packets from the TUN, encapsulates each in place and queues it; the
-    /// queued datagrams go out as GSO sends (one peer and size each), the rest at the end.
+    /// Reads about BATCH packets from the TUN (an offloaded read gives many), encapsulates
+    /// each in place and queues it; the queued datagrams go out as GSO sends (one peer and size
+    /// each), the rest at the end.
     fn read_tun(&mut self, now: Instant) {
-        // Leave room for the tag after the largest packet the TUN can hand us.
-        let room = self.mtu.min(MAX_PACKET);
-        for _ in 0..BATCH {
-            let n = match self
-                .tun
-                .try_recv(&mut self.tun_buf[HEADER_LEN..HEADER_LEN + room])
-            {
+        let mut handled = 0;
+        while handled < BATCH {
+            let n = match self.tun_rx.recv(&self.tun) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => {
@@ -356,34 +368,40 @@ impl EventLoop {
                     break;
                 }
             };
-            self.counters.tun_rx += 1;
-            match self
-                .anchor
-                .encapsulate_with_copy(&mut self.tun_buf, n, &mut self.copy_buf, now)
-            {
-                Ok((t, copy)) => {
-                    if let Some(c) = copy
-                        && let (Some(dst), Some(datagram)) = (c.dst, self.copy_buf.get(..c.len))
-                    {
-                        count_sent(
-                            &mut self.counters,
-                            batch::queue(&mut self.udp, &mut self.udp_tx, dst, datagram),
-                        );
+            handled += n.max(1);
+            for i in 0..n {
+                let Some((buf, len)) = self.tun_rx.packet_mut(i) else {
+                    break;
+                };
+                self.counters.tun_rx += 1;
+                match self
+                    .anchor
+                    .encapsulate_with_copy(buf, len, &mut self.copy_buf, now)
+                {
+                    Ok((t, copy)) => {
+                        if let Some(c) = copy
+                            && let (Some(dst), Some(datagram)) = (c.dst, self.copy_buf.get(..c.len))
+                        {
+                            count_sent(
+                                &mut self.counters,
+                                batch::queue(&mut self.udp, &mut self.udp_tx, dst, datagram),
+                            );
+                        }
+                        let Some(dst) = t.dst else {
+                            tracing::debug!("core gave an anchor transmit without destination");
+                            continue;
+                        };
+                        match buf.get(..t.len) {
+                            Some(datagram) => count_sent(
+                                &mut self.counters,
+                                batch::queue(&mut self.udp, &mut self.udp_tx, dst, datagram),
+                            ),
+                            None => tracing::debug!("core returned a length past the buffer"),
+                        }
                     }
-                    let Some(dst) = t.dst else {
-                        tracing::debug!("core gave an anchor transmit without destination");
-                        continue;
-                    };
-                    match self.tun_buf.get(..t.len) {
-                        Some(datagram) => count_sent(
-                            &mut self.counters,
-                            batch::queue(&mut self.udp, &mut self.udp_tx, dst, datagram),
-                        ),
-                        None => tracing::debug!("core returned a length past the buffer"),
+                    Err(reason) => {
+                        tracing::debug!(len, reason = reason.as_str(), "dropped tun packet");
                     }
-                }
-                Err(reason) => {
-                    tracing::debug!(len = n, reason = reason.as_str(), "dropped tun packet");
                 }
             }
         }
@@ -483,6 +501,15 @@ impl EventLoop {
             tun_rx_packets: self.counters.tun_rx,
             tun_tx_packets: self.counters.tun_tx,
             io_errors: self.counters.io_errors,
+            tun_offload: self.offload.as_str(),
+            tun: {
+                let (rx, tx) = (self.tun_rx.stats(), self.tun_tx.stats());
+                metrics::TunSnapshot {
+                    read_calls: rx.read_calls,
+                    bad_super_packets: rx.read_bad,
+                    write_batches: tx.write_batches,
+                }
+            },
             core: CoreStats::from_core(&self.anchor.stats(), self.anchor.rate_limited_sources()),
             isolation_drops: self.isolation.as_ref().map_or_else(Vec::new, |reader| {
                 nat::ISOLATION_COUNTERS
@@ -522,6 +549,17 @@ fn drain_transmits(
             },
             _ => tracing::debug!(?t, "core returned an unusable transmit"),
         }
+    }
+}
+
+/// Writes the queued inner packets to the TUN. A refused write drops its packets, as a full
+/// queue would; the tunnelled transport recovers.
+fn flush_tun(tun_tx: &mut TunTx, tun: &AsyncDevice, c: &mut DriverCounters) {
+    let (n, error) = tun_tx.flush(tun);
+    c.tun_tx += n as u64;
+    if let Some(e) = error {
+        c.io_errors += 1;
+        tracing::debug!(error = %e, "tun write failed");
     }
 }
 

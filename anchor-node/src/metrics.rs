@@ -28,6 +28,17 @@ pub struct PeerSnapshot {
     pub tx_packets: u64,
 }
 
+/// What the batched TUN IO did (see `upmt_sys::tunbatch`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TunSnapshot {
+    /// Read syscalls that gave packets (an offloaded read gives many).
+    pub read_calls: u64,
+    /// Offloaded reads that could not be split, dropped.
+    pub bad_super_packets: u64,
+    /// Batches written (the packets of one UDP receive batch, coalesced per flow).
+    pub write_batches: u64,
+}
+
 /// Everything the endpoint and the periodic log line report.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Snapshot {
@@ -40,6 +51,9 @@ pub struct Snapshot {
     pub tun_rx_packets: u64,
     pub tun_tx_packets: u64,
     pub io_errors: u64,
+    /// The TUN's offload: `off`, `unsupported` (asked for, refused), `tcp` or `tcp+udp`.
+    pub tun_offload: &'static str,
+    pub tun: TunSnapshot,
     /// The core's flood-defence, path-validation and queue-bound counters (not drops).
     pub core: CoreStats,
     /// Packets the nftables isolation rules dropped, per rule (empty when not read).
@@ -61,6 +75,8 @@ pub struct CoreStats {
     pub nat_registrations: u64,
     pub nat_replies: u64,
     pub nat_refused: u64,
+    pub resent_packets: u64,
+    pub resent_bytes: u64,
     /// Gauge: source IPs the per-IP handshake limiter tracks now.
     pub rate_limited_sources: u64,
 }
@@ -81,12 +97,14 @@ impl CoreStats {
             nat_registrations: stats.nat_registrations,
             nat_replies: stats.nat_replies,
             nat_refused: stats.nat_refused,
+            resent_packets: stats.resent_packets,
+            resent_bytes: stats.resent_bytes,
             rate_limited_sources: rate_limited_sources as u64,
         }
     }
 
     /// The counters as (metric name, help, value); the names are also the log line's keys.
-    pub fn counters(&self) -> [(&'static str, &'static str, u64); 12] {
+    pub fn counters(&self) -> [(&'static str, &'static str, u64); 14] {
         [
             (
                 "dh_operations",
@@ -148,6 +166,16 @@ impl CoreStats {
                 "NAT-test registrations and requests refused: unknown path, too fast, nothing noted, a wrong or used nonce.",
                 self.nat_refused,
             ),
+            (
+                "resent_packets",
+                "Downlink packets sent again on a flow's new path after the flow left a path (moved, said down, or stale).",
+                self.resent_packets,
+            ),
+            (
+                "resent_bytes",
+                "Bytes of those datagrams; the receiver drops the copy that comes second as upmt_drops_total{reason=\"duplicate\"}.",
+                self.resent_bytes,
+            ),
         ]
     }
 }
@@ -168,11 +196,14 @@ impl Snapshot {
     /// One log line with the nonzero counters.
     pub fn summary(&self) -> String {
         let mut out = format!(
-            "udp rx {} tx {}, tun rx {} tx {}, io errors {}",
+            "udp rx {} tx {}, tun rx {} tx {} (offload {}, {} reads, {} write batches), io errors {}",
             self.udp_rx_datagrams,
             self.udp_tx_datagrams,
             self.tun_rx_packets,
             self.tun_tx_packets,
+            self.tun_offload,
+            self.tun.read_calls,
+            self.tun.write_batches,
             self.io_errors
         );
         let drops: Vec<String> = self
@@ -322,6 +353,21 @@ impl Collector for Snapshot {
                 "upmt_io_errors",
                 "Socket or tun errors other than would-block.",
                 self.io_errors,
+            ),
+            (
+                "upmt_tun_read_calls",
+                "Reads from the tun device (with offload one read gives many packets).",
+                self.tun.read_calls,
+            ),
+            (
+                "upmt_tun_bad_super_packets",
+                "Offloaded tun reads that could not be split into packets, dropped.",
+                self.tun.bad_super_packets,
+            ),
+            (
+                "upmt_tun_write_batches",
+                "Batches of packets written to the tun device, coalesced per flow with offload.",
+                self.tun.write_batches,
             ),
         ];
         for (name, help, v) in driver {

@@ -66,6 +66,10 @@ pub fn restart_settings(c: &Config) -> BTreeMap<String, String> {
         ("user", c.user.clone()),
         ("control_socket", c.control_socket.display().to_string()),
         ("control_group", opt(c.control_group.clone())),
+        (
+            "offload",
+            (c.offload == upmt_sys::tunbatch::OffloadSetting::On).to_string(),
+        ),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))

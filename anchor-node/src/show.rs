@@ -30,6 +30,7 @@ pub fn snapshot(base: &Show, peers: impl Iterator<Item = PeerStatus>, now: Insta
                 rx_packets: p.rx_packets,
                 tx_packets: p.tx_packets,
                 flows: p.flows as u64,
+                resent_bytes: p.resent_bytes,
                 paths: p
                     .path_status
                     .iter()
@@ -85,6 +86,9 @@ pub fn render(show: &Show) -> String {
             p.tx_packets
         );
         let _ = writeln!(out, "  flows       {}", p.flows);
+        if p.resent_bytes > 0 {
+            let _ = writeln!(out, "  resent      {}", bytes(p.resent_bytes));
+        }
         if p.paths.is_empty() {
             let _ = writeln!(out, "  paths       none");
             continue;
@@ -193,6 +197,7 @@ mod tests {
             rx_bytes: 1_572_864,
             tx_packets: 800,
             tx_bytes: 35_000,
+            resent_bytes: 0,
             last_rx: Some(now),
             cipher: None,
         };
@@ -211,6 +216,7 @@ mod tests {
             rx_bytes: 0,
             tx_packets: 0,
             tx_bytes: 0,
+            resent_bytes: 0,
             last_rx: None,
             cipher: None,
         };

@@ -7,18 +7,15 @@
 //! leaking un-NATed, or being answered by this host's own stack with a reset). A restarted daemon
 //! attaches to the same device. Removing it is the operator's call (`ip link del <tun>`).
 //!
-//! Offload is deliberately off for now. tun-rs supports it on Linux (`offload(true)` sets
-//! IFF_VNET_HDR and enables TSO/USO): reads then go through `recv_multiple` into a batch of
-//! buffers after splitting a GSO super-packet, and writes through `send_multiple` with a
-//! `GROTable` that coalesces. That fits this driver's shape: the event loop already reads a batch
-//! per readiness event into preallocated buffers at offset HEADER_LEN, so switching means
-//! replacing the per-packet `try_recv` with `try_recv_multiple` into the same buffers, and
-//! collecting decapsulated packets for one `send_multiple` per batch instead of one `try_send`
-//! each.
+//! Offload (`offload`, on by default) opens it with IFF_VNET_HDR and TSO/USO, falling back to
+//! plain IO where the kernel refuses (see `upmt_sys::tunbatch`). The offload mask is device-wide
+//! state that tun-rs sets (or clears) on every attach, so a restart with another setting is
+//! safe.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use tun_rs::{AsyncDevice, DeviceBuilder};
+use upmt_sys::tunbatch::{self, OffloadSetting, OffloadState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TunError {
@@ -38,22 +35,30 @@ pub struct TunSpec {
     pub prefix: u8,
     pub address6: Option<(Ipv6Addr, u8)>,
     pub mtu: u16,
+    pub offload: OffloadSetting,
 }
 
 /// Creates the device (or attaches to the persistent one an earlier run left) with its addresses
-/// and MTU, brings it up and makes it persistent.
-pub fn create(spec: &TunSpec) -> Result<AsyncDevice, TunError> {
+/// and MTU, brings it up and makes it persistent; says what offload it got.
+pub fn create(spec: &TunSpec) -> Result<(AsyncDevice, OffloadState), TunError> {
     let err = |source| TunError::Create {
         name: spec.name.clone(),
         source,
     };
-    let device = DeviceBuilder::new()
-        .name(&spec.name)
-        .mtu(spec.mtu)
-        .ipv4(spec.address, spec.prefix, None)
-        .enable(true)
-        .build_async()
-        .map_err(err)?;
+    let (device, offload) = tunbatch::open_with_offload(
+        spec.offload,
+        |offload| {
+            DeviceBuilder::new()
+                .name(&spec.name)
+                .mtu(spec.mtu)
+                .ipv4(spec.address, spec.prefix, None)
+                .offload(offload)
+                .enable(true)
+                .build_async()
+        },
+        |d| tunbatch::device_state(d),
+    )
+    .map_err(err)?;
     if let Some((addr6, prefix6)) = spec.address6 {
         // Added after the build because an attached persistent device may already carry it,
         // which is not an error here (the IPv4 address is set, not added, so it cannot clash).
@@ -63,5 +68,5 @@ pub fn create(spec: &TunSpec) -> Result<AsyncDevice, TunError> {
         }
     }
     device.persist().map_err(err)?;
-    Ok(device)
+    Ok((device, offload))
 }

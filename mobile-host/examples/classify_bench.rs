@@ -1,10 +1,11 @@
 //! Benchmark: new-flow owner lookup latency (sock_diag + /proc) on a busy machine.
 //!
 //! Run as root: `cargo run --release -p upmt-mobile-host --example classify_bench [PROCS]
-//! [SOCKETS] [FLOWS]` (defaults 1000, 10, 300). It makes a throwaway network namespace, forks
-//! PROCS sleeping children into it with SOCKETS UDP sockets each (they die with the benchmark:
-//! PR_SET_PDEATHSIG, and are killed and reaped at the end), then times owner lookups in three
-//! cases and prints p50/p90/p99/max for each:
+//! [SOCKETS] [FLOWS] [UIDS]` (defaults 1000, 10, 300, 1). It makes a throwaway network
+//! namespace, forks PROCS sleeping children into it with SOCKETS UDP sockets each, all root
+//! (UIDS 1) or spread over UIDS uids from 10000 on, as apps are on a phone (they die with the
+//! benchmark: PR_SET_PDEATHSIG, and are killed and reaped at the end), then times owner lookups
+//! in several cases and prints p50/p90/p99/max for each:
 //! - warm: FLOWS times a random child, asked through a shared pipe, opens one more socket (a
 //!   fresh flow of a long-running app), looked up by one long-lived resolver fed by process
 //!   events and primed, as the daemon's worker does it;
@@ -73,11 +74,19 @@ fn answer_new_socket(answers: i32) {
     }
 }
 
-/// The child: SOCKETS idle sockets, then on each request byte one more connected socket,
-/// answered as (pid, port). Never returns.
-fn child(sockets: usize, requests: i32, answers: i32) -> ! {
+/// The child: under `uid` when given, SOCKETS idle sockets, then on each request byte one
+/// more connected socket, answered as (pid, port). Never returns.
+fn child(sockets: usize, uid: Option<u32>, requests: i32, answers: i32) -> ! {
     // SAFETY: async-signal-safe calls only (the parent is single-threaded at fork anyway).
     unsafe {
+        if let Some(uid) = uid {
+            if libc::setresgid(uid, uid, uid) != 0 || libc::setresuid(uid, uid, uid) != 0 {
+                libc::_exit(1);
+            }
+            // A uid change makes /proc/PID root's; a program started under the uid (exec) is
+            // its uid's, as this makes it.
+            libc::prctl(libc::PR_SET_DUMPABLE, 1);
+        }
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
         for _ in 0..sockets {
             udp_socket(None);
@@ -170,6 +179,7 @@ fn main() {
             .unwrap_or(d)
     };
     let (procs, sockets, flows) = (arg(1, 1000).min(4000), arg(2, 10).min(50), arg(3, 300));
+    let uids = arg(4, 1).clamp(1, 10_000);
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("classify_bench needs root (network namespace, /proc of every process)");
@@ -219,11 +229,12 @@ fn main() {
     }
     let mut children = Vec::with_capacity(procs);
     let started = Instant::now();
-    for _ in 0..procs {
+    for i in 0..procs {
+        let uid = (uids > 1).then(|| 10_000 + (i % uids) as u32);
         // SAFETY: single-threaded; the child only makes async-signal-safe calls.
         let pid = unsafe { libc::fork() };
         if pid == 0 {
-            child(sockets, req[0], ans[1]);
+            child(sockets, uid, req[0], ans[1]);
         }
         assert!(pid > 0, "fork failed after {} children", children.len());
         children.push(pid);
@@ -231,7 +242,7 @@ fn main() {
     // Let the children open their sockets.
     std::thread::sleep(Duration::from_millis(500));
     println!(
-        "{procs} processes with {sockets} sockets each forked in {:?}",
+        "{procs} processes with {sockets} sockets each, under {uids} uid(s), forked in {:?}",
         started.elapsed()
     );
 

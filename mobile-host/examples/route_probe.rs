@@ -87,7 +87,15 @@ pub async fn probe(spec: &str) -> anyhow::Result<()> {
         mtu: 1380,
     };
     let tun = match with_tun {
-        true => Some(Tun::open("upmtprobe0", addressing, &netlink).await?),
+        true => Some(
+            Tun::open(
+                "upmtprobe0",
+                addressing,
+                upmt_sys::tunbatch::OffloadSetting::On,
+                &netlink,
+            )
+            .await?,
+        ),
         false => None,
     };
     if let Some(tun) = &tun {

@@ -21,6 +21,7 @@ use upmt_proto::keys::{PublicKey, StaticSecret};
 use upmt_sys::cipher::CipherSetting;
 use upmt_sys::config::{ConfigText, shown};
 use upmt_sys::ifname;
+use upmt_sys::tunbatch::OffloadSetting;
 
 pub use upmt_sys::config::ConfigError;
 pub use upmt_sys::file::MAX_FILE_BYTES;
@@ -144,6 +145,9 @@ pub struct Config {
     pub packages_list: PathBuf,
     /// Whether inits offer AES-256-GCM (`cipher`, default auto: where the CPU has AES hardware).
     pub cipher: CipherSetting,
+    /// Whether the TUN uses the kernel's segmentation and coalescing offloads (`offload`,
+    /// default on where the kernel has them; a TUN opened from Android's `/dev/tun` has none).
+    pub offload: OffloadSetting,
     /// Where the usage ledger is kept across restarts (`usage_file`, resolved against the
     /// config's directory; default [`LINUX_USAGE_FILE`], or [`ANDROID_USAGE_FILE`] on Android).
     pub usage_file: PathBuf,
@@ -233,6 +237,7 @@ struct RawConfig {
     proc_root: Option<Spanned<String>>,
     packages_list: Option<Spanned<String>>,
     cipher: Option<Spanned<String>>,
+    offload: Option<bool>,
     usage_file: Option<Spanned<String>>,
     #[serde(default)]
     uplink: Vec<RawUplink>,
@@ -880,6 +885,7 @@ impl Config {
             proc_root,
             packages_list,
             cipher,
+            offload: OffloadSetting::from_bool(raw.offload.unwrap_or(true)),
             usage_file,
         })
     }
@@ -1653,6 +1659,21 @@ mod tests {
         let (line, column, message) = invalid(&format!("platform = \"ios\"\n{}", good()));
         assert_eq!((line, column), (1, 12));
         assert!(message.contains("\"linux\" or \"android\""), "{message}");
+    }
+
+    #[test]
+    fn offload_defaults_to_on_and_can_be_turned_off() {
+        assert_eq!(
+            parse_with_build_prop(&good(), false).unwrap().offload,
+            OffloadSetting::On
+        );
+        let off = format!("offload = false\n{}", good());
+        assert_eq!(
+            parse_with_build_prop(&off, false).unwrap().offload,
+            OffloadSetting::Off
+        );
+        let (line, _, _) = invalid(&format!("offload = \"no\"\n{}", good()));
+        assert_eq!(line, 1, "a non-boolean is refused at its line");
     }
 
     #[test]

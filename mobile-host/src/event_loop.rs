@@ -79,6 +79,8 @@ pub struct DriverCounters {
     pub tun_write_errors: u64,
     /// TCP resets written into the TUN for blocked flows.
     pub resets_sent: u64,
+    /// Offloaded TUN reads that could not be split into packets (dropped).
+    pub tun_bad_super_packets: u64,
 }
 
 struct Uplink {
@@ -97,8 +99,6 @@ pub struct Daemon {
     tun: Option<Tun>,
     /// The bypass uids the core published last; the layout is kept complete with them.
     bypass: Vec<u32>,
-    /// TUN reads land at `HEADER_LEN` so the core encrypts in place.
-    tun_buf: Box<[u8]>,
     /// Uplink receive buffers, shared by the uplinks (read one at a time).
     rx: RxBatch,
     /// Encrypted TUN packets waiting to go out together on one uplink.
@@ -206,7 +206,6 @@ impl Daemon {
             uplinks,
             tun: None,
             bypass: Vec::new(),
-            tun_buf: vec![0; HEADER_LEN + MAX_PACKET + TAG_LEN].into_boxed_slice(),
             rx: RxBatch::default(),
             uplink_tx: UplinkTx::default(),
             tx_buf: vec![0; HEADER_LEN + MAX_PACKET + TAG_LEN].into_boxed_slice(),
@@ -489,6 +488,8 @@ impl Daemon {
                 let owners = status.owners.get_or_insert_default();
                 owners.by_uid = found.by_uid;
                 owners.index_hits = found.index_hits;
+                owners.event_hits = found.event_hits;
+                owners.process_watch = Some(worker.process_watch());
                 owners.scans = found.scans;
                 owners.uid_fallback = found.uid_fallback;
                 owners.unknown = found.unknown;
@@ -584,42 +585,63 @@ impl Daemon {
         }
     }
 
+    /// Reads about BATCH packets from the TUN (an offloaded read gives a super-packet split
+    /// into MTU packets); each goes through the core's per-packet flow lookup, so a moved
+    /// flow's next packet takes its new uplink even within one read.
     fn read_tun(&mut self, now: Instant) -> Result<(), DaemonError> {
-        for _ in 0..BATCH {
-            let Some(tun) = &self.tun else { break };
-            let n = match tun
-                .device
-                .try_recv(&mut self.tun_buf[HEADER_LEN..HEADER_LEN + MAX_PACKET])
-            {
+        let Some(tun) = &mut self.tun else {
+            return Ok(());
+        };
+        let bad_before = tun.rx.stats().read_bad;
+        let mut result = Ok(());
+        let mut handled = 0;
+        while handled < BATCH {
+            let n = match tun.rx.recv(&tun.device) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(source) => {
-                    self.counters.send_errors += self.uplink_tx.flush(&mut self.uplinks);
-                    return Err(DaemonError::TunRead {
+                    result = Err(DaemonError::TunRead {
                         name: tun.name.clone(),
                         source,
                     });
+                    break;
                 }
             };
-            if n == 0 {
-                continue;
-            }
-            if let Some(t) = self.host.handle_tun_packet(&mut self.tun_buf, n, now) {
-                let lost = self
-                    .uplink_tx
-                    .queue(&mut self.uplinks, t.path, &self.tun_buf[..t.len]);
-                self.counters.send_errors += lost;
-            }
-            if let Some((path, copy)) = self.host.take_copy() {
-                self.counters.send_errors += self.uplink_tx.queue(&mut self.uplinks, path, copy);
+            handled += n.max(1);
+            for i in 0..n {
+                let Some((buf, len)) = tun.rx.packet_mut(i) else {
+                    break;
+                };
+                if len == 0 {
+                    continue;
+                }
+                if let Some(t) = self.host.handle_tun_packet(buf, len, now) {
+                    let lost = self
+                        .uplink_tx
+                        .queue(&mut self.uplinks, t.path, &buf[..t.len]);
+                    self.counters.send_errors += lost;
+                }
+                if let Some((path, copy)) = self.host.take_copy() {
+                    self.counters.send_errors +=
+                        self.uplink_tx.queue(&mut self.uplinks, path, copy);
+                }
             }
         }
+        self.counters.tun_bad_super_packets += tun.rx.stats().read_bad - bad_before;
         self.counters.send_errors += self.uplink_tx.flush(&mut self.uplinks);
-        Ok(())
+        result
     }
 
+    /// Reads one uplink's datagrams and writes the packets they carry to the TUN together.
     fn read_uplink(&mut self, index: usize, now: Instant) {
+        self.read_uplink_batches(index, now);
+        if let Some(tun) = &mut self.tun {
+            flush_tun(tun, &mut self.counters);
+        }
+    }
+
+    fn read_uplink_batches(&mut self, index: usize, now: Instant) {
         let Some(u) = self.uplinks.get(index) else {
             return;
         };
@@ -641,12 +663,13 @@ impl Daemon {
             }
             for (_, datagram) in self.rx.datagrams() {
                 if let Some(range) = self.host.handle_datagram(path, datagram, now) {
-                    let written = match (&self.tun, datagram.get(range)) {
-                        (Some(tun), Some(packet)) => tun.device.try_send(packet).is_ok(),
-                        _ => false,
-                    };
-                    if !written {
-                        self.counters.tun_write_errors += 1;
+                    match (&mut self.tun, datagram.get(range)) {
+                        (Some(tun), Some(packet)) => {
+                            if tun.tx.push(packet) {
+                                flush_tun(tun, &mut self.counters);
+                            }
+                        }
+                        _ => self.counters.tun_write_errors += 1,
                     }
                 }
             }
@@ -671,13 +694,7 @@ impl Daemon {
             while let Some(t) = self.host.poll_nat_transmit(now, &mut self.tx_buf) {
                 self.send_nat_test(t);
             }
-            while let Some(n) = self.host.poll_tun_write(&mut self.rst_buf) {
-                if let Some(tun) = &self.tun
-                    && tun.device.try_send(&self.rst_buf[..n]).is_ok()
-                {
-                    self.counters.resets_sent += 1;
-                }
-            }
+            self.write_resets();
             while let Some(key) = self.host.poll_lookup() {
                 match &self.worker {
                     Some(w) => {
@@ -769,14 +786,20 @@ impl Daemon {
     /// addresses replaces it, while the old addresses still exist.
     fn reset_lost_flows(&mut self, now: Instant) -> Result<(), DaemonError> {
         self.read_tun(now)?;
+        self.write_resets();
+        Ok(())
+    }
+
+    /// Writes the resets the core has for the TUN (dropped when there is no TUN).
+    fn write_resets(&mut self) {
         while let Some(n) = self.host.poll_tun_write(&mut self.rst_buf) {
-            if let Some(tun) = &self.tun
-                && tun.device.try_send(&self.rst_buf[..n]).is_ok()
-            {
-                self.counters.resets_sent += 1;
+            if let Some(tun) = &mut self.tun {
+                tun.tx.push(&self.rst_buf[..n]);
+                if let (n, None) = tun.tx.flush(&tun.device) {
+                    self.counters.resets_sent += n as u64;
+                }
             }
         }
-        Ok(())
     }
 
     /// The TUN's default routes, once it exists.
@@ -842,9 +865,15 @@ impl Daemon {
             // Closing the last fd of a non-persistent TUN deletes it and its routes.
             self.tun = None;
         }
-        let tun = Tun::open(&self.config.tun, addressing, &self.netlink).await?;
+        let tun = Tun::open(
+            &self.config.tun,
+            addressing,
+            self.config.offload,
+            &self.netlink,
+        )
+        .await?;
         let mtu = self.netlink.link_mtu(tun.index).await?;
-        tracing::info!(tun = %tun.name, index = tun.index, ?mtu, "TUN up");
+        tracing::info!(tun = %tun.name, index = tun.index, ?mtu, offload = tun.offload.as_str(), "TUN up");
         enable_src_valid_mark();
         self.tun = Some(tun);
         let done = self.ensure_routing().await?;
@@ -870,6 +899,15 @@ async fn next_control(control: &mut Option<LoopEnd>) -> ControlRequest {
         return request;
     }
     std::future::pending().await
+}
+
+/// Writes the packets waiting for the TUN. A refused write drops its packets, as a full queue
+/// would; the tunnelled transport recovers.
+fn flush_tun(tun: &mut Tun, counters: &mut DriverCounters) {
+    if let (_, Some(e)) = tun.tx.flush(&tun.device) {
+        counters.tun_write_errors += 1;
+        tracing::debug!(tun = %tun.name, error = %e, "TUN write failed");
+    }
 }
 
 /// Sends `datagram` on `path`'s socket; false when there is no socket or the kernel refused.
@@ -973,5 +1011,66 @@ fn enable_src_valid_mark() {
     }
     if let Err(e) = std::fs::write(path, "1") {
         tracing::debug!(error = %e, "could not set src_valid_mark");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An uplink whose socket is connected to a fresh receiver; returns both.
+    async fn uplink_to_receiver(index: u8) -> (Uplink, tokio::net::UdpSocket) {
+        let receiver = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        socket
+            .connect(receiver.local_addr().unwrap())
+            .await
+            .unwrap();
+        socket.writable().await.unwrap();
+        let uplink = Uplink {
+            config: UplinkConfig {
+                name: format!("u{index}"),
+                interface: format!("if{index}"),
+                path_index: index,
+                metered: false,
+                sleep: false,
+                cap: None,
+            },
+            id: UplinkId::new(index).unwrap(),
+            socket: Some(BatchSocket::new(socket).unwrap()),
+        };
+        (uplink, receiver)
+    }
+
+    async fn received(r: &tokio::net::UdpSocket, count: usize) -> Vec<u8> {
+        let mut firsts = Vec::new();
+        let mut buf = vec![0u8; 65_535];
+        for _ in 0..count {
+            let n = tokio::time::timeout(Duration::from_secs(2), r.recv(&mut buf))
+                .await
+                .expect("a datagram in time")
+                .unwrap();
+            assert_eq!(n, 1200, "datagrams arrive one by one, never merged");
+            firsts.push(buf[0]);
+        }
+        firsts
+    }
+
+    #[tokio::test]
+    async fn a_tun_batch_split_across_two_uplinks_sends_each_datagram_on_its_own_uplink() {
+        let (wifi, wifi_rx) = uplink_to_receiver(0).await;
+        let (cell, cell_rx) = uplink_to_receiver(1).await;
+        let mut uplinks = vec![wifi, cell];
+        let mut tx = UplinkTx::default();
+        // The segments of one read, their flow moved to cell after the second, then back.
+        let paths = [0u8, 0, 1, 1, 0];
+        let mut lost = 0;
+        for (i, path) in paths.iter().enumerate() {
+            lost += tx.queue(&mut uplinks, PathId(*path), &[i as u8; 1200]);
+        }
+        lost += tx.flush(&mut uplinks);
+        assert_eq!(lost, 0);
+        assert_eq!(received(&wifi_rx, 3).await, [0, 1, 4]);
+        assert_eq!(received(&cell_rx, 2).await, [2, 3]);
     }
 }

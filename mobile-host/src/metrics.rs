@@ -134,6 +134,7 @@ pub struct PathSnapshot {
     pub loss: f32,
     pub tx_packets: u64,
     pub rx_packets: u64,
+    pub resent_bytes: u64,
 }
 
 impl From<&TunnelStatus> for PathSnapshot {
@@ -146,6 +147,7 @@ impl From<&TunnelStatus> for PathSnapshot {
             loss: t.loss,
             tx_packets: t.tx_packets,
             rx_packets: t.rx_packets,
+            resent_bytes: t.resent_bytes,
         }
     }
 }
@@ -239,6 +241,11 @@ impl Snapshot {
             ("driver", "send_error", driver.send_errors),
             ("driver", "recv_error", driver.recv_errors),
             ("driver", "tun_write_error", driver.tun_write_errors),
+            (
+                "driver",
+                "tun_bad_super_packet",
+                driver.tun_bad_super_packets,
+            ),
         ]);
         let l = lookups.unwrap_or_default();
         Snapshot {
@@ -264,6 +271,7 @@ impl Snapshot {
             owners: vec![
                 ("by_uid", l.by_uid),
                 ("index_hit", l.index_hits),
+                ("event_hit", l.event_hits),
                 ("scan", l.scans),
                 ("uid_fallback", l.uid_fallback),
                 ("unknown", l.unknown),
@@ -364,6 +372,14 @@ impl Collector for Snapshot {
             self.paths
                 .iter()
                 .map(|p| (vec![("uplink", p.uplink.as_str())], p.rx_packets)),
+        )?;
+        counters(
+            &mut encoder,
+            "upmt_mh_path_resent_bytes",
+            "Bytes of datagrams sent again on the path: recent packets of flows that moved to it from a path that went down.",
+            self.paths
+                .iter()
+                .map(|p| (vec![("uplink", p.uplink.as_str())], p.resent_bytes)),
         )?;
         let mut transitions = Vec::new();
         for (to, map) in [
@@ -540,6 +556,7 @@ mod tests {
                     loss: 0.25,
                     tx_packets: 10,
                     rx_packets: 9,
+                    resent_bytes: 0,
                 },
                 PathSnapshot {
                     uplink: "cell".into(),
@@ -549,6 +566,7 @@ mod tests {
                     loss: 0.0,
                     tx_packets: 0,
                     rx_packets: 0,
+                    resent_bytes: 0,
                 },
             ],
             apps: vec![AppBytes {

@@ -3,15 +3,19 @@
 //! information header (`IFF_NO_PI`), so a read lands as a bare IP packet wherever the caller
 //! asks (the event loop reads at `HEADER_LEN` to encrypt in place).
 //!
-//! Uses tun-rs's builder when `/dev/net/tun` exists (it keeps the door open to its offload
-//! support); on Android builds that only have `/dev/tun`, opens that node itself and hands the
-//! fd to tun-rs. Never shells out.
+//! Uses tun-rs's builder when `/dev/net/tun` exists, with the kernel's offloads unless the
+//! config turns them off (`upmt_sys::tunbatch`: TSO super-packets split on read, GRO-coalesced
+//! writes); on Android builds that only have `/dev/tun`, opens that node itself and hands the
+//! fd to tun-rs, without offload. Never shells out.
 
 use std::io;
 use std::os::fd::{FromRawFd as _, IntoRawFd as _, OwnedFd};
 use std::path::Path;
 
+use upmt_sys::tunbatch::{self, OffloadSetting, OffloadState, TunRx, TunTx};
+
 use crate::routing::{Netlink, RoutingError, TunAddressing};
+use crate::setup::{HEADER_LEN, TAG_LEN};
 use crate::sys::{self, SysError};
 
 /// Why the TUN could not be brought up.
@@ -50,6 +54,12 @@ pub struct Tun {
     pub index: u32,
     /// What it was configured with.
     pub addressing: TunAddressing,
+    /// What offload it got.
+    pub offload: OffloadState,
+    /// Read buffers: packets land at `HEADER_LEN` with room for the tag after them.
+    pub rx: TunRx,
+    /// Packets waiting to be written together.
+    pub tx: TunTx,
 }
 
 impl Tun {
@@ -57,6 +67,7 @@ impl Tun {
     pub async fn open(
         name: &str,
         addressing: TunAddressing,
+        offload: OffloadSetting,
         netlink: &Netlink,
     ) -> Result<Tun, TunError> {
         let node = sys::tun_device_path()?;
@@ -65,17 +76,30 @@ impl Tun {
             node: node.display().to_string(),
             source,
         };
-        let device = if node == Path::new("/dev/net/tun") {
-            tun_rs::DeviceBuilder::new()
-                .name(name)
-                .mtu(addressing.mtu)
-                .build_async()
-                .map_err(create)?
+        let (device, offload) = if node == Path::new("/dev/net/tun") {
+            tunbatch::open_with_offload(
+                offload,
+                |offload| {
+                    tun_rs::DeviceBuilder::new()
+                        .name(name)
+                        .mtu(addressing.mtu)
+                        .offload(offload)
+                        .build_async()
+                },
+                |d| tunbatch::device_state(d),
+            )
+            .map_err(create)?
         } else {
             let fd = open_tun_node(&node, name).map_err(create)?;
             // SAFETY: `fd` is an open TUN fd set up with IFF_TUN | IFF_NO_PI and no
             // IFF_VNET_HDR, as from_fd requires; ownership passes to the device.
-            unsafe { tun_rs::AsyncDevice::from_fd(fd.into_raw_fd()) }.map_err(create)?
+            let device =
+                unsafe { tun_rs::AsyncDevice::from_fd(fd.into_raw_fd()) }.map_err(create)?;
+            let state = match offload {
+                OffloadSetting::On => OffloadState::Unsupported,
+                OffloadSetting::Off => OffloadState::Off,
+            };
+            (device, state)
         };
         let index = netlink
             .link_index(name)
@@ -92,11 +116,15 @@ impl Tun {
                 name: name.to_owned(),
                 source,
             })?;
+        let rx = TunRx::new(usize::from(addressing.mtu), HEADER_LEN, TAG_LEN);
         Ok(Tun {
             device,
             name: name.to_owned(),
             index,
             addressing,
+            offload,
+            rx,
+            tx: TunTx::new(),
         })
     }
 }

@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use std::os::fd::AsRawFd as _;
 use std::process::{Child, Command, Stdio};
 
-use upmt_mobile_host::appid::events::ProcEvents;
+use upmt_mobile_host::appid::events::{self, ProcEvents};
 use upmt_mobile_host::appid::{Resolver, ResolverConfig, Source};
 use upmt_paft::{FlowKey, proto};
 
@@ -203,4 +203,46 @@ fn a_process_started_after_priming_is_found_through_process_events() {
     assert_eq!(owner.pid, Some(pid));
     // Events told of the new process: no listing of /proc beyond priming's.
     assert_eq!(stats.listings, 1, "{stats:?}");
+}
+
+#[test]
+fn a_resolver_in_a_child_namespace_gets_process_events_from_the_initial_one() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root for network namespaces and process events");
+        return;
+    }
+    if let Err(e) = ProcEvents::open() {
+        eprintln!("skipped: no process events connector here ({e})");
+        return;
+    }
+    let ns = Netns::create(format!("upmt-appid-watch-{}", std::process::id()));
+    let name = ns.0.clone();
+    let (watch, owner, pid, stats) = std::thread::spawn(move || {
+        let f = std::fs::File::open(format!("/run/netns/{name}")).expect("open netns");
+        // SAFETY: a valid netns fd; this plain thread is ours alone and ends after the lookup.
+        let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        // As the daemon in the lab: it finds itself outside the initial namespace.
+        let (events, watch) = events::open_watch().expect("process events");
+        let mut r = Resolver::new(&ResolverConfig::default())
+            .expect("resolver")
+            .with_events(events);
+        r.prime();
+        let (app, p) = spawn_in(&name, &[], "com.example.late");
+        let owner = r.lookup(&key(proto::TCP, p[0], "127.0.0.1", p[1]));
+        let pid = app.0.id();
+        (watch, owner, pid, r.proc_stats())
+    })
+    .join()
+    .expect("lookup thread");
+    assert_eq!(watch, events::ProcessWatch::EventsFromInitialNetns);
+    assert_eq!(owner.name.as_deref(), Some("com.example.late"));
+    assert_eq!(owner.pid, Some(pid));
+    // The new process came from the events alone: no listing beyond priming's, no scan.
+    assert_eq!(
+        (stats.listings, stats.event_hits, stats.scans),
+        (1, 1, 0),
+        "{stats:?}"
+    );
 }

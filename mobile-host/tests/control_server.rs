@@ -19,6 +19,7 @@ use upmt_mobile_host::control::proto::{
     SessionState, SessionStatus, StatusReply, TunnelState, TunnelStatus,
 };
 use upmt_mobile_host::control::server::{self, Access, Handler};
+use upmt_sys::control_socket::ConnectError;
 
 /// Answers like a daemon with two tunnels and one flow (id 1).
 #[derive(Clone)]
@@ -52,6 +53,7 @@ fn status() -> StatusReply {
         idle: None,
         keepalive_s: None,
         keepalive_learning: None,
+        resent_bytes: 0,
     };
     StatusReply {
         session: SessionStatus {
@@ -357,7 +359,7 @@ async fn a_non_root_user_is_refused_by_the_socket_mode_and_by_the_credential_che
     assert_eq!(
         stderr.trim_end(),
         format!(
-            "upmt: permission denied: cannot connect to {} (root or the daemon's control_group only)",
+            "upmt: permission denied: cannot connect to {} (root, upmt-mh's user or its control_group only)",
             dir.socket().display()
         )
     );
@@ -425,11 +427,14 @@ async fn a_member_of_the_control_group_is_served_as_non_root() {
 async fn no_daemon_is_a_one_line_error_naming_the_socket() {
     let dir = TempDir::new("absent");
     let err = Client::connect(&dir.socket()).await.unwrap_err();
-    assert!(matches!(err, ClientError::NotRunning { .. }), "{err:?}");
+    assert!(
+        matches!(err, ClientError::Connect(ConnectError::NotRunning { .. })),
+        "{err:?}"
+    );
     assert_eq!(
         err.to_string(),
         format!(
-            "daemon not running (no socket at {})",
+            "upmt-mh not running (no socket at {})",
             dir.socket().display()
         )
     );

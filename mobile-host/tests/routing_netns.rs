@@ -7,6 +7,11 @@
 #[path = "../examples/route_probe.rs"]
 mod route_probe;
 
+/// netd's rules, shared with the lab's android profile (no dependencies of its own).
+#[allow(dead_code)]
+#[path = "../../tests/src/netd.rs"]
+mod netd;
+
 /// Set in the re-executed child: the probe's spec (`MODE[,OPTION...]`, see route_probe.rs).
 const PROBE_ENV: &str = "UPMT_ROUTE_PROBE";
 
@@ -368,97 +373,26 @@ impl Android {
     }
 }
 
-/// netd's rules (Android 13-15), as it writes them again after a restart.
+/// netd's rules (Android 13-15), as it writes them again after a restart: wlan0 (netId 100) the
+/// default network, rmnet_data0 (netId 101) the upstream of tether0.
 fn netd_rules(ns: &str, wlan: u32, rmnet: u32) {
-    let (w, r) = (wlan.to_string(), rmnet.to_string());
-    let rules: Vec<Vec<&str>> = vec![
-        vec!["pref", "10000", "fwmark", "0xc0000/0xd0000", "lookup", "99"],
-        vec![
-            "pref", "11000", "iif", "lo", "oif", "wlan0", "uidrange", "0-0", "lookup", &w,
-        ],
-        vec![
-            "pref",
-            "11000",
-            "iif",
-            "lo",
-            "oif",
-            "rmnet_data0",
-            "uidrange",
-            "0-0",
-            "lookup",
-            &r,
-        ],
-        vec![
-            "pref",
-            "16000",
-            "fwmark",
-            "0x10064/0x1ffff",
-            "iif",
-            "lo",
-            "lookup",
-            &w,
-        ],
-        vec![
-            "pref",
-            "16000",
-            "fwmark",
-            "0x10065/0x1ffff",
-            "iif",
-            "lo",
-            "lookup",
-            &r,
-        ],
-        vec!["pref", "17000", "iif", "lo", "oif", "wlan0", "lookup", &w],
-        vec![
-            "pref",
-            "17000",
-            "iif",
-            "lo",
-            "oif",
-            "rmnet_data0",
-            "lookup",
-            &r,
-        ],
-        vec!["pref", "18000", "fwmark", "0x0/0x10000", "lookup", "98"],
-        vec!["pref", "19000", "fwmark", "0x0/0x10000", "lookup", "99"],
-        vec!["pref", "20000", "fwmark", "0x0/0x10000", "lookup", "97"],
-        vec!["pref", "21000", "iif", "tether0", "lookup", &r],
-        vec![
-            "pref",
-            "23000",
-            "fwmark",
-            "0x64/0x1ffff",
-            "iif",
-            "lo",
-            "lookup",
-            &w,
-        ],
-        vec![
-            "pref",
-            "23000",
-            "fwmark",
-            "0x65/0x1ffff",
-            "iif",
-            "lo",
-            "lookup",
-            &r,
-        ],
-        vec![
-            "pref",
-            "31000",
-            "fwmark",
-            "0x0/0xffff",
-            "iif",
-            "lo",
-            "lookup",
-            &w,
-        ],
-        vec!["pref", "32000", "unreachable"],
+    let networks = [
+        netd::Network {
+            ifname: "wlan0",
+            table: wlan,
+            net_id: 100,
+        },
+        netd::Network {
+            ifname: "rmnet_data0",
+            table: rmnet,
+            net_id: 101,
+        },
     ];
+    let rules = netd::rules(&networks, 0, Some(("tether0", 1)));
     for family in ["-4", "-6"] {
         for rule in &rules {
             let mut args = vec![family, "rule", "add"];
-            args.extend(rule.iter().copied());
+            args.extend(rule.iter().map(String::as_str));
             ns_ip(ns, &args);
         }
     }

@@ -92,6 +92,8 @@ pub(crate) struct Keypair {
     replay: PathWindows,
     /// Second copies of redundant packets (see [`crate::dup`]).
     dups: DupFilter,
+    /// Second copies of resent packets (see [`crate::resend`]).
+    resent: DupFilter,
     pub(crate) created: Instant,
 }
 
@@ -113,6 +115,7 @@ impl Keypair {
             next_counters: [0; 256],
             replay: PathWindows::new(),
             dups: DupFilter::new(),
+            resent: DupFilter::resent(),
             created,
         }
     }
@@ -195,12 +198,16 @@ impl Keypair {
         Ok(HEADER_LEN..HEADER_LEN + plain)
     }
 
-    /// After `open` succeeded on `datagram`: whether it is the second copy of a redundant
-    /// packet. Its reserved field was authenticated with it.
+    /// After `open` succeeded on `datagram`: whether it is the second copy of a redundant or
+    /// a resent packet. Its reserved field was authenticated with it.
     pub(crate) fn check_dup(&mut self, datagram: &[u8]) -> DupVerdict {
-        match datagram.get(2..4) {
-            Some(r) => self.dups.check(u16::from_be_bytes([r[0], r[1]])),
-            None => DupVerdict::Deliver,
+        let Some(r) = datagram.get(2..4) else {
+            return DupVerdict::Deliver;
+        };
+        let reserved = u16::from_be_bytes([r[0], r[1]]);
+        match self.dups.check(reserved) {
+            DupVerdict::Deliver => self.resent.check(reserved),
+            DupVerdict::Duplicate => DupVerdict::Duplicate,
         }
     }
 }

@@ -25,6 +25,21 @@
 //! The filter lives with a receive key: both copies of a packet are sealed back to back under
 //! the same key, and a restarted sender (whose sequence starts anew) handshakes first, so its
 //! sequence always meets a fresh filter.
+//!
+//! # Resent packets
+//! A packet resent after a handover (see [`crate::resend`]) is sealed again on its new path, so
+//! it too needs an identity both copies share. Redundant packets already carry one; every other
+//! Data packet a sender may resend carries a *resend sequence* in a second space of the same
+//! field: [`RESEND_FLAG`] set, [`DUP_FLAG`] clear, 14 bits of sequence ([`resend_field`]),
+//! checked by a second filter ([`DupFilter::resent`]). A separate space keeps bulk traffic from
+//! sliding the window of a redundant stream. 14 bits wrap at 16,384, so that window is 8192
+//! sequences, half the space: the nearest-value extension stays exact inside it. A receiver
+//! that predates this ignores the flag and delivers a late original as well (the app sees a
+//! duplicate, which TCP and real-time apps tolerate); the replay windows never see one, since
+//! each copy has its own path's counter.
+//!
+//! A copy resent under newer keys than its original (a rekey in between) meets a fresh filter
+//! and is delivered even if the original arrived: fail open again, once per rekey at most.
 
 use crate::replay::{ReplayWindow, WINDOW};
 
@@ -32,14 +47,21 @@ use crate::replay::{ReplayWindow, WINDOW};
 pub const DUP_FLAG: u16 = 0x8000;
 /// The sequence's share of the reserved field.
 const SEQ_MASK: u16 = 0x7fff;
-/// Sequences before they wrap.
-const SPACE: u64 = SEQ_MASK as u64 + 1;
+/// Set (with [`DUP_FLAG`] clear) in the reserved field of a Data packet that may be resent.
+pub const RESEND_FLAG: u16 = 0x4000;
+/// The resend sequence's share of the reserved field.
+const RESEND_MASK: u16 = 0x3fff;
 /// Where the first extended sequence is put: far from 0, so that going back never underflows.
 const ORIGIN: u64 = 1 << 40;
 
 /// The reserved field of the `n`-th redundant packet of a sender.
 pub const fn dup_field(n: u64) -> u16 {
     DUP_FLAG | (n as u16 & SEQ_MASK)
+}
+
+/// The reserved field of the `n`-th resendable (not redundant) packet of a sender.
+pub const fn resend_field(n: u64) -> u16 {
+    RESEND_FLAG | (n as u16 & RESEND_MASK)
 }
 
 /// What the filter says about a packet.
@@ -51,41 +73,67 @@ pub enum DupVerdict {
     Duplicate,
 }
 
-/// The receiver's state: one per session direction.
-#[derive(Clone, Debug, Default)]
+/// The receiver's state: one per session direction and sequence space.
+#[derive(Clone, Debug)]
 pub struct DupFilter {
     highest: Option<u64>,
     window: ReplayWindow,
+    /// Which bits of the reserved field say a packet is in this space, and their value.
+    flag_mask: u16,
+    flag: u16,
+    seq_mask: u16,
+}
+
+impl Default for DupFilter {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl DupFilter {
-    /// Nothing seen yet.
+    /// The filter of redundant packets ([`DUP_FLAG`]); nothing seen yet.
     pub const fn new() -> Self {
         DupFilter {
             highest: None,
             window: ReplayWindow::new(),
+            flag_mask: DUP_FLAG,
+            flag: DUP_FLAG,
+            seq_mask: SEQ_MASK,
         }
     }
 
-    /// Checks the authenticated reserved field of a Data packet and records it.
+    /// The filter of resendable packets ([`RESEND_FLAG`]); nothing seen yet.
+    pub const fn resent() -> Self {
+        DupFilter {
+            highest: None,
+            window: ReplayWindow::new(),
+            flag_mask: DUP_FLAG | RESEND_FLAG,
+            flag: RESEND_FLAG,
+            seq_mask: RESEND_MASK,
+        }
+    }
+
+    /// Checks the authenticated reserved field of a Data packet and records it; a packet of
+    /// another space (or of none) is delivered and changes nothing.
     pub fn check(&mut self, reserved: u16) -> DupVerdict {
-        if reserved & DUP_FLAG == 0 {
+        if reserved & self.flag_mask != self.flag {
             return DupVerdict::Deliver;
         }
-        let seq = u64::from(reserved & SEQ_MASK);
+        let space = u64::from(self.seq_mask) + 1;
+        let seq = u64::from(reserved & self.seq_mask);
         let ext = match self.highest {
             None => ORIGIN + seq,
             Some(h) => {
-                let ahead = seq.wrapping_sub(h % SPACE) % SPACE;
-                if ahead < SPACE / 2 {
+                let ahead = seq.wrapping_sub(h % space) % space;
+                if ahead < space / 2 {
                     h + ahead
                 } else {
-                    h - (SPACE - ahead)
+                    h - (space - ahead)
                 }
             }
         };
         let highest = self.highest.map_or(ext, |h| h.max(ext));
-        if highest - ext >= WINDOW {
+        if highest - ext >= WINDOW.min(space / 2) {
             // Older than the window: fail open.
             return DupVerdict::Deliver;
         }
@@ -138,6 +186,36 @@ mod tests {
             assert_eq!(f.check(dup_field(n)), DupVerdict::Deliver);
             assert_eq!(f.check(dup_field(n - lag)), DupVerdict::Duplicate, "{n}");
         }
+    }
+
+    #[test]
+    fn resent_copies_are_duplicates_in_their_own_space() {
+        let mut redundant = DupFilter::new();
+        let mut resent = DupFilter::resent();
+        for n in 0..50_000u64 {
+            assert_eq!(resent.check(resend_field(n)), DupVerdict::Deliver);
+            // The other filter lets the other space through untouched.
+            assert_eq!(redundant.check(resend_field(n)), DupVerdict::Deliver);
+            assert_eq!(resent.check(dup_field(n)), DupVerdict::Deliver);
+            if n >= 100 {
+                assert_eq!(
+                    resent.check(resend_field(n - 100)),
+                    DupVerdict::Duplicate,
+                    "{n}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_resent_copy_half_the_space_late_is_delivered_not_mistaken() {
+        let mut f = DupFilter::resent();
+        for n in 0..=8192u64 {
+            assert_eq!(f.check(resend_field(n)), DupVerdict::Deliver);
+        }
+        // 8192 behind: out of the window, fails open.
+        assert_eq!(f.check(resend_field(0)), DupVerdict::Deliver);
+        assert_eq!(f.check(resend_field(1)), DupVerdict::Duplicate);
     }
 
     #[test]

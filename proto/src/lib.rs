@@ -30,6 +30,7 @@ pub mod ip;
 pub mod keys;
 pub mod queue;
 pub mod replay;
+pub mod resend;
 #[doc(hidden)]
 pub mod sim;
 pub mod time;

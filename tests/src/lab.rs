@@ -47,6 +47,9 @@ pub enum Role {
     /// A second anchor node, built only on demand ([`Lab::add_second_an`]): `eth0` straight on
     /// the internet router.
     An2,
+    /// A client tethered to the phone, built only by the android profile
+    /// ([`crate::android::AndroidLab`]): `eth0` on the MH's `tether0`.
+    Tether,
 }
 
 impl Role {
@@ -71,6 +74,7 @@ impl Role {
             Role::Ch => "ch",
             Role::Mh2 => "mh2",
             Role::An2 => "an2",
+            Role::Tether => "tether",
         }
     }
 
@@ -78,7 +82,7 @@ impl Role {
     pub fn from_name(name: &str) -> Option<Role> {
         Role::ALL
             .into_iter()
-            .chain([Role::Mh2, Role::An2])
+            .chain([Role::Mh2, Role::An2, Role::Tether])
             .find(|r| r.name() == name)
     }
 }
@@ -214,7 +218,7 @@ impl Lab {
                     "net.ipv4.conf.all.rp_filter=0",
                     "net.ipv4.conf.default.rp_filter=0",
                 ]),
-                Role::An | Role::An2 | Role::Ch => {}
+                Role::An | Role::An2 | Role::Ch | Role::Tether => {}
             }
             let mut args = vec!["sysctl", "-q", "-w"];
             args.extend(sysctls);

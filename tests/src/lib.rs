@@ -26,6 +26,7 @@
 //! deletes its namespaces; [`sweep_stale`] removes what crashed runs left behind. Needs root,
 //! `ip`, `nft` and `/dev/net/tun` ([`check_environment`]).
 
+pub mod android;
 pub mod bins;
 pub mod crowd;
 pub mod deploy;
@@ -35,6 +36,7 @@ pub mod exec;
 pub mod guard;
 pub mod lab;
 pub mod measure;
+pub mod netd;
 pub mod process;
 pub mod scale;
 pub mod second_an;

@@ -436,7 +436,7 @@ fn errors_are_one_line_with_a_non_zero_status() {
     assert_eq!(
         stderr(&out),
         format!(
-            "upmt: daemon not running (no socket at {})\n",
+            "upmt: upmt-mh not running (no socket at {})\n",
             gone.display()
         )
     );

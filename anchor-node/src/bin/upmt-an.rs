@@ -295,12 +295,14 @@ async fn serve(config: Config, nft: PathBuf, account: Option<privilege::Account>
             .anchor_address6()
             .zip(config.subnet6.map(|n| n.prefix_len())),
         mtu: config.mtu,
+        offload: config.offload,
     };
     if upmt_anchor_node::down::tun_exists(&config.tun) {
         // The normal case after a restart (the TUN is persistent), so not a warning.
         tracing::info!(tun = %config.tun, "attaching to the TUN an earlier run left (`upmt-an down` removes it after a stop)");
     }
-    let device = tun::create(&tun_spec)?;
+    let (device, offload) = tun::create(&tun_spec)?;
+    tracing::info!(tun = %config.tun, offload = offload.as_str(), "TUN ready");
     nat::enable_forwarding(config.subnet6.is_some(), &config.egress)?;
     let spec = nat::NatSpec {
         tun: config.tun.clone(),
@@ -382,6 +384,7 @@ async fn serve(config: Config, nft: PathBuf, account: Option<privilege::Account>
     );
     let anchor = Anchor::new(core_config, clock::now());
     let event_loop = EventLoop::new(anchor, udp, device, config.mtu, scrapes)
+        .with_offload(offload)
         .with_isolation_counters(counters)
         .with_ops(Ops::new(&config, Some(requests)));
     let result = event_loop.run(shutdown).await;

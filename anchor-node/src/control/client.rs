@@ -1,29 +1,18 @@
 //! The CLI's side of the control socket: connect, send one request, read its answer. Failures
 //! are the one-line errors users see ("upmt-an not running (no socket at ...)"). Renders nothing.
 
-use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use tokio::io::BufReader;
-use tokio::net::UnixStream;
+use upmt_sys::control_socket::ConnectError;
 
 use super::{FrameError, PROTOCOL_VERSION, Request, RequestFrame, Response, ResponseFrame};
 
 /// What went wrong talking to the daemon.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("upmt-an not running (no socket at {})", path.display())]
-    NotRunning { path: PathBuf },
-    #[error("upmt-an not running (nothing listens on {})", path.display())]
-    Refused { path: PathBuf },
-    #[error("permission denied: cannot connect to {} (root or the anchor's control_group only)", path.display())]
-    NoAccess { path: PathBuf },
-    #[error("cannot connect to {}", path.display())]
-    Connect {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
     #[error("upmt-an closed the control connection")]
     Closed,
     #[error(transparent)]
@@ -39,23 +28,7 @@ pub enum ClientError {
 
 /// Sends `request` to the daemon at `path` and returns its answer; a refusal is an error.
 pub async fn request(path: &Path, request: Request) -> Result<Response, ClientError> {
-    let mut stream = UnixStream::connect(path)
-        .await
-        .map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => ClientError::NotRunning {
-                path: path.to_owned(),
-            },
-            io::ErrorKind::ConnectionRefused => ClientError::Refused {
-                path: path.to_owned(),
-            },
-            io::ErrorKind::PermissionDenied => ClientError::NoAccess {
-                path: path.to_owned(),
-            },
-            _ => ClientError::Connect {
-                path: path.to_owned(),
-                source: e,
-            },
-        })?;
+    let mut stream = upmt_sys::control_socket::connect(path, "upmt-an").await?;
     let (rd, mut wr) = stream.split();
     let frame = RequestFrame {
         version: PROTOCOL_VERSION,
@@ -73,13 +46,8 @@ pub async fn request(path: &Path, request: Request) -> Result<Response, ClientEr
     let frame: ResponseFrame = match serde_json::from_slice(&line) {
         Ok(frame) => frame,
         Err(e) => {
-            let version = serde_json::from_slice::<serde_json::Value>(&line)
-                .ok()
-                .and_then(|v| v.get("version").and_then(serde_json::Value::as_u64));
-            return Err(match version {
-                Some(v) if v != u64::from(PROTOCOL_VERSION) => {
-                    ClientError::Version(u32::try_from(v).unwrap_or(u32::MAX))
-                }
+            return Err(match upmt_sys::control_socket::version_of(&line) {
+                Some(v) if v != PROTOCOL_VERSION => ClientError::Version(v),
                 _ => ClientError::Frame(FrameError::Json(e)),
             });
         }

@@ -105,6 +105,9 @@ pub struct PeerShow {
     pub flows: u64,
     /// Its paths, in the order first seen.
     pub paths: Vec<PathShow>,
+    /// Bytes of downlink datagrams sent again after their flow left a path (in `tx_bytes`).
+    #[serde(default)]
+    pub resent_bytes: u64,
 }
 
 /// One path of a peer in [`Show`].

@@ -14,10 +14,8 @@
 //! the file stays behind at exit; clients then say "not running", and the next start or
 //! `upmt-an down` removes it.
 
-use std::io;
 use std::os::fd::AsRawFd as _;
-use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use tokio::io::BufReader;
@@ -31,145 +29,22 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
 pub use upmt_sys::peer::Access;
 
-/// What went wrong setting up the control socket.
-#[derive(Debug, thiserror::Error)]
-pub enum ServerError {
-    #[error("cannot create the control socket's directory {path}")]
-    CreateDir {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("{path} exists and is not a socket; refusing to replace it")]
-    NotASocket { path: PathBuf },
-    #[error("another upmt-an is already serving {path}")]
-    AlreadyRunning { path: PathBuf },
-    #[error("cannot remove the stale control socket {path}")]
-    RemoveStale {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("cannot bind the control socket {path}")]
-    Bind {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("cannot set the owner and mode of {path}")]
-    Permissions {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-}
+pub use upmt_sys::control_socket::{ServerError, SocketFile, is_served, is_socket};
 
-/// The socket file; removed when dropped (when the directory lets the daemon).
-#[derive(Debug)]
-pub struct SocketFile {
-    path: PathBuf,
-}
-
-impl SocketFile {
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-impl Drop for SocketFile {
-    fn drop(&mut self) {
-        if is_socket(&self.path)
-            && let Err(e) = std::fs::remove_file(&self.path)
-        {
-            tracing::info!(
-                path = %self.path.display(),
-                error = %e,
-                "cannot remove the control socket; the next start or `upmt-an down` does"
-            );
-        }
-    }
-}
-
-/// Whether `path` is a socket file.
-pub fn is_socket(path: &Path) -> bool {
-    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket())
-}
-
-/// Whether a daemon answers on the socket at `path`.
-pub fn is_served(path: &Path) -> bool {
-    is_socket(path) && std::os::unix::net::UnixStream::connect(path).is_ok()
-}
-
-/// Binds the control socket at `path`: creates its directory (owned by `owner`'s uid and gid
-/// when given, so the daemon can remove the socket after dropping to that account), removes a
-/// stale socket (but refuses when a live daemon answers there, or when the path is not a
-/// socket), and sets the mode before listening. Must run inside tokio.
+/// Binds the control socket at `path` ([`upmt_sys::control_socket::bind`]): a directory it
+/// creates is owned by `owner`'s uid and gid when given, so the daemon can remove the socket
+/// after dropping to that account. Must run inside tokio.
 pub fn bind(
     path: &Path,
     access: &Access,
     owner: Option<(u32, u32)>,
 ) -> Result<(UnixListener, SocketFile), ServerError> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
-        && !dir.exists()
-    {
-        let dir_err = |source| ServerError::CreateDir {
-            path: dir.to_owned(),
-            source,
-        };
-        std::fs::create_dir_all(dir).map_err(dir_err)?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).map_err(dir_err)?;
-        if let Some((uid, gid)) = owner {
-            std::os::unix::fs::chown(dir, Some(uid), Some(gid)).map_err(dir_err)?;
-        }
-    }
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        if !meta.file_type().is_socket() {
-            return Err(ServerError::NotASocket {
-                path: path.to_owned(),
-            });
-        }
-        if is_served(path) {
-            return Err(ServerError::AlreadyRunning {
-                path: path.to_owned(),
-            });
-        }
-        std::fs::remove_file(path).map_err(|source| ServerError::RemoveStale {
-            path: path.to_owned(),
-            source,
-        })?;
-        tracing::info!(path = %path.display(), "removed a stale control socket");
-    }
-    let bind_err = |source| ServerError::Bind {
-        path: path.to_owned(),
-        source,
+    let options = upmt_sys::control_socket::BindOptions {
+        daemon: "upmt-an",
+        dir_owner: owner,
+        backlog: 16,
     };
-    let socket = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None)
-        .map_err(bind_err)?;
-    let addr = socket2::SockAddr::unix(path).map_err(bind_err)?;
-    socket.bind(&addr).map_err(bind_err)?;
-    // From here on the file exists: the guard removes it if anything below fails.
-    let file = SocketFile {
-        path: path.to_owned(),
-    };
-    let perm_err = |source| ServerError::Permissions {
-        path: path.to_owned(),
-        source,
-    };
-    let mode = match &access.group {
-        Some((_, gid)) => {
-            std::os::unix::fs::chown(path, None, Some(*gid)).map_err(perm_err)?;
-            0o660
-        }
-        None => 0o600,
-    };
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(perm_err)?;
-    socket.listen(16).map_err(bind_err)?;
-    socket.set_nonblocking(true).map_err(bind_err)?;
-    let listener = UnixListener::from_std(std::os::unix::net::UnixListener::from(
-        std::os::fd::OwnedFd::from(socket),
-    ))
-    .map_err(bind_err)?;
-    Ok((listener, file))
+    upmt_sys::control_socket::bind(path, access, options)
 }
 
 /// Serves connections on `listener` until `shutdown` completes.
@@ -324,6 +199,7 @@ mod tests {
         let dir = upmt_sys::testing::temp_dir("an-control");
         let path = dir.join("sub").join("an.sock");
         let (listener, file) = bind(&path, &Access::root_only(), None).unwrap();
+        use std::os::unix::fs::PermissionsExt as _;
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         assert!(matches!(

@@ -412,6 +412,7 @@ pub fn tunnel(
             .filter(|_| stats.is_some_and(|s| s.idle != Idle::Sleep))
             .map(|k| k.as_secs()),
         keepalive_learning: None,
+        resent_bytes: 0,
     }
 }
 

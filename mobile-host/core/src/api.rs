@@ -103,8 +103,8 @@ pub struct StatusReply {
     pub owners: Option<Box<OwnerLookups>>,
 }
 
-/// How new flows' owners were found, counted since the daemon started. The first five are the
-/// lookup's (the driver's), the last two the core's.
+/// How new flows' owners were found, counted since the daemon started. The first six are the
+/// lookup's (the driver's), then two of the core's.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct OwnerLookups {
@@ -112,6 +112,9 @@ pub struct OwnerLookups {
     pub by_uid: u64,
     /// The process came from the inode index.
     pub index_hits: u64,
+    /// The process was among those the process events named new or changed, and only those
+    /// were read (a just-started app): no listing of `/proc`, no other process read.
+    pub event_hits: u64,
     /// The process was found by reading processes.
     pub scans: u64,
     /// The socket was found but no process holding it: named by its uid.
@@ -122,6 +125,22 @@ pub struct OwnerLookups {
     pub lookups_overdue: u64,
     /// Answers that came after such a decision and decided the flow again.
     pub late_answers: u64,
+    /// How the lookup learns of new processes (absent from daemons that did not tell).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub process_watch: Option<ProcessWatch>,
+}
+
+/// How the owner lookup learns which processes are new or gone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProcessWatch {
+    /// Process events on a socket of the daemon's own network namespace (the initial one).
+    Events,
+    /// Process events on a socket opened in the initial network namespace: the daemon runs in
+    /// another one, and the kernel sends process events only to the initial one's sockets.
+    EventsFromInitialNetns,
+    /// No process events: a missed socket lists `/proc`.
+    Scans,
 }
 
 /// The authenticated session.
@@ -251,6 +270,10 @@ pub struct TunnelStatus {
     /// longer keepalive, false once learned; absent with a fixed keepalive.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keepalive_learning: Option<bool>,
+    /// Bytes of datagrams sent again on it: recent packets of flows that moved to it from a
+    /// path that went down (see docs/architecture.md, "Resending what was in flight").
+    #[serde(default)]
+    pub resent_bytes: u64,
 }
 
 /// What a tunnel sends while the session is idle.

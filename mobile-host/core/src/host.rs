@@ -57,6 +57,9 @@ use crate::owner::Owner;
 use crate::uplinks::Uplinks;
 use crate::usage::{CapChange, Day, Ledger, Meter, UsageFile};
 
+mod released;
+mod resend;
+
 /// How often stalled lookups are given up, held flows forgotten and a returning uplink's
 /// hold-down looked at, while there are any; idle flows expire at their own deadline, and with
 /// none of these the host sets no timer of its own.
@@ -184,6 +187,9 @@ pub struct MobileHost {
     idle_stale: bool,
     /// Usage kept apart from flows, and the uplinks' data caps.
     usage: Meter,
+    /// Paths that went down since the flows were last decided: their recent packets follow
+    /// the flows (see `host/resend.rs`).
+    moved_off: Vec<PathId>,
 }
 
 impl MobileHost {
@@ -217,6 +223,7 @@ impl MobileHost {
         };
         let mut host = MobileHost {
             usage,
+            moved_off: Vec::new(),
             client_config: config.client.clone(),
             client: Client::new(config.client, now, config.client_seed),
             client_seed: config.client_seed,
@@ -799,9 +806,13 @@ impl MobileHost {
 
     /// The next datagram to send, written at the start of `buf` (which must have room for a
     /// whole packet plus [`HEADER_LEN`] and the tag): the protocol's own (handshakes, probes,
-    /// signals) first, then the packets that waited for their flow's owner.
+    /// signals) first, then the packets that waited for their flow's owner (and, for a redundant
+    /// flow, each one's copy on its second uplink).
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
         if let Some(t) = self.client.poll_transmit(now, buf) {
+            return Some(t);
+        }
+        if let Some(t) = self.pending_copy(buf) {
             return Some(t);
         }
         while let Some((uplink, packet)) = self.released.pop_front() {
@@ -814,7 +825,7 @@ impl MobileHost {
                 None => false,
             };
             self.flows.recycle_one(packet);
-            if copied && let Some(t) = self.encapsulate(uplink, buf, n, now) {
+            if copied && let Some(t) = self.encapsulate_released(uplink, buf, n, now) {
                 return Some(t);
             }
         }
@@ -1031,6 +1042,7 @@ impl MobileHost {
                     "flows decided again after an uplink change"
                 );
             }
+            self.resend_moved(now);
         }
         if std::mem::take(&mut self.idle_stale) {
             self.carrying = crate::idle::carrying(self.flows.paft(), self.flows.redundancy());
@@ -1089,6 +1101,7 @@ impl MobileHost {
                     tracing::info!(%path, uplink = %name, "path up");
                     self.events.push_back(Event::TunnelUp { uplink: name });
                 } else {
+                    self.moved_off.push(path);
                     tracing::warn!(%path, uplink = %name, "path down");
                     self.events.push_back(Event::TunnelDown { uplink: name });
                 }
@@ -1461,6 +1474,7 @@ impl MobileHost {
                 );
                 t.metered = link.metered;
                 t.keepalive_learning = self.client.path_keepalive_learning(Uplinks::path(u));
+                t.resent_bytes = self.resent_bytes(Uplinks::path(u));
                 t
             })
             .collect();

@@ -3,6 +3,12 @@
 //! of rescanning `/proc`. Needs CAP_NET_ADMIN and a kernel with CONFIG_PROC_EVENTS; the kernel
 //! sends these events only to sockets of the initial network namespace.
 //!
+//! A daemon in another network namespace (the lab's, a container's) opens its socket in the
+//! initial one ([`open_watch`]): a short-lived thread enters pid 1's network namespace (or,
+//! when pid 1's cannot be read, a parent process's), makes and subscribes the socket, and
+//! exits; the socket keeps its namespace. Only this netlink
+//! socket is made there: nothing is sent on any network, no route or rule is touched.
+//!
 //! Hand-rolled like [`super::diag`]: a subscribe message (`nlmsghdr` + `cn_msg` + op) and the
 //! fixed `proc_event` layout. The socket is non-blocking; [`ProcEvents::drain`] reads what is
 //! queued. A full receive buffer (the kernel drops events) is reported as [`ProcEvent::Lost`]:
@@ -10,6 +16,9 @@
 
 use std::io;
 use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+use std::os::unix::fs::MetadataExt as _;
+
+pub use upmt_mh_core::api::ProcessWatch;
 
 const NETLINK_CONNECTOR: libc::c_int = 11;
 const CN_IDX_PROC: u32 = 1;
@@ -53,6 +62,125 @@ pub enum ProcEvent {
     },
     /// The kernel dropped events: what was learnt from them is no longer complete.
     Lost,
+}
+
+/// Why process events are not used.
+#[derive(Debug, thiserror::Error)]
+pub enum EventsError {
+    /// The connector socket could not be made or subscribed (no CAP_NET_ADMIN, no
+    /// CONFIG_PROC_EVENTS, or a network namespace other than the initial one: refused).
+    #[error("cannot open a process events socket")]
+    Open(#[source] io::Error),
+    /// The daemon runs outside the initial network namespace and could not enter it (no
+    /// CAP_SYS_ADMIN, no access to the namespace of pid 1 or of a parent process).
+    #[error("cannot enter the network namespace of pid {pid}")]
+    Enter {
+        /// Whose namespace.
+        pid: u32,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// A network namespace: the (device, inode) of a `/proc/PID/ns/net`.
+type NsId = (u64, u64);
+
+/// Where to try opening the socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Place {
+    /// In the calling thread's own network namespace.
+    Here,
+    /// In the network namespace of process `pid`.
+    Of(u32),
+}
+
+/// Where to try, in order, from the calling thread's network namespace, pid 1's, and those of
+/// its parent processes (nearest first). pid 1's is the initial one when the daemon shares its
+/// pid namespace. When pid 1's cannot be read (no ptrace access to it, hidepid), try here, then
+/// the parents' other namespaces: the one the daemon was started from (`ip netns exec`) is
+/// the initial one in the usual case, and a wrong one refuses the subscription.
+fn places(own: Option<NsId>, initial: Option<NsId>, parents: &[(u32, Option<NsId>)]) -> Vec<Place> {
+    match (own, initial) {
+        (Some(own), Some(initial)) if own == initial => vec![Place::Here],
+        (Some(_), Some(_)) => vec![Place::Of(1)],
+        _ => {
+            let mut seen: Vec<NsId> = own.into_iter().collect();
+            let mut out = vec![Place::Here];
+            for &(pid, ns) in parents {
+                if let Some(ns) = ns
+                    && !seen.contains(&ns)
+                {
+                    seen.push(ns);
+                    out.push(Place::Of(pid));
+                }
+            }
+            out
+        }
+    }
+}
+
+fn netns_id(pid: &str) -> Option<NsId> {
+    std::fs::metadata(format!("/proc/{pid}/ns/net"))
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
+}
+
+/// The parent pid in a `/proc/PID/stat` (the field after the state, after the name's `)`).
+fn ppid_from_stat(stat: &str) -> Option<u32> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// This process's parents, nearest first, up to pid 1 (at most a few).
+fn parents() -> Vec<u32> {
+    let mut out = Vec::new();
+    let mut pid = std::process::id();
+    while out.len() < 8 {
+        let Some(ppid) = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| ppid_from_stat(&s))
+        else {
+            break;
+        };
+        if ppid <= 1 {
+            break;
+        }
+        out.push(ppid);
+        pid = ppid;
+    }
+    out
+}
+
+/// Opens process events where the kernel sends them (the initial network namespace), and says
+/// how the lookup then learns of new processes. Call before the process index is primed, so no
+/// process falls in between.
+pub fn open_watch() -> Result<(ProcEvents, ProcessWatch), EventsError> {
+    let own = netns_id("thread-self");
+    let initial = netns_id("1");
+    let parents: Vec<(u32, Option<NsId>)> = match (own, initial) {
+        (Some(_), Some(_)) => Vec::new(),
+        _ => parents()
+            .into_iter()
+            .map(|p| (p, netns_id(&p.to_string())))
+            .collect(),
+    };
+    let mut last = None;
+    for place in places(own, initial, &parents) {
+        let opened = match place {
+            Place::Here => ProcEvents::open()
+                .map(|e| (e, ProcessWatch::Events))
+                .map_err(EventsError::Open),
+            Place::Of(pid) => {
+                ProcEvents::open_in(pid).map(|e| (e, ProcessWatch::EventsFromInitialNetns))
+            }
+        };
+        match opened {
+            Ok(found) => return Ok(found),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| EventsError::Open(io::ErrorKind::NotFound.into())))
 }
 
 /// A subscribed process events socket.
@@ -121,6 +249,29 @@ impl ProcEvents {
             fd,
             buf: vec![0; 16 * 1024].into_boxed_slice(),
         })
+    }
+
+    /// Opens the socket in process `pid`'s network namespace, from a thread of its own that
+    /// enters it and ends: the caller's threads stay where they are.
+    pub fn open_in(pid: u32) -> Result<ProcEvents, EventsError> {
+        let enter = move |source| EventsError::Enter { pid, source };
+        let ns = std::fs::File::open(format!("/proc/{pid}/ns/net")).map_err(enter)?;
+        std::thread::Builder::new()
+            .name("upmt-procev".into())
+            .spawn(move || {
+                // SAFETY: a valid namespace fd; setns moves this thread alone, which ends below.
+                if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return Err(enter(io::Error::last_os_error()));
+                }
+                ProcEvents::open().map_err(EventsError::Open)
+            })
+            .map_err(EventsError::Open)?
+            .join()
+            .unwrap_or_else(|_| {
+                Err(EventsError::Open(io::Error::other(
+                    "the process events thread panicked",
+                )))
+            })
     }
 
     /// Appends every queued event to `out` without blocking.
@@ -261,6 +412,39 @@ mod tests {
         short[0..4].copy_from_slice(&len.to_ne_bytes());
         decode(&short, &mut out);
         assert_eq!(out, vec![]);
+    }
+
+    #[test]
+    fn the_socket_goes_to_the_initial_namespace_only_when_the_daemon_is_elsewhere() {
+        assert_eq!(places(Some((4, 10)), Some((4, 10)), &[]), vec![Place::Here]);
+        assert_eq!(
+            places(Some((4, 11)), Some((4, 10)), &[]),
+            vec![Place::Of(1)]
+        );
+        // Same inode on another device: another namespace.
+        assert_eq!(
+            places(Some((5, 10)), Some((4, 10)), &[]),
+            vec![Place::Of(1)]
+        );
+        // pid 1 unreadable: here, then the parents' namespaces, each once, none of ours.
+        let parents = [
+            (40, Some((4, 11))),
+            (30, None),
+            (20, Some((4, 10))),
+            (10, Some((4, 10))),
+        ];
+        assert_eq!(
+            places(Some((4, 11)), None, &parents),
+            vec![Place::Here, Place::Of(20)]
+        );
+        assert_eq!(places(None, None, &[]), vec![Place::Here]);
+    }
+
+    #[test]
+    fn the_parent_pid_is_read_past_a_name_with_spaces_and_parentheses() {
+        assert_eq!(ppid_from_stat("123 (a) b) S 77 123 1 0"), Some(77));
+        assert_eq!(ppid_from_stat("1 (init) S 0 1 1"), Some(0));
+        assert_eq!(ppid_from_stat("garbage"), None);
     }
 
     #[test]

@@ -30,8 +30,8 @@ use upmt_paft::FlowKey;
 
 use android::{Packages, UidKind};
 use diag::{DiagError, SockDiag, SocketId};
-use events::{ProcEvent, ProcEvents};
-use procfs::{ProcLimits, ProcTable};
+use events::{ProcEvent, ProcEvents, ProcessWatch};
+use procfs::{Found, ProcLimits, ProcTable};
 
 /// Requests waiting for the worker; beyond this, new flows get the default rule at once.
 pub const QUEUE: usize = 256;
@@ -79,6 +79,7 @@ impl Default for ResolverConfig {
 pub struct LookupCounters {
     by_uid: AtomicU64,
     index_hits: AtomicU64,
+    event_hits: AtomicU64,
     scans: AtomicU64,
     uid_fallback: AtomicU64,
     unknown: AtomicU64,
@@ -91,6 +92,9 @@ pub struct LookupStats {
     pub by_uid: u64,
     /// The process came from the index (one fd link read back).
     pub index_hits: u64,
+    /// The process was among those process events named new or changed, and only those were
+    /// read (a just-started app).
+    pub event_hits: u64,
     /// The process was found by reading processes.
     pub scans: u64,
     /// The socket was found but no process holding it: named by the uid.
@@ -106,6 +110,7 @@ impl LookupCounters {
         LookupStats {
             by_uid: r(&self.by_uid),
             index_hits: r(&self.index_hits),
+            event_hits: r(&self.event_hits),
             scans: r(&self.scans),
             uid_fallback: r(&self.uid_fallback),
             unknown: r(&self.unknown),
@@ -160,10 +165,10 @@ impl Owners {
             UidKind::Isolated | UidKind::Shared | UidKind::Unlisted => {}
         }
         if let Some(p) = self.procs.owner_of(u64::from(s.inode), uid) {
-            LookupCounters::count(if p.from_index {
-                &self.counters.index_hits
-            } else {
-                &self.counters.scans
+            LookupCounters::count(match p.found {
+                Found::Index => &self.counters.index_hits,
+                Found::NewProcess => &self.counters.event_hits,
+                Found::Scan => &self.counters.scans,
             });
             // A process not specialized yet (zygote's child) is better named by its uid.
             let name = match p.settled {
@@ -337,19 +342,26 @@ pub struct Worker {
     requests: SyncSender<FlowKey>,
     answers: tokio::sync::mpsc::Receiver<Answer>,
     counters: Arc<LookupCounters>,
+    watch: ProcessWatch,
 }
 
 impl Worker {
-    /// Starts the thread. Process events are used when the kernel gives them (root, initial
-    /// network namespace); otherwise each miss lists `/proc`.
+    /// Starts the thread. Process events are used when the kernel gives them (root; a daemon
+    /// outside the initial network namespace also needs to enter it, see
+    /// [`events::open_watch`]); otherwise each miss lists `/proc`.
     pub fn spawn(config: ResolverConfig) -> Result<Worker, DiagError> {
         let mut resolver = Resolver::new(&config)?;
-        match ProcEvents::open() {
-            Ok(events) => resolver = resolver.with_events(events),
-            Err(e) => {
-                tracing::info!(error = %e, "process events unavailable: a missed socket lists /proc");
+        let watch = match events::open_watch() {
+            Ok((events, watch)) => {
+                tracing::info!(?watch, "process events keep the process index");
+                resolver = resolver.with_events(events);
+                watch
             }
-        }
+            Err(e) => {
+                tracing::info!(error = %upmt_sys::display_chain(&e), "process events unavailable: a missed socket lists /proc");
+                ProcessWatch::Scans
+            }
+        };
         let counters = resolver.counters();
         let (requests, rx) = mpsc::sync_channel::<FlowKey>(QUEUE);
         let (tx, answers) = tokio::sync::mpsc::channel(QUEUE);
@@ -413,6 +425,7 @@ impl Worker {
             requests,
             answers,
             counters,
+            watch,
         })
     }
 
@@ -438,6 +451,11 @@ impl Worker {
     /// How the worker's answers were found (live: it counts as it answers).
     pub fn counters(&self) -> Arc<LookupCounters> {
         Arc::clone(&self.counters)
+    }
+
+    /// How the worker learns of new processes.
+    pub fn process_watch(&self) -> ProcessWatch {
+        self.watch
     }
 }
 

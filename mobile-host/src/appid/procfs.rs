@@ -62,8 +62,20 @@ pub struct Process {
     pub name: Option<Arc<str>>,
     /// Whether the name is final (see [`is_settled`]).
     pub settled: bool,
-    /// Found through the index without reading any process.
-    pub from_index: bool,
+    /// How it was found.
+    pub found: Found,
+}
+
+/// How the holder of a socket was found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Found {
+    /// Through the index, without reading any process (one fd link read back).
+    Index,
+    /// Among the processes process events named new or changed, reading only those: no
+    /// listing of `/proc`, no other process read.
+    NewProcess,
+    /// By reading processes beyond those (no events, events lost, an old process's new socket).
+    Scan,
 }
 
 #[derive(Debug, Default)]
@@ -102,6 +114,8 @@ pub struct ProcTable {
 pub struct ProcStats {
     /// Lookups answered from the index.
     pub index_hits: u64,
+    /// Lookups answered by reading only the processes events named new or changed.
+    pub event_hits: u64,
     /// Lookups that had to read processes.
     pub scans: u64,
     /// Process fd directories read.
@@ -237,52 +251,63 @@ impl ProcTable {
             if self.holds(pid, fd, inode) {
                 self.stats.index_hits += 1;
                 self.mark_recent(pid);
-                return Some(self.process(pid, true));
+                return Some(self.process(pid, Found::Index));
             }
             self.inode_pid.remove(&inode);
             if let Some(info) = self.pids.get_mut(&pid) {
                 info.dirty = true;
             }
         }
-        self.stats.scans += 1;
         let listed = !self.trusted();
         if listed {
             self.list();
         }
-        let pid = match self.search(inode, uid) {
-            Some(pid) => Some(pid),
+        let found = match self.search(inode, uid) {
+            Some((pid, among_new)) => Some((pid, among_new && !listed)),
             // Events can miss a process (or a connector can stay silent): a listing finds it.
-            None if !listed && self.list() > 0 => self.search(inode, uid),
+            None if !listed && self.list() > 0 => self.search(inode, uid).map(|(p, _)| (p, false)),
             None => None,
         };
-        let pid = pid.or_else(|| uid.and_then(|_| self.search(inode, None)))?;
+        let found =
+            found.or_else(|| uid.and_then(|_| self.search(inode, None).map(|(p, _)| (p, false))));
+        let Some((pid, among_new)) = found else {
+            self.stats.scans += 1;
+            return None;
+        };
+        let found = if among_new {
+            self.stats.event_hits += 1;
+            Found::NewProcess
+        } else {
+            self.stats.scans += 1;
+            Found::Scan
+        };
         self.mark_recent(pid);
-        Some(self.process(pid, false))
+        Some(self.process(pid, found))
     }
 
-    /// Reads candidates, most likely first, until one holds `inode`.
-    fn search(&mut self, inode: u64, uid: Option<u32>) -> Option<u32> {
-        // Recent owners first, then the newest pid first: pids count up, so those are the
-        // likelier new owners.
-        let mut all: Vec<u32> = self.pids.keys().copied().collect();
-        all.sort_unstable_by(|a, b| b.cmp(a));
-        let recent: Vec<u32> = self.recent.iter().copied().collect();
-        let mut seen = HashSet::with_capacity(recent.len());
-        let order: Vec<u32> = recent
-            .into_iter()
-            .chain(all)
-            .filter(|&p| seen.insert(p))
+    /// Reads candidates, most likely first, until one holds `inode`; with whether it was found
+    /// among the new or changed processes, before any other was read.
+    fn search(&mut self, inode: u64, uid: Option<u32>) -> Option<(u32, bool)> {
+        // New or changed processes (process events) are read first; only they are sorted, as
+        // a just-started app is found among them.
+        let mut dirty: Vec<u32> = self
+            .pids
+            .iter()
+            .filter(|(_, i)| i.dirty)
+            .map(|(&p, _)| p)
             .collect();
-        // New or changed processes (process events) are read first.
+        dirty.sort_unstable_by_key(|&p| likelier(&self.recent, p));
         let mut read = HashSet::new();
-        for &pid in &order {
-            if self.pids.get(&pid).is_some_and(|i| i.dirty) && self.uid_matches(pid, uid) {
+        for pid in dirty {
+            if self.uid_matches(pid, uid) {
                 read.insert(pid);
                 if let Some(found) = self.read_finds(pid, inode) {
-                    return Some(found);
+                    return Some((found, true));
                 }
             }
         }
+        let mut order: Vec<u32> = self.pids.keys().copied().collect();
+        order.sort_unstable_by_key(|&p| likelier(&self.recent, p));
         // Then those whose fd table moved (one stat each), then the others.
         let mut unchanged = Vec::new();
         for pid in order {
@@ -295,12 +320,13 @@ impl ProcTable {
                 continue;
             }
             if let Some(found) = self.read_finds(pid, inode) {
-                return Some(found);
+                return Some((found, false));
             }
         }
         unchanged
             .into_iter()
             .find_map(|pid| self.read_finds(pid, inode))
+            .map(|found| (found, false))
     }
 
     /// Reads `pid`; when it holds `inode`, the holder the index now names (`pid`, or a more
@@ -335,14 +361,14 @@ impl ProcTable {
     }
 
     /// The process for an answer, with its name.
-    fn process(&mut self, pid: u32, from_index: bool) -> Process {
+    fn process(&mut self, pid: u32, found: Found) -> Process {
         let trusted = self.trusted();
         if trusted && let Some(name) = self.pids.get(&pid).and_then(|i| i.name.clone()) {
             return Process {
                 pid,
                 name: Some(name),
                 settled: true,
-                from_index,
+                found,
             };
         }
         let name = self.read_name(pid);
@@ -357,7 +383,7 @@ impl ProcTable {
             pid,
             name,
             settled,
-            from_index,
+            found,
         }
     }
 
@@ -556,6 +582,15 @@ impl ProcTable {
     }
 }
 
+/// The order in which a search reads processes: recent socket owners first, then the newest
+/// pid first (pids count up, so those are the likelier new owners).
+fn likelier(recent: &VecDeque<u32>, pid: u32) -> (usize, std::cmp::Reverse<u32>) {
+    (
+        recent.iter().position(|&r| r == pid).unwrap_or(usize::MAX),
+        std::cmp::Reverse(pid),
+    )
+}
+
 /// The app name in a `/proc/PID/cmdline`: its first argument, up to the first `:` (Android
 /// names a package's extra processes `package:suffix`), and its last path component when it
 /// is a path (Linux programs started as `/usr/bin/curl`). `None` when empty.
@@ -717,12 +752,12 @@ pub(crate) mod tests {
         let mut t = ProcTable::new(fake.root());
         let p = t.owner_of(11, None).unwrap();
         assert_eq!((p.pid, p.name.as_deref()), (100, Some("com.example.video")));
-        assert!(!p.from_index);
+        assert_eq!(p.found, Found::Scan);
         // pid 200 was read on the way (newest first).
         let q = t.owner_of(21, None).unwrap();
         assert_eq!(
-            (q.pid, q.name.as_deref(), q.from_index),
-            (200, Some("curl"), true)
+            (q.pid, q.name.as_deref(), q.found),
+            (200, Some("curl"), Found::Index)
         );
         assert_eq!(t.owner_of(12, None).unwrap().pid, 100);
         assert_eq!(t.stats().scans, 1);
@@ -798,8 +833,41 @@ pub(crate) mod tests {
         });
         let p = t.owner_of(11, None).unwrap();
         assert_eq!(p.name.as_deref(), Some("com.example.new"));
+        assert_eq!(p.found, Found::NewProcess);
         // The trusted pid set needed no listing beyond the first.
         assert_eq!(t.stats().listings, 1);
+    }
+
+    #[test]
+    fn searches_read_recent_owners_first_then_the_newest_pids() {
+        let recent: VecDeque<u32> = [50, 7].into();
+        let mut pids = vec![3, 7, 99, 50, 120];
+        pids.sort_unstable_by_key(|&p| likelier(&recent, p));
+        assert_eq!(pids, vec![50, 7, 120, 99, 3]);
+    }
+
+    #[test]
+    fn a_just_started_process_is_found_by_reading_it_alone_while_events_are_whole() {
+        let fake = FakeProc::new("newborn");
+        for pid in 100..150 {
+            fake.add(pid, 5, "idle", &[u64::from(pid) * 10]);
+        }
+        let mut t = ProcTable::new(fake.root());
+        t.set_events(true);
+        t.prime();
+        let read = t.stats().processes_read;
+        fake.add(90, 9, "/usr/bin/curl", &[7]);
+        t.apply(ProcEvent::Fork { pid: 90, parent: 1 });
+        let p = t.owner_of(7, None).unwrap();
+        assert_eq!((p.pid, p.found), (90, Found::NewProcess));
+        assert_eq!(t.stats().processes_read, read + 1);
+        assert_eq!((t.stats().event_hits, t.stats().scans), (1, 0));
+        // After the kernel dropped events, the pid set is listed again: a scan.
+        fake.add(91, 9, "/usr/bin/curl", &[8]);
+        t.apply(ProcEvent::Fork { pid: 91, parent: 1 });
+        t.apply(ProcEvent::Lost);
+        assert_eq!(t.owner_of(8, None).unwrap().found, Found::Scan);
+        assert_eq!((t.stats().event_hits, t.stats().scans), (1, 1));
     }
 
     #[test]
@@ -818,7 +886,7 @@ pub(crate) mod tests {
         assert_eq!(t.stats().processes_read, 10);
         assert_eq!(t.stats().listings, 1);
         assert_eq!(t.cached(), (10, 10));
-        assert!(t.owner_of(1500, None).unwrap().from_index);
+        assert!(t.owner_of(1500, None).unwrap().found == Found::Index);
     }
 
     #[test]
@@ -847,7 +915,7 @@ pub(crate) mod tests {
         let p = t.owner_of(11, None).unwrap();
         assert_eq!((p.pid, p.name.as_deref()), (50, Some("receiver")));
         // And the sender's stale entry is gone from the index.
-        assert!(t.owner_of(11, None).unwrap().from_index);
+        assert!(t.owner_of(11, None).unwrap().found == Found::Index);
     }
 
     #[test]

@@ -242,7 +242,7 @@ mod tests {
         let err = run(cli, &mut Vec::new()).unwrap_err();
         assert_eq!(
             format!("{err:#}"),
-            "daemon not running (no socket at /nonexistent/upmt-test.sock)"
+            "upmt-mh not running (no socket at /nonexistent/upmt-test.sock)"
         );
     }
 }

@@ -5,7 +5,7 @@ use std::io::Write;
 
 use crate::control::client::Client;
 use crate::control::proto::{
-    Request, Response, SessionState, StatusReply, TunnelIdle, TunnelState,
+    ProcessWatch, Request, Response, SessionState, StatusReply, TunnelIdle, TunnelState,
 };
 
 use super::table::{self, Align, Table};
@@ -95,8 +95,14 @@ pub fn render(reply: &StatusReply) -> String {
     text.push_str(&t.render());
     if let Some(o) = &reply.owners {
         text.push_str(&format!(
-            "\nowners: {} by uid, {} from the index, {} by scan, {} by uid without a process, {} unknown; {} decided by default after the lookup bound, {} decided again\n",
-            o.by_uid, o.index_hits, o.scans, o.uid_fallback, o.unknown, o.lookups_overdue, o.late_answers
+            "\nowners: {} by uid, {} from the index, {} among new processes, {} by scan, {} by uid without a process, {} unknown; {} decided by default after the lookup bound, {} decided again{}\n",
+            o.by_uid, o.index_hits, o.event_hits, o.scans, o.uid_fallback, o.unknown, o.lookups_overdue, o.late_answers,
+            match o.process_watch {
+                Some(ProcessWatch::Events) => "; new processes from process events",
+                Some(ProcessWatch::EventsFromInitialNetns) => "; new processes from process events (initial network namespace)",
+                Some(ProcessWatch::Scans) => "; no process events: misses list /proc",
+                None => "",
+            }
         ));
     }
     text
@@ -162,6 +168,7 @@ mod tests {
                     idle: Some(TunnelIdle::Keepalive),
                     keepalive_s: Some(25),
                     keepalive_learning: None,
+                    resent_bytes: 0,
                 },
                 TunnelStatus {
                     uplink: "cell".into(),
@@ -180,16 +187,19 @@ mod tests {
                     idle: Some(TunnelIdle::Asleep),
                     keepalive_s: None,
                     keepalive_learning: None,
+                    resent_bytes: 0,
                 },
             ],
             owners: Some(Box::new(OwnerLookups {
                 by_uid: 40,
                 index_hits: 7,
+                event_hits: 5,
                 scans: 1,
                 uid_fallback: 2,
                 unknown: 3,
                 lookups_overdue: 1,
                 late_answers: 1,
+                process_watch: Some(ProcessWatch::EventsFromInitialNetns),
             })),
         };
         let expected = "\
@@ -199,7 +209,7 @@ UPLINK  INTERFACE  STATE  LOCAL               PUBLIC                 RTT  LOSS  
 wifi    wlan0      up     192.168.1.10:40000  203.0.113.7:61000  12.3 ms    0%  1.2 MiB  94.2 MiB  keepalive 25s
 cell    rmnet0     down   -                   -                        -  100%      0 B     512 B  asleep
 
-owners: 40 by uid, 7 from the index, 1 by scan, 2 by uid without a process, 3 unknown; 1 decided by default after the lookup bound, 1 decided again
+owners: 40 by uid, 7 from the index, 5 among new processes, 1 by scan, 2 by uid without a process, 3 unknown; 1 decided by default after the lookup bound, 1 decided again; new processes from process events (initial network namespace)
 ";
         assert_eq!(render(&reply), expected);
     }
@@ -227,6 +237,7 @@ owners: 40 by uid, 7 from the index, 1 by scan, 2 by uid without a process, 3 un
                 idle: None,
                 keepalive_s: None,
                 keepalive_learning: None,
+                resent_bytes: 0,
                 metered: true,
                 tx_bytes: 0,
                 rx_bytes: 0,

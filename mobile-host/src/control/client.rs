@@ -1,11 +1,12 @@
 //! The CLI's side of the control socket: connect, send a request, read its response, or follow a
-//! watch stream. Connection failures become the one-line errors users see ("daemon not running
+//! watch stream. Connection failures become the one-line errors users see ("upmt-mh not running
 //! (no socket at ...)", "permission denied: ..."). This module never renders anything.
 
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use tokio::net::UnixStream;
+use upmt_sys::control_socket::ConnectError;
 
 use super::proto::{
     self, ErrorKind, ErrorReply, Event, FrameError, PROTOCOL_VERSION, Request, RequestFrame,
@@ -15,18 +16,8 @@ use super::proto::{
 /// What went wrong talking to the daemon. Messages are complete one-liners for the CLI.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("daemon not running (no socket at {})", path.display())]
-    NotRunning { path: PathBuf },
-    #[error("daemon not running (nothing listens on {})", path.display())]
-    Refused { path: PathBuf },
-    #[error("permission denied: cannot connect to {} (root or the daemon's control_group only)", path.display())]
-    NoAccess { path: PathBuf },
-    #[error("cannot connect to {}", path.display())]
-    Connect {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
     #[error("the daemon closed the control connection")]
     Closed,
     #[error(transparent)]
@@ -47,7 +38,9 @@ impl ClientError {
     pub fn kind(&self) -> Option<ErrorKind> {
         match self {
             ClientError::Refusal(e) => Some(e.kind),
-            ClientError::NoAccess { .. } => Some(ErrorKind::PermissionDenied),
+            ClientError::Connect(ConnectError::NoAccess { .. }) => {
+                Some(ErrorKind::PermissionDenied)
+            }
             _ => None,
         }
     }
@@ -62,24 +55,8 @@ pub struct Client {
 impl Client {
     /// Connects to the daemon's socket at `path`.
     pub async fn connect(path: &Path) -> Result<Client, ClientError> {
-        match UnixStream::connect(path).await {
-            Ok(stream) => Ok(Client { stream }),
-            Err(e) => Err(match e.kind() {
-                io::ErrorKind::NotFound => ClientError::NotRunning {
-                    path: path.to_owned(),
-                },
-                io::ErrorKind::ConnectionRefused => ClientError::Refused {
-                    path: path.to_owned(),
-                },
-                io::ErrorKind::PermissionDenied => ClientError::NoAccess {
-                    path: path.to_owned(),
-                },
-                _ => ClientError::Connect {
-                    path: path.to_owned(),
-                    source: e,
-                },
-            }),
-        }
+        let stream = upmt_sys::control_socket::connect(path, "upmt-mh").await?;
+        Ok(Client { stream })
     }
 
     /// Sends `request` and returns the daemon's answer; a refusal is [`ClientError::Refusal`].
@@ -128,13 +105,8 @@ impl Client {
             Ok(frame) => frame,
             Err(e) => {
                 // Maybe a daemon of another version: say so rather than "invalid JSON".
-                let version = serde_json::from_slice::<serde_json::Value>(&body)
-                    .ok()
-                    .and_then(|v| v.get("version").and_then(serde_json::Value::as_u64));
-                return Err(match version {
-                    Some(v) if v != u64::from(PROTOCOL_VERSION) => {
-                        ClientError::Version(u32::try_from(v).unwrap_or(u32::MAX))
-                    }
+                return Err(match upmt_sys::control_socket::version_of(&body) {
+                    Some(v) if v != PROTOCOL_VERSION => ClientError::Version(v),
                     _ => ClientError::Frame(FrameError::Json(e)),
                 });
             }

@@ -264,6 +264,7 @@ mod tests {
                 idle: None,
                 keepalive_s: None,
                 keepalive_learning: None,
+                resent_bytes: 0,
             }],
             owners: Some(Box::new(OwnerLookups {
                 by_uid: 5,

@@ -12,10 +12,8 @@
 //! relays events to watchers.
 
 use std::future::Future;
-use std::io;
 use std::os::fd::AsRawFd as _;
-use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use tokio::net::{UnixListener, UnixStream};
@@ -40,125 +38,17 @@ pub trait Handler: Clone + Send + Sync + 'static {
 
 pub use upmt_sys::peer::Access;
 
-/// What went wrong setting up the control socket.
-#[derive(Debug, thiserror::Error)]
-pub enum ServerError {
-    #[error("cannot create the control socket's directory {path}")]
-    CreateDir {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("{path} exists and is not a socket; refusing to replace it")]
-    NotASocket { path: PathBuf },
-    #[error("another daemon is already serving {path}")]
-    AlreadyRunning { path: PathBuf },
-    #[error("cannot remove the stale control socket {path}")]
-    RemoveStale {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("cannot bind the control socket {path}")]
-    Bind {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("cannot set the owner and mode of the control socket {path}")]
-    Permissions {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-}
+pub use upmt_sys::control_socket::{ServerError, SocketFile};
 
-/// The socket file; removed when dropped, so a daemon that exits leaves no stale socket.
-#[derive(Debug)]
-pub struct SocketFile {
-    path: PathBuf,
-}
-
-impl SocketFile {
-    /// Where the socket is.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-impl Drop for SocketFile {
-    fn drop(&mut self) {
-        if is_socket(&self.path) {
-            let _ = std::fs::remove_file(&self.path);
-        }
-    }
-}
-
-fn is_socket(path: &Path) -> bool {
-    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket())
-}
-
-/// Binds the control socket at `path`: creates its directory, removes a stale socket left by a
-/// daemon that died (but refuses when a live one answers there, or when the path is not a
-/// socket), sets the mode (0600, or 0660 and the group's ownership) before listening, so no
-/// connection is accepted with looser permissions. Must run inside tokio.
+/// Binds the control socket at `path` ([`upmt_sys::control_socket::bind`]). Must run inside
+/// tokio.
 pub fn bind(path: &Path, access: &Access) -> Result<(UnixListener, SocketFile), ServerError> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
-        && !dir.exists()
-    {
-        std::fs::create_dir_all(dir).map_err(|source| ServerError::CreateDir {
-            path: dir.to_owned(),
-            source,
-        })?;
-    }
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        if !meta.file_type().is_socket() {
-            return Err(ServerError::NotASocket {
-                path: path.to_owned(),
-            });
-        }
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(ServerError::AlreadyRunning {
-                path: path.to_owned(),
-            });
-        }
-        std::fs::remove_file(path).map_err(|source| ServerError::RemoveStale {
-            path: path.to_owned(),
-            source,
-        })?;
-        tracing::info!(path = %path.display(), "removed a stale control socket");
-    }
-    let bind_err = |source| ServerError::Bind {
-        path: path.to_owned(),
-        source,
+    let options = upmt_sys::control_socket::BindOptions {
+        daemon: "upmt-mh",
+        dir_owner: None,
+        backlog: 64,
     };
-    let socket = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None)
-        .map_err(bind_err)?;
-    let addr = socket2::SockAddr::unix(path).map_err(bind_err)?;
-    socket.bind(&addr).map_err(bind_err)?;
-    // From here on the file exists: the guard removes it if anything below fails.
-    let file = SocketFile {
-        path: path.to_owned(),
-    };
-    let perm_err = |source| ServerError::Permissions {
-        path: path.to_owned(),
-        source,
-    };
-    let mode = match &access.group {
-        Some((_, gid)) => {
-            std::os::unix::fs::chown(path, None, Some(*gid)).map_err(perm_err)?;
-            0o660
-        }
-        None => 0o600,
-    };
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(perm_err)?;
-    socket.listen(64).map_err(bind_err)?;
-    socket.set_nonblocking(true).map_err(bind_err)?;
-    let listener = UnixListener::from_std(std::os::unix::net::UnixListener::from(
-        std::os::fd::OwnedFd::from(socket),
-    ))
-    .map_err(bind_err)?;
-    Ok((listener, file))
+    upmt_sys::control_socket::bind(path, access, options)
 }
 
 /// Serves connections on `listener` until `shutdown` completes; then stops accepting, tells open

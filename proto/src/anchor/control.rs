@@ -72,6 +72,8 @@ impl Anchor {
     ) -> Result<(), DropReason> {
         let peer = &mut self.peers[id.0 as usize];
         let mut event = None;
+        // A path said down or a flow moved: what it carried last goes again on the new path.
+        let mut resend = None;
         let reply = match msg {
             ControlMessage::PathStatus {
                 seq,
@@ -83,6 +85,10 @@ impl Anchor {
                     entry.status_seq = seq;
                     if entry.down != down {
                         entry.down = down;
+                        if down {
+                            entry.drained = true;
+                            resend = Some((target, None));
+                        }
                         event = Some(Event::PathStatusChanged {
                             peer: id,
                             path: target,
@@ -99,6 +105,7 @@ impl Anchor {
                 redundant,
             } => {
                 if peer.flows.apply_move(flow, target, redundant, seq) {
+                    resend = Some((target, Some(flow)));
                     event = Some(Event::FlowMoved {
                         peer: id,
                         flow,
@@ -130,6 +137,12 @@ impl Anchor {
             | ControlMessage::PathResponse { .. }
             | ControlMessage::SignalAck { .. } => return Ok(()),
         };
+        match resend {
+            Some((down, None)) => self.resend_moved(id, down, None, now),
+            Some((to, Some(flow))) => self.resend_flow(id, flow, to, now),
+            None => {}
+        }
+        let peer = &mut self.peers[id.0 as usize];
         if let Some(e) = event {
             if peer.signal_events.take(now) {
                 self.queues.push_event(e);

@@ -2,7 +2,7 @@
 
 use super::peer::{PathEntry, Peer};
 use super::{Anchor, FlowKey, MAX_FLOWS_PER_PEER};
-use crate::dup::dup_field;
+use crate::dup::{dup_field, resend_field};
 use crate::time::Instant;
 use crate::wire::Kind;
 use crate::{DropReason, HEADER_LEN, PathId, TAG_LEN, Transmit, ip};
@@ -29,14 +29,16 @@ pub(super) struct FlowTable {
 }
 
 impl FlowTable {
-    /// Learns `path` from uplink data.
-    pub(super) fn record(&mut self, key: FlowKey, path: PathId) {
+    /// Learns `path` from uplink data; returns the flow's previous path when it changed.
+    pub(super) fn record(&mut self, key: FlowKey, path: PathId) -> Option<PathId> {
         if let Some(p) = self.map.get_mut(&key) {
             // A redundant flow's copies come up on both of its paths: neither changes the pair.
-            if p.redundant != Some(path) {
+            if p.redundant != Some(path) && p.path != path {
+                let old = p.path;
                 p.path = path;
+                return Some(old);
             }
-            return;
+            return None;
         }
         self.insert(
             key,
@@ -46,6 +48,7 @@ impl FlowTable {
                 redundant: None,
             },
         );
+        None
     }
 
     /// Applies an explicit move; false when an equal or newer move was already applied.
@@ -82,7 +85,7 @@ impl FlowTable {
         self.order.push_back(key);
     }
 
-    fn get(&self, key: &FlowKey) -> Option<PathId> {
+    pub(super) fn get(&self, key: &FlowKey) -> Option<PathId> {
         self.map.get(key).map(|v| v.path)
     }
 
@@ -104,8 +107,13 @@ impl FlowTable {
 
 impl Peer {
     /// An uplink inner packet: refused unless its source is the peer's own virtual address;
-    /// otherwise its flow is recorded as living on `path`.
-    pub(super) fn uplink(&mut self, plain: &[u8], path: PathId) -> Result<(), DropReason> {
+    /// otherwise its flow is recorded as living on `path`. Returns the flow's previous path
+    /// and the flow when it came up on a new one.
+    pub(super) fn uplink(
+        &mut self,
+        plain: &[u8],
+        path: PathId,
+    ) -> Result<Option<(PathId, FlowKey)>, DropReason> {
         let key = ip::parse(plain).ok_or(DropReason::NotIp)?;
         let own = match key.src {
             IpAddr::V4(a) => a == self.config.virtual_ipv4,
@@ -114,14 +122,14 @@ impl Peer {
         if !own {
             return Err(DropReason::SpoofedSource);
         }
-        self.flows.record(FlowKey::from(&key), path);
-        Ok(())
+        let flow = FlowKey::from(&key);
+        Ok(self.flows.record(flow, path).map(|old| (old, flow)))
     }
 
     /// The path and validated endpoint for `flow`'s downlink (see the module docs). Fresh
     /// first: the flow's path, else the freshest one; then, when nothing is fresh, the flow's
     /// or the latest path unless said down; then any validated one.
-    fn downlink_path(
+    pub(super) fn downlink_path(
         &self,
         flow: &FlowKey,
         now: Instant,
@@ -208,6 +216,7 @@ impl Anchor {
         }
         let key = ip::parse(&buf[HEADER_LEN..end]).ok_or(DropReason::NotIp)?;
         let id = *self.by_addr.get(&key.dst).ok_or(DropReason::UnknownPeer)?;
+        let resend = self.resend_bounds();
         let peer = &mut self.peers[id.0 as usize];
         // The flow as its first packet would have left the mobile host.
         let flow = FlowKey::from(&key.reversed());
@@ -217,14 +226,31 @@ impl Anchor {
         let second = peer
             .redundant_copy(&flow, path)
             .filter(|_| copy.len() >= end + TAG_LEN);
-        let reserved = match second {
-            Some(_) => {
+        let reserved = match (second, resend) {
+            (Some(_), _) => {
                 copy[HEADER_LEN..end].copy_from_slice(&buf[HEADER_LEN..end]);
                 peer.dup_seq = peer.dup_seq.wrapping_add(1);
                 dup_field(peer.dup_seq)
             }
-            None => 0,
+            // A redundant flow's copy is its resend; every other packet may be resent.
+            (None, Some(bounds)) => {
+                peer.resend_seq = peer.resend_seq.wrapping_add(1);
+                let field = resend_field(peer.resend_seq);
+                peer.keep_for_resend(path, &buf[HEADER_LEN..end], field, now, bounds);
+                field
+            }
+            (None, None) => 0,
         };
+        // Downlink just went around the flow's own path (stale or said down): what that path
+        // carried last goes again, once per outage.
+        let own = peer.flows.get(&flow).or(peer.last_path);
+        let diverted = own.filter(|o| {
+            *o != path
+                && peer
+                    .paths
+                    .iter()
+                    .any(|e| e.id == *o && !e.drained && !e.ring.is_empty())
+        });
         let keys = peer.sending_keys(now, self.config.reject_after)?;
         let n = keys.seal_with(Kind::Data, path, buf, len, reserved)?;
         let first = Transmit {
@@ -242,6 +268,15 @@ impl Anchor {
         });
         peer.tx_packets += 1;
         peer.tx_bytes += n as u64;
+        if let Some(o) = diverted {
+            if let Some(e) = peer.paths.iter_mut().find(|e| e.id == o) {
+                e.drained = true;
+            }
+            self.resend_moved(id, o, None, now);
+        }
+        let Some(peer) = self.peers.get_mut(id.0 as usize) else {
+            return Ok((first, copied));
+        };
         if let Some(c) = &copied {
             peer.tx_packets += 1;
             peer.tx_bytes += c.len as u64;

@@ -75,12 +75,14 @@ mod handshake;
 mod membership;
 mod nattest;
 mod peer;
+mod resend;
 
 pub use crate::control::FlowKey;
 pub use crate::queue::QueueStats;
 pub use control::{SIGNAL_EVENT_BURST, SIGNAL_EVENT_REFILL};
 pub use membership::PeerChanges;
 pub use nattest::{NAT_REGISTER_SPACING, NAT_TEST_MAX_AGE};
+pub use resend::MOVE_RESEND_SILENCE;
 
 use crate::control::ControlMessage;
 use crate::cookie::{ChallengeGate, CookieJar, Limiter};
@@ -96,7 +98,7 @@ use core::ops::Range;
 use core::time::Duration;
 use expiry::ExpiryQueue;
 use peer::{PathAction, Peer};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 /// Flows remembered per peer for downlink path choice; the oldest is forgotten first.
@@ -142,6 +144,11 @@ pub struct AnchorStats {
     /// NAT-test registrations and requests refused: unknown path, too fast, nothing noted, a
     /// wrong or used nonce, too old.
     pub nat_refused: u64,
+    /// Downlink packets sent again on a flow's new path after it left a path (see
+    /// [`crate::resend`]).
+    pub resent_packets: u64,
+    /// The bytes of those datagrams.
+    pub resent_bytes: u64,
 }
 
 /// One mobile host the anchor accepts.
@@ -183,6 +190,11 @@ pub struct AnchorConfig {
     /// `cipher` key forces it): then it picks AES-256-GCM for clients that offer it, and
     /// ChaCha20-Poly1305 otherwise (default false: always ChaCha20-Poly1305).
     pub fast_aes: bool,
+    /// Bytes of recent downlink packets kept per path of a peer, to resend those of flows that
+    /// leave the path (default [`crate::resend::DEFAULT_RESEND_BYTES`]; 0: none kept).
+    pub resend_bytes: usize,
+    /// How long they are kept (default [`crate::resend::DEFAULT_RESEND_AGE`]).
+    pub resend_age: Duration,
 }
 
 /// Default [`AnchorConfig::path_stale_after`].
@@ -201,6 +213,8 @@ impl AnchorConfig {
             path_stale_after: DEFAULT_PATH_STALE_AFTER,
             reject_after: crate::client::REJECT_AFTER_TIME,
             fast_aes: false,
+            resend_bytes: crate::resend::DEFAULT_RESEND_BYTES,
+            resend_age: crate::resend::DEFAULT_RESEND_AGE,
         }
     }
 }
@@ -288,6 +302,8 @@ pub struct PeerStatus {
     pub last_rx: Option<Instant>,
     /// The transport AEAD of its confirmed session, if any.
     pub cipher: Option<Cipher>,
+    /// Bytes of downlink datagrams sent again after their flow left a path (in `tx_bytes` too).
+    pub resent_bytes: u64,
 }
 
 /// One path of a peer, for the CLI.
@@ -341,6 +357,8 @@ pub struct Anchor {
     expiry: ExpiryQueue,
     /// The defence counters; the queue counters live in `queues`.
     stats: AnchorStats,
+    /// Peers with packets marked for resending, in the order they were marked.
+    resend_due: VecDeque<PeerId>,
 }
 
 impl Anchor {
@@ -378,6 +396,7 @@ impl Anchor {
             challenges: ChallengeGate::default(),
             expiry: ExpiryQueue::default(),
             stats: AnchorStats::default(),
+            resend_due: VecDeque::new(),
         }
     }
 
@@ -487,11 +506,16 @@ impl Anchor {
         if dup == DupVerdict::Duplicate {
             return Err(DropReason::Duplicate);
         }
-        peer.uplink(&datagram[range.clone()], path)?;
+        if let Some(old) = peer.uplink(&datagram[range.clone()], path)? {
+            // The flow came up on a new path: the client moved it.
+            self.resend_moved(id, old.0, Some(old.1), now);
+        }
         Ok(Some((id, range)))
     }
 
-    /// The next datagram to send, written into `buf` (at least 1500 bytes is always enough).
+    /// The next datagram to send, written into `buf` (at least 1500 bytes is always enough;
+    /// a resent packet needs the room of the packet, as for `encapsulate`): handshake answers
+    /// and control datagrams first, then packets resent after their flow left a path.
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
         while let Some(q) = self.queues.pop_transmit() {
             match q {
@@ -543,7 +567,7 @@ impl Anchor {
                 }
             }
         }
-        None
+        self.poll_resend(now, buf)
     }
 
     /// When `handle_timeout` must be called next, and why. Constant time: the earliest entry
@@ -708,6 +732,7 @@ impl Anchor {
                 tx_bytes: p.tx_bytes,
                 last_rx: p.last_rx,
                 cipher: p.current.as_ref().map(|k| k.cipher),
+                resent_bytes: p.resent_bytes,
             })
     }
 }

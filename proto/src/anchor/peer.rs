@@ -7,6 +7,7 @@ use crate::control::CHALLENGE_LEN;
 use crate::cookie::random_bytes;
 use crate::crypto::Keypair;
 use crate::dup::DupVerdict;
+use crate::resend::ResendRing;
 use crate::time::Instant;
 use crate::{PathId, SessionIndex};
 use core::time::Duration;
@@ -32,6 +33,10 @@ pub(super) struct PathEntry {
     pub(super) status_seq: u64,
     /// The address its disposable NAT-test socket registered from (see `nattest.rs`).
     pub(super) nat_test: Option<super::nattest::NatTestEntry>,
+    /// Its recent downlink packets (see [`super::resend`]); sized at the first one.
+    pub(super) ring: ResendRing,
+    /// Downlink went around it and its ring was marked; cleared when it is heard from again.
+    pub(super) drained: bool,
 }
 
 impl PathEntry {
@@ -44,6 +49,8 @@ impl PathEntry {
             down: false,
             status_seq: 0,
             nat_test: None,
+            ring: ResendRing::new(0, Duration::ZERO),
+            drained: false,
         }
     }
 
@@ -94,6 +101,12 @@ pub(super) struct Peer {
     pub(super) removed: bool,
     /// The dup sequence of the last redundant downlink packet.
     pub(super) dup_seq: u64,
+    /// The resend sequence of the last other downlink packet.
+    pub(super) resend_seq: u64,
+    /// It is in the anchor's queue of peers with packets to resend.
+    pub(super) resend_queued: bool,
+    /// Bytes of the datagrams it had resent.
+    pub(super) resent_bytes: u64,
 }
 
 impl Peer {
@@ -118,6 +131,9 @@ impl Peer {
             tx_bytes: 0,
             removed: false,
             dup_seq: 0,
+            resend_seq: 0,
+            resend_queued: false,
+            resent_bytes: 0,
         }
     }
 
@@ -247,6 +263,7 @@ impl Peer {
             self.last_path = Some(path);
             if let Some(e) = self.paths.iter_mut().find(|e| e.id == path) {
                 e.last_rx = Some(now);
+                e.drained = false;
             }
         }
     }

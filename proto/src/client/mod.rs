@@ -89,6 +89,7 @@
 mod handshake;
 pub mod natlearn;
 mod paths;
+mod resend;
 mod signals;
 
 pub use crate::control::FlowKey;
@@ -170,6 +171,11 @@ pub struct ClientConfig {
     /// `cipher` key forces it): then its inits offer AES-256-GCM, which the anchor picks when it
     /// runs it fast too (default false: ChaCha20-Poly1305 only).
     pub fast_aes: bool,
+    /// Bytes of recent uplink packets kept per path, to resend those of flows the driver moves
+    /// off a path that went down (default [`crate::resend::DEFAULT_RESEND_BYTES`]; 0: none).
+    pub resend_bytes: usize,
+    /// How long they are kept (default [`crate::resend::DEFAULT_RESEND_AGE`]).
+    pub resend_age: Duration,
 }
 
 impl ClientConfig {
@@ -194,6 +200,8 @@ impl ClientConfig {
             reject_after: handshake::REJECT_AFTER_TIME,
             rekey_after: Duration::from_secs(120),
             fast_aes: false,
+            resend_bytes: crate::resend::DEFAULT_RESEND_BYTES,
+            resend_age: crate::resend::DEFAULT_RESEND_AGE,
         }
     }
 }
@@ -263,6 +271,13 @@ pub struct Client {
     dup_seq: u64,
     /// Datagrams for the paths' disposable test sockets: (path, message, on a fresh socket).
     nat_queue: std::collections::VecDeque<(PathId, ControlMessage, bool)>,
+    /// The resend sequence of the last other data packet.
+    resend_seq: u64,
+    /// Each path's recent data packets (see [`crate::resend`]); they outlive a path that goes
+    /// away, so that its flows' packets can follow them.
+    rings: Vec<(PathId, crate::resend::ResendRing)>,
+    /// Bytes resent per path they went out on.
+    resent: Vec<(PathId, u64)>,
 }
 
 impl Client {
@@ -295,6 +310,9 @@ impl Client {
             rng: getrandom::u64().unwrap_or(unix_nanos_at_now) | 1,
             dup_seq: 0,
             nat_queue: std::collections::VecDeque::new(),
+            resend_seq: 0,
+            rings: Vec::new(),
+            resent: Vec::new(),
         }
     }
 
@@ -472,7 +490,8 @@ impl Client {
         len: usize,
         now: Instant,
     ) -> Result<usize, DropReason> {
-        let r = self.encapsulate_inner(path, buf, len, 0, now);
+        let reserved = self.keep_for_resend(path, buf, len, now);
+        let r = self.encapsulate_inner(path, buf, len, reserved, now);
         self.after_encapsulate(path, r, now)
     }
 
@@ -566,14 +585,16 @@ impl Client {
         keys.seal_with(Kind::Data, path, buf, len, reserved)
     }
 
-    /// The next datagram to send, written into `buf` (at least 1500 bytes is always enough).
+    /// The next datagram to send, written into `buf` (at least 1500 bytes is always enough;
+    /// a resent packet needs the room of the packet, as for `encapsulate`): the client's own
+    /// datagrams first, then packets resent after the driver moved their flows.
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
         while let Some(q) = self.queues.pop_transmit() {
             if let Some(t) = self.build(q, now, buf) {
                 return Some(t);
             }
         }
-        None
+        self.poll_resend(now, buf)
     }
 
     fn build(&mut self, q: Queued, now: Instant, buf: &mut [u8]) -> Option<Transmit> {

@@ -205,6 +205,7 @@ pub(crate) mod tests {
             idle: None,
             keepalive_s: None,
             keepalive_learning: None,
+            resent_bytes: 0,
             metered: false,
         }
     }

@@ -9,9 +9,11 @@
 //! (iperf3 -u -R, 1250 datagrams/s of 200 bytes) runs across the same event; its lost
 //! datagrams, counted by iperf3's receiver, are printed as a count and as milliseconds of stream.
 //!
-//! Each event runs under two policies: `order` (every app on wifi, else cell: today's default)
-//! and `redundant` (the same with `redundant = true`: every packet on both uplinks), printed as
-//! one table of event x policy.
+//! Each event runs under three policies: `order` (every app on wifi, else cell: today's
+//! default), `lowest_rtt` (the same uplinks chosen by probe RTT, running flows moved too) and
+//! `redundant` (`order` with `redundant = true`: every packet on both uplinks), printed as one
+//! table of event x policy. Below each row, every run's figures and the bytes resent after the
+//! move: by the anchor (downlink) and by the MH (uplink), see docs/architecture.md.
 
 use std::time::{Duration, Instant};
 
@@ -31,12 +33,15 @@ const UDP_SECS: u64 = 7;
 struct Measured {
     gap: Duration,
     udp_lost: u64,
+    /// Bytes resent after the move by the anchor (downlink) and the MH (uplink).
+    resent: (u64, u64),
 }
 
 /// The policy of a run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Mode {
     Order,
+    LowestRtt,
     Redundant,
 }
 
@@ -44,14 +49,19 @@ impl Mode {
     fn name(self) -> &'static str {
         match self {
             Mode::Order => "order",
+            Mode::LowestRtt => "lowest_rtt",
             Mode::Redundant => "redundant",
         }
     }
 
     fn policy(self) -> String {
+        let extra = match self {
+            Mode::Order => "",
+            Mode::LowestRtt => "select = \"lowest_rtt\"\nmove_existing = true\n",
+            Mode::Redundant => "redundant = true\n",
+        };
         format!(
-            "version = 1\n[[rule]]\napp = \"*\"\nuplinks = [\"wifi\", \"cell\"]\nwhen_none = \"any\"\nredundant = {}\n",
-            self == Mode::Redundant
+            "version = 1\n[[rule]]\napp = \"*\"\nuplinks = [\"wifi\", \"cell\"]\nwhen_none = \"any\"\n{extra}"
         )
     }
 }
@@ -87,13 +97,22 @@ pub fn run(lab: &Lab, runs: usize) -> Result<()> {
     let events = [Kind::LinkDown, Kind::Blackhole, Kind::PreferredReturns];
     for (kind, mode) in events
         .into_iter()
-        .flat_map(|k| [(k, Mode::Order), (k, Mode::Redundant)])
+        .flat_map(|k| [(k, Mode::Order), (k, Mode::LowestRtt), (k, Mode::Redundant)])
     {
         let mut gaps = Vec::with_capacity(runs);
         let mut lost = Vec::with_capacity(runs);
+        let mut resent = Vec::with_capacity(runs);
         for i in 0..runs {
             let m = one_run(lab, kind, mode, &want)
                 .with_context(|| format!("{} ({}) run {}", kind.name(), mode.name(), i + 1))?;
+            resent.push(format!(
+                "run {}: gap {:.0} ms, UDP lost {}, resent {} B by the anchor, {} B by the MH",
+                i + 1,
+                m.gap.as_secs_f64() * 1e3,
+                m.udp_lost,
+                m.resent.0,
+                m.resent.1
+            ));
             gaps.push(m.gap);
             lost.push(m.udp_lost);
         }
@@ -113,6 +132,9 @@ pub fn run(lab: &Lab, runs: usize) -> Result<()> {
             max,
             ms(max)
         );
+        for line in resent {
+            println!("    {line}");
+        }
     }
     Ok(())
 }
@@ -125,10 +147,6 @@ fn udp_lost(log: &str) -> Result<u64> {
 fn one_run(lab: &Lab, kind: Kind, mode: Mode, want: &str) -> Result<Measured> {
     let options = DeployOptions {
         mh_policy: Some(mode.policy()),
-        mh_extra: format!(
-            "control_socket = \"{}\"",
-            lab.dir().join("bench-mh.sock").display()
-        ),
         log: "info".to_owned(),
         ..DeployOptions::default()
     };
@@ -179,6 +197,10 @@ fn one_run(lab: &Lab, kind: Kind, mode: Mode, want: &str) -> Result<Measured> {
     udp.wait_with_timeout(Duration::from_secs(UDP_SECS + 10))
         .context("iperf3 UDP did not finish")?;
     let udp_lost = udp_lost(&udp.log())?;
+    let resent = (
+        upmt.an_metric("upmt_core_resent_bytes").unwrap_or(0),
+        mh_resent_bytes(lab).unwrap_or(0),
+    );
     // Undo the event for the next run's deployment.
     let _ = mh.remove_disturbance(MH_WIFI_IF);
     mh.set_link(MH_WIFI_IF, true)?;
@@ -191,5 +213,18 @@ fn one_run(lab: &Lab, kind: Kind, mode: Mode, want: &str) -> Result<Measured> {
             got.status
         );
     }
-    Ok(Measured { gap, udp_lost })
+    Ok(Measured {
+        gap,
+        udp_lost,
+        resent,
+    })
+}
+
+/// The bytes the MH resent on any of its tunnels, from `upmt status --json`.
+fn mh_resent_bytes(lab: &Lab) -> Result<u64> {
+    let status = upmt_tests::deploy::mh_status(lab)?;
+    Ok(status["tunnels"]
+        .as_array()
+        .map(|t| t.iter().filter_map(|t| t["resent_bytes"].as_u64()).sum())
+        .unwrap_or(0))
 }

@@ -42,6 +42,9 @@ enum Command {
         /// Seconds per iperf3 run.
         #[arg(long, default_value_t = 5)]
         seconds: u32,
+        /// The daemons' TUN offload: on, off, or both (two upmt runs, off first).
+        #[arg(long, default_value = "both", value_parser = ["on", "off", "both"])]
+        offload: String,
     },
     /// Print the receiver-side gap of a TCP download across a link cut, a blackhole and the
     /// return of the preferred uplink (median and max over several runs).
@@ -165,9 +168,14 @@ fn main() -> Result<()> {
                 wait_for_stop();
             }
         }
-        Command::BenchThroughput { seconds } => {
+        Command::BenchThroughput { seconds, offload } => {
+            let offloads: &[bool] = match offload.as_str() {
+                "on" => &[true],
+                "off" => &[false],
+                _ => &[false, true],
+            };
             let lab = Lab::new("upmt-lab-bench").context("building the lab")?;
-            bench::throughput(&lab, seconds)?;
+            bench::throughput(&lab, seconds, offloads)?;
         }
         Command::BenchHandover { runs } => {
             if runs == 0 {
