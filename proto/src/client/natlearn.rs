@@ -548,9 +548,11 @@ impl Client {
         Ok(())
     }
 
-    /// Whether `path` still tests longer keepalive intervals on a disposable socket.
+    /// Whether `path` still tests longer keepalive intervals on a disposable socket; `None`
+    /// without learning, or while it owes no keepalives (no flows: nothing is tested).
     pub fn path_keepalive_learning(&self, path: PathId) -> Option<bool> {
-        self.path(path)?.learner().map(KeepaliveLearner::learning)
+        let p = self.path(path).filter(|p| p.idle() == Idle::Keepalive)?;
+        p.learner().map(KeepaliveLearner::learning)
     }
 
     /// Disposable-socket tests of `path` that held and that got no reply, so far.
