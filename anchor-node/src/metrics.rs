@@ -72,6 +72,9 @@ pub struct CoreStats {
     pub event_overflows: u64,
     pub duplicated_packets: u64,
     pub duplicated_bytes: u64,
+    pub nat_registrations: u64,
+    pub nat_replies: u64,
+    pub nat_refused: u64,
     pub resent_packets: u64,
     pub resent_bytes: u64,
     /// Gauge: source IPs the per-IP handshake limiter tracks now.
@@ -91,6 +94,9 @@ impl CoreStats {
             event_overflows: stats.event_overflows,
             duplicated_packets: stats.duplicated_packets,
             duplicated_bytes: stats.duplicated_bytes,
+            nat_registrations: stats.nat_registrations,
+            nat_replies: stats.nat_replies,
+            nat_refused: stats.nat_refused,
             resent_packets: stats.resent_packets,
             resent_bytes: stats.resent_bytes,
             rate_limited_sources: rate_limited_sources as u64,
@@ -98,7 +104,7 @@ impl CoreStats {
     }
 
     /// The counters as (metric name, help, value); the names are also the log line's keys.
-    pub fn counters(&self) -> [(&'static str, &'static str, u64); 11] {
+    pub fn counters(&self) -> [(&'static str, &'static str, u64); 14] {
         [
             (
                 "dh_operations",
@@ -144,6 +150,21 @@ impl CoreStats {
                 "duplicated_bytes",
                 "Bytes of those second copies (whole datagrams); the dropped uplink copies are upmt_drops_total{reason=\"duplicate\"}.",
                 self.duplicated_bytes,
+            ),
+            (
+                "nat_registrations",
+                "NAT-test registrations noted from the mobile hosts' disposable test sockets.",
+                self.nat_registrations,
+            ),
+            (
+                "nat_replies",
+                "NAT-test replies sent, one per request of a noted registration.",
+                self.nat_replies,
+            ),
+            (
+                "nat_refused",
+                "NAT-test registrations and requests refused: unknown path, too fast, nothing noted, a wrong or used nonce.",
+                self.nat_refused,
             ),
             (
                 "resent_packets",

@@ -160,8 +160,9 @@ pub struct ProbeConfig {
     pub active_interval: Duration,
     /// One keepalive probe per this while idle, enough for NAT bindings (`keepalive`).
     pub idle_keepalive: Duration,
-    /// With `idle_keepalive_s = "auto"`: learn each uplink's NAT binding lifetime, starting at
-    /// `idle_keepalive` and stretching up to this (`keepalive_max`).
+    /// With `idle_keepalive_s = "auto"` (the default): learn each uplink's NAT binding
+    /// lifetime on a disposable socket, starting at `idle_keepalive` and stretching up to this
+    /// (`keepalive_max`); `None` with an explicit number of seconds.
     pub idle_keepalive_max: Option<Duration>,
     /// A probe unanswered this long marks its path down (`path_timeout`).
     pub path_timeout: Duration,
@@ -182,12 +183,13 @@ pub struct FallbackAnchor {
 }
 
 impl Default for ProbeConfig {
-    /// The core's own defaults (a unit test holds them equal).
+    /// The core's own defaults (a unit test holds them equal), and learning the keepalive,
+    /// which the core leaves to drivers that open the test sockets.
     fn default() -> Self {
         ProbeConfig {
             active_interval: Duration::from_millis(200),
             idle_keepalive: Duration::from_secs(25),
-            idle_keepalive_max: None,
+            idle_keepalive_max: Some(DEFAULT_KEEPALIVE_MAX),
             path_timeout: Duration::from_millis(700),
             hold_down: Duration::from_secs(3),
             failover_after: upmt_mh_core::anchors::DEFAULT_FAILOVER_AFTER,
@@ -812,11 +814,13 @@ impl Config {
             if let Some(v) = p.active_interval_ms {
                 probe.active_interval = positive(v, "active_interval_ms", Duration::from_millis)?;
             }
-            let mut auto = false;
+            // Learning is the default: the disposable test sockets never risk the binding.
+            let mut auto = true;
             if let Some(v) = p.idle_keepalive_s {
                 let span = v.span();
                 match v.into_inner() {
                     RawKeepalive::Seconds(n) => {
+                        auto = false;
                         probe.idle_keepalive = positive(
                             Spanned::new(span.clone(), n),
                             "idle_keepalive_s",
@@ -847,7 +851,7 @@ impl Config {
                         Some(positive(v, "idle_keepalive_max_s", Duration::from_secs)?);
                 }
                 None if auto => probe.idle_keepalive_max = Some(DEFAULT_KEEPALIVE_MAX),
-                None => {}
+                None => probe.idle_keepalive_max = None,
             }
             if let Some(v) = p.path_timeout_ms {
                 probe.path_timeout = positive(v, "path_timeout_ms", Duration::from_millis)?;
@@ -1256,10 +1260,23 @@ mod tests {
             good()
         ));
         assert!(message.contains("\"auto\""), "{message}");
-        let (line, _, message) =
-            invalid(&format!("{}[probe]\nidle_keepalive_max_s = 120\n", good()));
-        assert_eq!(line, 12);
+        let (line, _, message) = invalid(&format!(
+            "{}[probe]\nidle_keepalive_s = 25\nidle_keepalive_max_s = 120\n",
+            good()
+        ));
+        assert_eq!(line, 13);
         assert!(message.contains("only with"), "{message}");
+    }
+
+    #[test]
+    fn the_keepalive_learns_by_default_and_an_explicit_number_stays_fixed() {
+        let c = parse(&good()).unwrap();
+        assert_eq!(c.probe.idle_keepalive, Duration::from_secs(25));
+        assert_eq!(c.probe.idle_keepalive_max, Some(DEFAULT_KEEPALIVE_MAX));
+        let c = parse(&format!("{}[probe]\nidle_keepalive_max_s = 200\n", good())).unwrap();
+        assert_eq!(c.probe.idle_keepalive_max, Some(Duration::from_secs(200)));
+        let c = parse(&format!("{}[probe]\nidle_keepalive_s = 25\n", good())).unwrap();
+        assert_eq!(c.probe.idle_keepalive_max, None);
     }
 
     #[test]

@@ -118,6 +118,8 @@ pub struct Daemon {
     lister: Option<Lister>,
     /// The Prometheus endpoint's scrapes; `None` when it is off.
     metrics: Option<crate::metrics::LoopEnd>,
+    /// The uplinks' disposable NAT-test sockets.
+    tests: crate::natprobe::TestSockets,
 }
 
 enum Wake {
@@ -127,6 +129,7 @@ enum Wake {
     Timer,
     Tun,
     Uplink(usize),
+    NatTest(PathId),
     Answer(appid::Answer),
     Control(ControlRequest),
     Scrape(crate::metrics::Scrape),
@@ -214,6 +217,7 @@ impl Daemon {
             control: None,
             lister,
             metrics: None,
+            tests: crate::natprobe::TestSockets::default(),
         };
         // The core publishes the bypass set from the start: take it before the capture rules
         // go in, so bypass apps never lose their path.
@@ -330,6 +334,8 @@ impl Daemon {
                 let uplinks = &self.uplinks;
                 let start = self.next_uplink;
                 let uplink_ready = poll_fn(|cx| poll_uplinks(uplinks, start, cx));
+                let tests = &self.tests;
+                let test_ready = poll_fn(|cx| tests.poll_ready(cx));
                 let answer = async {
                     match &mut self.worker {
                         Some(w) => w.recv().await,
@@ -369,6 +375,7 @@ impl Daemon {
                     // An error here resurfaces from try_recv, where it is handled.
                     _ = tun_ready => Wake::Tun,
                     i = uplink_ready => Wake::Uplink(i),
+                    p = test_ready => Wake::NatTest(p),
                 }
             };
             let now = setup::now();
@@ -433,6 +440,13 @@ impl Daemon {
                 Wake::Uplink(i) => {
                     self.next_uplink = (i + 1) % self.uplinks.len().max(1);
                     self.read_uplink(i, now);
+                }
+                Wake::NatTest(path) => {
+                    while self.tests.recv(path, &mut self.rx) {
+                        for (_, datagram) in self.rx.datagrams() {
+                            self.host.handle_nat_datagram(path, datagram, now);
+                        }
+                    }
                 }
             }
             // Due timers run on every turn, not only on the timer's wake: the tokio timer does
@@ -550,6 +564,7 @@ impl Daemon {
             return;
         };
         // A new socket later picks the interface's new source address.
+        self.tests.close(Uplinks::path(id));
         if u.socket.take().is_some() {
             tracing::warn!(uplink = %u.config.name, "uplink socket closed");
         }
@@ -701,6 +716,9 @@ impl Daemon {
                     tracing::debug!(path = %t.path, len = t.len, "mtu probe not sent");
                 }
             }
+            while let Some(t) = self.host.poll_nat_transmit(now, &mut self.tx_buf) {
+                self.send_nat_test(t);
+            }
             self.write_resets();
             while let Some(key) = self.host.poll_lookup() {
                 match &self.worker {
@@ -731,6 +749,27 @@ impl Daemon {
             if !more && !self.host.has_output() {
                 return Ok(());
             }
+        }
+    }
+
+    /// Sends a NAT test's datagram on its uplink's test socket, through the same interface,
+    /// mark and anchor as the uplink socket.
+    fn send_nat_test(&mut self, t: upmt_proto::client::NatTransmit) {
+        let Some(u) = self.uplinks.get(usize::from(t.path.0)) else {
+            return;
+        };
+        let (Some(anchor), Some(interface), Some(datagram)) = (
+            u.socket.as_ref().and_then(BatchSocket::peer),
+            self.host.interface(u.id),
+            self.tx_buf.get(..t.len),
+        ) else {
+            return;
+        };
+        if !self
+            .tests
+            .send(t, datagram, interface, anchor, self.config.fwmark)
+        {
+            self.counters.send_errors += 1;
         }
     }
 

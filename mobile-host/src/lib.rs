@@ -17,6 +17,7 @@ pub mod control;
 pub mod event_loop;
 pub mod linkwatch;
 pub mod metrics;
+pub mod natprobe;
 pub mod routing;
 pub mod rulewatch;
 pub mod setup;

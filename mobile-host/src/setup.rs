@@ -71,6 +71,8 @@ pub fn client_config(config: &Config) -> ClientConfig {
     c.probe_interval = config.probe.active_interval;
     c.keepalive = config.probe.idle_keepalive;
     c.keepalive_max = config.probe.idle_keepalive_max;
+    // This driver opens the disposable NAT-test sockets (`crate::natprobe`).
+    c.nat_probe = true;
     c.path_timeout = config.probe.path_timeout;
     c.hold_down = config.probe.hold_down;
     c.fast_aes = config.cipher.fast_aes();
@@ -125,6 +127,12 @@ mod tests {
         assert_eq!(ours.keepalive, core.keepalive);
         assert_eq!(ours.path_timeout, core.path_timeout);
         assert_eq!(ours.hold_down, core.hold_down);
+        // Except learning the keepalive, on the test sockets this driver opens.
+        assert_eq!(
+            ours.keepalive_max,
+            Some(crate::config::DEFAULT_KEEPALIVE_MAX)
+        );
+        assert!(ours.nat_probe);
     }
 
     #[test]

@@ -52,6 +52,7 @@ fn status() -> StatusReply {
         rx_packets: 2,
         idle: None,
         keepalive_s: None,
+        keepalive_learning: None,
         resent_bytes: 0,
         mtu: None,
     };

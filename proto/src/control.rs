@@ -33,6 +33,22 @@ pub const TYPE_FLOW_MOVE: u8 = 6;
 /// Type byte of [`ControlMessage::SignalAck`].
 pub const TYPE_SIGNAL_ACK: u8 = 7;
 
+/// Type byte of [`ControlMessage::NatRegister`].
+pub const TYPE_NAT_REGISTER: u8 = 8;
+/// Type byte of [`ControlMessage::NatRegistered`].
+pub const TYPE_NAT_REGISTERED: u8 = 9;
+/// Type byte of [`ControlMessage::NatRequest`].
+pub const TYPE_NAT_REQUEST: u8 = 10;
+/// Type byte of [`ControlMessage::NatReply`].
+pub const TYPE_NAT_REPLY: u8 = 11;
+/// Length of a NAT test's token and nonce.
+pub const NAT_TOKEN_LEN: usize = 8;
+/// `type`, `token`, then zeros to the length of the `NatRegistered` that answers it (it goes
+/// to an address the anchor has not validated, so it must not be bigger).
+const NAT_REGISTER_LEN: usize = 1 + 2 * NAT_TOKEN_LEN;
+/// `type`, then a token or nonce: `NatRequest` and `NatReply`.
+const NAT_SHORT_LEN: usize = 1 + NAT_TOKEN_LEN;
+
 /// The longest control message this version emits: a `FlowMove` of a redundant flow (a
 /// padded `Probe` and a `ProbeAck` with the observed endpoint are a byte shorter).
 pub const MAX_LEN: usize = FLOW_MOVE_LEN + 1;
@@ -138,6 +154,39 @@ pub enum ControlMessage {
         /// The acknowledged sequence number.
         seq: u64,
     },
+    /// Client to anchor, from a path's disposable NAT-test socket (see
+    /// [`crate::client::natlearn`]): note this source address for a test of how long the
+    /// path's NAT keeps an idle binding. Never moves the path or proves it alive.
+    NatRegister {
+        /// The client's name for this test, echoed in the answer.
+        token: [u8; NAT_TOKEN_LEN],
+    },
+    /// Anchor to client, to the registering address: noted; a later `NatRequest` must carry
+    /// `nonce`, which only a receiver at that address can read.
+    NatRegistered {
+        /// The registration's token.
+        token: [u8; NAT_TOKEN_LEN],
+        /// Random bytes of the anchor.
+        nonce: [u8; NAT_TOKEN_LEN],
+    },
+    /// Client to anchor, on the path itself: send one `NatReply` to the address registered
+    /// for this path.
+    NatRequest {
+        /// The nonce of the registration's answer.
+        nonce: [u8; NAT_TOKEN_LEN],
+    },
+    /// Anchor to client, to the registered address: the NAT binding of the test socket is
+    /// still there.
+    NatReply {
+        /// The request's nonce.
+        nonce: [u8; NAT_TOKEN_LEN],
+    },
+}
+
+fn token_at(b: &[u8], at: usize) -> Result<[u8; NAT_TOKEN_LEN], DropReason> {
+    let mut t = [0u8; NAT_TOKEN_LEN];
+    t.copy_from_slice(b.get(at..at + NAT_TOKEN_LEN).ok_or(DropReason::Truncated)?);
+    Ok(t)
 }
 
 /// An appended endpoint; `None` when it is absent, short or of an unknown family (a newer
@@ -202,6 +251,10 @@ impl ControlMessage {
                 FLOW_MOVE_LEN + usize::from(redundant.is_some())
             }
             ControlMessage::SignalAck { .. } => SIGNAL_ACK_LEN,
+            ControlMessage::NatRegister { .. } | ControlMessage::NatRegistered { .. } => {
+                NAT_REGISTER_LEN
+            }
+            ControlMessage::NatRequest { .. } | ControlMessage::NatReply { .. } => NAT_SHORT_LEN,
         }
     }
 
@@ -273,6 +326,21 @@ impl ControlMessage {
                 })
             }
             TYPE_SIGNAL_ACK => Ok(ControlMessage::SignalAck { seq: u64_at(b, 1)? }),
+            // Refused unpadded: its answer goes to an address not validated yet.
+            TYPE_NAT_REGISTER if b.len() < NAT_REGISTER_LEN => Err(DropReason::Truncated),
+            TYPE_NAT_REGISTER => Ok(ControlMessage::NatRegister {
+                token: token_at(b, 1)?,
+            }),
+            TYPE_NAT_REGISTERED => Ok(ControlMessage::NatRegistered {
+                token: token_at(b, 1)?,
+                nonce: token_at(b, 1 + NAT_TOKEN_LEN)?,
+            }),
+            TYPE_NAT_REQUEST => Ok(ControlMessage::NatRequest {
+                nonce: token_at(b, 1)?,
+            }),
+            TYPE_NAT_REPLY => Ok(ControlMessage::NatReply {
+                nonce: token_at(b, 1)?,
+            }),
             _ => Err(DropReason::UnknownControl),
         }
     }
@@ -320,6 +388,27 @@ impl ControlMessage {
             ControlMessage::SignalAck { seq } => {
                 b[0] = TYPE_SIGNAL_ACK;
                 b[1..9].copy_from_slice(&seq.to_be_bytes());
+                return Ok(len);
+            }
+            ControlMessage::NatRegister { token } => {
+                b[0] = TYPE_NAT_REGISTER;
+                b[1..NAT_SHORT_LEN].copy_from_slice(&token);
+                b[NAT_SHORT_LEN..].fill(0);
+                return Ok(len);
+            }
+            ControlMessage::NatRegistered { token, nonce } => {
+                b[0] = TYPE_NAT_REGISTERED;
+                b[1..NAT_SHORT_LEN].copy_from_slice(&token);
+                b[NAT_SHORT_LEN..].copy_from_slice(&nonce);
+                return Ok(len);
+            }
+            ControlMessage::NatRequest { nonce } | ControlMessage::NatReply { nonce } => {
+                b[0] = if matches!(self, ControlMessage::NatRequest { .. }) {
+                    TYPE_NAT_REQUEST
+                } else {
+                    TYPE_NAT_REPLY
+                };
+                b[1..].copy_from_slice(&nonce);
                 return Ok(len);
             }
             ControlMessage::Probe { seq, sent_us } => {
@@ -424,9 +513,30 @@ mod tests {
     }
 
     #[test]
+    fn a_nat_registration_is_as_long_as_its_answer_and_short_ones_are_refused() {
+        let reg = ControlMessage::NatRegister { token: [7; 8] };
+        let ans = ControlMessage::NatRegistered {
+            token: [7; 8],
+            nonce: [9; 8],
+        };
+        assert_eq!(reg.buffer_len(), ans.buffer_len());
+        let req = ControlMessage::NatRequest { nonce: [9; 8] };
+        let reply = ControlMessage::NatReply { nonce: [9; 8] };
+        assert_eq!(req.buffer_len(), reply.buffer_len());
+        let mut b = [0u8; MAX_LEN];
+        for m in [reg, ans, req, reply] {
+            let n = m.emit(&mut b).unwrap();
+            assert_eq!(
+                ControlMessage::parse(&b[..n - 1]),
+                Err(DropReason::Truncated)
+            );
+        }
+    }
+
+    #[test]
     fn unknown_type_is_reported_as_unknown_control() {
         assert_eq!(
-            ControlMessage::parse(&[9, 0, 0]),
+            ControlMessage::parse(&[99, 0, 0]),
             Err(DropReason::UnknownControl)
         );
         assert_eq!(ControlMessage::parse(&[]), Err(DropReason::Truncated));
@@ -492,6 +602,11 @@ mod tests {
                     }
                 }),
             any::<u64>().prop_map(|seq| ControlMessage::SignalAck { seq }),
+            any::<[u8; NAT_TOKEN_LEN]>().prop_map(|token| ControlMessage::NatRegister { token }),
+            (any::<[u8; NAT_TOKEN_LEN]>(), any::<[u8; NAT_TOKEN_LEN]>())
+                .prop_map(|(token, nonce)| ControlMessage::NatRegistered { token, nonce }),
+            any::<[u8; NAT_TOKEN_LEN]>().prop_map(|nonce| ControlMessage::NatRequest { nonce }),
+            any::<[u8; NAT_TOKEN_LEN]>().prop_map(|nonce| ControlMessage::NatReply { nonce }),
         ]
     }
 

@@ -51,6 +51,13 @@ pub struct Link {
     /// headers, 48 over IPv6); larger datagrams are dropped silently, as by a router whose ICMP
     /// never arrives. `None`: any size.
     pub mtu: Option<u16>,
+    /// The public address of the client's disposable NAT-test socket on this link (a new port
+    /// per fresh socket); it shares the link's NAT timeout but not its binding.
+    pub test_addr: SocketAddr,
+    /// When the last datagram went out through the test socket's binding.
+    pub test_last_out: Option<Instant>,
+    /// Datagrams the anchor sent to the test socket after its binding expired (dropped).
+    pub test_expired_drops: u32,
 }
 
 /// A datagram on its way.
@@ -63,6 +70,8 @@ pub struct InFlight {
     pub path: PathId,
     /// The datagram.
     pub bytes: Vec<u8>,
+    /// From or to the path's disposable NAT-test socket (see [`Link::test_addr`]).
+    pub test_socket: bool,
 }
 
 /// A client and an anchor joined by [`Link`]s.
@@ -184,6 +193,9 @@ impl Pair {
                 nat_last_out: None,
                 nat_rebinds: 0,
                 mtu: None,
+                test_addr: SocketAddr::from(([198, 51, 100, i as u8 + 1], 50000)),
+                test_last_out: None,
+                test_expired_drops: 0,
             })
             .collect::<Vec<_>>();
         let n = links.len();
@@ -234,6 +246,20 @@ impl Pair {
             self.uplink_log.push((t.path, bytes.clone()));
             self.send(true, t.path, bytes);
         }
+        while let Some(t) = self.client.poll_nat_transmit(self.now, &mut buf) {
+            let link = &mut self.links[t.path.0 as usize];
+            let expired = link
+                .test_last_out
+                .zip(link.nat_timeout)
+                .is_some_and(|(last, timeout)| self.now.saturating_duration_since(last) > timeout);
+            if t.fresh || expired {
+                link.test_addr
+                    .set_port(link.test_addr.port().wrapping_add(1));
+            }
+            link.test_last_out = Some(self.now);
+            let bytes = buf[..t.len].to_vec();
+            self.send_test(true, t.path, bytes);
+        }
         while let Some(t) = self.anchor.poll_transmit(self.now, &mut buf) {
             let dst = t.dst.expect("anchor transmits name a destination");
             if self.data_only_to_links && buf[0] == wire::Kind::Data.first_byte() {
@@ -242,6 +268,12 @@ impl Pair {
                     self.link(t.path).addr,
                     "data sent to an unvalidated address"
                 );
+            }
+            if let Some(link) = self.links.iter().find(|l| l.test_addr == dst) {
+                assert_eq!(link.id, t.path, "anchor answers a test socket on its path");
+                let (id, bytes) = (link.id, buf[..t.len].to_vec());
+                self.send_test(false, id, bytes);
+                continue;
             }
             let Some(link) = self.links.iter().find(|l| l.addr == dst) else {
                 self.stray.push((dst, t.path, buf[..t.len].to_vec()));
@@ -293,7 +325,48 @@ impl Pair {
             to_anchor,
             path,
             bytes,
+            test_socket: false,
         });
+    }
+
+    /// Puts a datagram from or to `path`'s disposable test socket on the link (lost like any
+    /// other; its binding is checked on arrival).
+    fn send_test(&mut self, to_anchor: bool, path: PathId, bytes: Vec<u8>) {
+        let link = &self.links[path.0 as usize];
+        if link.blackholed {
+            return;
+        }
+        self.inflight.push(InFlight {
+            at: self.now + link.delay,
+            to_anchor,
+            path,
+            bytes,
+            test_socket: true,
+        });
+    }
+
+    /// Hands one datagram of a test socket to its receiver now; toward the client only while
+    /// the test socket's NAT binding lasts.
+    fn deliver_test(&mut self, to_anchor: bool, path: PathId, mut bytes: Vec<u8>) {
+        let link = &mut self.links[path.0 as usize];
+        if to_anchor {
+            let from = link.test_addr;
+            self.deliver_from(from, bytes);
+            return;
+        }
+        let alive = match (link.nat_timeout, link.test_last_out) {
+            (Some(timeout), Some(last)) => self.now.saturating_duration_since(last) <= timeout,
+            _ => true,
+        };
+        if !alive {
+            link.test_expired_drops += 1;
+            return;
+        }
+        let before = self.client.drops().total();
+        if let Err(e) = self.client.handle_nat_datagram(path, &mut bytes, self.now) {
+            assert_eq!(self.client.drops().total(), before + 1, "drop not counted");
+            self.client_errs.push(e);
+        }
     }
 
     /// Hands one datagram to its receiver now.
@@ -365,7 +438,11 @@ impl Pair {
             .count();
         let batch: Vec<InFlight> = self.inflight.drain(..due).collect();
         for f in batch {
-            self.deliver(f.to_anchor, f.path, f.bytes);
+            if f.test_socket {
+                self.deliver_test(f.to_anchor, f.path, f.bytes);
+            } else {
+                self.deliver(f.to_anchor, f.path, f.bytes);
+            }
         }
         self.run_due_timers();
         self.flush();

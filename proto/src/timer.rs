@@ -37,6 +37,7 @@ timers! {
     Probe => "probe", "Client: a path is due for a probe.";
     PathTimeout => "path timeout", "Client: a path's probe went unanswered too long.";
     SignalRetry => "signal retry", "Client: an unacknowledged signal is due for a resend.";
+    NatTest => "nat test", "Client: a NAT binding test on a disposable socket is due for its next step.";
     SessionExpiry => "session expiry", "Anchor: a peer's session was silent too long.";
 }
 

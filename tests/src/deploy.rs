@@ -434,8 +434,11 @@ pub(crate) fn write_private(path: &std::path::Path, text: &str) -> Result<()> {
 /// Counts the MH's datagrams to the anchor leaving each uplink (an nftables counter per uplink
 /// in its namespace: the kernel's own ARP and neighbour discovery are not counted).
 pub fn count_tunnel_datagrams(lab: &Lab) -> Result<()> {
+    // Replaces the table a previous deployment in the same lab made: adding its rules again
+    // would count every datagram once more.
     let ruleset = format!(
-        "table inet upmt-lab-tunnel-tx {{\n\
+        "table inet upmt-lab-tunnel-tx {{}}\ndelete table inet upmt-lab-tunnel-tx\n\
+         table inet upmt-lab-tunnel-tx {{\n\
          counter wifi {{}}\n counter cell {{}}\n\
          chain out {{ type filter hook output priority 0; \
          oifname \"{MH_WIFI_IF}\" udp dport {AN_PORT} counter name wifi; \

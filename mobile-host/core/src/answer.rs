@@ -411,6 +411,7 @@ pub fn tunnel(
         keepalive_s: keepalive
             .filter(|_| stats.is_some_and(|s| s.idle != Idle::Sleep))
             .map(|k| k.as_secs()),
+        keepalive_learning: None,
         resent_bytes: 0,
         mtu: stats.and_then(|s| s.mtu).filter(|_| local.is_some()),
     }

@@ -266,6 +266,10 @@ pub struct TunnelStatus {
     /// configured) or the flowless check; absent while asleep.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keepalive_s: Option<u64>,
+    /// With `idle_keepalive_s = "auto"`: true while its NAT is still being tested for a
+    /// longer keepalive, false once learned; absent with a fixed keepalive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keepalive_learning: Option<bool>,
     /// Bytes of datagrams sent again on it: recent packets of flows that moved to it from a
     /// path that went down (see docs/architecture.md, "Resending what was in flight").
     #[serde(default)]

@@ -860,6 +860,23 @@ impl MobileHost {
         None
     }
 
+    /// The next datagram for an uplink's disposable NAT-test socket (see
+    /// [`upmt_proto::client::natlearn`]), written at the start of `buf`.
+    pub fn poll_nat_transmit(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+    ) -> Option<upmt_proto::client::NatTransmit> {
+        self.client.poll_nat_transmit(now, buf)
+    }
+
+    /// A datagram that arrived on `path`'s NAT-test socket.
+    pub fn handle_nat_datagram(&mut self, path: PathId, datagram: &mut [u8], now: Instant) {
+        if let Err(reason) = self.client.handle_nat_datagram(path, datagram, now) {
+            tracing::debug!(%path, reason = reason.as_str(), "test socket datagram dropped");
+        }
+    }
+
     /// The next TCP reset to write into the TUN, copied into `buf`; its length.
     pub fn poll_tun_write(&mut self, buf: &mut [u8]) -> Option<usize> {
         let (packet, len) = self.resets.pop_front()?;
@@ -1506,6 +1523,7 @@ impl MobileHost {
                     b,
                 );
                 t.metered = link.metered;
+                t.keepalive_learning = self.client.path_keepalive_learning(Uplinks::path(u));
                 t.resent_bytes = self.resent_bytes(Uplinks::path(u));
                 t
             })

@@ -91,7 +91,7 @@ pub fn render(reply: &StatusReply) -> String {
             table::or_dash(tun.mtu),
             table::bytes(tun.tx_bytes),
             table::bytes(tun.rx_bytes),
-            idle(tun.idle, tun.keepalive_s),
+            idle(tun.idle, tun.keepalive_s, tun.keepalive_learning),
         ]);
     }
     text.push_str(&t.render());
@@ -110,12 +110,18 @@ pub fn render(reply: &StatusReply) -> String {
     text
 }
 
-/// What a tunnel sends while idle: "keepalive 25s", "check 120s" (no flows anywhere),
-/// "asleep".
-fn idle(idle: Option<TunnelIdle>, every: Option<u64>) -> String {
+/// What a tunnel sends while idle: "keepalive 25s", "keepalive 31s learning" (its NAT is
+/// still tested for a longer one), "keepalive 107s learned", "check 120s" (no flows
+/// anywhere), "asleep".
+fn idle(idle: Option<TunnelIdle>, every: Option<u64>, learning: Option<bool>) -> String {
     let every = every.map(|s| format!(" {s}s")).unwrap_or_default();
+    let learned = match learning {
+        Some(true) => " learning",
+        Some(false) => " learned",
+        None => "",
+    };
     match idle {
-        Some(TunnelIdle::Keepalive) => format!("keepalive{every}"),
+        Some(TunnelIdle::Keepalive) => format!("keepalive{every}{learned}"),
         Some(TunnelIdle::Check) => format!("check{every}"),
         Some(TunnelIdle::Asleep) => "asleep".to_owned(),
         None => "-".to_owned(),
@@ -163,6 +169,7 @@ mod tests {
                     rx_packets: 20,
                     idle: Some(TunnelIdle::Keepalive),
                     keepalive_s: Some(25),
+                    keepalive_learning: None,
                     resent_bytes: 0,
                     mtu: Some(1472),
                 },
@@ -182,6 +189,7 @@ mod tests {
                     rx_packets: 1,
                     idle: Some(TunnelIdle::Asleep),
                     keepalive_s: None,
+                    keepalive_learning: None,
                     resent_bytes: 0,
                     mtu: None,
                 },
@@ -232,6 +240,7 @@ owners: 40 by uid, 7 from the index, 5 among new processes, 1 by scan, 2 by uid 
                 loss: 0.0,
                 idle: None,
                 keepalive_s: None,
+                keepalive_learning: None,
                 resent_bytes: 0,
                 mtu: None,
                 metered: true,

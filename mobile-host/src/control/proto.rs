@@ -263,6 +263,7 @@ mod tests {
                 rx_packets: 4,
                 idle: None,
                 keepalive_s: None,
+                keepalive_learning: None,
                 resent_bytes: 0,
                 mtu: None,
             }],

@@ -124,9 +124,15 @@ impl Anchor {
                 observed: (len >= crate::control::PROBE_LEN)
                     .then(|| SocketAddr::new(from.ip().to_canonical(), from.port())),
             },
+            ControlMessage::NatRequest { nonce } => {
+                return self.handle_nat_request(id, path, nonce, now);
+            }
             // The anchor never challenges through the client; responses were used by path
-            // validation already.
+            // validation already; registrations were handled before path validation.
             ControlMessage::ProbeAck { .. }
+            | ControlMessage::NatRegister { .. }
+            | ControlMessage::NatRegistered { .. }
+            | ControlMessage::NatReply { .. }
             | ControlMessage::PathChallenge { .. }
             | ControlMessage::PathResponse { .. }
             | ControlMessage::SignalAck { .. } => return Ok(()),

@@ -73,6 +73,7 @@ mod expiry;
 mod flows;
 mod handshake;
 mod membership;
+mod nattest;
 mod peer;
 mod resend;
 
@@ -80,6 +81,7 @@ pub use crate::control::FlowKey;
 pub use crate::queue::QueueStats;
 pub use control::{SIGNAL_EVENT_BURST, SIGNAL_EVENT_REFILL};
 pub use membership::PeerChanges;
+pub use nattest::{NAT_REGISTER_SPACING, NAT_TEST_MAX_AGE};
 pub use resend::MOVE_RESEND_SILENCE;
 
 use crate::control::ControlMessage;
@@ -135,6 +137,13 @@ pub struct AnchorStats {
     pub duplicated_packets: u64,
     /// The bytes of those second copies (whole datagrams).
     pub duplicated_bytes: u64,
+    /// NAT-test registrations noted (see `nattest.rs`).
+    pub nat_registrations: u64,
+    /// NAT-test replies sent, one per request of a noted registration.
+    pub nat_replies: u64,
+    /// NAT-test registrations and requests refused: unknown path, too fast, nothing noted, a
+    /// wrong or used nonce, too old.
+    pub nat_refused: u64,
     /// Downlink packets sent again on a flow's new path after it left a path (see
     /// [`crate::resend`]).
     pub resent_packets: u64,
@@ -457,6 +466,11 @@ impl Anchor {
         }
         let plain = &datagram[range.clone()];
         let control = (repr.kind == Kind::Control).then(|| ControlMessage::parse(plain));
+        if let Some(Ok(ControlMessage::NatRegister { token })) = control {
+            // From a disposable test socket: neither the path's address nor news of it.
+            self.handle_nat_register(id, path, from, token, now)?;
+            return Ok(None);
+        }
         let response = match control {
             Some(Ok(ControlMessage::PathResponse { data })) => Some(data),
             _ => None,

@@ -31,6 +31,8 @@ pub(super) struct PathEntry {
     pub(super) down: bool,
     /// Sequence number of the last applied `PathStatus` (0: none).
     pub(super) status_seq: u64,
+    /// The address its disposable NAT-test socket registered from (see `nattest.rs`).
+    pub(super) nat_test: Option<super::nattest::NatTestEntry>,
     /// Its recent downlink packets (see [`super::resend`]); sized at the first one.
     pub(super) ring: ResendRing,
     /// Downlink went around it and its ring was marked; cleared when it is heard from again.
@@ -46,6 +48,7 @@ impl PathEntry {
             last_rx: None,
             down: false,
             status_seq: 0,
+            nat_test: None,
             ring: ResendRing::new(0, Duration::ZERO),
             drained: false,
         }

@@ -87,7 +87,7 @@
 //! their bound).
 
 mod handshake;
-mod natlearn;
+pub mod natlearn;
 mod paths;
 pub mod pmtu;
 mod resend;
@@ -96,7 +96,7 @@ mod signals;
 pub use crate::control::FlowKey;
 pub use crate::queue::QueueStats;
 pub use handshake::{REJECT_AFTER_TIME, REKEY_ATTEMPT_TIME, REKEY_TIMEOUT};
-pub use natlearn::KeepaliveLearner;
+pub use natlearn::{KeepaliveLearner, NatTransmit};
 pub use paths::{Idle, PathState, PathStats};
 pub use signals::{MAX_PENDING_SIGNALS, SignalStats};
 
@@ -135,6 +135,11 @@ pub struct ClientConfig {
     /// Learn each path's NAT binding lifetime and stretch its idle keepalive up to this
     /// (see [`KeepaliveLearner`]); `None`: every path keeps `keepalive` (the default).
     pub keepalive_max: Option<Duration>,
+    /// Learn with a disposable socket per path (see [`natlearn`]), never on the main binding:
+    /// the driver drains [`Client::poll_nat_transmit`] into a second socket on the path's
+    /// interface and feeds what it receives to [`Client::handle_nat_datagram`] (default false:
+    /// the main keepalives learn).
+    pub nat_probe: bool,
     /// Probe interval of an idle path in [`Idle::Check`]: the session carries no flows, so
     /// only the path's liveness is checked (default 120 s, which is also `rekey_after`: the
     /// lazy rekey rides on the same wake-up).
@@ -182,6 +187,7 @@ impl ClientConfig {
             anchor_public,
             keepalive: Duration::from_secs(25),
             keepalive_max: None,
+            nat_probe: false,
             flowless_keepalive: Duration::from_secs(120),
             probe_interval: Duration::from_millis(200),
             down_probe_interval: Duration::from_secs(1),
@@ -264,6 +270,8 @@ pub struct Client {
     rng: u64,
     /// The dup sequence of the next redundant packet.
     dup_seq: u64,
+    /// Datagrams for the paths' disposable test sockets: (path, message, on a fresh socket).
+    nat_queue: std::collections::VecDeque<(PathId, ControlMessage, bool)>,
     /// The resend sequence of the last other data packet.
     resend_seq: u64,
     /// Each path's recent data packets (see [`crate::resend`]); they outlive a path that goes
@@ -304,6 +312,7 @@ impl Client {
             given_up: false,
             rng: getrandom::u64().unwrap_or(unix_nanos_at_now) | 1,
             dup_seq: 0,
+            nat_queue: std::collections::VecDeque::new(),
             resend_seq: 0,
             rings: Vec::new(),
             resent: Vec::new(),
@@ -314,10 +323,22 @@ impl Client {
     /// The driver has a socket for `path` (its link is up). Starts the handshake if none runs.
     pub fn handle_path_up(&mut self, path: PathId, now: Instant) {
         if self.path(path).is_none() {
-            let learner = self
+            let (base, probe) = (self.config.keepalive, self.config.nat_probe);
+            // Keepalives also keep the keys (see `Path::idle_due`): none is ever further apart
+            // than their life minus the margin, so learning more is of no use.
+            let longest = self
                 .config
-                .keepalive_max
-                .map(|max| KeepaliveLearner::new(self.config.keepalive, max));
+                .reject_after
+                .saturating_sub(paths::KEY_MARGIN)
+                .max(base);
+            let learner = self.config.keepalive_max.map(|max| {
+                let max = max.min(longest);
+                if probe {
+                    KeepaliveLearner::probing(base, max)
+                } else {
+                    KeepaliveLearner::new(base, max)
+                }
+            });
             self.paths.push(Path::new(path, now).learning(learner));
         }
         if self.pending.is_none() && (self.current.is_none() || self.keys_expired) {
@@ -434,6 +455,11 @@ impl Client {
                 observed,
             } => {
                 if let Some(p) = self.path_mut(path) {
+                    // A new public address after a silence: the NAT forgot the binding (a
+                    // rekey's init from there was answered without a challenge).
+                    if observed.is_some() && p.observed.is_some() && observed != p.observed {
+                        p.on_challenge();
+                    }
                     if seq & pmtu::SEQ_BIT != 0 {
                         p.pmtu.on_ack(seq, now);
                     } else {
@@ -449,10 +475,15 @@ impl Client {
                 self.on_signal_ack(seq);
                 return Ok(());
             }
-            // The client never challenges and is never signalled.
+            // The client never challenges and is never signalled; NAT test answers count only
+            // on the test socket.
             ControlMessage::PathResponse { .. }
             | ControlMessage::PathStatus { .. }
-            | ControlMessage::FlowMove { .. } => return Ok(()),
+            | ControlMessage::FlowMove { .. }
+            | ControlMessage::NatRegister { .. }
+            | ControlMessage::NatRegistered { .. }
+            | ControlMessage::NatRequest { .. }
+            | ControlMessage::NatReply { .. } => return Ok(()),
         };
         self.queues
             .push_transmit(Queued::Reply { path, msg: reply })
@@ -685,6 +716,7 @@ impl Client {
         if self.current.is_some() {
             self.path_timers(&mut timers);
             self.signal_timers(&mut timers);
+            self.nat_timers(&mut timers);
         }
         timers
     }
@@ -703,6 +735,7 @@ impl Client {
             self.send_due_probes(now);
             self.send_due_mtu_probes(now);
             self.send_due_signals(now);
+            self.nat_timeouts(now);
         }
     }
 

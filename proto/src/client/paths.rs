@@ -9,6 +9,10 @@ use crate::time::Instant;
 use crate::timer::{Timer, TimerTable};
 use core::time::Duration;
 
+/// An idle keepalive that refreshes the session's keys comes this long before they expire at
+/// the latest: time for the rekey's retries (`REKEY_TIMEOUT` each).
+pub const KEY_MARGIN: Duration = Duration::from_secs(15);
+
 /// The shortest silence after data that makes a path suspect (see [`suspect_after`]).
 pub const SUSPECT_FLOOR: Duration = Duration::from_millis(150);
 /// Probes sent at once to a suspect path.
@@ -117,6 +121,11 @@ pub(super) struct Path {
     pub(super) observed: Option<std::net::SocketAddr>,
     /// Its path MTU search.
     pub(super) pmtu: PmtuSearch,
+    /// The disposable-socket test of its NAT running now.
+    pub(super) nat_test: Option<super::natlearn::NatTest>,
+    /// Finished tests whose binding held, and that got no reply.
+    pub(super) nat_tests_held: u64,
+    pub(super) nat_tests_lost: u64,
 }
 
 impl Path {
@@ -142,6 +151,27 @@ impl Path {
             burst_at: None,
             observed: None,
             pmtu: PmtuSearch::new(),
+            nat_test: None,
+            nat_tests_held: 0,
+            nat_tests_lost: 0,
+        }
+    }
+
+    /// Its smoothed RTT, once measured.
+    pub(super) fn srtt(&self) -> Option<Duration> {
+        self.srtt
+    }
+
+    /// Feeds a finished disposable-socket test to the learner; a lower interval applies to
+    /// the keepalive already scheduled.
+    pub(super) fn learn_from_test(&mut self, f: impl FnOnce(&mut KeepaliveLearner)) {
+        let Some(l) = &mut self.learner else { return };
+        f(l);
+        let interval = l.interval();
+        if let Some(sent) = self.last_tx
+            && self.idle == Idle::Keepalive
+        {
+            self.next_probe = self.next_probe.min(sent + interval);
         }
     }
 
@@ -221,7 +251,20 @@ impl Path {
     /// unreplaced would drop the session.
     fn idle_due(&self, config: &super::ClientConfig, rekey_at: Option<Instant>) -> Option<Instant> {
         let interval = self.idle_interval(config)?;
-        Some(self.meet_rekey(self.last_tx? + interval, interval, rekey_at))
+        let due = self.meet_rekey(self.last_tx? + interval, interval, rekey_at);
+        // A binding kept open is no use to downlink that finds the keys expired (or the anchor
+        // gone silent on the session): with a keepalive longer than the keys' life after the
+        // rekey mark, the last keepalive before they expire comes early and starts the rekey.
+        // Never earlier than the rekey mark, so a keepalive of 45 s or less is never moved.
+        Some(match (self.idle, rekey_at) {
+            (Idle::Keepalive, Some(rekey)) => {
+                // The keys were made at `rekey - rekey_after`; they expire `reject_after` later.
+                let life = config.reject_after.saturating_sub(KEY_MARGIN);
+                let latest = rekey + life.saturating_sub(config.rekey_after);
+                due.min(latest)
+            }
+            _ => due,
+        })
     }
 
     /// A flowless check due at `due` slips up to an eighth of its interval to meet a lazy
@@ -574,10 +617,13 @@ impl Client {
             }
             if rekey_here && !active && !outstanding && p.state == PathState::Up {
                 // The lazy rekey this deadline started is the keepalive: the anchor's response
-                // answers it (or its absence times the path out).
+                // answers it (or its absence times the path out). It ends a silence like a
+                // keepalive: the probe confirming the new keys tells whether the binding held.
+                p.idle_gap = p.last_tx.map(|last| now.saturating_duration_since(last));
                 p.next_probe = now
                     + p.idle_interval(&self.config)
                         .unwrap_or(self.config.keepalive);
+                self.maybe_start_nat_test(i, now);
                 continue;
             }
             // Unanswered probes are repeated at the fast pace: one lost keepalive is not a
@@ -598,9 +644,13 @@ impl Client {
                 _ => None,
             };
             p.next_probe = p.meet_rekey(now + interval, interval, rekey_at);
+            let keepalive = p.idle_gap.is_some();
             let id = p.id;
             // A full queue only delays this probe to the next interval.
             let _ = self.queues.push_transmit(Queued::Probe(id));
+            if keepalive {
+                self.maybe_start_nat_test(i, now);
+            }
         }
     }
 }

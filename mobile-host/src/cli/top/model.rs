@@ -204,6 +204,7 @@ pub(crate) mod tests {
             rx_packets: 0,
             idle: None,
             keepalive_s: None,
+            keepalive_learning: None,
             resent_bytes: 0,
             mtu: None,
             metered: false,

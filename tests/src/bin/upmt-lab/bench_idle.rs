@@ -6,7 +6,12 @@
 //! - packets sent on each of the MH's uplinks (interface counters, so the kernel's ARP and
 //!   neighbour discovery too), and of those the tunnel's own datagrams to the anchor;
 //! - CPU ticks of each daemon (utime + stime from `/proc/PID/stat`);
-//! - each daemon's RSS at the end of the window.
+//! - each daemon's RSS at the end of the window;
+//! - each uplink's keepalive interval at the end of the window, as `upmt status` shows it
+//!   (with `"auto"`, what the disposable-socket tests learned so far).
+//!
+//! `--nat-udp-timeout` sets how long the lab's NAT routers keep an idle UDP binding, so that
+//! learning converges within a short settle.
 //!
 //! The idle flows are held by this same binary (`upmt-lab hold-tcp`), run in the namespaces.
 
@@ -30,6 +35,8 @@ pub struct Options {
     pub window: Duration,
     /// The cell uplink's `idle` settings (`keepalive`, `sleep`), one run each.
     pub cell_idle: Vec<String>,
+    /// `nf_conntrack_udp_timeout_stream` of both NAT routers, in seconds; `None`: the kernel's.
+    pub nat_udp_timeout: Option<u64>,
 }
 
 /// A snapshot of one process's counters.
@@ -97,10 +104,53 @@ struct Row {
     cell_tx: f64,
     wifi_tun: f64,
     cell_tun: f64,
+    /// Each uplink's keepalive at the end, from `upmt status`: seconds, and "learning" when
+    /// its tests still run.
+    keepalives: String,
+}
+
+/// The uplinks' keepalives as `upmt status --json` shows them, e.g. `wifi 55 cell 50*` (`*`:
+/// still learning).
+fn keepalives(lab: &Lab) -> String {
+    let Ok(status) = deploy::mh_status(lab) else {
+        return "?".to_owned();
+    };
+    let Some(tunnels) = status["tunnels"].as_array() else {
+        return "?".to_owned();
+    };
+    tunnels
+        .iter()
+        .map(|t| {
+            let k = t["keepalive_s"]
+                .as_u64()
+                .map_or_else(|| "-".to_owned(), |k| k.to_string());
+            let learning = if t["keepalive_learning"].as_bool() == Some(true) {
+                "*"
+            } else {
+                ""
+            };
+            format!("{} {k}{learning}", t["uplink"].as_str().unwrap_or("?"))
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 pub fn run(lab: &Lab, options: &Options) -> Result<()> {
     let exe = std::env::current_exe().context("locating upmt-lab")?;
+    if let Some(t) = options.nat_udp_timeout {
+        // Per network namespace: only the lab's routers change. A binding that never carried
+        // traffic both ways keeps the kernel's 30 s, or `t` when shorter.
+        for router in [lab.rwifi(), lab.rcell()] {
+            for (name, v) in [
+                ("net.netfilter.nf_conntrack_udp_timeout_stream", t),
+                ("net.netfilter.nf_conntrack_udp_timeout", t.min(30)),
+            ] {
+                router
+                    .run(&["sysctl", "-q", "-w", &format!("{name}={v}")])
+                    .with_context(|| format!("setting {name} in {}", router.ns()))?;
+            }
+        }
+    }
     let server = lab
         .ch()
         .command(&[
@@ -132,7 +182,7 @@ pub fn run(lab: &Lab, options: &Options) -> Result<()> {
         options.window.as_secs()
     );
     println!(
-        "{:>5} {:>9} {:>9} | {:>9} {:>8} {:>8} | {:>9} {:>8} {:>8} | {:>8} {:>8} | {:>8} {:>8}",
+        "{:>5} {:>9} {:>9} | {:>9} {:>8} {:>8} | {:>9} {:>8} {:>8} | {:>8} {:>8} | {:>8} {:>8} | keepalive s (*: learning)",
         "flows",
         "keepalive",
         "cell idle",
@@ -149,7 +199,7 @@ pub fn run(lab: &Lab, options: &Options) -> Result<()> {
     );
     for r in rows {
         println!(
-            "{:>5} {:>9} {:>9} | {:>9.1} {:>8.1} {:>5} MB | {:>9.1} {:>8.1} {:>5} MB | {:>8.1} {:>8.1} | {:>8.1} {:>8.1}",
+            "{:>5} {:>9} {:>9} | {:>9.1} {:>8.1} {:>5} MB | {:>9.1} {:>8.1} {:>5} MB | {:>8.1} {:>8.1} | {:>8.1} {:>8.1} | {}",
             r.flows,
             r.keepalive,
             r.cell_idle,
@@ -162,7 +212,8 @@ pub fn run(lab: &Lab, options: &Options) -> Result<()> {
             r.wifi_tx / minutes,
             r.cell_tx / minutes,
             r.wifi_tun / minutes,
-            r.cell_tun / minutes
+            r.cell_tun / minutes,
+            r.keepalives
         );
     }
     Ok(())
@@ -222,6 +273,7 @@ fn one(
     std::thread::sleep(options.window);
     let (mh1, an1, links1) = (sample(upmt.mh.pid())?, sample(upmt.an.pid())?, counters()?);
     let tun1 = deploy::tunnel_datagrams(lab)?;
+    let learned = keepalives(lab);
     if let Some(h) = &holder
         && !h.is_running()
     {
@@ -246,6 +298,7 @@ fn one(
         cell_tx: links1.1.since(&links0.1).tx_packets as f64,
         wifi_tun: tun1.0.saturating_sub(tun0.0) as f64,
         cell_tun: tun1.1.saturating_sub(tun0.1) as f64,
+        keepalives: learned,
     })
 }
 

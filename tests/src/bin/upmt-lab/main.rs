@@ -72,6 +72,11 @@ enum Command {
         /// The cell uplink's `idle` settings, one run each: `keepalive` (the default), `sleep`.
         #[arg(long, value_delimiter = ',', default_value = "keepalive")]
         cell_idle: Vec<String>,
+        /// Seconds the lab's NAT routers keep an idle UDP binding that carried traffic both
+        /// ways (conntrack's `nf_conntrack_udp_timeout_stream`, per router namespace); unset:
+        /// the kernel's default (120 or 180 s).
+        #[arg(long)]
+        nat_udp_timeout: Option<u64>,
     },
     /// Print what one anchor costs per mobile host: RSS per MH and per flow, the handshake rate
     /// it sustains, its CPU with only keepalives, and one real MH's download while N simulated
@@ -185,6 +190,7 @@ fn main() -> Result<()> {
             settle,
             window,
             cell_idle,
+            nat_udp_timeout,
         } => {
             if window == 0 {
                 anyhow::bail!("--window must be at least 1");
@@ -200,6 +206,7 @@ fn main() -> Result<()> {
                 settle: Duration::from_secs(settle),
                 window: Duration::from_secs(window),
                 cell_idle,
+                nat_udp_timeout,
             };
             bench_idle::run(&lab, &options)?;
         }
