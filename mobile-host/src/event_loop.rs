@@ -118,6 +118,8 @@ pub struct Daemon {
     lister: Option<Lister>,
     /// The Prometheus endpoint's scrapes; `None` when it is off.
     metrics: Option<crate::metrics::LoopEnd>,
+    /// Hands freed heap back after a burst of flows ended.
+    trim: crate::memory::Trim,
 }
 
 enum Wake {
@@ -214,6 +216,7 @@ impl Daemon {
             control: None,
             lister,
             metrics: None,
+            trim: crate::memory::Trim::default(),
         };
         // The core publishes the bypass set from the start: take it before the capture rules
         // go in, so bypass apps never lose their path.
@@ -445,7 +448,10 @@ impl Daemon {
                 for i in 0..self.uplinks.len() {
                     self.read_uplink(i, now);
                 }
+                let flows = self.host.flows().paft().len();
                 self.host.handle_timeout(now);
+                let left = self.host.flows().paft().len();
+                self.trim.after_timers(flows, left, now);
             }
             self.drain(now).await?;
             self.save_usage(now, false);
