@@ -120,6 +120,8 @@ pub struct Daemon {
     metrics: Option<crate::metrics::LoopEnd>,
     /// The uplinks' disposable NAT-test sockets.
     tests: crate::natprobe::TestSockets,
+    /// Hands freed heap back after a burst of flows ended.
+    trim: crate::memory::Trim,
 }
 
 enum Wake {
@@ -218,6 +220,7 @@ impl Daemon {
             lister,
             metrics: None,
             tests: crate::natprobe::TestSockets::default(),
+            trim: crate::memory::Trim::default(),
         };
         // The core publishes the bypass set from the start: take it before the capture rules
         // go in, so bypass apps never lose their path.
@@ -459,7 +462,10 @@ impl Daemon {
                 for i in 0..self.uplinks.len() {
                     self.read_uplink(i, now);
                 }
+                let flows = self.host.flows().paft().len();
                 self.host.handle_timeout(now);
+                let left = self.host.flows().paft().len();
+                self.trim.after_timers(flows, left, now);
             }
             self.drain(now).await?;
             self.save_usage(now, false);

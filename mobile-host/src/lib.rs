@@ -16,6 +16,7 @@ pub mod config;
 pub mod control;
 pub mod event_loop;
 pub mod linkwatch;
+pub mod memory;
 pub mod metrics;
 pub mod natprobe;
 pub mod routing;

@@ -37,7 +37,7 @@ pub use key::{
 };
 pub use table::{
     AppId, Config, Counters, Entry, FlowId, InsertError, MAX_UPLINKS, NewFlow, Paft, UnknownFlow,
-    UplinkId,
+    UplinkCounters, UplinkId,
 };
 pub use track::{Dir, TcpState, Timeouts};
 

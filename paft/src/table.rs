@@ -24,6 +24,9 @@ use foldhash::fast::RandomState;
 use crate::key::FlowKey;
 use crate::track::{Dir, TcpState, Timeouts, Track};
 
+/// Below this many slots the table never shrinks: the saving would not pay for the rebuild.
+const SHRINK_MIN_SLOTS: usize = 1024;
+
 /// How many uplinks a flow keeps counters for; [`UplinkId`]s are below this.
 pub const MAX_UPLINKS: usize = 8;
 
@@ -107,6 +110,84 @@ pub struct Counters {
     pub bytes: [u64; 2],
 }
 
+/// A flow's [`Counters`] per uplink. Most flows only ever use one uplink, so that one's
+/// counters are kept inline (40 bytes instead of 256 for all [`MAX_UPLINKS`]); the first
+/// packet on a second uplink (a move, a redundant copy) spills them to a boxed array.
+#[derive(Clone, Debug)]
+pub struct UplinkCounters(PerUplink);
+
+#[derive(Clone, Debug)]
+enum PerUplink {
+    /// Only this uplink has counted anything (or nothing has been counted yet).
+    One(UplinkId, Counters),
+    /// Indexed by [`UplinkId`].
+    Many(Box<[Counters; MAX_UPLINKS]>),
+}
+
+static NO_COUNTERS: Counters = Counters {
+    packets: [0; 2],
+    bytes: [0; 2],
+};
+
+impl Default for UplinkCounters {
+    fn default() -> Self {
+        UplinkCounters(PerUplink::One(UplinkId(0), Counters::default()))
+    }
+}
+
+impl UplinkCounters {
+    /// Nothing counted yet; `likely` is the uplink expected to carry the flow.
+    pub fn new(likely: UplinkId) -> UplinkCounters {
+        UplinkCounters(PerUplink::One(likely, Counters::default()))
+    }
+
+    /// The counters of `uplink` (zero if it never carried anything).
+    pub fn get(&self, uplink: UplinkId) -> &Counters {
+        match &self.0 {
+            PerUplink::One(u, c) if *u == uplink => c,
+            PerUplink::One(..) => &NO_COUNTERS,
+            PerUplink::Many(all) => &all[uplink.index()],
+        }
+    }
+
+    /// The counters of `uplink`, to count into. Allocates once, the first time a second
+    /// uplink counts something.
+    pub fn get_mut(&mut self, uplink: UplinkId) -> &mut Counters {
+        if let PerUplink::One(u, c) = &mut self.0
+            && *u != uplink
+        {
+            if *c == Counters::default() {
+                *u = uplink;
+            } else {
+                let mut all = Box::new([Counters::default(); MAX_UPLINKS]);
+                all[u.index()] = *c;
+                self.0 = PerUplink::Many(all);
+            }
+        }
+        match &mut self.0 {
+            PerUplink::One(_, c) => c,
+            PerUplink::Many(all) => &mut all[uplink.index()],
+        }
+    }
+
+    /// Counters summed over all uplinks.
+    pub fn total(&self) -> Counters {
+        match &self.0 {
+            PerUplink::One(_, c) => *c,
+            PerUplink::Many(all) => {
+                let mut t = Counters::default();
+                for c in all.iter() {
+                    for d in 0..2 {
+                        t.packets[d] += c.packets[d];
+                        t.bytes[d] += c.bytes[d];
+                    }
+                }
+                t
+            }
+        }
+    }
+}
+
 /// The attributes a new flow starts with.
 #[derive(Clone, Debug)]
 pub struct NewFlow {
@@ -127,7 +208,7 @@ pub struct Entry {
     id: FlowId,
     app: AppId,
     uid: Option<u32>,
-    counters: [Counters; MAX_UPLINKS],
+    counters: UplinkCounters,
     created: u64,
     last_seen: u64,
     heap_deadline: u64,
@@ -159,18 +240,11 @@ impl Entry {
     }
     /// Counters of this flow on `uplink`.
     pub fn counters(&self, uplink: UplinkId) -> &Counters {
-        &self.counters[uplink.index()]
+        self.counters.get(uplink)
     }
     /// Counters summed over all uplinks.
     pub fn total(&self) -> Counters {
-        let mut t = Counters::default();
-        for c in &self.counters {
-            for d in 0..2 {
-                t.packets[d] += c.packets[d];
-                t.bytes[d] += c.bytes[d];
-            }
-        }
-        t
+        self.counters.total()
     }
     /// When the flow was inserted.
     pub fn created(&self) -> Duration {
@@ -367,7 +441,7 @@ impl Paft {
             id,
             app: flow.app,
             uid: flow.uid,
-            counters: [Counters::default(); MAX_UPLINKS],
+            counters: UplinkCounters::new(flow.uplink),
             created: now,
             last_seen: now,
             heap_deadline: deadline,
@@ -417,7 +491,8 @@ impl Paft {
     /// from `tcp_flags` (0 for other protocols) and the idle timer, and returns the flow.
     ///
     /// One hash lookup; no allocation except, on a state change that shortens the
-    /// timeout, an amortised push onto the timer heap.
+    /// timeout, an amortised push onto the timer heap, and once per flow that is counted on
+    /// a second uplink.
     #[inline]
     pub fn touch(
         &mut self,
@@ -433,7 +508,7 @@ impl Paft {
         let generation = slot.generation;
         let e = slot.entry.as_mut()?;
         let now = nanos(now);
-        let c = &mut e.counters[uplink.unwrap_or(e.uplink).index()];
+        let c = e.counters.get_mut(uplink.unwrap_or(e.uplink));
         let d = dir as usize;
         c.packets[d] += 1;
         c.bytes[d] += len as u64;
@@ -458,6 +533,7 @@ impl Paft {
         let slot = *self.ids.get(&id)?;
         let removed = self.remove_slot(slot);
         self.maybe_compact_timers();
+        self.maybe_shrink();
         removed
     }
 
@@ -513,6 +589,7 @@ impl Paft {
             }
         }
         self.maybe_compact_timers();
+        self.maybe_shrink();
     }
 
     /// Superseded timers and timers of removed flows stay in the heap until they come due;
@@ -523,6 +600,7 @@ impl Paft {
         }
         let mut v = std::mem::take(&mut self.timers).into_vec();
         v.clear();
+        v.shrink_to(2 * self.len() + 1024);
         for (i, s) in self.slots.iter().enumerate() {
             if let Some(e) = &s.entry {
                 v.push(Reverse(Timer {
@@ -533,6 +611,71 @@ impl Paft {
             }
         }
         self.timers = BinaryHeap::from(v);
+    }
+
+    /// Freed slots stay allocated and hash maps never shrink by themselves, so after a burst
+    /// (tens of thousands of short flows) the table would keep the burst's memory for good.
+    /// Once live flows fill under a quarter of the slots, move them into a slab sized for
+    /// them and shrink the indexes and the timer heap. O(slots), but only after three
+    /// quarters of the flows have gone since the slab last grew or shrank: amortised O(1) per
+    /// removal, and never on the per-packet path.
+    fn maybe_shrink(&mut self) {
+        if self.slots.len() < SHRINK_MIN_SLOTS || self.len() * 4 > self.slots.len() {
+            return;
+        }
+        let live = self.len();
+        let mut slots = Vec::with_capacity((2 * live).clamp(64, self.config.max_flows.max(64)));
+        let mut timers = Vec::with_capacity(live);
+        self.index.clear();
+        self.index.shrink_to(live);
+        self.ids.clear();
+        self.ids.shrink_to(live);
+        for s in std::mem::take(&mut self.slots) {
+            let Some(e) = s.entry else {
+                continue;
+            };
+            // Every timer is rebuilt below, so generations can start over.
+            let slot = slots.len() as u32;
+            self.index.insert(s.key, slot);
+            self.ids.insert(e.id, slot);
+            timers.push(Reverse(Timer {
+                deadline: e.heap_deadline,
+                slot,
+                generation: 0,
+            }));
+            slots.push(Slot {
+                generation: 0,
+                key: s.key,
+                entry: Some(e),
+            });
+        }
+        self.slots = slots;
+        self.timers = BinaryHeap::from(timers);
+        self.free = Vec::new();
+        if self.evicted.is_empty() {
+            self.evicted = Vec::new();
+        }
+    }
+
+    /// Bytes the table holds on the heap: its slab, indexes, timer heap and free list
+    /// (estimated from their capacities; boxed per-uplink counters not included).
+    pub fn heap_bytes(&self) -> usize {
+        use std::mem::size_of;
+        // hashbrown: one control byte per bucket besides the entry; buckets are a power of
+        // two at least capacity * 8 / 7.
+        fn map<K, V>(cap: usize) -> usize {
+            if cap == 0 {
+                return 0;
+            }
+            let buckets = (cap * 8 / 7).next_power_of_two();
+            buckets * (size_of::<(K, V)>() + 1)
+        }
+        self.slots.capacity() * size_of::<Slot>()
+            + map::<FlowKey, u32>(self.index.capacity())
+            + map::<FlowId, u32>(self.ids.capacity())
+            + self.timers.capacity() * size_of::<Reverse<Timer>>()
+            + self.free.capacity() * size_of::<u32>()
+            + self.evicted.capacity() * size_of::<(FlowKey, Entry)>()
     }
 
     /// When [`Paft::expire`] should next be called: never later than the next flow's

@@ -326,6 +326,79 @@ fn the_timer_heap_stays_bounded_under_churn() {
     }
 }
 
+fn numbered_key(n: u32) -> FlowKey {
+    FlowKey {
+        proto: proto::TCP,
+        src: IpAddr::from([10, 0, (n >> 16) as u8, (n >> 8) as u8]),
+        dst: IpAddr::from([192, 0, 2, 1]),
+        sport: 1024 + (n & 0xff) as u16,
+        dport: 443,
+    }
+}
+
+#[test]
+fn the_table_gives_memory_back_after_a_burst_and_keeps_its_survivors() {
+    let mut t = table(65_536);
+    let empty = t.heap_bytes();
+    let mut survivors = Vec::new();
+    for n in 0..50_000u32 {
+        let k = numbered_key(n);
+        let id = t.insert(k, flow("a", 0), secs(0)).expect("room");
+        // Every thousandth flow is established (two hours); the rest close (ten seconds).
+        let flags = if n % 1000 == 0 {
+            tcp_flags::ACK
+        } else {
+            tcp_flags::RST
+        };
+        t.touch(&k, Dir::Orig, 40, flags, None, secs(0));
+        if n % 1000 == 0 {
+            survivors.push((k, id));
+        }
+    }
+    let burst = t.heap_bytes();
+    let mut out = Vec::new();
+    t.expire(secs(11), &mut out);
+    assert_eq!(out.len(), 50_000 - survivors.len());
+    let after = t.heap_bytes();
+    assert!(
+        after < burst / 20 && after < empty + 64 * 1024,
+        "heap {after} B after the burst ({burst} B at its peak, {empty} B empty)"
+    );
+    for (k, id) in &survivors {
+        assert_eq!(t.lookup(k).map(Entry::id), Some(*id));
+        assert_eq!(t.by_id(*id).map(|(key, _)| *key), Some(*k));
+    }
+    // The survivors still count, expire on time, and new flows still fit.
+    let (k0, _) = survivors[0];
+    assert!(
+        t.touch(&k0, Dir::Reply, 40, tcp_flags::ACK, None, secs(12))
+            .is_some()
+    );
+    let fresh = t
+        .insert(numbered_key(60_000), flow("b", 1), secs(12))
+        .expect("room");
+    assert!(t.by_id(fresh).is_some());
+    out.clear();
+    t.expire(secs(12 + 2 * 3600), &mut out);
+    assert_eq!(out.len(), survivors.len() + 1);
+    assert!(t.is_empty());
+}
+
+#[test]
+fn a_flow_counted_on_a_second_uplink_keeps_both_counts() {
+    let mut t = table(16);
+    let k = key(proto::UDP, 1);
+    t.insert(k, flow("a", 1), secs(0)).expect("room");
+    t.touch(&k, Dir::Orig, 100, 0, None, secs(0));
+    t.touch(&k, Dir::Reply, 200, 0, Some(up(3)), secs(0));
+    t.touch(&k, Dir::Orig, 50, 0, None, secs(0));
+    let e = t.lookup(&k).expect("present");
+    assert_eq!(e.counters(up(1)).bytes, [150, 0]);
+    assert_eq!(e.counters(up(3)).bytes, [0, 200]);
+    assert_eq!(e.counters(up(0)).bytes, [0, 0]);
+    assert_eq!(e.total().packets, [2, 1]);
+}
+
 #[test]
 fn uplink_ids_are_bounded_by_max_uplinks() {
     assert!(UplinkId::new(MAX_UPLINKS as u8 - 1).is_some());

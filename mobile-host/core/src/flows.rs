@@ -763,6 +763,9 @@ impl Flows {
     pub fn housekeeping(&mut self, now: Duration) {
         self.expired.clear();
         self.paft.expire(now, &mut self.expired);
+        // The list grows to the largest expiry burst; give that back once a round needs a
+        // quarter of it or less.
+        shrink_after_burst(&mut self.expired);
         if !self.expired.is_empty() && !self.redundancy.is_empty() {
             let paft = &self.paft;
             self.redundancy.retain(|id| paft.by_id(id).is_some());
@@ -795,6 +798,14 @@ impl Flows {
         // An answer later than this is not coming (the worker gave up long before).
         self.provisional
             .retain(|_, since| now.saturating_sub(*since) <= PENDING_TIMEOUT);
+        // Hash maps never shrink by themselves: after a burst of blocked flows or slow
+        // lookups, give the memory back once they are mostly empty.
+        if self.held.capacity() > 4 * self.held.len() + 256 {
+            self.held.shrink_to(2 * self.held.len());
+        }
+        if self.provisional.capacity() > 4 * self.provisional.len() + 256 {
+            self.provisional.shrink_to(2 * self.provisional.len());
+        }
     }
 
     /// What the table holds now, for the control socket and logs. `uplink_names` are the
@@ -885,6 +896,15 @@ fn add_entry(bytes: &mut AppBytes, e: &Entry) {
             b[0] += c.bytes[0];
             b[1] += c.bytes[1];
         }
+    }
+}
+
+/// Shrinks `v` to twice its length when its capacity passed four times that: memory comes
+/// back after a burst without reallocating on every round.
+fn shrink_after_burst<T>(v: &mut Vec<T>) {
+    let used = v.len().max(64);
+    if v.capacity() > 4 * used {
+        v.shrink_to(2 * used);
     }
 }
 

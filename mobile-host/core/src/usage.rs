@@ -32,7 +32,7 @@ use std::fmt;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use upmt_paft::{Counters, Entry, FlowId, FlowKey, MAX_UPLINKS, Paft};
+use upmt_paft::{Entry, FlowId, FlowKey, MAX_UPLINKS, Paft, UplinkCounters};
 use upmt_proto::time::Instant;
 
 use crate::api::{AppUsage, CapStatus, UplinkBytes, UplinkUsage, UsageReply};
@@ -462,7 +462,7 @@ pub struct Meter {
     traffic: bool,
     last_harvest: Option<Instant>,
     /// What each live flow had counted at the last harvest.
-    accounted: HashMap<FlowId, (u64, [Counters; MAX_UPLINKS])>,
+    accounted: HashMap<FlowId, (u64, UplinkCounters)>,
     generation: u64,
     clock: Option<Clock>,
     /// Something was counted since the last save.
@@ -622,6 +622,12 @@ impl Meter {
         }
         let generation = self.generation;
         self.accounted.retain(|_, (g, _)| *g == generation);
+        // A burst of flows leaves the map at its peak size: give the memory back once it is
+        // mostly empty (hysteresis: only past four times what is used).
+        let live = self.accounted.len();
+        if self.accounted.capacity() > 4 * live + 1024 {
+            self.accounted.shrink_to(2 * live);
+        }
     }
 
     /// Takes the last bytes of flows that left the table (expired, evicted).
@@ -640,7 +646,7 @@ impl Meter {
         let (g, seen) = self
             .accounted
             .entry(e.id())
-            .or_insert((generation, [Counters::default(); MAX_UPLINKS]));
+            .or_insert_with(|| (generation, UplinkCounters::new(e.uplink())));
         *g = generation;
         let app = match e.app().as_str() {
             crate::flows::UNKNOWN_APP => UNKNOWN_APP,
@@ -651,7 +657,11 @@ impl Meter {
                 continue;
             };
             let now_counted = *e.counters(uplink);
-            let before = std::mem::replace(&mut seen[i], now_counted);
+            let before = *seen.get(uplink);
+            if before == now_counted {
+                continue;
+            }
+            *seen.get_mut(uplink) = now_counted;
             let overhead = self.overhead[i];
             let wire = |d: usize| {
                 let bytes = now_counted.bytes[d].saturating_sub(before.bytes[d]);
