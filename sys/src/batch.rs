@@ -56,7 +56,15 @@ pub struct BatchSocket {
     state: UdpSocketState,
     stats: BatchStats,
     peer: Option<SocketAddr>,
+    /// After the kernel refused a GSO send as too big for the path (EMSGSIZE: the route's MTU
+    /// shrank below the segment size), batches of segments at least this size go out one by
+    /// one for the next [`GSO_TOO_BIG_SKIP`] flushes instead of failing a syscall each time.
+    gso_too_big: Option<(usize, u32)>,
 }
+
+/// Flushes sent one by one after an EMSGSIZE refusal before GSO is tried again (the route's
+/// MTU may grow back once its cached value expires).
+const GSO_TOO_BIG_SKIP: u32 = 1024;
 
 impl Deref for BatchSocket {
     type Target = tokio::net::UdpSocket;
@@ -101,6 +109,7 @@ impl BatchSocket {
             socket,
             state,
             stats: BatchStats::default(),
+            gso_too_big: None,
         })
     }
 
@@ -152,27 +161,57 @@ impl BatchSocket {
         tx.len = 0;
         tx.count = 0;
         let contents = &tx.buf[..len];
-        let result = self.send(dst, contents, (count > 1).then_some(segment), count);
-        match result {
+        if count > 1
+            && let Some((too_big, skips)) = self.gso_too_big
+            && segment >= too_big
+        {
+            self.gso_too_big = skips.checked_sub(1).map(|left| (too_big, left));
+            return self.send_singly(dst, contents, segment, count);
+        }
+        match self.send(dst, contents, (count > 1).then_some(segment), count) {
             Ok(()) => Ok(count),
             Err(e) if count > 1 && e.kind() != io::ErrorKind::WouldBlock => {
                 // The kernel refused the GSO send (quinn-udp stops using GSO on this socket
                 // after EIO/EINVAL): send the same datagrams one by one, so none is lost.
                 self.stats.gso_refused += 1;
-                tracing::info!(error = %e, segments = count, "gso send refused; sending one by one");
-                let (mut sent, mut last_err) = (0, None);
-                for datagram in contents.chunks(segment) {
-                    match self.send(dst, datagram, None, 1) {
-                        Ok(()) => sent += 1,
-                        Err(e) => last_err = Some(e),
+                if e.raw_os_error() == Some(libc::EMSGSIZE) {
+                    // Too big for the path now, and so for a while: say it once, and do not
+                    // fail a syscall per batch meanwhile.
+                    if self.gso_too_big.is_none() {
+                        tracing::info!(
+                            segment,
+                            "gso send too big for the path; sending one by one for a while"
+                        );
                     }
+                    self.gso_too_big = Some((segment, GSO_TOO_BIG_SKIP));
+                } else {
+                    tracing::info!(error = %e, segments = count, "gso send refused; sending one by one");
                 }
-                match last_err {
-                    None => Ok(sent),
-                    Some(e) => Err((count - sent, e)),
-                }
+                self.send_singly(dst, contents, segment, count)
             }
             Err(e) => Err((count, e)),
+        }
+    }
+
+    /// Sends the `count` datagrams of `contents` (each `segment` long, the last maybe shorter)
+    /// one syscall each.
+    fn send_singly(
+        &mut self,
+        dst: SocketAddr,
+        contents: &[u8],
+        segment: usize,
+        count: usize,
+    ) -> Result<usize, (usize, io::Error)> {
+        let (mut sent, mut last_err) = (0, None);
+        for datagram in contents.chunks(segment) {
+            match self.send(dst, datagram, None, 1) {
+                Ok(()) => sent += 1,
+                Err(e) => last_err = Some(e),
+            }
+        }
+        match last_err {
+            None => Ok(sent),
+            Some(e) => Err((count - sent, e)),
         }
     }
 
