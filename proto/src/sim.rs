@@ -477,6 +477,25 @@ impl Pair {
         }
     }
 
+    /// Makes link `link`'s NAT forget bindings after `timeout`, runs until it has forgotten one
+    /// (panics when none is lost within `limit`), then for the round trip of the anchor's
+    /// challenge that follows.
+    pub fn shorten_nat_until_a_binding_is_lost(
+        &mut self,
+        link: usize,
+        timeout: Duration,
+        limit: Duration,
+    ) {
+        self.links[link].nat_timeout = Some(timeout);
+        let rebinds = self.links[link].nat_rebinds;
+        let changed = self.now;
+        while self.links[link].nat_rebinds == rebinds {
+            self.run_for(Duration::from_secs(1));
+            assert!(self.now - changed < limit, "no binding lost");
+        }
+        self.run_for(Duration::from_millis(100));
+    }
+
     /// Whether the client has a session.
     pub fn connected(&self) -> bool {
         self.client.session().is_some()

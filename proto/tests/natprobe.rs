@@ -101,18 +101,7 @@ fn a_nat_that_shortens_its_timeout_is_followed_down_after_one_lost_binding() {
     assert!(pair.client.path_keepalive(P0).unwrap() > Duration::from_secs(60));
 
     let nat = Duration::from_secs(60);
-    pair.links[0].nat_timeout = Some(nat);
-    let rebinds = pair.links[0].nat_rebinds;
-    let changed = pair.now;
-    while pair.links[0].nat_rebinds == rebinds {
-        pair.run_for(Duration::from_secs(1));
-        assert!(
-            pair.now - changed < Duration::from_secs(300),
-            "no binding lost"
-        );
-    }
-    // The challenge's round trip.
-    pair.run_for(Duration::from_millis(100));
+    pair.shorten_nat_until_a_binding_is_lost(0, nat, Duration::from_secs(300));
     let fallback = pair.client.path_keepalive(P0).unwrap();
     assert!(
         fallback < nat,

@@ -392,6 +392,17 @@ impl<'a> Deployment<'a> {
         IpAddr::V4(MH_VIRTUAL_V4)
     }
 
+    /// Runs `upmt-mh stop` with this deployment's config in the MH's namespace (what a user
+    /// runs after the daemon was killed) and returns what it printed.
+    pub fn mh_stop(&self) -> Result<String> {
+        self.lab.mh().run_stdout(&[
+            bin_path("upmt-mh")?.as_os_str(),
+            "stop".as_ref(),
+            "--config".as_ref(),
+            self.mh_config.as_os_str(),
+        ])
+    }
+
     /// The daemons' logs, for a failing test's message.
     pub fn logs(&self) -> String {
         let mut logs = format!(

@@ -11,7 +11,7 @@ use serde_json::Value;
 use upmt_tests::android::{AndroidLab, BROWSER, IMS, RMNET, STORE, VIDEO, WLAN};
 use upmt_tests::deploy::mh_status;
 use upmt_tests::topology::{AN_V4, AN_V6, CH_V4, RCELL_WAN_V4, RWIFI_WAN_V4};
-use upmt_tests::{Deployment, Family, MID_FILE_SIZE, bin_path, wait_for};
+use upmt_tests::{Deployment, Family, MID_FILE_SIZE, wait_for};
 
 fn lab(name: &str) -> AndroidLab {
     AndroidLab::new(name).unwrap_or_else(|e| panic!("building the android lab: {e}"))
@@ -293,15 +293,7 @@ fn tunnelled_apps_have_no_clear_path_before_the_handshake_or_after_a_kill_and_st
     assert!(upmt.mh.wait_with_timeout(Duration::from_secs(5)).is_some());
     assert_fail_closed(&lab, "after a SIGKILL");
 
-    let stop = lab
-        .mh()
-        .run_stdout(&[
-            bin_path("upmt-mh").expect("upmt-mh").as_os_str(),
-            "stop".as_ref(),
-            "--config".as_ref(),
-            upmt.mh_config.as_os_str(),
-        ])
-        .expect("upmt-mh stop");
+    let stop = upmt.mh_stop().expect("upmt-mh stop");
     assert!(stop.starts_with("removed "), "{stop}");
     assert_eq!(lab.rules().expect("ip rule"), netd_only, "{stop}");
     for family in ["-4", "-6"] {

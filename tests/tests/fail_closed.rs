@@ -68,15 +68,7 @@ fn a_deleted_rule_is_back_within_a_second_and_a_killed_daemon_leaves_no_clear_pa
         .expect("the daemon's mark keeps its path");
     assert!(marked.contains(&format!("dev {MH_WIFI_IF}")), "{marked}");
 
-    let stop = lab
-        .mh()
-        .run_stdout(&[
-            bin_path("upmt-mh").expect("upmt-mh").as_os_str(),
-            "stop".as_ref(),
-            "--config".as_ref(),
-            upmt.mh_config.as_os_str(),
-        ])
-        .expect("upmt-mh stop");
+    let stop = upmt.mh_stop().expect("upmt-mh stop");
     assert!(stop.starts_with("removed "), "{stop}");
     assert!(
         !lab.mh()
