@@ -362,12 +362,7 @@ impl Android {
         self.ns
             .ip(&[family, "rule"])
             .lines()
-            .filter(|l| {
-                l.split(':')
-                    .next()
-                    .and_then(|p| p.parse::<u32>().ok())
-                    .is_some_and(|p| (14001..=14999).contains(&p))
-            })
+            .filter(|l| netd::in_mh_band(l))
             .map(str::to_owned)
             .collect()
     }

@@ -403,6 +403,22 @@ impl<'a> Deployment<'a> {
         ])
     }
 
+    /// Downloads `file` over IPv4 from the CH's HTTP server through the tunnel (counting
+    /// `MH_TUN`), and panics unless it arrived whole: what a test that only needs "the tunnel
+    /// carries a download intact" runs.
+    pub fn download_whole(&self, file: &str) {
+        let http = self.lab.start_http_server().expect("http server");
+        let got = self
+            .lab
+            .download(file)
+            .family(crate::topology::Family::V4)
+            .count(MH_TUN)
+            .run()
+            .unwrap_or_else(|e| panic!("curl {file}: {e}\n{}", self.logs()));
+        assert!(got.success(), "curl {file}: {}\n{}", got.log, self.logs());
+        assert_eq!(got.sha256.as_deref(), http.sha256(file));
+    }
+
     /// The daemons' logs, for a failing test's message.
     pub fn logs(&self) -> String {
         let mut logs = format!(

@@ -88,3 +88,12 @@ pub fn rules(
 pub fn explicit_mark(net_id: u32) -> u32 {
     0x10000 | net_id
 }
+
+/// Whether a line of `ip rule` lies in the band the MH keeps its Android rules in (14001-14999,
+/// between netd's VPN rules and its network rules).
+pub fn in_mh_band(line: &str) -> bool {
+    line.split(':')
+        .next()
+        .and_then(|p| p.parse::<u32>().ok())
+        .is_some_and(|p| (14001..=14999).contains(&p))
+}

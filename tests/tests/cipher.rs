@@ -4,8 +4,8 @@
 
 use std::time::{Duration, Instant};
 
-use upmt_tests::deploy::{MH_TUN, mh_status};
-use upmt_tests::{DeployOptions, Deployment, Family, Lab};
+use upmt_tests::deploy::mh_status;
+use upmt_tests::{DeployOptions, Deployment, Lab};
 
 /// Deploys with the given `cipher` values, downloads `mid.bin` through the tunnel and returns
 /// the session's cipher as `upmt status --json` names it.
@@ -20,15 +20,7 @@ fn negotiated(name: &str, mh_cipher: &str, an_cipher: &str) -> String {
         },
     )
     .unwrap_or_else(|e| panic!("deploying upmt: {e}"));
-    let http = lab.start_http_server().expect("http server");
-    let got = lab
-        .download("mid.bin")
-        .family(Family::V4)
-        .count(MH_TUN)
-        .run()
-        .unwrap_or_else(|e| panic!("curl mid.bin: {e}\n{}", upmt.logs()));
-    assert!(got.success(), "curl mid.bin: {}\n{}", got.log, upmt.logs());
-    assert_eq!(got.sha256.as_deref(), http.sha256("mid.bin"));
+    upmt.download_whole("mid.bin");
 
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
