@@ -1621,7 +1621,12 @@ mod tests {
     }
 
     fn parse_with_build_prop(text: &str, present: bool) -> Result<Config, ConfigError> {
-        let dir = std::env::temp_dir().join(format!("upmt-config-bp-{}", std::process::id()));
+        // Tests share the process when run as threads (the aarch64 run under qemu): one
+        // directory per call, so one test's cleanup never removes another's build.prop.
+        static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("upmt-config-bp-{}-{call}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let prop = dir.join(if present { "build.prop" } else { "absent.prop" });
         if present {

@@ -701,8 +701,11 @@ pub(crate) mod tests {
 
     impl FakeProc {
         pub(crate) fn new(tag: &str) -> FakeProc {
-            let p =
-                std::env::temp_dir().join(format!("upmt-fakeproc-{tag}-{}", std::process::id()));
+            // Unique per call: tests may share the process as threads (the run under qemu).
+            static TREES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let n = TREES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let p = std::env::temp_dir()
+                .join(format!("upmt-fakeproc-{tag}-{}-{n}", std::process::id()));
             let _ = std::fs::remove_dir_all(&p);
             std::fs::create_dir_all(&p).unwrap();
             FakeProc(p)
