@@ -39,6 +39,7 @@ pub mod measure;
 pub mod netd;
 pub mod process;
 pub mod scale;
+pub mod scratch;
 pub mod second_an;
 pub mod servers;
 pub mod swarm;

@@ -8,6 +8,8 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use upmt_tests::scratch::{Scratch, repo_root};
+
 /// The on-device scripts: Android runs them with its own mksh, so POSIX sh only.
 const SCRIPTS: [&str; 4] = [
     "service.sh",
@@ -15,31 +17,6 @@ const SCRIPTS: [&str; 4] = [
     "customize.sh",
     "META-INF/com/google/android/update-binary",
 ];
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the tests crate sits in the repository")
-        .to_owned()
-}
-
-/// A fresh directory for one test, removed when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("upmt-magisk-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("scratch dir");
-        Scratch(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn run(cmd: &mut Command) -> Output {
     cmd.output()
@@ -60,7 +37,7 @@ fn build(tag: &str) -> (Scratch, PathBuf, PathBuf) {
 
 /// The same, with `mh` as the daemon's stand-in.
 fn build_with(tag: &str, mh_text: &str) -> (Scratch, PathBuf, PathBuf) {
-    let scratch = Scratch::new(tag);
+    let scratch = Scratch::new(&format!("magisk-{tag}"));
     let mh = scratch.0.join("upmt-mh.standin");
     let cli = scratch.0.join("upmt.standin");
     std::fs::write(&mh, mh_text).unwrap();
@@ -68,7 +45,7 @@ fn build_with(tag: &str, mh_text: &str) -> (Scratch, PathBuf, PathBuf) {
     let stage = scratch.0.join("stage");
     let zip = scratch.0.join("out/upmt.zip");
     let out = run(Command::new("bash")
-        .arg(repo().join("scripts/magisk-module"))
+        .arg(repo_root().join("scripts/magisk-module"))
         .arg("--mh")
         .arg(&mh)
         .arg("--cli")
@@ -259,9 +236,9 @@ fn service_sh_waits_for_boot_keeps_cellular_up_and_runs_the_daemon_from_data_adb
 
 #[test]
 fn a_missing_binary_is_refused_with_its_path_and_how_to_build_it() {
-    let scratch = Scratch::new("missing");
+    let scratch = Scratch::new("magisk-missing");
     let out = run(Command::new("bash")
-        .arg(repo().join("scripts/magisk-module"))
+        .arg(repo_root().join("scripts/magisk-module"))
         .arg("--mh")
         .arg(scratch.0.join("nope"))
         .arg("--cli")

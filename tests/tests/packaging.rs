@@ -15,33 +15,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use upmt_tests::scratch::{Scratch, repo_root};
+
 const VERSION: &str = env!("CARGO_PKG_VERSION");
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the tests crate sits in the repository")
-        .to_owned()
-}
-
-/// A fresh directory for one test, removed when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("upmt-deb-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("scratch dir");
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        Scratch(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn run(cmd: &mut Command) -> Output {
     cmd.output()
@@ -88,11 +64,11 @@ struct Package {
 
 impl Package {
     fn build(name: &str) -> Package {
-        let scratch = Scratch::new(name);
+        let scratch = Scratch::new(&format!("deb-{name}"));
         let out = scratch.0.join("out");
         let printed = stdout(
             Command::new("bash")
-                .arg(repo().join("scripts/deb"))
+                .arg(repo_root().join("scripts/deb"))
                 .args(["--package", name, "--compression", "none", "--bin-dir"])
                 .arg(bin_dir())
                 .arg("--out")
@@ -302,7 +278,7 @@ fn assert_unit(pkg: &Package, unit: &str, expected: &[(&str, &str)]) {
         eprintln!("systemd-analyze is not installed: {unit} checked by parsing its keys only");
         return;
     }
-    let scratch = Scratch::new(&format!("verify-{unit}"));
+    let scratch = Scratch::new(&format!("deb-verify-{unit}"));
     let copy = scratch.0.join(unit);
     let usr_bin = format!("{}/", pkg.root.join("usr/bin").display());
     std::fs::write(&copy, text.replace("/usr/bin/", &usr_bin)).unwrap();
@@ -645,7 +621,7 @@ fn status_field(pid: u32, key: &str) -> String {
 /// The capabilities a unit in scripts/systemd names under `key`, as setpriv spells them
 /// (`net_admin`), so the tests run the daemons with exactly the unit's set.
 fn unit_capabilities(unit: &str, key: &str) -> Vec<String> {
-    let text = std::fs::read_to_string(repo().join("scripts/systemd").join(unit)).unwrap();
+    let text = std::fs::read_to_string(repo_root().join("scripts/systemd").join(unit)).unwrap();
     let keys = unit_keys(&text);
     let value = keys
         .get(key)
@@ -698,7 +674,7 @@ fn the_anchor_serves_when_started_as_its_unit_does_unprivileged_with_only_cap_ne
     // The unit's account is `upmt`; `nobody` stands in for it here (no user is created).
     let user = "nobody";
     let uid = id("-u", user);
-    let scratch = Scratch::new("anchor-unprivileged");
+    let scratch = Scratch::new("deb-anchor-unprivileged");
     let an = scratch.0.join("upmt-an");
     std::fs::copy(bin_dir().join("upmt-an"), &an).unwrap();
     let key = scratch.0.join("an.key");
@@ -816,7 +792,7 @@ fn the_mobile_host_tells_another_users_app_apart_with_only_its_units_capabilitie
         "needs root to make network namespaces"
     );
     let caps = unit_capabilities("upmt-mh.service", "CapabilityBoundingSet");
-    let scratch = Scratch::new("mh-capabilities");
+    let scratch = Scratch::new("deb-mh-capabilities");
     let bins = bin_dir();
     let key = |name: &str| {
         let path = scratch.0.join(name);
