@@ -488,6 +488,14 @@ pub fn tunnel_datagrams(lab: &Lab) -> Result<(u64, u64)> {
     Ok((read("wifi")?, read("cell")?))
 }
 
+/// The tunnel of `uplink` in a status reply ([`mh_status`]).
+pub fn tunnel<'v>(status: &'v serde_json::Value, uplink: &str) -> Option<&'v serde_json::Value> {
+    status["tunnels"]
+        .as_array()?
+        .iter()
+        .find(|t| t["uplink"] == uplink)
+}
+
 /// `upmt status --json` of the lab's MH, through the control socket [`Deployment::start`] gives
 /// it (`mh.sock` in the lab's directory).
 pub fn mh_status(lab: &Lab) -> Result<serde_json::Value> {

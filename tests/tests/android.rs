@@ -9,20 +9,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use upmt_tests::android::{AndroidLab, BROWSER, IMS, RMNET, STORE, VIDEO, WLAN};
-use upmt_tests::deploy::mh_status;
+use upmt_tests::deploy::{mh_status, tunnel};
 use upmt_tests::topology::{AN_V4, AN_V6, CH_V4, RCELL_WAN_V4, RWIFI_WAN_V4};
 use upmt_tests::{Deployment, Family, MID_FILE_SIZE, wait_for};
 
 fn lab(name: &str) -> AndroidLab {
     AndroidLab::new(name).unwrap_or_else(|e| panic!("building the android lab: {e}"))
-}
-
-/// The tunnel of `uplink` in a status reply.
-fn tunnel<'v>(status: &'v Value, uplink: &str) -> Option<&'v Value> {
-    status["tunnels"]
-        .as_array()?
-        .iter()
-        .find(|t| t["uplink"] == uplink)
 }
 
 #[test]

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use upmt_tests::deploy::AN_PORT;
+use upmt_tests::deploy::{AN_PORT, tunnel};
 use upmt_tests::topology::{AN_V4, AN_V6, MH_CELL_IF, MH_WIFI_IF};
 use upmt_tests::{DeployOptions, Deployment, Lab, bin_path};
 
@@ -32,14 +32,6 @@ fn status(lab: &Lab, socket: &Path) -> Value {
         .run_unchecked()
         .expect("running upmt");
     serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
-}
-
-/// The tunnel of `uplink` in a status reply.
-fn tunnel<'v>(status: &'v Value, uplink: &str) -> Option<&'v Value> {
-    status["tunnels"]
-        .as_array()?
-        .iter()
-        .find(|t| t["uplink"] == uplink)
 }
 
 #[test]
