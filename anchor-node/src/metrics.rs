@@ -431,7 +431,6 @@ pub async fn serve(
 
 #[cfg(test)]
 mod tests {
-    use std::net::SocketAddr;
 
     use tokio::sync::mpsc;
 
@@ -540,16 +539,6 @@ mod tests {
         assert!(s.contains("peer ph\"one up paths 2"), "{s}");
     }
 
-    /// Sends `request` to the endpoint at `addr` and returns the whole answer.
-    async fn http(addr: SocketAddr, request: &str) -> String {
-        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        stream.write_all(request.as_bytes()).await.expect("send");
-        let mut answer = String::new();
-        stream.read_to_string(&mut answer).await.expect("read");
-        answer
-    }
-
     #[tokio::test]
     async fn the_endpoint_serves_a_fresh_snapshot_and_refuses_other_paths_and_methods() {
         let listener = bind("127.0.0.1:0".parse().unwrap()).await.expect("bind");
@@ -568,7 +557,9 @@ mod tests {
             }
         });
 
-        let ok = http(addr, "GET /metrics HTTP/1.1\r\nHost: an\r\n\r\n").await;
+        let ok =
+            upmt_sys::testing::http_exchange(addr, "GET /metrics HTTP/1.1\r\nHost: an\r\n\r\n")
+                .await;
         assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
         assert!(
             ok.contains("content-type: text/plain; version=0.0.4; charset=utf-8\r\n"),
@@ -580,16 +571,17 @@ mod tests {
                 && ok.contains("upmt_drops_total{reason=\"truncated\"} 2\n"),
             "{ok}"
         );
-        let root = http(addr, "GET / HTTP/1.0\r\n\r\n").await;
+        let root = upmt_sys::testing::http_exchange(addr, "GET / HTTP/1.0\r\n\r\n").await;
         assert!(root.starts_with("HTTP/1.0 200 OK\r\n"), "{root}");
 
-        let missing = http(addr, "GET /nope HTTP/1.1\r\nHost: an\r\n\r\n").await;
+        let missing =
+            upmt_sys::testing::http_exchange(addr, "GET /nope HTTP/1.1\r\nHost: an\r\n\r\n").await;
         assert!(
             missing.starts_with("HTTP/1.1 404 Not Found\r\n"),
             "{missing}"
         );
         assert!(missing.ends_with("\r\n\r\ntry /metrics\n"), "{missing}");
-        let post = http(
+        let post = upmt_sys::testing::http_exchange(
             addr,
             "POST /metrics HTTP/1.1\r\nHost: an\r\nContent-Length: 0\r\n\r\n",
         )
@@ -599,7 +591,9 @@ mod tests {
             "{post}"
         );
 
-        let gone = http(addr, "GET /metrics HTTP/1.1\r\nHost: an\r\n\r\n").await;
+        let gone =
+            upmt_sys::testing::http_exchange(addr, "GET /metrics HTTP/1.1\r\nHost: an\r\n\r\n")
+                .await;
         assert!(
             gone.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
             "{gone}"

@@ -113,15 +113,6 @@ mod tests {
         }
     }
 
-    async fn http(addr: SocketAddr, request: &str) -> String {
-        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        stream.write_all(request.as_bytes()).await.expect("send");
-        let mut answer = String::new();
-        stream.read_to_string(&mut answer).await.expect("read");
-        answer
-    }
-
     #[tokio::test]
     async fn each_scrape_asks_the_loop_for_a_new_snapshot_and_the_server_ends_with_the_loop() {
         let listener = bind("127.0.0.1:0".parse().unwrap()).await.expect("bind");
@@ -134,13 +125,14 @@ mod tests {
                 let _ = reply.send(Fixed(n));
             }
         });
-        let first = http(addr, "GET /metrics HTTP/1.1\r\nHost: mh\r\n\r\n").await;
+        let first =
+            crate::testing::http_exchange(addr, "GET /metrics HTTP/1.1\r\nHost: mh\r\n\r\n").await;
         assert!(first.starts_with("HTTP/1.1 200 OK\r\n"), "{first}");
         assert!(
             first.ends_with("\r\n\r\n# TYPE upmt_test gauge\nupmt_test 1\n"),
             "{first}"
         );
-        let second = http(addr, "GET / HTTP/1.0\r\n\r\n").await;
+        let second = crate::testing::http_exchange(addr, "GET / HTTP/1.0\r\n\r\n").await;
         assert!(second.ends_with("upmt_test 2\n"), "{second}");
         answering.await.expect("loop");
         tokio::time::timeout(Duration::from_secs(5), server)

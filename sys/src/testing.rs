@@ -1,6 +1,6 @@
 //! Test support shared by both daemons' `tests/bad_files.rs`: the bad-config cases every config
 //! reader must refuse, the files that are not configs at all, and the checks on the one-line
-//! error. Not part of the API; it lives here so the two daemons run one table, not two copies.
+//! error; and one raw HTTP exchange for the metrics endpoints' tests. Not part of the API; it lives here so the two daemons run one table, not two copies.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -292,4 +292,15 @@ pub fn assert_refused(what: &str, path: &Path, out: &Output, must_contain: &str,
             assert!(n.is_some_and(|n| n >= 1), "{what}: no {part} in {err}");
         }
     }
+}
+
+/// Sends `request` (raw HTTP) to `addr` and returns the whole answer, read until the server
+/// closes: what the metrics endpoints' tests ask them.
+pub async fn http_exchange(addr: std::net::SocketAddr, request: &str) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.expect("read");
+    answer
 }
