@@ -496,6 +496,26 @@ impl Pair {
         self.run_for(Duration::from_millis(100));
     }
 
+    /// Sends `n` packets each way (the client's on `path`), one of each every 100 ms, then runs
+    /// 1 s more so the last ones arrive. Returns `n`, the count each side should have received.
+    pub fn exchange_each_way(&mut self, path: PathId, n: u32) -> u32 {
+        for tag in 0..n {
+            self.client_send(path, &up(5000, tag)).unwrap();
+            self.anchor_send(&down(5000, tag)).unwrap();
+            self.run_for(Duration::from_millis(100));
+        }
+        self.run_for(Duration::from_secs(1));
+        n
+    }
+
+    /// How many times the client's keys were renewed so far.
+    pub fn client_rekeys(&self) -> usize {
+        self.client_events
+            .iter()
+            .filter(|e| **e == client::Event::Rekeyed)
+            .count()
+    }
+
     /// Whether the client has a session.
     pub fn connected(&self) -> bool {
         self.client.session().is_some()

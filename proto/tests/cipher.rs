@@ -5,7 +5,6 @@ mod util;
 
 use std::time::Duration;
 use upmt_proto::anchor::Anchor;
-use upmt_proto::client::Event;
 use upmt_proto::{Cipher, DropReason, PathId, PeerId};
 use util::*;
 
@@ -92,19 +91,8 @@ fn the_default_configs_keep_chacha20_as_before() {
 #[test]
 fn aes_sessions_rekey_without_losing_a_packet_and_stay_aes() {
     let mut pair = pair_with(true, true, &[20]);
-    let mut sent = 0u32;
-    for _ in 0..250 {
-        pair.client_send(P0, &up(5000, sent)).unwrap();
-        pair.anchor_send(&down(5000, sent)).unwrap();
-        sent += 1;
-        pair.run_for(Duration::from_millis(100));
-    }
-    pair.run_for(Duration::from_secs(1));
-    let rekeys = pair
-        .client_events
-        .iter()
-        .filter(|e| **e == Event::Rekeyed)
-        .count();
+    let sent = pair.exchange_each_way(P0, 250);
+    let rekeys = pair.client_rekeys();
     assert!(
         rekeys >= 2,
         "expected at least two rekeys in 25 s, got {rekeys}"

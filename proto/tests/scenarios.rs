@@ -53,19 +53,8 @@ fn data_before_the_handshake_is_refused_with_no_session() {
 fn rekey_happens_after_rekey_after_and_data_keeps_flowing_across_it() {
     let mut pair = Pair::new(&[20], |c| c.rekey_after = Duration::from_secs(10));
     pair.run_for(Duration::from_secs(1));
-    let mut sent = 0u32;
-    for _ in 0..250 {
-        pair.client_send(P0, &up(5000, sent)).unwrap();
-        pair.anchor_send(&down(5000, sent)).unwrap();
-        sent += 1;
-        pair.run_for(Duration::from_millis(100));
-    }
-    pair.run_for(Duration::from_secs(1));
-    let rekeys = pair
-        .client_events
-        .iter()
-        .filter(|e| **e == Event::Rekeyed)
-        .count();
+    let sent = pair.exchange_each_way(P0, 250);
+    let rekeys = pair.client_rekeys();
     assert!(
         rekeys >= 2,
         "expected at least two rekeys in 25 s, got {rekeys}"
